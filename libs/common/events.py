@@ -1,0 +1,193 @@
+"""Event schemas: the contract between the services (see docs/events/ for JSON Schema).
+
+Every event carries `schema_version`. A consumer validates each record against the model
+of its topic; a record that does not validate goes to `<topic>.dlq` with the reason.
+Add a field with a default to evolve a schema; bump `schema_version` only for a change
+that old consumers cannot read.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+
+class Topic(StrEnum):
+    CAMPAIGN_SCHEDULED = "campaign.scheduled"
+    CAMPAIGN_CONTROL = "campaign.control"
+    IMPORT_REQUESTED = "import.requested"
+    IMPORT_PROGRESS = "import.progress"
+    IMPORT_COMPLETED = "import.completed"
+    BATCH_READY = "batch.ready"
+    DELIVERY_RESULT = "delivery.result"
+    DELIVERY_EVENT = "delivery.event"
+    CAMPAIGN_STATUS = "campaign.status"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.value}.dlq"
+
+
+class Event(BaseModel):
+    # Unknown fields are ignored so that a newer producer does not break an older consumer.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    schema_version: Literal[1] = 1
+
+
+class CampaignScheduled(Event):
+    """Start `campaign_id` at `send_at`. A higher `revision` replaces an earlier schedule."""
+
+    campaign_id: UUID
+    send_at: AwareDatetime = Field(description="When to start, with its UTC offset.")
+    timezone: str = Field("UTC", description="IANA zone the time was chosen in, for display.")
+    revision: int = Field(1, ge=1, description="Increases with every (re)schedule.")
+
+
+class CampaignControl(Event):
+    campaign_id: UUID
+    action: Literal["pause", "resume", "cancel", "unschedule"]
+    revision: int = Field(1, ge=1)
+
+
+class ColumnMapping(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    email: str | None = Field(None, description="Header of the address column; found if unset.")
+
+
+class ImportRequested(Event):
+    """Import the file behind `file_ref` (a claim check in the blob store) into `list_id`."""
+
+    import_id: UUID
+    list_id: UUID
+    file_ref: str = Field(description="Claim check, e.g. 'blob:<uuid>'.")
+    filename: str = ""
+    mapping: ColumnMapping = ColumnMapping()
+
+
+class ImportProgress(Event):
+    import_id: UUID
+    list_id: UUID
+    status: Literal["queued", "running", "completed", "failed"]
+    rows_total: int = 0
+    rows_imported: int = 0
+    rows_rejected: int = 0
+    rows_duplicate: int = 0
+    error: str | None = None
+
+
+class BatchRecipient(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    recipient_id: int
+    email: str
+    fields: dict[str, Any] = Field(default_factory=dict)
+
+
+class BatchReady(Event):
+    """One batch of a campaign's plan, with everything a dispatcher needs to send it."""
+
+    batch_id: str = Field(description="'<campaign id>:<batch number>', stable across re-emits.")
+    campaign_id: UUID
+    batch_no: int = Field(ge=0)
+    batches_total: int = Field(ge=1)
+    audience_total: int = Field(ge=0, description="Recipients in the campaign's audience.")
+    suppressed_total: int = Field(ge=0, description="Audience members skipped as suppressed.")
+    content_id: UUID = Field(description="Claim check of the frozen campaign content.")
+    provider: str
+    recipients: list[BatchRecipient]
+    emitted: int = Field(1, ge=1, description="How many times the scheduler emitted it.")
+
+
+RecipientStatus = Literal["sent", "failed", "invalid", "unknown", "cancelled"]
+
+
+class RecipientOutcome(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    recipient_id: int
+    email: str
+    status: RecipientStatus
+    message_id: str | None = None
+    error: str | None = None
+
+
+class DeliveryResult(Event):
+    batch_id: str
+    campaign_id: UUID
+    batch_no: int = Field(ge=0)
+    batches_total: int = Field(ge=1)
+    audience_total: int = Field(ge=0)
+    suppressed_total: int = Field(ge=0)
+    provider: str
+    outcomes: list[RecipientOutcome]
+    started_at: datetime
+    finished_at: datetime
+    replayed: bool = Field(False, description="Re-emitted from the send ledger, not re-sent.")
+
+
+DeliveryEventType = Literal[
+    "processed",
+    "delivered",
+    "bounce",
+    "dropped",
+    "deferred",
+    "open",
+    "click",
+    "spamreport",
+    "unsubscribe",
+    "group_unsubscribe",
+]
+
+
+class DeliveryEvent(Event):
+    event_id: str = Field(description="Provider's id of the event; the tracker dedupes on it.")
+    campaign_id: UUID | None = None
+    recipient_id: int | None = None
+    email: str
+    event: DeliveryEventType
+    provider: str
+    provider_message_id: str | None = None
+    occurred_at: AwareDatetime
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class CampaignStatus(Event):
+    campaign_id: UUID
+    status: Literal["in_progress", "completed", "failed", "paused", "cancelled"]
+    counts: dict[str, int] = Field(default_factory=dict)
+    at: AwareDatetime
+
+
+# Which model validates the records of which topic.
+TOPIC_MODELS: dict[Topic, type[Event]] = {
+    Topic.CAMPAIGN_SCHEDULED: CampaignScheduled,
+    Topic.CAMPAIGN_CONTROL: CampaignControl,
+    Topic.IMPORT_REQUESTED: ImportRequested,
+    Topic.IMPORT_PROGRESS: ImportProgress,
+    Topic.IMPORT_COMPLETED: ImportProgress,
+    Topic.BATCH_READY: BatchReady,
+    Topic.DELIVERY_RESULT: DeliveryResult,
+    Topic.DELIVERY_EVENT: DeliveryEvent,
+    Topic.CAMPAIGN_STATUS: CampaignStatus,
+}
+
+
+def encode(event: Event) -> bytes:
+    return event.model_dump_json().encode()
+
+
+def export_json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema of every topic's value, keyed by topic name."""
+    schemas: dict[str, dict[str, Any]] = {}
+    for topic, model in TOPIC_MODELS.items():
+        schema = model.model_json_schema(mode="validation")
+        schema["$id"] = f"https://mailfleet.dev/events/{topic.value}.v1.json"
+        schema["title"] = f"{topic.value} (v1)"
+        schemas[topic.value] = schema
+    return schemas

@@ -1,0 +1,271 @@
+"""Kafka I/O: topic creation, a JSON event producer, and a consumer loop with dead-lettering.
+
+Written for Apache Kafka and for Tansu (the local broker) alike: no idempotent producer,
+no transactions, offsets committed explicitly with a timeout (a commit to a broker that
+lost its topics would otherwise retry forever), topics re-created when they vanish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    UnknownTopicOrPartitionError,
+)
+from pydantic import ValidationError
+
+from libs.common.events import TOPIC_MODELS, Event, Topic, encode
+from libs.common.logging import get_logger
+from libs.common.metrics import (
+    CONSUMER_LAG,
+    DLQ_EVENTS,
+    EVENTS_CONSUMED,
+    EVENTS_PRODUCED,
+    HANDLER_ERRORS,
+)
+from libs.common.settings import Settings
+
+log = get_logger(__name__)
+
+E = TypeVar("E", bound=Event)
+
+_TOPIC_ALREADY_EXISTS = 36
+_COMMIT_TIMEOUT_S = 10.0
+
+
+def topic_partitions(settings: Settings) -> dict[str, int]:
+    """Every topic mailfleet uses, with its partition count (dead-letter topics get one)."""
+    counts: dict[str, int] = {}
+    for topic in Topic:
+        counts[topic.value] = (
+            settings.batch_ready_partitions
+            if topic is Topic.BATCH_READY
+            else settings.default_partitions
+        )
+        counts[topic.dlq] = 1
+    return counts
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create the topics that are missing; returns the names it created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = topic_partitions(settings)
+        missing = [name for name in wanted if name not in existing]
+        if not missing:
+            return []
+        response = await admin.create_topics(
+            [NewTopic(n, wanted[n], settings.replication_factor) for n in missing]
+        )
+        for name, code, *_ in response.topic_errors:
+            if code not in (0, _TOPIC_ALREADY_EXISTS):
+                raise KafkaError(f"creating topic {name} failed with error code {code}")
+        log.info("topics created", topics=missing)
+        return missing
+    finally:
+        await admin.close()
+
+
+class EventProducer:
+    """Writes events as JSON. Keys decide the partition: see the topic table in the design."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            linger_ms=5,
+            max_batch_size=256 * 1024,
+            max_request_size=2 * 1024 * 1024,
+            acks="all",
+            # Tansu rejects the InitProducerId version aiokafka sends for idempotence.
+            enable_idempotence=False,
+        )
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def send(self, topic: Topic, key: str, event: Event) -> None:
+        """Send and wait until the broker has the record."""
+        await self._producer.send_and_wait(topic.value, encode(event), key=key.encode())
+        EVENTS_PRODUCED.labels(topic.value).inc()
+
+    async def send_many(self, topic: Topic, items: Sequence[tuple[str, Event]]) -> None:
+        """Send several events, letting the client batch them, and wait for all of them."""
+        futures = [
+            await self._producer.send(topic.value, encode(event), key=key.encode())
+            for key, event in items
+        ]
+        await asyncio.gather(*futures)
+        EVENTS_PRODUCED.labels(topic.value).inc(len(items))
+
+    async def send_raw(
+        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> None:
+        await self._producer.send_and_wait(topic, value, key=key, headers=headers)
+
+
+@dataclass(frozen=True)
+class Consumed(Generic[E]):
+    event: E
+    partition: int
+    offset: int
+
+
+Handler = Callable[[list[Consumed[E]]], Awaitable[None]]
+
+
+class EventConsumer(Generic[E]):
+    """Reads one topic in a consumer group and hands validated events to a handler.
+
+    The handler gets the events of one partition in order; offsets are committed after it
+    returns, so a crash means redelivery (handlers are idempotent). A record that does not
+    validate goes to the dead-letter topic with the reason and is skipped. A handler that
+    raises is retried from the same offset after a pause.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: Topic,
+        group_id: str,
+        producer: EventProducer,
+        *,
+        max_records: int = 500,
+        partitions_in_parallel: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.model: type[E] = TOPIC_MODELS[topic]  # type: ignore[assignment]
+        self.producer = producer
+        self.max_records = max_records
+        self.partitions_in_parallel = partitions_in_parallel
+        self.consumer = AIOKafkaConsumer(
+            topic.value,
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=group_id,
+            enable_auto_commit=False,
+            # Tansu's end-offset answers undercount, so "latest" is unreliable there; every
+            # handler is idempotent, so starting a new group from the beginning is safe.
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+
+    async def start(self) -> None:
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+
+    async def run(self, handler: Handler[E], stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                batches = await self.consumer.getmany(
+                    timeout_ms=200, max_records=self.max_records
+                )
+            except KafkaError as exc:
+                log.warning("fetch failed; retrying", topic=self.topic.value, error=str(exc))
+                await asyncio.sleep(1)
+                continue
+            if not batches:
+                continue
+            work = [self._handle_partition(tp, records, handler) for tp, records in batches.items()]
+            if self.partitions_in_parallel:
+                await asyncio.gather(*work)
+            else:
+                for item in work:
+                    await item
+            await self._record_lag()
+
+    async def _handle_partition(
+        self, tp: TopicPartition, records: list[ConsumerRecord], handler: Handler[E]
+    ) -> None:
+        good: list[Consumed[E]] = []
+        for record in records:
+            event = await self._decode_or_dead_letter(record)
+            if event is not None:
+                good.append(Consumed(event, record.partition, record.offset))
+        if good:
+            try:
+                await handler(good)
+            except Exception:
+                HANDLER_ERRORS.labels(self.topic.value).inc()
+                log.exception(
+                    "handler failed; will retry", topic=self.topic.value, partition=tp.partition
+                )
+                self.consumer.seek(tp, records[0].offset)
+                await asyncio.sleep(1)
+                return
+            EVENTS_CONSUMED.labels(self.topic.value).inc(len(good))
+        await self._commit({tp: records[-1].offset + 1})
+
+    async def _decode_or_dead_letter(self, record: ConsumerRecord) -> E | None:
+        try:
+            if record.value is None:
+                raise ValueError("record has no value")
+            return self.model.model_validate_json(record.value)
+        except (ValidationError, ValueError) as exc:
+            reason = _describe(exc)
+            log.warning(
+                "malformed event sent to dead-letter topic",
+                topic=self.topic.value,
+                partition=record.partition,
+                offset=record.offset,
+                reason=reason,
+            )
+            await self.producer.send_raw(
+                self.topic.dlq,
+                record.key,
+                record.value or b"",
+                [
+                    ("reason", reason.encode()),
+                    ("source-topic", self.topic.value.encode()),
+                    ("source-partition", str(record.partition).encode()),
+                    ("source-offset", str(record.offset).encode()),
+                ],
+            )
+            DLQ_EVENTS.labels(self.topic.value).inc()
+            return None
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await asyncio.wait_for(self.consumer.commit(offsets), _COMMIT_TIMEOUT_S)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The partition moved to another member during a rebalance; it re-reads from the
+            # last commit, and the handlers are idempotent.
+            log.info("commit skipped after rebalance", topic=self.topic.value, error=str(exc))
+        except (TimeoutError, UnknownTopicOrPartitionError) as exc:
+            log.warning("commit failed; re-creating topics", error=repr(exc))
+            await ensure_topics(self.settings)
+
+    async def _record_lag(self) -> None:
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            if highwater is None:
+                continue
+            position = await self.consumer.position(tp)
+            CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        parts = [
+            f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}"
+            for err in exc.errors()[:5]
+        ]
+        return "invalid event: " + "; ".join(parts)
+    return f"invalid event: {exc}"
