@@ -44,6 +44,9 @@ class Settings(BaseSettings):
         "at_most_once", alias="MAILFLEET_DELIVERY"
     )
 
+    # A campaign ends `failed` when more than this share of its audience failed.
+    failure_threshold: float = Field(0.2, alias="MAILFLEET_FAILURE_THRESHOLD", ge=0, le=1)
+
     # Planning.
     batch_size: int = Field(500, alias="MAILFLEET_BATCH_SIZE", ge=1, le=1000)
     default_timezone: str = Field("UTC", alias="MAILFLEET_DEFAULT_TIMEZONE")
