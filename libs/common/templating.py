@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import TemplateSyntaxError, meta
+from jinja2 import Template, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import escape
 
 
 @lru_cache(maxsize=2)
@@ -44,8 +45,64 @@ def merge_fields_used(source: str) -> set[str]:
     return set(meta.find_undeclared_variables(environment(False).parse(source)))
 
 
+@lru_cache(maxsize=256)
+def compile_template(source: str, *, html: bool) -> Template:
+    # Campaign content is immutable once sending starts: compile each part once, not per mail.
+    return environment(autoescape=html).from_string(source)
+
+
 def render(source: str, context: dict[str, Any], *, html: bool) -> str:
-    return environment(autoescape=html).from_string(source).render(context)
+    return compile_template(source, html=html).render(context)
 
 
-__all__ = ["TemplateProblem", "check_template", "merge_fields_used", "render"]
+@dataclass(frozen=True)
+class Placeholder:
+    """A `{{ name }}` in a template: the only construct a substitution-only template has."""
+
+    name: str
+
+
+TemplatePiece = str | Placeholder
+
+
+def simple_template_pieces(source: str) -> list[TemplatePiece] | None:
+    """Split a template made only of text and `{{ name }}` placeholders into its pieces.
+
+    Returns None for anything richer (filters, attributes, control blocks, globals): such a
+    template must be rendered per recipient. A simple one can be sent as one shared body with
+    per-recipient substitutions, which is what makes large SendGrid batches one request.
+    """
+    env = environment(False)
+    template = env.parse(source)
+    pieces: list[TemplatePiece] = []
+    for statement in template.body:
+        if not isinstance(statement, nodes.Output):
+            return None
+        for node in statement.nodes:
+            if isinstance(node, nodes.TemplateData):
+                pieces.append(node.data)
+            elif isinstance(node, nodes.Name) and node.ctx == "load":
+                if node.name in env.globals:
+                    return None
+                pieces.append(Placeholder(node.name))
+            else:
+                return None
+    return pieces
+
+
+def format_value(value: Any, *, html: bool) -> str:
+    """What `{{ name }}` prints for `value`, exactly as `render` would (missing = empty)."""
+    return str(escape(value)) if html else str(value)
+
+
+__all__ = [
+    "Placeholder",
+    "TemplatePiece",
+    "TemplateProblem",
+    "check_template",
+    "compile_template",
+    "format_value",
+    "merge_fields_used",
+    "render",
+    "simple_template_pieces",
+]

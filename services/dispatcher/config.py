@@ -1,0 +1,40 @@
+"""Dispatcher-only settings, read from the environment next to the shared `Settings`.
+
+Kept here until they prove useful to other services; each has an env var like the rest.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DispatcherSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True)
+
+    # Global sending rates (emails/s) shared by all dispatcher instances; 0 = unlimited.
+    sendgrid_rate_per_sec: float = Field(0.0, alias="SENDGRID_RATE_PER_SEC", ge=0)
+    smtp_rate_per_sec: float = Field(0.0, alias="SMTP_RATE_PER_SEC", ge=0)
+    sink_rate_per_sec: float = Field(0.0, alias="MAILFLEET_SINK_RATE_PER_SEC", ge=0)
+    smtp_max_connections: int = Field(8, alias="SMTP_MAX_CONNECTIONS", ge=1, le=256)
+    smtp_timeout_s: float = Field(30.0, alias="SMTP_TIMEOUT_SECONDS", gt=0)
+
+    # Retries of one provider request (5xx, 429, timeouts, connection errors).
+    provider_max_attempts: int = Field(6, alias="MAILFLEET_PROVIDER_MAX_ATTEMPTS", ge=1)
+    provider_retry_initial_s: float = Field(0.2, alias="MAILFLEET_PROVIDER_RETRY_INITIAL_S", gt=0)
+    provider_retry_max_s: float = Field(10.0, alias="MAILFLEET_PROVIDER_RETRY_MAX_S", gt=0)
+    provider_timeout_s: float = Field(30.0, alias="MAILFLEET_PROVIDER_TIMEOUT_S", gt=0)
+
+    # RFC 8058 unsubscribe: `mailto:` alternative in List-Unsubscribe when set.
+    unsubscribe_mailto: str = Field("", alias="MAILFLEET_UNSUBSCRIBE_MAILTO")
+
+    # A `sending` ledger row of another instance younger than this is waited for (it may
+    # still be sending after a rebalance) before its recipients are declared `unknown`.
+    ledger_takeover_wait_s: float = Field(20.0, alias="MAILFLEET_LEDGER_TAKEOVER_WAIT_S", ge=0)
+
+
+@lru_cache(maxsize=1)
+def get_dispatcher_settings() -> DispatcherSettings:
+    return DispatcherSettings()

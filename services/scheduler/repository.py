@@ -1,0 +1,252 @@
+"""Postgres adapter of the scheduler: schedules, claims, the batch plan, emission bookkeeping.
+
+The scheduler owns `schedules`, `content_snapshots`, `campaign_plans` and `batch_plans`.
+It reads `recipients` and `suppressions` to cut the audience, `tracker_batches` (the
+tracker's read model) to know which batches are accounted for, and compare-and-sets
+`campaigns.status` from `scheduled` to `in_progress`, as the design gives it to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from services.scheduler.planner import PlanSummary, ScheduleRequest, batches_needed
+
+
+@dataclass(frozen=True)
+class PendingBatch:
+    batch_id: str
+    campaign_id: UUID
+    batch_no: int
+    emitted: int
+    recipients: list[tuple[int, str, dict[str, Any]]]
+
+
+class ScheduleRepository:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def record_schedule(self, request: ScheduleRequest) -> bool:
+        """Store a schedule; a lower or equal revision than the stored one is ignored.
+
+        A campaign scheduled by an internal service (not through the API) is still a
+        draft: move it to `scheduled` with the event's time. Returns False for an
+        unknown campaign.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            exists = await conn.fetchval(
+                "SELECT true FROM campaigns WHERE id = $1", request.campaign_id
+            )
+            if not exists:
+                return False
+            await conn.execute(
+                """
+                INSERT INTO schedules (campaign_id, send_at, timezone, revision)
+                VALUES ($1, $2, $3, $4)
+                ON CONFLICT (campaign_id) DO UPDATE
+                   SET send_at = EXCLUDED.send_at, timezone = EXCLUDED.timezone,
+                       revision = EXCLUDED.revision
+                 WHERE schedules.revision < EXCLUDED.revision AND schedules.claimed_at IS NULL
+                """,
+                request.campaign_id,
+                request.send_at,
+                request.timezone,
+                request.revision,
+            )
+            await conn.execute(
+                """
+                UPDATE campaigns
+                   SET status = 'scheduled', send_at = $2, timezone = $3,
+                       schedule_revision = $4, updated_at = now()
+                 WHERE id = $1 AND status = 'draft' AND schedule_revision < $4
+                """,
+                request.campaign_id,
+                request.send_at,
+                request.timezone,
+                request.revision,
+            )
+        return True
+
+    async def drop_schedule(self, campaign_id: UUID) -> None:
+        await self.pool.execute(
+            "DELETE FROM schedules WHERE campaign_id = $1 AND claimed_at IS NULL", campaign_id
+        )
+
+    async def due_campaigns(self, limit: int = 20) -> list[UUID]:
+        rows = await self.pool.fetch(
+            """
+            SELECT campaign_id FROM schedules
+             WHERE claimed_at IS NULL AND send_at <= now()
+             ORDER BY send_at LIMIT $1
+            """,
+            limit,
+        )
+        return [r["campaign_id"] for r in rows]
+
+    async def claim_and_plan(self, campaign_id: UUID, batch_size: int) -> PlanSummary | None:
+        """Claim a due campaign exactly once and write its batch plan, in one transaction.
+
+        The claim is a compare-and-set of the campaign's status, so two schedulers never
+        both start it. Repeatable read: the audience counted is the audience planned.
+        """
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            campaign = await conn.fetchrow(
+                """
+                UPDATE campaigns
+                   SET status = 'in_progress', started_at = now(), updated_at = now()
+                 WHERE id = $1 AND status = 'scheduled' AND send_at <= now()
+                RETURNING list_id, subject, html, text, from_email, from_name, provider
+                """,
+                campaign_id,
+            )
+            await conn.execute(
+                "UPDATE schedules SET claimed_at = now() WHERE campaign_id = $1", campaign_id
+            )
+            if campaign is None:
+                return None  # unscheduled, cancelled, or claimed by another scheduler
+            content_id = await conn.fetchval(
+                """
+                INSERT INTO content_snapshots (campaign_id, subject, html, text, from_email, from_name)
+                VALUES ($1, $2, $3, $4, $5, $6) RETURNING id
+                """,
+                campaign_id,
+                campaign["subject"],
+                campaign["html"],
+                campaign["text"],
+                campaign["from_email"],
+                campaign["from_name"],
+            )
+            counts = await conn.fetchrow(
+                """
+                SELECT count(*) AS audience, count(s.email) AS suppressed
+                  FROM recipients r LEFT JOIN suppressions s ON s.email = r.email
+                 WHERE r.list_id = $1
+                """,
+                campaign["list_id"],
+            )
+            assert counts is not None  # an aggregate always returns a row
+            await conn.execute(
+                """
+                INSERT INTO batch_plans (batch_id, campaign_id, batch_no, recipient_ids)
+                SELECT $1::text || ':' || batch_no, $1::uuid, batch_no, array_agg(id ORDER BY id)
+                  FROM (SELECT r.id, (row_number() OVER (ORDER BY r.id) - 1) / $3 AS batch_no
+                          FROM recipients r
+                         WHERE r.list_id = $2
+                           AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)
+                       ) AS sendable
+                 GROUP BY batch_no
+                """,
+                str(campaign_id),
+                campaign["list_id"],
+                batch_size,
+            )
+            summary = PlanSummary(
+                campaign_id=campaign_id,
+                content_id=content_id,
+                provider=campaign["provider"],
+                audience_total=counts["audience"],
+                suppressed_total=counts["suppressed"],
+                batches_total=batches_needed(counts["audience"] - counts["suppressed"], batch_size),
+            )
+            await conn.execute(
+                """
+                INSERT INTO campaign_plans (campaign_id, content_id, provider, audience_total,
+                                            suppressed_total, batches_total)
+                VALUES ($1, $2, $3, $4, $5, $6)
+                """,
+                campaign_id,
+                content_id,
+                summary.provider,
+                summary.audience_total,
+                summary.suppressed_total,
+                summary.batches_total,
+            )
+            if summary.batches_total == 0:
+                # Nothing to send: no batch will ever come back, so finish it here.
+                await conn.execute(
+                    "UPDATE campaigns SET status = 'completed', finished_at = now() WHERE id = $1",
+                    campaign_id,
+                )
+            return summary
+
+    async def plan_of(self, campaign_id: UUID) -> PlanSummary:
+        row = await self.pool.fetchrow(
+            "SELECT * FROM campaign_plans WHERE campaign_id = $1", campaign_id
+        )
+        if row is None:
+            raise LookupError(f"campaign {campaign_id} has no plan")
+        return PlanSummary(
+            campaign_id=campaign_id,
+            content_id=row["content_id"],
+            provider=row["provider"],
+            audience_total=row["audience_total"],
+            suppressed_total=row["suppressed_total"],
+            batches_total=row["batches_total"],
+        )
+
+    @asynccontextmanager
+    async def batches_to_emit(
+        self, emitted_before: datetime, limit: int
+    ) -> AsyncIterator[list[PendingBatch]]:
+        """Lock and yield batches never emitted, or last emitted before `emitted_before` and
+        not yet accounted for by the tracker, of campaigns in progress. Leaving the block
+        marks them emitted.
+
+        Locked with SKIP LOCKED so that several schedulers share the work, never repeat it.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """
+                SELECT b.batch_id, b.campaign_id, b.batch_no, b.recipient_ids, b.emitted
+                  FROM batch_plans b
+                  JOIN campaigns c ON c.id = b.campaign_id AND c.status = 'in_progress'
+                 WHERE (b.emitted = 0
+                        OR b.last_emitted_at < $1::timestamptz)
+                   AND NOT EXISTS (SELECT 1 FROM tracker_batches t WHERE t.batch_id = b.batch_id)
+                 ORDER BY b.campaign_id, b.batch_no
+                 LIMIT $2
+                   FOR UPDATE OF b SKIP LOCKED
+                """,
+                emitted_before,
+                limit,
+            )
+            if not rows:
+                yield []
+                return
+            members = await conn.fetch(
+                """
+                SELECT m.batch_id, r.id, r.email, r.fields
+                  FROM (SELECT b.batch_id, unnest(b.recipient_ids) AS rid
+                          FROM batch_plans b WHERE b.batch_id = ANY($1::text[])) AS m
+                  JOIN recipients r ON r.id = m.rid
+                 ORDER BY m.batch_id, r.id
+                """,
+                [r["batch_id"] for r in rows],
+            )
+            by_batch: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
+            for m in members:
+                by_batch.setdefault(m["batch_id"], []).append((m["id"], m["email"], m["fields"]))
+            yield [
+                PendingBatch(
+                    batch_id=r["batch_id"],
+                    campaign_id=r["campaign_id"],
+                    batch_no=r["batch_no"],
+                    emitted=r["emitted"] + 1,
+                    recipients=by_batch.get(r["batch_id"], []),
+                )
+                for r in rows
+            ]
+            await conn.execute(
+                """
+                UPDATE batch_plans SET emitted = emitted + 1, last_emitted_at = now()
+                 WHERE batch_id = ANY($1::text[])
+                """,
+                [r["batch_id"] for r in rows],
+            )
