@@ -96,6 +96,12 @@ class ScheduleRepository:
         The claim is a compare-and-set of the campaign's status, so two schedulers never
         both start it. Repeatable read: the audience counted is the audience planned.
         """
+        try:
+            return await self._claim_and_plan(campaign_id, batch_size)
+        except asyncpg.SerializationError:
+            return None  # another scheduler claimed it first
+
+    async def _claim_and_plan(self, campaign_id: UUID, batch_size: int) -> PlanSummary | None:
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             campaign = await conn.fetchrow(
                 """

@@ -1,0 +1,37 @@
+# The two commands of the README: `make dev` (run everything) and `make test` (CI).
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install dev test lint typecheck unit bench bench-e2e clean
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+## Run the whole system on embedded defaults (broker, PostgreSQL, sink provider).
+dev: install
+	$(BIN)/mailfleet dev
+
+## Lint, type-check and run every test against a real broker and PostgreSQL.
+test: install lint typecheck
+	$(BIN)/pytest -q -m "not bench"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy libs services
+
+## Long benchmarks, outside the default test run.
+bench-e2e: install
+	$(BIN)/python bench/e2e.py
+
+clean:
+	rm -rf $(VENV) .mailfleet
