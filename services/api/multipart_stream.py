@@ -96,7 +96,8 @@ class StreamingUpload:
             self._part_is_file and self._part_name == self.file_field and self.filename is None
         )
         if self._part_is_upload:
-            self.filename = options[b"filename"].decode("utf-8", "replace") or "upload"
+            name = options[b"filename"].decode("utf-8", "replace").replace("\x00", "")
+            self.filename = name[:255] or "upload"
             content_type = self._part_headers.get(b"content-type")
             self.file_content_type = content_type.decode("latin-1") if content_type else None
 
@@ -112,7 +113,8 @@ class StreamingUpload:
         if self._part_is_upload:
             self._file_done = True
         elif not self._part_is_file:
-            self.fields[self._part_name] = self._field_data.decode("utf-8", "replace")
+            text = self._field_data.decode("utf-8", "replace").replace("\x00", "")
+            self.fields[self._part_name] = text
 
     # --- driving the parser from the body stream ---
 

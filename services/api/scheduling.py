@@ -10,6 +10,10 @@ class UnknownTimezone(ValueError):
     pass
 
 
+class UnrepresentableTime(ValueError):
+    pass
+
+
 def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
@@ -28,4 +32,7 @@ def resolve_send_at(send_at: datetime | None, timezone: str, now: datetime) -> d
         return now.astimezone(UTC)
     if send_at.tzinfo is None:
         send_at = send_at.replace(tzinfo=tz)
-    return send_at.astimezone(UTC)
+    try:
+        return send_at.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01 east of UTC
+        raise UnrepresentableTime(f"{send_at.isoformat()} is outside the supported range") from exc

@@ -2,7 +2,9 @@
 
 A token names a campaign and a recipient id (never the address) and carries an HMAC of
 both, so it cannot be forged, nor edited to unsubscribe a different recipient.
-Whoever renders mail (the dispatcher) creates them with `make_token` and the same secret.
+The format is the one the dispatcher writes into List-Unsubscribe headers
+(services/dispatcher/unsubscribe.py): base64url(campaign id 16 bytes + recipient id as a
+signed 64-bit big-endian) "." base64url(first 16 bytes of HMAC-SHA256(secret, payload)).
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ import struct
 from dataclasses import dataclass
 from uuid import UUID
 
-_VERSION = 1
-_PAYLOAD = struct.Struct(">B16sQ")  # version, campaign id, recipient id
+_RECIPIENT = struct.Struct(">q")
+_PAYLOAD_BYTES = 16 + _RECIPIENT.size
 _MAC_BYTES = 16
-_CONTEXT = b"mailfleet-unsubscribe"
 
 
 class BadToken(ValueError):
@@ -31,28 +32,32 @@ class UnsubscribeTarget:
     recipient_id: int
 
 
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
 def _mac(secret: str, payload: bytes) -> bytes:
     if not secret:
         raise ValueError("MAILFLEET_SECRET_KEY is not set: unsubscribe links cannot be signed")
-    return hmac.new(secret.encode(), _CONTEXT + payload, hashlib.sha256).digest()[:_MAC_BYTES]
+    return hmac.new(secret.encode(), payload, hashlib.sha256).digest()[:_MAC_BYTES]
 
 
 def make_token(secret: str, campaign_id: UUID, recipient_id: int) -> str:
-    payload = _PAYLOAD.pack(_VERSION, campaign_id.bytes, recipient_id)
-    return base64.urlsafe_b64encode(payload + _mac(secret, payload)).decode().rstrip("=")
+    payload = campaign_id.bytes + _RECIPIENT.pack(recipient_id)
+    return f"{_b64(payload)}.{_b64(_mac(secret, payload))}"
 
 
 def read_token(secret: str, token: str) -> UnsubscribeTarget:
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        payload_text, mac_text = token.split(".", 1)
+        payload, mac = _unb64(payload_text), _unb64(mac_text)
     except (ValueError, binascii.Error) as exc:
         raise BadToken("malformed unsubscribe link") from exc
-    if len(raw) != _PAYLOAD.size + _MAC_BYTES:
-        raise BadToken("malformed unsubscribe link")
-    payload, mac = raw[: _PAYLOAD.size], raw[_PAYLOAD.size :]
-    if not hmac.compare_digest(mac, _mac(secret, payload)):
+    if len(payload) != _PAYLOAD_BYTES or not hmac.compare_digest(mac, _mac(secret, payload)):
         raise BadToken("this unsubscribe link is not valid")
-    version, campaign, recipient_id = _PAYLOAD.unpack(payload)
-    if version != _VERSION:
-        raise BadToken("this unsubscribe link is not valid")
-    return UnsubscribeTarget(UUID(bytes=campaign), recipient_id)
+    (recipient_id,) = _RECIPIENT.unpack(payload[16:])
+    return UnsubscribeTarget(UUID(bytes=payload[:16]), recipient_id)

@@ -95,7 +95,7 @@ async def _consume_control(ctx: ServiceContext, repo: ScheduleRepository) -> Non
     async def handle(events: list[Consumed[CampaignControl]]) -> None:
         for item in events:
             if item.event.action in ("unschedule", "cancel"):
-                await repo.drop_schedule(item.event.campaign_id)
+                await repo.drop_schedule(item.event.campaign_id, item.event.revision)
 
     await consumer.start()
     try:

@@ -74,9 +74,19 @@ class ScheduleRepository:
             )
         return True
 
-    async def drop_schedule(self, campaign_id: UUID) -> None:
+    async def drop_schedule(self, campaign_id: UUID, revision: int) -> None:
+        """Forget a schedule that an unschedule/cancel of a later revision replaced.
+
+        `campaign.control` and `campaign.scheduled` are different topics, so a re-schedule
+        may be read before the unschedule it follows: the revision keeps the newer one.
+        """
         await self.pool.execute(
-            "DELETE FROM schedules WHERE campaign_id = $1 AND claimed_at IS NULL", campaign_id
+            """
+            DELETE FROM schedules
+             WHERE campaign_id = $1 AND claimed_at IS NULL AND revision < $2
+            """,
+            campaign_id,
+            revision,
         )
 
     async def due_campaigns(self, limit: int = 20) -> list[UUID]:
@@ -112,11 +122,31 @@ class ScheduleRepository:
                 """,
                 campaign_id,
             )
+            if campaign is None:
+                # Not claimable now: claimed by another scheduler, unscheduled, cancelled, or
+                # re-scheduled later with its event still on the way. The campaign row is the
+                # truth: follow its time, or forget a schedule it no longer has.
+                await conn.execute(
+                    """
+                    UPDATE schedules s SET send_at = c.send_at, revision = c.schedule_revision
+                      FROM campaigns c
+                     WHERE s.campaign_id = $1 AND c.id = $1
+                       AND c.status = 'scheduled' AND c.send_at > now()
+                    """,
+                    campaign_id,
+                )
+                await conn.execute(
+                    """
+                    DELETE FROM schedules
+                     WHERE campaign_id = $1 AND NOT EXISTS (
+                           SELECT 1 FROM campaigns WHERE id = $1 AND status = 'scheduled')
+                    """,
+                    campaign_id,
+                )
+                return None
             await conn.execute(
                 "UPDATE schedules SET claimed_at = now() WHERE campaign_id = $1", campaign_id
             )
-            if campaign is None:
-                return None  # unscheduled, cancelled, or claimed by another scheduler
             content_id = await conn.fetchval(
                 """
                 INSERT INTO content_snapshots (campaign_id, subject, html, text, from_email, from_name)

@@ -186,3 +186,41 @@ async def test_only_unaccounted_batches_are_emitted_again(
         (2, 1),
         (2, 2),
     ]
+
+
+async def test_a_rescheduled_campaign_waits_for_its_new_time(pool: asyncpg.Pool) -> None:
+    campaign_id = await seed_campaign(pool, recipients=3)
+    # The schedule row still has the old, past time; the campaign was moved to tomorrow.
+    await pool.execute(
+        "INSERT INTO schedules (campaign_id, send_at, timezone, revision) VALUES ($1, now(), 'UTC', 1)",
+        campaign_id,
+    )
+    await pool.execute(
+        "UPDATE campaigns SET send_at = now() + interval '1 day', schedule_revision = 2 WHERE id = $1",
+        campaign_id,
+    )
+    repo = ScheduleRepository(pool)
+    assert await repo.claim_and_plan(campaign_id, 5) is None
+    row = await pool.fetchrow("SELECT * FROM schedules WHERE campaign_id = $1", campaign_id)
+    assert row["claimed_at"] is None and row["revision"] == 2
+    assert row["send_at"] > datetime.now(UTC) + timedelta(hours=23)
+    assert campaign_id not in await repo.due_campaigns(limit=1000)
+
+
+async def test_unschedule_older_than_the_schedule_is_ignored(pool: asyncpg.Pool) -> None:
+    campaign_id = await seed_campaign(pool, recipients=1)
+    await pool.execute(
+        "INSERT INTO schedules (campaign_id, send_at, timezone, revision) VALUES ($1, now(), 'UTC', 3)",
+        campaign_id,
+    )
+    repo = ScheduleRepository(pool)
+    await repo.drop_schedule(campaign_id, revision=2)
+    assert (
+        await pool.fetchval("SELECT revision FROM schedules WHERE campaign_id = $1", campaign_id)
+        == 3
+    )
+    await repo.drop_schedule(campaign_id, revision=4)
+    assert (
+        await pool.fetchval("SELECT count(*) FROM schedules WHERE campaign_id = $1", campaign_id)
+        == 0
+    )

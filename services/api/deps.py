@@ -1,0 +1,126 @@
+"""What route handlers get injected: the app's resources and the authenticated caller."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Annotated
+from uuid import UUID
+
+import asyncpg
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from libs.common.blobs import BlobStore
+from libs.common.kafka import EventProducer
+from libs.common.logging import bind_contextvars
+from libs.common.settings import Settings
+from services.api import repository
+from services.api.keys import Role, hash_key, role_allows
+from services.api.problems import ProblemError
+from services.api.ratelimit import FailureLimiter
+
+
+@dataclass
+class ApiResources:
+    """Set up by the lifespan; the pool and producer exist only while the app runs."""
+
+    settings: Settings
+    auth_failures: FailureLimiter
+    pool: asyncpg.Pool | None = None
+    producer: EventProducer | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def db(self) -> asyncpg.Pool:
+        if self.pool is None:
+            raise ProblemError(503, "the API is starting; the database is not connected yet")
+        return self.pool
+
+    @property
+    def events(self) -> EventProducer:
+        if self.producer is None:
+            raise ProblemError(503, "the API is starting; the broker is not connected yet")
+        return self.producer
+
+    @property
+    def blobs(self) -> BlobStore:
+        return BlobStore(self.db)
+
+
+def get_resources(request: Request) -> ApiResources:
+    resources: ApiResources = request.app.state.resources
+    return resources
+
+
+Resources = Annotated[ApiResources, Depends(get_resources)]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key: `Authorization: Bearer mf_...`. Roles: admin, editor, viewer.",
+)
+
+
+@dataclass(frozen=True)
+class Caller:
+    key_id: UUID
+    name: str
+    role: Role
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def authenticate(
+    request: Request,
+    resources: Resources,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    client = _client(request)
+    wait = resources.auth_failures.retry_after(client)
+    if wait is not None:
+        raise ProblemError(
+            429,
+            f"too many failed authentication attempts; retry in {math.ceil(wait)} s",
+            kind="too-many-auth-failures",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+    key = (
+        credentials.credentials if credentials and credentials.scheme.lower() == "bearer" else None
+    )
+    found = await repository.find_active_key(resources.db, hash_key(key)) if key else None
+    if found is None:
+        resources.auth_failures.record_failure(client)
+        raise ProblemError(
+            401,
+            "send a valid API key as 'Authorization: Bearer <key>'"
+            if key
+            else "missing API key: send 'Authorization: Bearer <key>'",
+            kind="unauthorized",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    await repository.touch_key(resources.db, found["id"])
+    caller = Caller(found["id"], found["name"], Role(found["role"]))
+    bind_contextvars(api_key_id=str(caller.key_id))
+    return caller
+
+
+def require(role: Role) -> object:
+    """A dependency that admits callers whose role includes `role`."""
+
+    async def check(caller: Annotated[Caller, Depends(authenticate)]) -> Caller:
+        if not role_allows(caller.role, role):
+            raise ProblemError(
+                403,
+                f"this needs the {role.value} role; the key '{caller.name}' is {caller.role.value}",
+                kind="forbidden",
+            )
+        return caller
+
+    return Depends(check)
+
+
+CanRead = Annotated[Caller, require(Role.VIEWER)]
+CanEdit = Annotated[Caller, require(Role.EDITOR)]
+IsAdmin = Annotated[Caller, require(Role.ADMIN)]

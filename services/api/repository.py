@@ -1,0 +1,297 @@
+"""PostgreSQL access for the API: its own tables, and the read models it shows.
+
+Writes only api_keys, lists, campaigns and import_requests (blobs go through BlobStore);
+reads import_jobs, campaign_stats and recipients, written by other services for reading.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from services.api.pagination import decode_cursor, encode_cursor
+
+Executor = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
+Row = dict[str, Any]
+
+CAMPAIGN_COLUMNS = (
+    "id, name, subject, html, text, from_email, from_name, list_id, provider, status,"
+    " send_at, timezone, schedule_revision, created_at, updated_at, started_at, finished_at"
+)
+EDITABLE_STATUSES = ("draft", "scheduled")
+
+
+def _row(record: asyncpg.Record | None) -> Row | None:
+    return dict(record) if record is not None else None
+
+
+async def _page(
+    db: Executor,
+    select: str,
+    where: list[str],
+    args: list[Any],
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[Row], str | None]:
+    """Keyset page over (created_at, id) newest first; `select` has a `created_at` column.
+
+    `select` and `where` are fixed SQL from this module; values only travel as parameters.
+    """
+    args = list(args)
+    where = list(where)
+    if cursor:
+        created_at, row_id = decode_cursor(cursor)
+        args += [created_at, row_id]
+        where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+    args.append(limit + 1)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    sql = f"{select} {clause} ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"  # noqa: S608
+    rows = [dict(r) for r in await db.fetch(sql, *args)]
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, encode_cursor(rows[-1]["created_at"], rows[-1]["id"])
+
+
+# ----- api keys -----
+
+
+async def find_active_key(db: Executor, key_hash: bytes) -> Row | None:
+    record = await db.fetchrow(
+        "SELECT id, name, role FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", key_hash
+    )
+    return _row(record)
+
+
+async def touch_key(db: Executor, key_id: UUID) -> None:
+    # At most one write a minute per key: a busy key should not write on every request.
+    await db.execute(
+        "UPDATE api_keys SET last_used_at = now() WHERE id = $1"
+        " AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
+        key_id,
+    )
+
+
+async def insert_key(
+    db: Executor, name: str, role: str, prefix: str, key_hash: bytes
+) -> Row | None:
+    """None when a key with this hash exists already."""
+    record = await db.fetchrow(
+        "INSERT INTO api_keys (name, role, key_prefix, key_hash) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (key_hash) DO NOTHING"
+        " RETURNING id, name, role, key_prefix, created_at, last_used_at, revoked_at",
+        name,
+        role,
+        prefix,
+        key_hash,
+    )
+    return _row(record)
+
+
+async def has_active_admin(db: Executor) -> bool:
+    return bool(
+        await db.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM api_keys WHERE role = 'admin' AND revoked_at IS NULL)"
+        )
+    )
+
+
+async def page_keys(db: Executor, cursor: str | None, limit: int) -> tuple[list[Row], str | None]:
+    select = "SELECT id, name, role, key_prefix, created_at, last_used_at, revoked_at FROM api_keys"
+    return await _page(db, select, [], [], cursor, limit)
+
+
+async def revoke_key(db: Executor, key_id: UUID) -> Row | None:
+    record = await db.fetchrow(
+        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1"
+        " RETURNING id, name, role, key_prefix, created_at, last_used_at, revoked_at",
+        key_id,
+    )
+    return _row(record)
+
+
+# ----- lists -----
+
+
+async def insert_list(db: Executor, name: str) -> Row:
+    record = await db.fetchrow(
+        "INSERT INTO lists (name) VALUES ($1) RETURNING id, name, created_at", name
+    )
+    assert record is not None
+    return dict(record)
+
+
+async def get_list(db: Executor, list_id: UUID) -> Row | None:
+    return _row(await db.fetchrow("SELECT id, name, created_at FROM lists WHERE id = $1", list_id))
+
+
+async def list_exists(db: Executor, list_id: UUID) -> bool:
+    return bool(await db.fetchval("SELECT EXISTS (SELECT 1 FROM lists WHERE id = $1)", list_id))
+
+
+async def recipient_count(db: Executor, list_id: UUID) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM recipients WHERE list_id = $1", list_id))
+
+
+async def page_lists(db: Executor, cursor: str | None, limit: int) -> tuple[list[Row], str | None]:
+    return await _page(db, "SELECT id, name, created_at FROM lists", [], [], cursor, limit)
+
+
+async def find_recipient(db: Executor, list_id: UUID, email_or_id: str) -> Row | None:
+    if email_or_id.isdigit() and len(email_or_id) <= 18:  # fits a bigint
+        record = await db.fetchrow(
+            "SELECT id, email, fields FROM recipients WHERE list_id = $1 AND id = $2",
+            list_id,
+            int(email_or_id),
+        )
+    else:
+        record = await db.fetchrow(
+            "SELECT id, email, fields FROM recipients WHERE list_id = $1 AND email = $2",
+            list_id,
+            email_or_id.strip().lower().replace("\x00", ""),
+        )
+    return _row(record)
+
+
+async def recipient_email(db: Executor, recipient_id: int) -> str | None:
+    value = await db.fetchval("SELECT email FROM recipients WHERE id = $1", recipient_id)
+    return str(value) if value is not None else None
+
+
+# ----- imports -----
+
+_IMPORT_SELECT = (
+    "SELECT r.id, r.list_id, r.filename, r.requested_at AS created_at,"
+    " coalesce(j.status, 'queued') AS status, coalesce(j.rows_total, 0) AS rows_total,"
+    " coalesce(j.rows_imported, 0) AS rows_imported,"
+    " coalesce(j.rows_rejected, 0) AS rows_rejected,"
+    " coalesce(j.rows_duplicate, 0) AS rows_duplicate, j.error, j.started_at, j.finished_at"
+    " FROM import_requests r LEFT JOIN import_jobs j ON j.id = r.id"
+)
+
+
+async def insert_import_request(
+    db: Executor, import_id: UUID, list_id: UUID, blob_id: UUID, filename: str
+) -> None:
+    await db.execute(
+        "INSERT INTO import_requests (id, list_id, blob_id, filename) VALUES ($1, $2, $3, $4)",
+        import_id,
+        list_id,
+        blob_id,
+        filename,
+    )
+
+
+async def delete_import_request(db: Executor, import_id: UUID) -> None:
+    await db.execute("DELETE FROM import_requests WHERE id = $1", import_id)
+
+
+def _import_out(row: Row) -> Row:
+    row["requested_at"] = row.pop("created_at")
+    return row
+
+
+async def get_import(db: Executor, import_id: UUID) -> Row | None:
+    row = _row(await db.fetchrow(_IMPORT_SELECT + " WHERE r.id = $1", import_id))
+    return _import_out(row) if row else None
+
+
+async def page_imports(
+    db: Executor, list_id: UUID, cursor: str | None, limit: int
+) -> tuple[list[Row], str | None]:
+    # The keyset columns must be unqualified for _page: wrap the join in a subquery.
+    select = f"SELECT * FROM ({_IMPORT_SELECT} WHERE r.list_id = $1) AS imports"  # noqa: S608
+    rows, next_cursor = await _page(db, select, [], [list_id], cursor, limit)
+    return [_import_out(r) for r in rows], next_cursor
+
+
+# ----- campaigns -----
+
+
+async def insert_campaign(db: Executor, fields: Row) -> Row:
+    record = await db.fetchrow(
+        "INSERT INTO campaigns (name, subject, html, text, from_email, from_name, list_id,"  # noqa: S608
+        " provider) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        f" RETURNING {CAMPAIGN_COLUMNS}",
+        fields["name"],
+        fields["subject"],
+        fields["html"],
+        fields["text"],
+        fields["from_email"],
+        fields["from_name"],
+        fields["list_id"],
+        fields["provider"],
+    )
+    assert record is not None
+    return dict(record)
+
+
+async def get_campaign(db: Executor, campaign_id: UUID, *, lock: bool = False) -> Row | None:
+    suffix = " FOR UPDATE" if lock else ""
+    sql = f"SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = $1{suffix}"  # noqa: S608
+    return _row(await db.fetchrow(sql, campaign_id))
+
+
+async def page_campaigns(
+    db: Executor, status: str | None, cursor: str | None, limit: int
+) -> tuple[list[Row], str | None]:
+    select = f"SELECT {CAMPAIGN_COLUMNS} FROM campaigns"  # noqa: S608
+    if status:
+        return await _page(db, select, ["status = $1"], [status], cursor, limit)
+    return await _page(db, select, [], [], cursor, limit)
+
+
+async def update_campaign_content(db: Executor, campaign_id: UUID, changes: Row) -> Row | None:
+    """Apply `changes` if the campaign is still editable (compare-and-set on status)."""
+    allowed = ("name", "subject", "html", "text", "from_email", "from_name", "list_id", "provider")
+    names = [name for name in allowed if name in changes]
+    sets = ", ".join(f"{name} = ${i + 2}" for i, name in enumerate(names))
+    sql = (
+        f"UPDATE campaigns SET {sets}, updated_at = now()"  # noqa: S608
+        f" WHERE id = $1 AND status = ANY(${len(names) + 2}::text[])"
+        f" RETURNING {CAMPAIGN_COLUMNS}"
+    )
+    record = await db.fetchrow(
+        sql, campaign_id, *(changes[n] for n in names), list(EDITABLE_STATUSES)
+    )
+    return _row(record)
+
+
+async def mark_scheduled(
+    db: Executor, campaign_id: UUID, send_at: datetime, timezone: str
+) -> Row | None:
+    """draft|scheduled → scheduled with a new revision; None when the status does not allow it."""
+    record = await db.fetchrow(
+        "UPDATE campaigns SET status = 'scheduled', send_at = $2, timezone = $3,"  # noqa: S608
+        " schedule_revision = schedule_revision + 1, updated_at = now()"
+        f" WHERE id = $1 AND status = ANY($4::text[]) RETURNING {CAMPAIGN_COLUMNS}",
+        campaign_id,
+        send_at,
+        timezone,
+        list(EDITABLE_STATUSES),
+    )
+    return _row(record)
+
+
+async def mark_unscheduled(db: Executor, campaign_id: UUID) -> Row | None:
+    """scheduled → draft with a new revision (which outdates the earlier schedule)."""
+    record = await db.fetchrow(
+        "UPDATE campaigns SET status = 'draft', send_at = NULL,"  # noqa: S608
+        " schedule_revision = schedule_revision + 1, updated_at = now()"
+        f" WHERE id = $1 AND status = 'scheduled' RETURNING {CAMPAIGN_COLUMNS}",
+        campaign_id,
+    )
+    return _row(record)
+
+
+async def campaign_counters(db: Executor, campaign_id: UUID) -> Row | None:
+    record = await db.fetchrow(
+        "SELECT audience_total, sent, failed, suppressed, invalid, unknown, cancelled"
+        " FROM campaign_stats WHERE campaign_id = $1",
+        campaign_id,
+    )
+    return _row(record)

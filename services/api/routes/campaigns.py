@@ -1,0 +1,291 @@
+"""Campaigns: create, read, edit, schedule, unschedule, duplicate, preview."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from aiokafka.errors import KafkaError
+from fastapi import APIRouter, Query
+
+from libs.common.events import CampaignControl, CampaignScheduled, Topic
+from libs.common.logging import bound_contextvars, get_logger
+from libs.common.templating import check_template, render
+from services.api import repository
+from services.api.deps import ApiResources, CanEdit, CanRead, Resources
+from services.api.pagination import BadCursor
+from services.api.problems import FieldError, ProblemError, problem_responses
+from services.api.routes.common import DEFAULT_PAGE, Cursor, Limit, bad_cursor, not_found
+from services.api.scheduling import UnrepresentableTime, resolve_send_at
+from services.api.schemas import (
+    CampaignCreate,
+    CampaignOut,
+    CampaignStatusName,
+    CampaignUpdate,
+    Page,
+    PreviewOut,
+    ScheduleRequest,
+    StatsOut,
+)
+from services.api.stats import campaign_stats
+
+log = get_logger(__name__)
+router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
+
+_TEMPLATE_PARTS = ("subject", "html", "text")
+
+
+def _check_templates(values: dict[str, Any]) -> None:
+    """422 naming the part and line of every template that does not parse."""
+    problems = [
+        problem
+        for part in _TEMPLATE_PARTS
+        if values.get(part) is not None
+        and (problem := check_template(part, values[part])) is not None
+    ]
+    if problems:
+        raise ProblemError(
+            422,
+            "template error: " + "; ".join(str(p) for p in problems),
+            kind="template-error",
+            errors=[
+                FieldError(field=f"body.{p.part}", message=p.message, line=p.line) for p in problems
+            ],
+        )
+
+
+async def _require_list(resources: ApiResources, list_id: UUID) -> None:
+    if not await repository.list_exists(resources.db, list_id):
+        raise ProblemError(
+            422,
+            f"list_id: no list with id {list_id}; create it with POST /api/v1/lists",
+            kind="validation",
+            errors=[FieldError(field="body.list_id", message="no list with this id")],
+        )
+
+
+async def _with_stats(resources: ApiResources, row: dict[str, Any]) -> CampaignOut:
+    counters = await repository.campaign_counters(resources.db, row["id"])
+    list_size = 0 if counters else await repository.recipient_count(resources.db, row["list_id"])
+    stats = campaign_stats(counters, list_size)
+    return CampaignOut(**row, stats=StatsOut(**stats.as_dict()))
+
+
+async def _editable_or_problem(resources: ApiResources, campaign_id: UUID, action: str) -> None:
+    """Called after a compare-and-set matched nothing: say why."""
+    row = await repository.get_campaign(resources.db, campaign_id)
+    if row is None:
+        raise not_found("campaign", campaign_id)
+    raise ProblemError(
+        409,
+        f"cannot {action} a campaign that is {row['status']}",
+        kind="campaign-state",
+    )
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=CampaignOut,
+    responses=problem_responses(401, 403, 413, 422),
+)
+async def create_campaign(body: CampaignCreate, resources: Resources, _: CanEdit) -> CampaignOut:
+    values = body.model_dump()
+    _check_templates(values)
+    await _require_list(resources, body.list_id)
+    values["provider"] = body.provider or resources.settings.default_provider
+    row = await repository.insert_campaign(resources.db, values)
+    log.info("campaign created", campaign_id=str(row["id"]))
+    return await _with_stats(resources, row)
+
+
+@router.get("", response_model=Page[CampaignOut], responses=problem_responses(401, 422))
+async def list_campaigns(
+    resources: Resources,
+    _: CanRead,
+    status: Annotated[CampaignStatusName | None, Query()] = None,
+    cursor: Cursor = None,
+    limit: Limit = DEFAULT_PAGE,
+) -> Page[CampaignOut]:
+    try:
+        rows, next_cursor = await repository.page_campaigns(resources.db, status, cursor, limit)
+    except BadCursor as exc:
+        raise bad_cursor(exc) from exc
+    return Page[CampaignOut](items=[CampaignOut(**r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get(
+    "/{campaign_id}", response_model=CampaignOut, responses=problem_responses(401, 404, 422)
+)
+async def get_campaign(campaign_id: UUID, resources: Resources, _: CanRead) -> CampaignOut:
+    row = await repository.get_campaign(resources.db, campaign_id)
+    if row is None:
+        raise not_found("campaign", campaign_id)
+    return await _with_stats(resources, row)
+
+
+@router.patch(
+    "/{campaign_id}",
+    response_model=CampaignOut,
+    responses=problem_responses(401, 403, 404, 409, 413, 422),
+)
+async def update_campaign(
+    campaign_id: UUID, body: CampaignUpdate, resources: Resources, _: CanEdit
+) -> CampaignOut:
+    """Edit while draft or scheduled; a running campaign sends its frozen content."""
+    changes = body.model_dump(exclude_unset=True)
+    for required in ("name", "subject", "html", "from_email", "list_id", "provider"):
+        if required in changes and changes[required] is None:
+            raise ProblemError(
+                422,
+                f"{required} cannot be null",
+                kind="validation",
+                errors=[FieldError(field=f"body.{required}", message="cannot be null")],
+            )
+    _check_templates(changes)
+    if changes.get("list_id") is not None:
+        await _require_list(resources, changes["list_id"])
+    if not changes:
+        row = await repository.get_campaign(resources.db, campaign_id)
+        if row is None:
+            raise not_found("campaign", campaign_id)
+        return await _with_stats(resources, row)
+    updated = await repository.update_campaign_content(resources.db, campaign_id, changes)
+    if updated is None:
+        await _editable_or_problem(resources, campaign_id, "edit")
+    assert updated is not None
+    log.info("campaign edited", campaign_id=str(campaign_id), fields=sorted(changes))
+    return await _with_stats(resources, updated)
+
+
+@router.post(
+    "/{campaign_id}/schedule",
+    response_model=CampaignOut,
+    responses=problem_responses(401, 403, 404, 409, 413, 422, 503),
+)
+async def schedule_campaign(
+    campaign_id: UUID, resources: Resources, _: CanEdit, body: ScheduleRequest | None = None
+) -> CampaignOut:
+    """Schedule or re-schedule. A `send_at` without offset is wall time in `timezone`."""
+    request = body or ScheduleRequest()
+    timezone = request.timezone or resources.settings.default_timezone
+    try:
+        send_at = resolve_send_at(request.send_at, timezone, datetime.now(UTC))
+    except UnrepresentableTime as exc:
+        raise ProblemError(
+            422,
+            f"send_at: {exc}",
+            kind="validation",
+            errors=[FieldError(field="body.send_at", message=str(exc))],
+        ) from exc
+    with bound_contextvars(campaign_id=str(campaign_id)):
+        async with resources.db.acquire() as conn, conn.transaction():
+            row = await repository.mark_scheduled(conn, campaign_id, send_at, timezone)
+            if row is None:
+                await _editable_or_problem(resources, campaign_id, "schedule")
+            assert row is not None
+            event = CampaignScheduled(
+                campaign_id=campaign_id,
+                send_at=send_at,
+                timezone=timezone,
+                revision=row["schedule_revision"],
+            )
+            # Published before the commit: if the broker refuses, the status change rolls
+            # back, so a campaign never shows `scheduled` without its event.
+            await _publish(resources, Topic.CAMPAIGN_SCHEDULED, campaign_id, event)
+        log.info(
+            "campaign scheduled",
+            send_at=send_at.isoformat(),
+            timezone=timezone,
+            revision=row["schedule_revision"],
+        )
+    return await _with_stats(resources, row)
+
+
+@router.post(
+    "/{campaign_id}/unschedule",
+    response_model=CampaignOut,
+    responses=problem_responses(401, 403, 404, 409, 503),
+)
+async def unschedule_campaign(campaign_id: UUID, resources: Resources, _: CanEdit) -> CampaignOut:
+    """Back to draft before it starts; the scheduler drops the earlier schedule."""
+    with bound_contextvars(campaign_id=str(campaign_id)):
+        async with resources.db.acquire() as conn, conn.transaction():
+            row = await repository.mark_unscheduled(conn, campaign_id)
+            if row is None:
+                await _editable_or_problem(resources, campaign_id, "unschedule")
+            assert row is not None
+            event = CampaignControl(
+                campaign_id=campaign_id, action="unschedule", revision=row["schedule_revision"]
+            )
+            await _publish(resources, Topic.CAMPAIGN_CONTROL, campaign_id, event)
+        log.info("campaign unscheduled", revision=row["schedule_revision"])
+    return await _with_stats(resources, row)
+
+
+@router.post(
+    "/{campaign_id}/duplicate",
+    status_code=201,
+    response_model=CampaignOut,
+    responses=problem_responses(401, 403, 404, 422),
+)
+async def duplicate_campaign(campaign_id: UUID, resources: Resources, _: CanEdit) -> CampaignOut:
+    """A new draft with the same content, list and provider, and no schedule."""
+    source = await repository.get_campaign(resources.db, campaign_id)
+    if source is None:
+        raise not_found("campaign", campaign_id)
+    copy = {**source, "name": f"{source['name']} (copy)"[:200]}
+    row = await repository.insert_campaign(resources.db, copy)
+    log.info("campaign duplicated", campaign_id=str(row["id"]), source_id=str(campaign_id))
+    return await _with_stats(resources, row)
+
+
+@router.get(
+    "/{campaign_id}/preview",
+    response_model=PreviewOut,
+    responses=problem_responses(401, 404, 422),
+)
+async def preview_campaign(
+    campaign_id: UUID,
+    resources: Resources,
+    _: CanRead,
+    recipient: Annotated[
+        str | None,
+        Query(max_length=320, description="Email or id of a recipient in the campaign's list."),
+    ] = None,
+) -> PreviewOut:
+    """The subject, HTML and text as `recipient` would get them (empty merge fields if none)."""
+    row = await repository.get_campaign(resources.db, campaign_id)
+    if row is None:
+        raise not_found("campaign", campaign_id)
+    context: dict[str, Any] = {}
+    email = None
+    if recipient:
+        found = await repository.find_recipient(resources.db, row["list_id"], recipient)
+        if found is None:
+            raise ProblemError(
+                404, f"no recipient {recipient!r} in the campaign's list", kind="not-found"
+            )
+        email = found["email"]
+        context = {**(found["fields"] or {}), "email": email}
+    try:
+        return PreviewOut(
+            recipient=email,
+            subject=render(row["subject"], context, html=False),
+            html=render(row["html"], context, html=True),
+            text=render(row["text"], context, html=False) if row["text"] else None,
+        )
+    except Exception as exc:
+        # Templates are user code: they parse, yet may fail for this recipient in any way
+        # (a filter on a missing field, a division by zero). That is the user's to fix.
+        raise ProblemError(
+            422, f"the template fails to render for this recipient: {exc}", kind="render-error"
+        ) from exc
+
+
+async def _publish(resources: ApiResources, topic: Topic, campaign_id: UUID, event: Any) -> None:
+    try:
+        await resources.events.send(topic, str(campaign_id), event)
+    except KafkaError as exc:
+        raise ProblemError(503, "the broker is unavailable; nothing changed, retry") from exc

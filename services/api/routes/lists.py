@@ -1,0 +1,193 @@
+"""Recipient lists and the file imports into them."""
+
+from __future__ import annotations
+
+from uuid import UUID, uuid4
+
+from aiokafka.errors import KafkaError
+from fastapi import APIRouter, Request
+
+from libs.common.blobs import UploadTooLarge, blob_ref
+from libs.common.events import ColumnMapping, ImportRequested, Topic
+from libs.common.logging import bound_contextvars, get_logger
+from services.api import repository
+from services.api.deps import CanEdit, CanRead, Resources
+from services.api.multipart_stream import BadMultipart, MissingFilePart, StreamingUpload
+from services.api.pagination import BadCursor
+from services.api.problems import FieldError, ProblemError, problem_responses
+from services.api.routes.common import DEFAULT_PAGE, Cursor, Limit, bad_cursor, not_found
+from services.api.schemas import ImportAccepted, ImportOut, ListCreate, ListOut, Page
+
+log = get_logger(__name__)
+router = APIRouter(prefix="/api/v1", tags=["lists"])
+
+# Multipart framing around the file (boundaries, part headers, small fields).
+_MULTIPART_OVERHEAD = 64 * 1024
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "CSV"},
+                        "email_column": {
+                            "type": "string",
+                            "description": "Header of the address column; found if omitted.",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/lists",
+    status_code=201,
+    response_model=ListOut,
+    responses=problem_responses(401, 403, 413, 422),
+)
+async def create_list(body: ListCreate, resources: Resources, _: CanEdit) -> ListOut:
+    row = await repository.insert_list(resources.db, body.name)
+    log.info("list created", list_id=str(row["id"]))
+    return ListOut(**row, recipient_count=0)
+
+
+@router.get("/lists", response_model=Page[ListOut], responses=problem_responses(401, 422))
+async def list_lists(
+    resources: Resources, _: CanRead, cursor: Cursor = None, limit: Limit = DEFAULT_PAGE
+) -> Page[ListOut]:
+    try:
+        rows, next_cursor = await repository.page_lists(resources.db, cursor, limit)
+    except BadCursor as exc:
+        raise bad_cursor(exc) from exc
+    return Page[ListOut](items=[ListOut(**r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/lists/{list_id}", response_model=ListOut, responses=problem_responses(401, 404, 422))
+async def get_list(list_id: UUID, resources: Resources, _: CanRead) -> ListOut:
+    row = await repository.get_list(resources.db, list_id)
+    if row is None:
+        raise not_found("list", list_id)
+    count = await repository.recipient_count(resources.db, list_id)
+    return ListOut(**row, recipient_count=count)
+
+
+@router.post(
+    "/lists/{list_id}/imports",
+    status_code=202,
+    response_model=ImportAccepted,
+    responses=problem_responses(400, 401, 403, 404, 413, 422, 503),
+    openapi_extra=_UPLOAD_BODY,
+)
+async def import_file(
+    list_id: UUID, request: Request, resources: Resources, _: CanEdit
+) -> ImportAccepted:
+    """Upload a CSV (multipart field `file`); the importer loads it in the background."""
+    limit = resources.settings.max_upload_bytes
+    _refuse_declared_oversize(request, limit)
+    if not await repository.list_exists(resources.db, list_id):
+        raise not_found("list", list_id)
+    import_id = uuid4()
+    with bound_contextvars(import_id=str(import_id), list_id=str(list_id)):
+        upload = await _open_upload(request)
+        try:
+            blob_id = await resources.blobs.write(
+                upload.filename or "upload",
+                upload.file_content_type,
+                upload.file_chunks(),
+                limit,
+            )
+        except UploadTooLarge as exc:
+            raise _too_large(limit) from exc
+        except BadMultipart as exc:
+            raise ProblemError(400, str(exc), kind="bad-multipart") from exc
+        filename = upload.filename or "upload"
+        await repository.insert_import_request(resources.db, import_id, list_id, blob_id, filename)
+        event = ImportRequested(
+            import_id=import_id,
+            list_id=list_id,
+            file_ref=blob_ref(blob_id),
+            filename=filename,
+            mapping=ColumnMapping(email=upload.fields.get("email_column") or None),
+        )
+        try:
+            await resources.events.send(Topic.IMPORT_REQUESTED, str(list_id), event)
+        except KafkaError as exc:
+            # Nobody would ever pick the import up: take it back rather than show it queued.
+            await repository.delete_import_request(resources.db, import_id)
+            await resources.blobs.delete(blob_id)
+            raise ProblemError(503, "the broker is unavailable; retry the upload") from exc
+        log.info("import requested", blob_id=str(blob_id), filename=filename)
+    return ImportAccepted(id=import_id, list_id=list_id)
+
+
+@router.get(
+    "/lists/{list_id}/imports",
+    response_model=Page[ImportOut],
+    responses=problem_responses(401, 404, 422),
+)
+async def list_imports(
+    list_id: UUID,
+    resources: Resources,
+    _: CanRead,
+    cursor: Cursor = None,
+    limit: Limit = DEFAULT_PAGE,
+) -> Page[ImportOut]:
+    if not await repository.list_exists(resources.db, list_id):
+        raise not_found("list", list_id)
+    try:
+        rows, next_cursor = await repository.page_imports(resources.db, list_id, cursor, limit)
+    except BadCursor as exc:
+        raise bad_cursor(exc) from exc
+    return Page[ImportOut](items=[ImportOut(**r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get(
+    "/imports/{import_id}",
+    response_model=ImportOut,
+    responses=problem_responses(401, 404, 422),
+    tags=["imports"],
+)
+async def get_import(import_id: UUID, resources: Resources, _: CanRead) -> ImportOut:
+    row = await repository.get_import(resources.db, import_id)
+    if row is None:
+        raise not_found("import", import_id)
+    return ImportOut(**row)
+
+
+def _too_large(limit: int) -> ProblemError:
+    return ProblemError(
+        413,
+        f"the file is larger than the upload limit of {limit} bytes"
+        " (MAILFLEET_MAX_UPLOAD_BYTES); split it or raise the limit",
+        kind="upload-too-large",
+    )
+
+
+def _refuse_declared_oversize(request: Request, limit: int) -> None:
+    """Refuse before reading a byte when the declared length is already too large."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + _MULTIPART_OVERHEAD:
+        raise _too_large(limit)
+
+
+async def _open_upload(request: Request) -> StreamingUpload:
+    try:
+        upload = StreamingUpload(request.headers.get("content-type", ""), request.stream())
+        await upload.open()
+    except BadMultipart as exc:
+        raise ProblemError(400, str(exc), kind="bad-multipart") from exc
+    except MissingFilePart as exc:
+        raise ProblemError(
+            422,
+            f"{exc}: send the CSV as multipart/form-data field 'file'",
+            kind="validation",
+            errors=[FieldError(field="body.file", message="field required")],
+        ) from exc
+    return upload

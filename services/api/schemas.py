@@ -1,0 +1,205 @@
+"""Request and response bodies of the REST API (JSON in and out)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Generic, Literal, TypeVar
+from uuid import UUID
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from libs.common.settings import ProviderName
+from services.api.keys import Role
+from services.api.scheduling import UnknownTimezone, zone
+
+# Deliberately loose: the provider is the judge of deliverability; this catches typos.
+_EMAIL = re.compile(r"^[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+$")
+
+T = TypeVar("T")
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; refuse it here rather than fail at the database.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+
+CampaignStatusName = Literal[
+    "draft", "scheduled", "in_progress", "paused", "completed", "failed", "cancelled"
+]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = Field(
+        None, description="Pass as `cursor` to get the next page; null on the last page."
+    )
+
+
+# ----- lists -----
+
+
+class ListCreate(Strict):
+    name: Text = Field(min_length=1, max_length=200, examples=["Newsletter subscribers"])
+
+
+class ListOut(BaseModel):
+    id: UUID
+    name: str
+    created_at: datetime
+    recipient_count: int | None = Field(None, description="Shown when reading one list.")
+
+
+# ----- imports -----
+
+
+class ImportAccepted(BaseModel):
+    id: UUID
+    list_id: UUID
+    status: Literal["queued"] = "queued"
+
+
+class ImportOut(BaseModel):
+    id: UUID
+    list_id: UUID
+    filename: str
+    status: Literal["queued", "running", "completed", "failed"]
+    rows_total: int
+    rows_imported: int
+    rows_rejected: int
+    rows_duplicate: int
+    error: str | None
+    requested_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+# ----- campaigns -----
+
+
+def _check_email(value: str | None) -> str | None:
+    if value is not None and not _EMAIL.match(value):
+        raise ValueError("not an email address, e.g. 'news@example.com'")
+    return value
+
+
+class CampaignCreate(Strict):
+    name: Text = Field(min_length=1, max_length=200, examples=["March newsletter"])
+    subject: Text = Field(min_length=1, max_length=998, examples=["Hello {{ first_name }}"])
+    html: Text = Field(min_length=1, max_length=2_000_000, examples=["<p>Hi {{ first_name }}</p>"])
+    text: Text | None = Field(None, max_length=2_000_000)
+    from_email: Text = Field(max_length=320, examples=["news@example.com"])
+    from_name: Text | None = Field(None, max_length=200)
+    list_id: UUID
+    provider: ProviderName | None = Field(None, description="Default: MAILFLEET_DEFAULT_PROVIDER.")
+
+    _email = field_validator("from_email")(_check_email)
+
+
+class CampaignUpdate(Strict):
+    """Only the fields given change. Allowed while the campaign is draft or scheduled."""
+
+    name: Text | None = Field(None, min_length=1, max_length=200)
+    subject: Text | None = Field(None, min_length=1, max_length=998)
+    html: Text | None = Field(None, min_length=1, max_length=2_000_000)
+    text: Text | None = Field(None, max_length=2_000_000)
+    from_email: Text | None = Field(None, max_length=320)
+    from_name: Text | None = Field(None, max_length=200)
+    list_id: UUID | None = None
+    provider: ProviderName | None = None
+
+    _email = field_validator("from_email")(_check_email)
+
+
+class ScheduleRequest(Strict):
+    send_at: datetime | None = Field(
+        None,
+        description="ISO-8601. Without an offset it is wall time in `timezone`. Omit for now.",
+        examples=["2030-03-01T09:00:00"],
+    )
+    timezone: Text | None = Field(
+        None,
+        max_length=64,
+        description="IANA zone; default MAILFLEET_DEFAULT_TIMEZONE.",
+        examples=["Asia/Kolkata"],
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                zone(value)
+            except UnknownTimezone as exc:
+                raise ValueError(str(exc)) from exc
+        return value
+
+
+class StatsOut(BaseModel):
+    total: int
+    sent: int
+    failed: int
+    suppressed: int
+    invalid: int
+    unknown: int
+    cancelled: int
+    pending: int
+    delivery_rate: float = Field(description="sent / (total - suppressed), 0 when undefined.")
+
+
+class CampaignOut(BaseModel):
+    id: UUID
+    name: str
+    subject: str
+    html: str
+    text: str | None
+    from_email: str
+    from_name: str | None
+    list_id: UUID
+    provider: str
+    status: CampaignStatusName
+    send_at: datetime | None = Field(description="UTC, ISO-8601.")
+    timezone: str | None = Field(description="The IANA zone the schedule was set in.")
+    schedule_revision: int
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    stats: StatsOut | None = Field(None, description="Shown when reading one campaign.")
+
+
+class PreviewOut(BaseModel):
+    recipient: str | None
+    subject: str
+    html: str
+    text: str | None
+
+
+# ----- api keys -----
+
+
+class ApiKeyCreate(Strict):
+    name: Text = Field(min_length=1, max_length=200, examples=["ci pipeline"])
+    role: Role = Field(examples=["editor"])
+
+
+class ApiKeyOut(BaseModel):
+    id: UUID
+    name: str
+    role: Role
+    key_prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(description="The key itself. Shown only in this answer; store it now.")

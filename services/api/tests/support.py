@@ -1,0 +1,76 @@
+"""Helpers for the API tests (importable from test modules, unlike conftest)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from fastapi import FastAPI
+
+from libs.common.settings import Settings
+
+# Small, so that the 413 path is cheap to test.
+UPLOAD_LIMIT = 4096
+
+
+@dataclass
+class Api:
+    app: FastAPI
+    client: httpx.AsyncClient
+    settings: Settings
+    keys: dict[str, str]
+
+    def auth(self, role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[role]}"}
+
+
+@asynccontextmanager
+async def running(app: FastAPI, **transport: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan run, and a client that talks to it in process."""
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, **transport), base_url="http://api.test"
+        ) as client:
+            yield client
+
+
+async def find_event(
+    settings: Settings,
+    topic: str,
+    matches: Callable[[dict[str, Any]], bool],
+    timeout: float = 20.0,
+) -> tuple[bytes | None, dict[str, Any]]:
+    """Read `topic` from the start (no group: nothing to join or commit) until an event
+    matches; returns its key and value."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=50,
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()  # noqa: SLF001
+            partitions = consumer.partitions_for_topic(topic) or set()
+        assignment = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(assignment)
+        await consumer.seek_to_beginning(*assignment)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                for record in records:
+                    value = orjson.loads(record.value or b"null")
+                    if isinstance(value, dict) and matches(value):
+                        return record.key, value
+        raise AssertionError(f"no matching event on {topic} within {timeout} s")
+    finally:
+        await consumer.stop()

@@ -1,0 +1,103 @@
+"""Signed unsubscribe links: confirmation page, one-click POST, forgery and replay."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+
+import asyncpg
+import pytest
+
+from services.api.tests.support import Api, find_event
+from services.api.unsubscribe_tokens import BadToken, make_token, read_token
+from services.dispatcher import unsubscribe as dispatcher_tokens
+
+PROBLEM = "application/problem+json"
+
+
+async def _recipient(pool: asyncpg.Pool, email: str) -> tuple[uuid.UUID, int]:
+    list_id = await pool.fetchval("INSERT INTO lists (name) VALUES ('u') RETURNING id")
+    recipient_id = await pool.fetchval(
+        "INSERT INTO recipients (list_id, email) VALUES ($1, $2) RETURNING id", list_id, email
+    )
+    return list_id, int(recipient_id)
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def test_token_round_trip_carries_no_address() -> None:
+    campaign = uuid.uuid4()
+    token = make_token("s3cret", campaign, 42)
+    target = read_token("s3cret", token)
+    assert (target.campaign_id, target.recipient_id) == (campaign, 42)
+    # Only the two ids travel, never the address.
+    assert _unb64(token.split(".")[0]) == campaign.bytes + (42).to_bytes(8, "big")
+
+
+def test_reads_the_tokens_the_dispatcher_writes() -> None:
+    campaign = uuid.uuid4()
+    token = dispatcher_tokens.make_token("s3cret", campaign, 7)
+    target = read_token("s3cret", token)
+    assert (target.campaign_id, target.recipient_id) == (campaign, 7)
+
+
+def test_tampered_or_foreign_tokens_are_refused() -> None:
+    campaign = uuid.uuid4()
+    token = make_token("s3cret", campaign, 42)
+    with pytest.raises(BadToken):
+        read_token("other-secret", token)
+    payload, mac = token.split(".")
+    raw = bytearray(_unb64(payload))
+    raw[-1] ^= 1  # the recipient id's last byte: someone else's address
+    with pytest.raises(BadToken):
+        read_token("s3cret", f"{_b64(bytes(raw))}.{mac}")
+    other_campaign = make_token("s3cret", uuid.uuid4(), 42)
+    with pytest.raises(BadToken):  # a signature replayed onto another payload
+        read_token("s3cret", f"{other_campaign.split('.')[0]}.{mac}")
+    for garbage in ("", "abc", "!!!!", "a.b", token[:-2], token + "x"):
+        with pytest.raises(BadToken):
+            read_token("s3cret", garbage)
+
+
+async def test_page_then_one_click_post_publishes_unsubscribe(api: Api, pool: asyncpg.Pool) -> None:
+    email = f"leave-{uuid.uuid4().hex[:8]}@example.com"
+    _, recipient_id = await _recipient(pool, email)
+    campaign = uuid.uuid4()
+    token = make_token(api.settings.secret_key, campaign, recipient_id)
+
+    page = await api.client.get(f"/u/{token}")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert email not in page.text and "@example.com" in page.text
+    assert f'action="/u/{token}"' in page.text
+    legacy = await api.client.get(f"/unsubscribe/{token}")
+    assert legacy.status_code == 200 and f'action="/unsubscribe/{token}"' in legacy.text
+
+    done = await api.client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
+    assert done.status_code == 200
+    key, event = await find_event(
+        api.settings, "delivery.event", lambda e: e.get("recipient_id") == recipient_id
+    )
+    assert key == str(campaign).encode()
+    assert (event["event"], event["email"], event["campaign_id"]) == (
+        "unsubscribe",
+        email,
+        str(campaign),
+    )
+
+
+async def test_forged_and_foreign_tokens_are_404(api: Api, pool: asyncpg.Pool) -> None:
+    _, recipient_id = await _recipient(pool, f"x-{uuid.uuid4().hex[:8]}@example.com")
+    foreign = make_token("not-our-secret", uuid.uuid4(), recipient_id)
+    for token in (foreign, "garbage"):
+        for method in ("GET", "POST"):
+            answer = await api.client.request(method, f"/u/{token}")
+            assert answer.status_code == 404, (method, token)
+            assert answer.headers["content-type"] == PROBLEM
+    gone = make_token(api.settings.secret_key, uuid.uuid4(), 2**62)
+    assert (await api.client.post(f"/u/{gone}")).status_code == 404
