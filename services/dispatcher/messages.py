@@ -13,7 +13,9 @@ from libs.common.events import RecipientOutcome
 
 # Pragmatic address check (the same one the sink applies for SendGrid): a local part, an
 # `@`, a dotted domain, nothing that breaks a header. Stricter checks belong to the importer.
-_ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
+_ADDRESS = re.compile(
+    r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
+)
 MAX_ADDRESS_LENGTH = 254
 
 

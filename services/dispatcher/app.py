@@ -1,0 +1,106 @@
+"""Dispatcher wiring: `batch.ready` in, provider out, `delivery.result` out."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+
+import aiohttp
+
+from libs.common.events import BatchReady, Topic
+from libs.common.kafka import Consumed, EventConsumer
+from libs.common.logging import get_logger
+from libs.common.service import ServiceContext, run_service
+from libs.common.settings import Settings, get_settings
+from services.dispatcher.config import DispatcherSettings, get_dispatcher_settings
+from services.dispatcher.content_store import ContentRepository
+from services.dispatcher.dispatch import BatchDispatcher
+from services.dispatcher.headers import HeaderPolicy
+from services.dispatcher.ledger_store import PostgresLedger
+from services.dispatcher.metrics import RATE_LIMIT
+from services.dispatcher.providers.base import Provider
+from services.dispatcher.providers.registry import build_providers
+
+log = get_logger(__name__)
+
+_SHARE_REFRESH_S = 1.0
+
+
+def header_policy(settings: Settings, extra: DispatcherSettings) -> HeaderPolicy:
+    base = settings.public_url or f"http://{settings.api_host}:{settings.api_port}"
+    if not settings.secret_key:
+        log.warning("MAILFLEET_SECRET_KEY not set: unsubscribe links are signed with an empty key")
+    return HeaderPolicy(base, settings.secret_key, extra.unsubscribe_mailto)
+
+
+async def _track_partition_share(
+    consumer: EventConsumer[BatchReady],
+    providers: dict[str, Provider],
+    total_partitions: int,
+    stop: asyncio.Event,
+) -> None:
+    """Keep each rate limiter at this instance's share of the partitions (re-read often, so
+    a rebalance is reflected within a second without a rebalance listener)."""
+    while not stop.is_set():
+        assigned = len(consumer.consumer.assignment())
+        for name, provider in providers.items():
+            provider.limiter.set_share(assigned, total_partitions)
+            RATE_LIMIT.labels(name).set(provider.limiter.rate)
+        try:
+            await asyncio.wait_for(stop.wait(), _SHARE_REFRESH_S)
+        except TimeoutError:
+            pass
+
+
+async def main(
+    ctx: ServiceContext,
+    *,
+    group_id: str = "dispatcher",
+    extra: DispatcherSettings | None = None,
+    instance_id: str | None = None,
+) -> None:
+    extra = extra or get_dispatcher_settings()
+    owner = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    connector = aiohttp.TCPConnector(limit=ctx.settings.provider_concurrency * 2)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        providers = build_providers(ctx.settings, extra, session)
+        dispatcher = BatchDispatcher(
+            content=ContentRepository(ctx.pool),
+            ledger=PostgresLedger(ctx.pool),
+            providers=providers,
+            headers=header_policy(ctx.settings, extra),
+            owner=owner,
+            mode=ctx.settings.delivery_mode,
+            takeover_wait_s=extra.ledger_takeover_wait_s,
+        )
+
+        async def handle(items: list[Consumed[BatchReady]]) -> None:
+            results = await asyncio.gather(*(dispatcher.dispatch(i.event) for i in items))
+            # Published after the ledger says `done`; the offset is committed after this.
+            await ctx.producer.send_many(
+                Topic.DELIVERY_RESULT, [(str(r.campaign_id), r) for r in results]
+            )
+
+        consumer: EventConsumer[BatchReady] = EventConsumer(
+            ctx.settings, Topic.BATCH_READY, group_id, ctx.producer, partitions_in_parallel=True
+        )
+        await consumer.start()
+        share = asyncio.create_task(
+            _track_partition_share(
+                consumer, providers, ctx.settings.batch_ready_partitions, ctx.stop
+            )
+        )
+        log.info("dispatcher consuming", group_id=group_id, owner=owner)
+        try:
+            await consumer.run(handle, ctx.stop)
+        finally:
+            share.cancel()
+            await consumer.stop()
+            for provider in providers.values():
+                await provider.close()
+
+
+def run() -> None:
+    asyncio.run(run_service("dispatcher", main, get_settings()))

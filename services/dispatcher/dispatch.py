@@ -1,0 +1,218 @@
+"""Sending one batch with the no-duplicate-send guarantee (no Kafka, no HTTP here).
+
+ledger says done     -> replay the stored result, send nothing
+ledger says sending  -> wait for a live sender, else `unknown` (or re-send, at-least-once)
+not in the ledger    -> render, claim (`sending`, committed), send, store `done`
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from uuid import UUID
+
+from libs.common.events import BatchReady, BatchRecipient, DeliveryResult, RecipientOutcome
+from libs.common.logging import bound_contextvars, get_logger
+from services.dispatcher.headers import HeaderPolicy
+from services.dispatcher.ledger import (
+    Decision,
+    DeliveryMode,
+    LedgerEntry,
+    decide,
+    unknown_outcomes,
+    unsettled,
+)
+from services.dispatcher.metrics import BATCHES, EMAILS
+from services.dispatcher.providers.base import Provider
+from services.dispatcher.rendering import Content, build_outbox
+
+log = get_logger(__name__)
+
+# Progress of a multi-request batch is written to the ledger at most this often: a crash
+# loses at most this much progress, which then reads as `unknown` (never as re-sendable).
+_PROGRESS_FLUSH_S = 0.5
+_WAIT_POLL_S = 0.2
+
+
+class ContentSource(Protocol):
+    async def get(self, content_id: UUID) -> Content | None: ...
+
+
+class Ledger(Protocol):
+    async def get(self, batch_id: str) -> LedgerEntry | None: ...
+    async def claim(self, batch_id: str, campaign_id: UUID, owner: str) -> bool: ...
+    async def take_over(self, batch_id: str, previous_owner: str, owner: str) -> bool: ...
+    async def add_progress(self, batch_id: str, outcomes: list[RecipientOutcome]) -> None: ...
+    async def finish(self, batch_id: str, campaign_id: UUID, owner: str, result: Any) -> None: ...
+
+
+class _ProgressRecorder:
+    def __init__(self, ledger: Ledger, batch_id: str, enabled: bool) -> None:
+        self._ledger = ledger
+        self._batch_id = batch_id
+        self._enabled = enabled
+        self._pending: list[RecipientOutcome] = []
+        self._last_flush = time.monotonic()
+
+    async def __call__(self, outcomes: list[RecipientOutcome]) -> None:
+        if not self._enabled:
+            return
+        self._pending.extend(outcomes)
+        if time.monotonic() - self._last_flush >= _PROGRESS_FLUSH_S:
+            pending, self._pending = self._pending, []
+            self._last_flush = time.monotonic()
+            await self._ledger.add_progress(self._batch_id, pending)
+
+
+class BatchDispatcher:
+    def __init__(
+        self,
+        *,
+        content: ContentSource,
+        ledger: Ledger,
+        providers: Mapping[str, Provider],
+        headers: HeaderPolicy,
+        owner: str,
+        mode: DeliveryMode,
+        takeover_wait_s: float,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._content = content
+        self._ledger = ledger
+        self._providers = providers
+        self._headers = headers
+        self.owner = owner
+        self._mode = mode
+        self._takeover_wait_s = takeover_wait_s
+        self._clock = clock
+        # One batch is handled by one task at a time in this process (a re-emitted copy of a
+        # batch can arrive while the first is still being sent).
+        self._in_flight: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    async def dispatch(self, batch: BatchReady) -> DeliveryResult:
+        lock, users = self._in_flight.get(batch.batch_id, (asyncio.Lock(), 0))
+        self._in_flight[batch.batch_id] = (lock, users + 1)
+        try:
+            async with lock:
+                with bound_contextvars(campaign_id=str(batch.campaign_id), batch_id=batch.batch_id):
+                    return await self._dispatch(batch)
+        finally:
+            lock, users = self._in_flight[batch.batch_id]
+            if users == 1:
+                del self._in_flight[batch.batch_id]
+            else:
+                self._in_flight[batch.batch_id] = (lock, users - 1)
+
+    async def _dispatch(self, batch: BatchReady) -> DeliveryResult:
+        started = self._clock()
+        while True:
+            entry = await self._ledger.get(batch.batch_id)
+            decision = decide(
+                entry,
+                me=self.owner,
+                mode=self._mode,
+                now=self._clock(),
+                takeover_wait_s=self._takeover_wait_s,
+            )
+            if decision is Decision.WAIT:
+                await asyncio.sleep(_WAIT_POLL_S)
+                continue
+            if decision is Decision.REPLAY:
+                assert entry is not None and entry.result is not None
+                BATCHES.labels(batch.provider, "replayed").inc()
+                result = DeliveryResult.model_validate(entry.result)
+                return result.model_copy(update={"replayed": True})
+            if decision is Decision.SEND:
+                return await self._send(batch, started, recorded=[], claim=None)
+            assert entry is not None
+            recorded = entry.recorded_outcomes()
+            if decision is Decision.UNKNOWN:
+                return await self._settle_unknown(batch, started, recorded)
+            return await self._send(batch, started, recorded, claim=entry.owner)
+
+    async def _settle_unknown(
+        self, batch: BatchReady, started: datetime, recorded: list[RecipientOutcome]
+    ) -> DeliveryResult:
+        missing = unsettled(batch.recipients, recorded)
+        log.warning("batch outcome unknown after an interrupted send", unknown=len(missing))
+        BATCHES.labels(batch.provider, "unknown").inc()
+        return await self._finish(batch, started, recorded + unknown_outcomes(missing))
+
+    async def _send(
+        self,
+        batch: BatchReady,
+        started: datetime,
+        recorded: list[RecipientOutcome],
+        claim: str | None,
+    ) -> DeliveryResult:
+        """Send what has no recorded outcome. `claim` is the owner of a stale `sending` row
+        to take over (at-least-once re-send), None to claim a fresh batch."""
+        content = await self._content.get(batch.content_id)
+        provider = self._providers.get(batch.provider)
+        pending = unsettled(batch.recipients, recorded)
+        problem = (
+            f"content snapshot {batch.content_id} not found" if content is None
+            else f"unknown provider {batch.provider!r}" if provider is None
+            else None
+        )  # fmt: skip
+        if problem is not None or content is None or provider is None:
+            # Bad data inside a valid event: record the reason; nothing was sent.
+            log.error("batch cannot be sent", reason=problem)
+            return await self._finish(batch, started, recorded + _failed(pending, problem or ""))
+        outbox = build_outbox(content, batch.campaign_id, batch.batch_id, pending, self._headers)
+        claimed = (
+            await self._ledger.claim(batch.batch_id, batch.campaign_id, self.owner)
+            if claim is None
+            else await self._ledger.take_over(batch.batch_id, claim, self.owner)
+        )
+        if not claimed:
+            # Someone else claimed it between our read and our claim: decide again.
+            return await self._dispatch(batch)
+        requests = len(outbox.individual) + (1 if outbox.templated else 0)
+        progress = _ProgressRecorder(self._ledger, batch.batch_id, enabled=requests > 1)
+        provider_outcomes = await provider.send(outbox, progress)
+        BATCHES.labels(batch.provider, "sent").inc()
+        return await self._finish(batch, started, recorded + outbox.settled + provider_outcomes)
+
+    async def _finish(
+        self, batch: BatchReady, started: datetime, outcomes: list[RecipientOutcome]
+    ) -> DeliveryResult:
+        result = DeliveryResult(
+            batch_id=batch.batch_id,
+            campaign_id=batch.campaign_id,
+            batch_no=batch.batch_no,
+            batches_total=batch.batches_total,
+            audience_total=batch.audience_total,
+            suppressed_total=batch.suppressed_total,
+            provider=batch.provider,
+            outcomes=_one_per_recipient(batch.recipients, outcomes),
+            started_at=started,
+            finished_at=self._clock(),
+        )
+        await self._ledger.finish(
+            batch.batch_id, batch.campaign_id, self.owner, result.model_dump(mode="json")
+        )
+        for outcome in result.outcomes:
+            EMAILS.labels(batch.provider, outcome.status).inc()
+        return result
+
+
+def _failed(recipients: list[BatchRecipient], error: str) -> list[RecipientOutcome]:
+    return [
+        RecipientOutcome(recipient_id=r.recipient_id, email=r.email, status="failed", error=error)
+        for r in recipients
+    ]
+
+
+def _one_per_recipient(
+    recipients: list[BatchRecipient], outcomes: list[RecipientOutcome]
+) -> list[RecipientOutcome]:
+    """Exactly one outcome per recipient, in batch order (a recipient a provider did not
+    answer for is `unknown`, never silently dropped)."""
+    by_id = {o.recipient_id: o for o in outcomes}
+    missing = [r for r in recipients if r.recipient_id not in by_id]
+    by_id.update({o.recipient_id: o for o in unknown_outcomes(missing)})
+    return [by_id[r.recipient_id] for r in recipients]

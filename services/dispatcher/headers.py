@@ -1,0 +1,44 @@
+"""The per-recipient headers and correlation ids every message carries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from uuid import UUID
+
+from services.dispatcher.unsubscribe import unsubscribe_url
+
+
+@dataclass(frozen=True)
+class HeaderPolicy:
+    public_base_url: str
+    secret_key: str
+    unsubscribe_mailto: str = ""
+
+    def headers(self, campaign_id: UUID, recipient_id: int, from_email: str) -> dict[str, str]:
+        targets = [
+            f"<{unsubscribe_url(self.public_base_url, self.secret_key, campaign_id, recipient_id)}>"
+        ]
+        if self.unsubscribe_mailto:
+            targets.append(f"<mailto:{self.unsubscribe_mailto}?subject=unsubscribe>")
+        return {
+            "List-Unsubscribe": ", ".join(targets),
+            # RFC 8058: mailbox providers may POST this body to the URL, with no user prompt.
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            "Message-ID": message_id(campaign_id, recipient_id, from_email),
+        }
+
+
+def message_id(campaign_id: UUID, recipient_id: int, from_email: str) -> str:
+    # Stable per campaign and recipient: unique per message, and a re-send in at-least-once
+    # mode carries the same id, so receiving systems can drop the duplicate.
+    domain = from_email.rsplit("@", 1)[-1] or "mailfleet.invalid"
+    return f"<mf.{campaign_id.hex}.{recipient_id}@{domain}>"
+
+
+def custom_args(campaign_id: UUID, recipient_id: int, batch_id: str) -> dict[str, str]:
+    """Returned by the provider with its webhook events, to correlate them with a recipient."""
+    return {
+        "campaign_id": str(campaign_id),
+        "recipient_id": str(recipient_id),
+        "batch_id": batch_id,
+    }

@@ -1,0 +1,1 @@
+"""Mail providers: SendGrid (and the local sink, which speaks its API) and SMTP."""

@@ -1,0 +1,36 @@
+"""What every provider offers the dispatcher."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from libs.common.events import RecipientOutcome
+from services.dispatcher.messages import Outbox
+from services.dispatcher.rate_limit import RateLimiter
+
+# Called with the outcomes of each provider request as soon as it is answered, so the send
+# ledger can record progress finer than a whole batch.
+ProgressCallback = Callable[[list[RecipientOutcome]], Awaitable[None]]
+
+
+class Provider(Protocol):
+    name: str
+    limiter: RateLimiter
+
+    async def send(self, outbox: Outbox, on_progress: ProgressCallback) -> list[RecipientOutcome]:
+        """Send everything in `outbox`; one outcome per recipient. Never raises for a
+        provider failure: failures become `failed` outcomes with the provider's message."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def sent(recipient_id: int, email: str, message_id: str | None) -> RecipientOutcome:
+    return RecipientOutcome(
+        recipient_id=recipient_id, email=email, status="sent", message_id=message_id
+    )
+
+
+def failed(recipient_id: int, email: str, error: str) -> RecipientOutcome:
+    return RecipientOutcome(recipient_id=recipient_id, email=email, status="failed", error=error)

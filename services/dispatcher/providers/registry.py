@@ -1,0 +1,54 @@
+"""Build the providers a dispatcher can send through, from the settings."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from libs.common.settings import Settings
+from services.dispatcher.config import DispatcherSettings
+from services.dispatcher.providers.base import Provider
+from services.dispatcher.providers.sendgrid import RetryPolicy, SendGridProvider
+from services.dispatcher.providers.smtp import SMTPProvider
+from services.dispatcher.rate_limit import RateLimiter
+
+
+def build_providers(
+    settings: Settings, extra: DispatcherSettings, session: aiohttp.ClientSession
+) -> dict[str, Provider]:
+    retry = RetryPolicy(
+        max_attempts=extra.provider_max_attempts,
+        initial_s=extra.provider_retry_initial_s,
+        max_wait_s=extra.provider_retry_max_s,
+    )
+
+    def sendgrid_api(name: str, url: str, rate: float) -> SendGridProvider:
+        return SendGridProvider(
+            name,
+            url,
+            settings.sendgrid_api_key,
+            session,
+            concurrency=settings.provider_concurrency,
+            limiter=RateLimiter(rate),
+            retry=retry,
+            timeout_s=extra.provider_timeout_s,
+        )
+
+    providers: dict[str, Provider] = {
+        "sendgrid": sendgrid_api(
+            "sendgrid", settings.sendgrid_api_url, extra.sendgrid_rate_per_sec
+        ),
+        # The sink speaks SendGrid's API: the same client, pointed at the local server.
+        "sink": sendgrid_api("sink", settings.sink_url, extra.sink_rate_per_sec),
+        "smtp": SMTPProvider(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+            starttls=settings.smtp_starttls,
+            max_connections=extra.smtp_max_connections,
+            timeout_s=extra.smtp_timeout_s,
+            limiter=RateLimiter(extra.smtp_rate_per_sec),
+            retry=retry,
+        ),
+    }
+    return providers

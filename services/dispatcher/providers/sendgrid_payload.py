@@ -1,0 +1,69 @@
+"""SendGrid v3 mail/send payloads (pure): one request per ≤1,000 templated recipients.
+
+The shared part (from, subject, content) is built with the `sendgrid` package's `Mail`
+model; personalizations are plain dicts in exactly the shape its `Personalization.get()`
+produces (a test holds them equal), because building 1,000 helper objects per request costs
+~25 ms of CPU, a large share of the dispatcher's budget at a million emails a minute.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sendgrid.helpers.mail import Content, From, Mail, Subject
+
+from services.dispatcher.messages import Message, Sender, TemplatedGroup, TemplatedRecipient
+
+MAX_PERSONALIZATIONS = 1000
+
+Payload = dict[str, Any]
+
+
+def _shared(sender: Sender, subject: str, text: str, html: str) -> Payload:
+    mail = Mail()
+    mail.from_email = From(sender.email, sender.name or None)
+    mail.subject = Subject(subject)
+    # SendGrid requires text/plain before text/html.
+    mail.add_content(Content("text/plain", text))
+    mail.add_content(Content("text/html", html))
+    payload: Payload = mail.get()
+    payload.pop("personalizations", None)
+    return payload
+
+
+def personalization(
+    email: str,
+    headers: dict[str, str],
+    custom_args: dict[str, str],
+    substitutions: dict[str, str] | None = None,
+) -> Payload:
+    item: Payload = {"to": [{"email": email}], "headers": headers}
+    if substitutions:
+        item["substitutions"] = substitutions
+    item["custom_args"] = custom_args
+    return item
+
+
+def templated_payloads(
+    sender: Sender, group: TemplatedGroup, max_per_request: int = MAX_PERSONALIZATIONS
+) -> list[tuple[Payload, list[TemplatedRecipient]]]:
+    """One payload per chunk of recipients, with the recipients it carries."""
+    shared = _shared(sender, group.subject, group.text, group.html)
+    chunks = []
+    size = max(1, min(max_per_request, MAX_PERSONALIZATIONS))
+    for start in range(0, len(group.recipients), size):
+        chunk = group.recipients[start : start + size]
+        payload = dict(shared)
+        payload["personalizations"] = [
+            personalization(r.email, r.headers, r.custom_args, r.substitutions) for r in chunk
+        ]
+        chunks.append((payload, chunk))
+    return chunks
+
+
+def message_payload(sender: Sender, message: Message) -> Payload:
+    payload = _shared(sender, message.subject, message.text, message.html)
+    payload["personalizations"] = [
+        personalization(message.email, message.headers, message.custom_args)
+    ]
+    return payload

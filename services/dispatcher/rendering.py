@@ -1,0 +1,194 @@
+"""Turn a batch and its frozen content into what the provider sends (pure: no I/O).
+
+Merge fields are the recipient's `fields` plus `email`. A template made only of text and
+`{{ name }}` placeholders is sent as one shared body with per-recipient substitutions (HTML
+values escaped, text and subject values raw); anything richer is rendered per recipient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from libs.common.events import BatchRecipient, RecipientOutcome
+from libs.common.templating import (
+    Placeholder,
+    TemplatePiece,
+    format_value,
+    render,
+    simple_template_pieces,
+)
+from services.dispatcher.headers import HeaderPolicy, custom_args
+from services.dispatcher.html_text import html_to_text
+from services.dispatcher.messages import (
+    Message,
+    Outbox,
+    Sender,
+    TemplatedGroup,
+    TemplatedRecipient,
+    is_valid_address,
+)
+
+# SendGrid: "the total collective size of your substitutions may not exceed 10,000 bytes
+# per personalization object".
+MAX_SUBSTITUTION_BYTES = 10_000
+_TAG_PREFIX = "{{"
+
+
+@dataclass(frozen=True)
+class Content:
+    """A campaign's content as the scheduler froze it (table content_snapshots)."""
+
+    id: UUID
+    campaign_id: UUID
+    subject: str
+    html: str
+    text: str | None
+    from_email: str
+    from_name: str | None
+
+
+def merge_fields(recipient: BatchRecipient) -> dict[str, Any]:
+    return {**recipient.fields, "email": recipient.email}
+
+
+def html_tag(name: str) -> str:
+    return f"{{{{h:{name}}}}}"
+
+
+def text_tag(name: str) -> str:
+    return f"{{{{t:{name}}}}}"
+
+
+def render_message(
+    content: Content, recipient: BatchRecipient, headers: dict[str, str], args: dict[str, str]
+) -> Message:
+    context = merge_fields(recipient)
+    html = render(content.html, context, html=True)
+    text = render(content.text, context, html=False) if content.text else html_to_text(html)
+    return Message(
+        recipient_id=recipient.recipient_id,
+        email=recipient.email,
+        subject=render(content.subject, context, html=False),
+        html=html,
+        text=text,
+        headers=headers,
+        custom_args=args,
+    )
+
+
+@dataclass(frozen=True)
+class _SubstitutionTemplate:
+    """The shared body of a substitution-only content, and the fields it needs."""
+
+    subject: str
+    html: str
+    text: str
+    text_fields: frozenset[str]
+    html_fields: frozenset[str]
+
+
+def _join(pieces: list[TemplatePiece], tag: Any) -> str:
+    return "".join(p if isinstance(p, str) else tag(p.name) for p in pieces)
+
+
+def _names(pieces: list[TemplatePiece]) -> set[str]:
+    return {p.name for p in pieces if isinstance(p, Placeholder)}
+
+
+def _literal_has_tag(pieces: list[TemplatePiece]) -> bool:
+    # Literal text that looks like a tag would be substituted too: render such content instead.
+    return any(isinstance(p, str) and _TAG_PREFIX in p for p in pieces)
+
+
+def substitution_template(content: Content) -> _SubstitutionTemplate | None:
+    subject = simple_template_pieces(content.subject)
+    html = simple_template_pieces(content.html)
+    text = simple_template_pieces(content.text) if content.text else None
+    if subject is None or html is None or (content.text and text is None):
+        return None
+    if any(_literal_has_tag(p) for p in (subject, html, text or [])):
+        return None
+    html_body = _join(html, html_tag)
+    if text is not None:
+        text_body, text_names = _join(text, text_tag), _names(text)
+    else:
+        # Derived from the tagged HTML: the tags survive as text; text values are raw.
+        text_body = html_to_text(html_body)
+        for name in _names(html):
+            text_body = text_body.replace(html_tag(name), text_tag(name))
+        text_names = {n for n in _names(html) if text_tag(n) in text_body}
+    return _SubstitutionTemplate(
+        subject=_join(subject, text_tag),
+        html=html_body,
+        text=text_body,
+        text_fields=frozenset(text_names | _names(subject)),
+        html_fields=frozenset(_names(html)),
+    )
+
+
+def _substitutions(
+    template: _SubstitutionTemplate, fields: dict[str, Any]
+) -> dict[str, str] | None:
+    """Per-recipient substitution values, or None when they cannot be sent as substitutions."""
+    values: dict[str, str] = {}
+    for name in template.text_fields:
+        values[text_tag(name)] = format_value(fields[name], html=False) if name in fields else ""
+    for name in template.html_fields:
+        values[html_tag(name)] = format_value(fields[name], html=True) if name in fields else ""
+    if any(_TAG_PREFIX in v for v in values.values()):
+        return None
+    # A UTF-8 character takes at most 4 bytes: count bytes only when that bound is too high.
+    chars = sum(len(k) + len(v) for k, v in values.items())
+    if chars * 4 > MAX_SUBSTITUTION_BYTES:
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in values.items())
+        if size > MAX_SUBSTITUTION_BYTES:
+            return None
+    return values
+
+
+def build_outbox(
+    content: Content,
+    campaign_id: UUID,
+    batch_id: str,
+    recipients: list[BatchRecipient],
+    policy: HeaderPolicy,
+) -> Outbox:
+    outbox = Outbox(sender=Sender(content.from_email, content.from_name))
+    template = substitution_template(content)
+    templated: list[TemplatedRecipient] = []
+    for recipient in recipients:
+        if not is_valid_address(recipient.email):
+            outbox.settled.append(_invalid(recipient))
+            continue
+        headers = policy.headers(campaign_id, recipient.recipient_id, content.from_email)
+        args = custom_args(campaign_id, recipient.recipient_id, batch_id)
+        values = _substitutions(template, merge_fields(recipient)) if template else None
+        if template is not None and values is not None:
+            templated.append(
+                TemplatedRecipient(recipient.recipient_id, recipient.email, values, headers, args)
+            )
+        else:
+            try:
+                outbox.individual.append(render_message(content, recipient, headers, args))
+            except Exception as exc:  # a user template may fail at runtime in any way
+                outbox.settled.append(_failed(recipient, f"template error: {exc}"))
+    if template is not None and templated:
+        outbox.templated = TemplatedGroup(template.subject, template.html, template.text, templated)
+    return outbox
+
+
+def _invalid(recipient: BatchRecipient) -> RecipientOutcome:
+    return RecipientOutcome(
+        recipient_id=recipient.recipient_id,
+        email=recipient.email,
+        status="invalid",
+        error="invalid email address",
+    )
+
+
+def _failed(recipient: BatchRecipient, error: str) -> RecipientOutcome:
+    return RecipientOutcome(
+        recipient_id=recipient.recipient_id, email=recipient.email, status="failed", error=error
+    )

@@ -1,0 +1,187 @@
+"""The send ledger against real PostgreSQL and the sink: nothing is ever sent twice."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import aiohttp
+import asyncpg
+import pytest
+
+from libs.common.events import DeliveryResult, RecipientOutcome
+from services.dispatcher.content_store import ContentRepository
+from services.dispatcher.dispatch import BatchDispatcher
+from services.dispatcher.headers import HeaderPolicy
+from services.dispatcher.ledger import DeliveryMode
+from services.dispatcher.ledger_store import PostgresLedger
+from services.dispatcher.providers.sendgrid import RetryPolicy, SendGridProvider
+from services.dispatcher.rate_limit import RateLimiter
+from services.dispatcher.sink import SinkHandle, start_sink
+from services.dispatcher.tests.support import insert_content, make_batch
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[SinkHandle]:
+    handle = await start_sink("127.0.0.1", 0)
+    yield handle
+    await handle.stop()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def dispatcher(
+    pool: asyncpg.Pool,
+    sink: SinkHandle,
+    session: aiohttp.ClientSession,
+    *,
+    mode: DeliveryMode = "at_most_once",
+    owner: str = "test-owner",
+    takeover_wait_s: float = 0.0,
+) -> BatchDispatcher:
+    provider = SendGridProvider(
+        "sink",
+        sink.url,
+        "k",
+        session,
+        concurrency=4,
+        limiter=RateLimiter(0),
+        retry=RetryPolicy(3, 0.01, 0.05),
+    )
+    return BatchDispatcher(
+        content=ContentRepository(pool),
+        ledger=PostgresLedger(pool),
+        providers={"sink": provider},
+        headers=HeaderPolicy("http://api", "k"),
+        owner=owner,
+        mode=mode,
+        takeover_wait_s=takeover_wait_s,
+    )
+
+
+async def test_a_done_batch_is_replayed_and_never_sent_again(
+    pool: asyncpg.Pool, sink: SinkHandle, session: aiohttp.ClientSession
+) -> None:
+    campaign = uuid.uuid4()
+    batch = make_batch(campaign, await insert_content(pool, campaign), 0, 50)
+    d = dispatcher(pool, sink, session)
+    first = await d.dispatch(batch)
+    assert not first.replayed and {o.status for o in first.outcomes} == {"sent"}
+    again = await d.dispatch(batch.model_copy(update={"emitted": 2}))
+    assert again.replayed and again.outcomes == first.outcomes
+    assert sink.stats()["messages"] == 50
+    state = await pool.fetchval("SELECT state FROM send_ledger WHERE batch_id = $1", batch.batch_id)
+    assert state == "done"
+
+
+async def test_concurrent_copies_of_a_batch_send_it_once(
+    pool: asyncpg.Pool, sink: SinkHandle, session: aiohttp.ClientSession
+) -> None:
+    campaign = uuid.uuid4()
+    batch = make_batch(campaign, await insert_content(pool, campaign), 0, 20)
+    d = dispatcher(pool, sink, session)
+    results = await asyncio.gather(d.dispatch(batch), d.dispatch(batch), d.dispatch(batch))
+    assert sorted(r.replayed for r in results) == [False, True, True]
+    assert sink.stats()["messages"] == 20 and sink.stats()["duplicates"] == 0
+
+
+async def claim_as_dead_dispatcher(
+    pool: asyncpg.Pool, batch_id: str, campaign: uuid.UUID, recorded: list[RecipientOutcome]
+) -> None:
+    ledger = PostgresLedger(pool)
+    assert await ledger.claim(batch_id, campaign, "dead-dispatcher")
+    if recorded:
+        await ledger.add_progress(batch_id, recorded)
+
+
+async def test_an_interrupted_send_reports_unknown_except_what_was_recorded(
+    pool: asyncpg.Pool, sink: SinkHandle, session: aiohttp.ClientSession
+) -> None:
+    campaign = uuid.uuid4()
+    batch = make_batch(campaign, await insert_content(pool, campaign), 0, 10)
+    first = batch.recipients[0]
+    recorded = RecipientOutcome(
+        recipient_id=first.recipient_id, email=first.email, status="sent", message_id="m1"
+    )
+    await claim_as_dead_dispatcher(pool, batch.batch_id, campaign, [recorded])
+    result = await dispatcher(pool, sink, session).dispatch(batch)
+    assert result.outcomes[0] == recorded
+    assert [o.status for o in result.outcomes[1:]] == ["unknown"] * 9
+    assert sink.stats()["messages"] == 0
+    # Settled for good: a later copy replays the same answer.
+    assert (await dispatcher(pool, sink, session).dispatch(batch)).outcomes == result.outcomes
+
+
+async def test_at_least_once_resends_only_what_was_not_recorded(
+    pool: asyncpg.Pool, sink: SinkHandle, session: aiohttp.ClientSession
+) -> None:
+    campaign = uuid.uuid4()
+    batch = make_batch(campaign, await insert_content(pool, campaign), 0, 10)
+    first = batch.recipients[0]
+    recorded = RecipientOutcome(recipient_id=first.recipient_id, email=first.email, status="sent")
+    await claim_as_dead_dispatcher(pool, batch.batch_id, campaign, [recorded])
+    result = await dispatcher(pool, sink, session, mode="at_least_once").dispatch(batch)
+    assert [o.status for o in result.outcomes] == ["sent"] * 10
+    assert first.email not in {m.email for m in sink.messages}
+    assert sink.stats()["messages"] == 9
+
+
+async def test_a_live_previous_owner_is_waited_for_then_its_result_replayed(
+    pool: asyncpg.Pool, sink: SinkHandle, session: aiohttp.ClientSession
+) -> None:
+    campaign = uuid.uuid4()
+    batch = make_batch(campaign, await insert_content(pool, campaign), 0, 5)
+    ledger = PostgresLedger(pool)
+    assert await ledger.claim(batch.batch_id, campaign, "previous")
+    waiting = asyncio.create_task(
+        dispatcher(pool, sink, session, takeover_wait_s=30).dispatch(batch)
+    )
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    # The previous owner (still alive after a rebalance) finishes and stores its result.
+    now = datetime.now(UTC)
+    original = DeliveryResult(
+        **batch.model_dump(
+            include={
+                "batch_id",
+                "campaign_id",
+                "batch_no",
+                "batches_total",
+                "audience_total",
+                "suppressed_total",
+                "provider",
+            }
+        ),
+        outcomes=[
+            RecipientOutcome(
+                recipient_id=r.recipient_id, email=r.email, status="sent", message_id="prev"
+            )
+            for r in batch.recipients
+        ],
+        started_at=now,
+        finished_at=now,
+    )
+    await ledger.finish(batch.batch_id, campaign, "previous", original.model_dump(mode="json"))
+    replayed = await asyncio.wait_for(waiting, 5)
+    assert replayed.replayed and replayed.outcomes == original.outcomes
+    assert sink.stats()["messages"] == 0
+
+
+async def test_missing_content_and_unknown_provider_fail_with_a_reason(
+    pool: asyncpg.Pool, sink: SinkHandle, session: aiohttp.ClientSession
+) -> None:
+    campaign = uuid.uuid4()
+    missing = make_batch(campaign, uuid.uuid4(), 0, 2)
+    result = await dispatcher(pool, sink, session).dispatch(missing)
+    assert {o.status for o in result.outcomes} == {"failed"}
+    assert "content snapshot" in (result.outcomes[0].error or "")
+    unknown = make_batch(campaign, await insert_content(pool, campaign), 1, 2, provider="pigeon")
+    result = await dispatcher(pool, sink, session).dispatch(unknown)
+    assert "unknown provider 'pigeon'" in (result.outcomes[0].error or "")
+    assert sink.stats()["messages"] == 0

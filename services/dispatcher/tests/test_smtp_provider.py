@@ -1,0 +1,97 @@
+"""SMTP against a real aiosmtpd server that parses every message."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from libs.common.embedded import free_port
+from libs.common.events import BatchRecipient, RecipientOutcome
+from services.dispatcher.headers import HeaderPolicy
+from services.dispatcher.providers.sendgrid import RetryPolicy
+from services.dispatcher.providers.smtp import SMTPProvider
+from services.dispatcher.rate_limit import RateLimiter
+from services.dispatcher.rendering import Content, build_outbox
+
+
+class RecordingHandler:
+    def __init__(self) -> None:
+        self.messages: list[email.message.EmailMessage] = []
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        if address.startswith("reject"):
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        self.messages.append(parsed)  # type: ignore[arg-type]
+        return "250 Message accepted"
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[tuple[int, RecordingHandler]]:
+    handler = RecordingHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield port, handler
+    controller.stop()
+
+
+async def test_smtp_sends_correct_mime_and_fails_only_refused_recipients(
+    smtp_server: tuple[int, RecordingHandler],
+) -> None:
+    port, handler = smtp_server
+    provider = SMTPProvider(
+        host="127.0.0.1", port=port, username="", password="", starttls=False,
+        max_connections=3, timeout_s=5, limiter=RateLimiter(0), retry=RetryPolicy(2, 0.01, 0.05),
+    )  # fmt: skip
+    campaign = uuid.uuid4()
+    content = Content(
+        uuid.uuid4(),
+        campaign,
+        "Grüße {{ name }}",
+        "<p>Hi {{ name }}</p>",
+        None,
+        "news@example.com",
+        "Ñews",
+    )
+    people = [
+        BatchRecipient(recipient_id=i, email=f"user{i}@example.com", fields={"name": f"Zoë{i}"})
+        for i in range(20)
+    ]
+    people.append(BatchRecipient(recipient_id=99, email="reject@example.com", fields={}))
+    outbox = build_outbox(
+        content, campaign, f"{campaign}:0", people, HeaderPolicy("http://api", "k")
+    )
+    progress: list[RecipientOutcome] = []
+
+    async def record(outcomes: list[RecipientOutcome]) -> None:
+        progress.extend(outcomes)
+
+    outcomes = await provider.send(outbox, record)
+    await provider.close()
+    by_id = {o.recipient_id: o for o in outcomes}
+    assert by_id[99].status == "failed" and "550" in (by_id[99].error or "")
+    assert [by_id[i].status for i in range(20)] == ["sent"] * 20
+    assert len(progress) == 21
+    assert len(handler.messages) == 20
+    mail = next(m for m in handler.messages if m["To"] == "user3@example.com")
+    assert mail["Subject"] == "Grüße Zoë3"
+    assert mail.get_content_type() == "multipart/alternative"
+    assert mail.get_body(("plain",)).get_content().strip() == "Hi Zoë3"  # type: ignore[union-attr]
+    assert mail.get_body(("html",)).get_content().strip() == "<p>Hi Zoë3</p>"  # type: ignore[union-attr]
+    assert mail["X-Mailfleet-Recipient-Id"] == "3"
+    assert mail["X-Mailfleet-Campaign-Id"] == str(campaign)
+    assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert mail["Message-ID"] == by_id[3].message_id

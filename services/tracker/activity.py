@@ -1,0 +1,137 @@
+"""Folding provider events (`delivery.event`) into a recipient's activity. Pure.
+
+A recipient's activity records the first time each thing happened; a campaign's counters
+count those first times (unique per recipient) plus the totals of opens and clicks, so the
+counters always equal a recount of the delivery log.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+from libs.common.events import DeliveryEvent
+
+# The suppression list's reasons (see the `suppressions` table).
+SUPPRESSING_EVENTS: dict[str, str] = {
+    "spamreport": "spamreport",
+    "unsubscribe": "unsubscribe",
+    "group_unsubscribe": "unsubscribe",
+}
+
+# campaign_stats columns that provider events move.
+ACTIVITY_COUNTERS: tuple[str, ...] = (
+    "delivered",
+    "bounced",
+    "dropped",
+    "deferred",
+    "opens",
+    "unique_opens",
+    "clicks",
+    "unique_clicks",
+    "spam_reports",
+    "unsubscribes",
+)
+
+
+@dataclass
+class RecipientActivity:
+    """The provider-event columns of one `deliveries` row."""
+
+    delivered_at: datetime | None = None
+    bounced_at: datetime | None = None
+    bounce_type: str | None = None
+    dropped_at: datetime | None = None
+    deferred_count: int = 0
+    opened_at: datetime | None = None
+    open_count: int = 0
+    clicked_at: datetime | None = None
+    click_count: int = 0
+    unsubscribed_at: datetime | None = None
+    spam_reported_at: datetime | None = None
+    last_event: str | None = None
+    last_event_at: datetime | None = None
+
+    @classmethod
+    def column_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_row(cls, row: Any) -> RecipientActivity:
+        return cls(**{name: row[name] for name in cls.column_names()})
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.column_names())
+
+
+def apply_event(activity: RecipientActivity, event: DeliveryEvent) -> Counter[str]:
+    """Record `event` in `activity`; returns what it adds to the campaign's counters."""
+    at = event.occurred_at
+    added: Counter[str] = Counter()
+    kind = event.event
+    if kind == "delivered" and activity.delivered_at is None:
+        activity.delivered_at = at
+        added["delivered"] += 1
+    elif kind == "bounce" and activity.bounced_at is None:
+        activity.bounced_at = at
+        activity.bounce_type = bounce_type(event)
+        added["bounced"] += 1
+    elif kind == "dropped" and activity.dropped_at is None:
+        activity.dropped_at = at
+        added["dropped"] += 1
+    elif kind == "deferred":
+        activity.deferred_count += 1
+        # A recipient counts once as deferred however often the provider retried.
+        added["deferred"] += 1 if activity.deferred_count == 1 else 0
+    elif kind == "open":
+        activity.open_count += 1
+        added["opens"] += 1
+        if activity.opened_at is None:
+            activity.opened_at = at
+            added["unique_opens"] += 1
+    elif kind == "click":
+        activity.click_count += 1
+        added["clicks"] += 1
+        if activity.clicked_at is None:
+            activity.clicked_at = at
+            added["unique_clicks"] += 1
+    elif kind == "spamreport" and activity.spam_reported_at is None:
+        activity.spam_reported_at = at
+        added["spam_reports"] += 1
+    elif kind in ("unsubscribe", "group_unsubscribe") and activity.unsubscribed_at is None:
+        activity.unsubscribed_at = at
+        added["unsubscribes"] += 1
+    if activity.last_event_at is None or at >= activity.last_event_at:
+        activity.last_event, activity.last_event_at = kind, at
+    return +added
+
+
+def bounce_type(event: DeliveryEvent) -> str:
+    """SendGrid's bounce `type`: `bounce` (hard: the address does not exist) or `blocked`."""
+    value = event.detail.get("type") or event.detail.get("bounce_type") or "bounce"
+    return str(value)[:40]
+
+
+def suppression_reason(event: DeliveryEvent) -> str | None:
+    """Why the event's address must never be mailed again, or None.
+
+    Hard bounces, spam reports and unsubscribes suppress; a `blocked` bounce (the receiving
+    server refused this message, the address may be fine) and `dropped` do not.
+    """
+    if event.event == "bounce":
+        return "bounce" if bounce_type(event) == "bounce" else None
+    return SUPPRESSING_EVENTS.get(event.event)
+
+
+def message_id_candidates(provider_message_id: str) -> list[str]:
+    """Ids under which the dispatcher may have logged the message.
+
+    SendGrid reports `sg_message_id` as the send's X-Message-Id plus a `.filter...` suffix.
+    """
+    candidates = [provider_message_id]
+    head = provider_message_id.split(".", 1)[0]
+    if head and head != provider_message_id:
+        candidates.append(head)
+    return candidates

@@ -1,0 +1,482 @@
+"""PostgreSQL adapter of the tracker: each fold is ONE transaction, gated by ids.
+
+Exactly-once comes from the gates, not from Kafka: a batch is folded only by the
+transaction that inserts its `tracker_batches` row, a provider event only by the one that
+inserts its `delivery_events` row. A redelivered, replayed or re-emitted copy finds the
+row there and changes nothing, whichever instance or consumer group reads it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from libs.common.events import DeliveryEvent, DeliveryResult
+from services.tracker.activity import (
+    ACTIVITY_COUNTERS,
+    RecipientActivity,
+    apply_event,
+    message_id_candidates,
+    suppression_reason,
+)
+from services.tracker.results import (
+    DELIVERY_COLUMNS,
+    OUTCOME_STATUSES,
+    CampaignTotals,
+    Outcome,
+    decide_outcome,
+    delivery_rows,
+    first_of_each_batch,
+    status_counts,
+)
+
+RecipientKey = tuple[UUID, int]
+Conn = asyncpg.Connection | PoolConnectionProxy
+
+# Staging for the delivery log: COPY lands here, then one INSERT ... ON CONFLICT moves the
+# rows, so that a recipient reported twice (in two different batches) is refused row by row
+# instead of failing the whole partition's transaction forever.
+_STAGING_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS tracker_staging (
+    campaign_id uuid, recipient_id bigint, email text, status text,
+    message_id text, error text, batch_id text, sent_at timestamptz
+) ON COMMIT DELETE ROWS
+"""
+
+_GATE_BATCHES = """
+INSERT INTO tracker_batches
+    (batch_id, campaign_id, batch_no, recipients, sent, failed, started_at, finished_at, replayed)
+SELECT * FROM unnest($1::text[], $2::uuid[], $3::int[], $4::int[], $5::int[], $6::int[],
+                     $7::timestamptz[], $8::timestamptz[], $9::bool[])
+ON CONFLICT (batch_id) DO NOTHING
+RETURNING batch_id
+"""
+
+_MOVE_STAGED = f"""
+WITH inserted AS (
+    INSERT INTO deliveries ({", ".join(DELIVERY_COLUMNS)})
+    SELECT {", ".join(DELIVERY_COLUMNS)} FROM tracker_staging
+    ON CONFLICT (campaign_id, recipient_id) DO NOTHING
+    RETURNING campaign_id, status
+)
+SELECT campaign_id, status, count(*) AS n FROM inserted GROUP BY campaign_id, status
+"""  # noqa: S608 - column names are constants
+
+_UPSERT_STATS = """
+INSERT INTO campaign_stats AS s
+    (campaign_id, audience_total, batches_total, suppressed, batches_done,
+     sent, failed, invalid, unknown, cancelled,
+     first_result_at, last_result_at, send_started_at, send_finished_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now(), now(), $11, $12)
+ON CONFLICT (campaign_id) DO UPDATE SET
+    audience_total = EXCLUDED.audience_total,
+    batches_total = EXCLUDED.batches_total,
+    suppressed = EXCLUDED.suppressed,
+    batches_done = s.batches_done + EXCLUDED.batches_done,
+    sent = s.sent + EXCLUDED.sent,
+    failed = s.failed + EXCLUDED.failed,
+    invalid = s.invalid + EXCLUDED.invalid,
+    unknown = s.unknown + EXCLUDED.unknown,
+    cancelled = s.cancelled + EXCLUDED.cancelled,
+    first_result_at = coalesce(s.first_result_at, EXCLUDED.first_result_at),
+    last_result_at = EXCLUDED.last_result_at,
+    send_started_at = LEAST(s.send_started_at, EXCLUDED.send_started_at),
+    send_finished_at = GREATEST(s.send_finished_at, EXCLUDED.send_finished_at)
+RETURNING *
+"""
+
+# The design gives the tracker the final status; a campaign an admin cancelled (or one not
+# started by the scheduler) is left alone.
+_FINISH_CAMPAIGN = """
+UPDATE campaigns SET status = $2, finished_at = now(), updated_at = now()
+ WHERE id = $1 AND status IN ('in_progress', 'paused')
+RETURNING finished_at
+"""
+
+_ACTIVITY_COLUMNS = RecipientActivity.column_names()
+_ACTIVITY_TYPES = {
+    "bounce_type": "text",
+    "last_event": "text",
+    "deferred_count": "int",
+    "open_count": "int",
+    "click_count": "int",
+}
+
+
+@dataclass(frozen=True)
+class FinishedCampaign:
+    campaign_id: UUID
+    outcome: Outcome
+    counts: dict[str, int]
+    finished_at: datetime
+
+
+@dataclass
+class ResultsFold:
+    """What one fold of `delivery.result` changed."""
+
+    folded: list[DeliveryResult] = field(default_factory=list)
+    duplicates: int = 0
+    recipients: Counter[str] = field(default_factory=Counter)
+    conflicts: int = 0
+    finished: list[FinishedCampaign] = field(default_factory=list)
+
+    def merge(self, other: ResultsFold) -> None:
+        self.folded += other.folded
+        self.duplicates += other.duplicates
+        self.recipients += other.recipients
+        self.conflicts += other.conflicts
+        self.finished += other.finished
+
+
+@dataclass
+class EventsFold:
+    """What one fold of `delivery.event` changed."""
+
+    folded: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    unmatched: int = 0
+    suppressed: Counter[str] = field(default_factory=Counter)
+
+    def merge(self, other: EventsFold) -> None:
+        self.folded += other.folded
+        self.duplicates += other.duplicates
+        self.unmatched += other.unmatched
+        self.suppressed += other.suppressed
+
+
+def _aware(value: datetime) -> datetime:
+    # Producers should send offsets; a naive time is taken as UTC rather than refused.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+class TrackerStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    # ----- delivery.result -----
+
+    async def fold_results(
+        self, results: list[DeliveryResult], failure_threshold: float
+    ) -> ResultsFold:
+        """Fold every result not folded before, in one transaction."""
+        unique, duplicates = first_of_each_batch(results)
+        fold = ResultsFold(duplicates=duplicates)
+        async with self.pool.acquire() as conn, conn.transaction():
+            new_ids = await self._gate_batches(conn, unique)
+            fresh = [r for r in unique if r.batch_id in new_ids]
+            fold.duplicates += len(unique) - len(fresh)
+            if not fresh:
+                return fold
+            added = await self._write_deliveries(conn, fresh)
+            fold.folded = fresh
+            for counts in added.values():
+                fold.recipients += counts
+            fold.conflicts = sum(len(r.outcomes) for r in fresh) - sum(fold.recipients.values())
+            for campaign_id in sorted(added):  # one lock order for every instance
+                batches = [r for r in fresh if r.campaign_id == campaign_id]
+                totals = await self._add_to_stats(conn, campaign_id, batches, added[campaign_id])
+                finished = await self._finish_if_accounted(
+                    conn, campaign_id, totals, failure_threshold
+                )
+                if finished is not None:
+                    fold.finished.append(finished)
+        return fold
+
+    async def _gate_batches(self, conn: Conn, results: list[DeliveryResult]) -> set[str]:
+        if not results:
+            return set()
+        # One lock order for every instance and group folding the same batches: no deadlock.
+        results = sorted(results, key=lambda r: r.batch_id)
+        counts = [status_counts(r) for r in results]
+        rows = await conn.fetch(
+            _GATE_BATCHES,
+            [r.batch_id for r in results],
+            [r.campaign_id for r in results],
+            [r.batch_no for r in results],
+            [len(r.outcomes) for r in results],
+            [c["sent"] for c in counts],
+            [c["failed"] for c in counts],
+            [_aware(r.started_at) for r in results],
+            [_aware(r.finished_at) for r in results],
+            [r.replayed for r in results],
+        )
+        return {row["batch_id"] for row in rows}
+
+    async def _write_deliveries(
+        self, conn: Conn, results: list[DeliveryResult]
+    ) -> dict[UUID, Counter[str]]:
+        """COPY the outcomes into the delivery log; returns what was added, per campaign."""
+        await conn.execute(_STAGING_DDL)
+        records = [
+            (*row[:-1], _aware(row[-1])) for result in results for row in delivery_rows(result)
+        ]
+        await conn.copy_records_to_table(
+            "tracker_staging", records=records, columns=list(DELIVERY_COLUMNS)
+        )
+        added: dict[UUID, Counter[str]] = defaultdict(Counter)
+        for row in await conn.fetch(_MOVE_STAGED):
+            added[row["campaign_id"]][row["status"]] = row["n"]
+        # A campaign whose every outcome conflicted still gets its batches counted.
+        for result in results:
+            added.setdefault(result.campaign_id, Counter())
+        return dict(added)
+
+    async def _add_to_stats(
+        self,
+        conn: Conn,
+        campaign_id: UUID,
+        batches: list[DeliveryResult],
+        added: Counter[str],
+    ) -> CampaignTotals:
+        plan = batches[-1]  # every batch carries the campaign's plan totals
+        row = await conn.fetchrow(
+            _UPSERT_STATS,
+            campaign_id,
+            plan.audience_total,
+            plan.batches_total,
+            plan.suppressed_total,
+            len(batches),
+            *(added[status] for status in OUTCOME_STATUSES),
+            min(_aware(b.started_at) for b in batches),
+            max(_aware(b.finished_at) for b in batches),
+        )
+        assert row is not None
+        return _totals(row)
+
+    async def _finish_if_accounted(
+        self,
+        conn: Conn,
+        campaign_id: UUID,
+        totals: CampaignTotals,
+        failure_threshold: float,
+    ) -> FinishedCampaign | None:
+        if not totals.accounted:
+            return None
+        outcome = decide_outcome(totals, failure_threshold)
+        finished_at = await conn.fetchval(_FINISH_CAMPAIGN, campaign_id, outcome)
+        if finished_at is None:
+            return None
+        await conn.execute(
+            "UPDATE campaign_stats SET outcome = $2, finished_at = $3 WHERE campaign_id = $1",
+            campaign_id,
+            outcome,
+            finished_at,
+        )
+        return FinishedCampaign(campaign_id, outcome, totals.counts(), finished_at)
+
+    # ----- the campaign.status outbox -----
+
+    async def unpublished_outcomes(self, older_than_seconds: float) -> list[FinishedCampaign]:
+        """Final statuses committed but not yet published (the tracker died in between)."""
+        rows = await self.pool.fetch(
+            """
+            SELECT * FROM campaign_stats
+             WHERE outcome IS NOT NULL AND outcome_published_at IS NULL
+               AND finished_at < now() - make_interval(secs => $1)
+            """,
+            older_than_seconds,
+        )
+        return [
+            FinishedCampaign(r["campaign_id"], r["outcome"], _totals(r).counts(), r["finished_at"])
+            for r in rows
+        ]
+
+    async def mark_published(self, campaign_id: UUID) -> None:
+        await self.pool.execute(
+            "UPDATE campaign_stats SET outcome_published_at = now() WHERE campaign_id = $1",
+            campaign_id,
+        )
+
+    # ----- delivery.event -----
+
+    async def fold_events(self, events: list[DeliveryEvent]) -> EventsFold:
+        """Fold every provider event not folded before, in one transaction."""
+        unique = list({e.event_id: e for e in reversed(events)}.values())[::-1]
+        fold = EventsFold(duplicates=len(events) - len(unique))
+        async with self.pool.acquire() as conn, conn.transaction():
+            targets = await self._resolve_recipients(conn, unique)
+            activities = await self._lock_activities(conn, set(targets.values()))
+            new_ids = await self._gate_events(conn, unique, targets, activities)
+            fresh = [e for e in unique if e.event_id in new_ids]
+            fold.duplicates += len(unique) - len(fresh)
+            added: dict[UUID, Counter[str]] = defaultdict(Counter)
+            changed: set[RecipientKey] = set()
+            for event in fresh:
+                key = targets.get(event.event_id)
+                if key is None or key not in activities:
+                    fold.unmatched += 1
+                else:
+                    added[key[0]] += apply_event(activities[key], event)
+                    changed.add(key)
+                fold.folded[event.event] += 1
+            await self._write_activities(conn, {k: activities[k] for k in changed})
+            for campaign_id in sorted(added):
+                await self._add_activity_to_stats(conn, campaign_id, added[campaign_id])
+            fold.suppressed = await self._suppress(conn, fresh)
+        return fold
+
+    async def _resolve_recipients(
+        self, conn: Conn, events: list[DeliveryEvent]
+    ) -> dict[str, RecipientKey]:
+        """Which delivery each event is about: by our correlation ids, else by message id."""
+        targets: dict[str, RecipientKey] = {}
+        by_message: list[DeliveryEvent] = []
+        for event in events:
+            if event.campaign_id is not None and event.recipient_id is not None:
+                targets[event.event_id] = (event.campaign_id, event.recipient_id)
+            elif event.provider_message_id:
+                by_message.append(event)
+        if not by_message:
+            return targets
+        candidates = {
+            c: e for e in by_message for c in message_id_candidates(e.provider_message_id or "")
+        }
+        rows = await conn.fetch(
+            "SELECT campaign_id, recipient_id, message_id, lower(email) AS email"
+            " FROM deliveries WHERE message_id = ANY($1::text[])",
+            list(candidates),
+        )
+        found = {(r["message_id"], r["email"]): (r["campaign_id"], r["recipient_id"]) for r in rows}
+        for event in by_message:
+            for candidate in message_id_candidates(event.provider_message_id or ""):
+                key = found.get((candidate, event.email.lower()))
+                if key is not None and event.campaign_id in (None, key[0]):
+                    targets[event.event_id] = key
+                    break
+        return targets
+
+    async def _lock_activities(
+        self, conn: Conn, keys: set[RecipientKey]
+    ) -> dict[RecipientKey, RecipientActivity]:
+        if not keys:
+            return {}
+        ordered = sorted(keys)
+        rows = await conn.fetch(
+            f"""
+            SELECT campaign_id, recipient_id, {", ".join(_ACTIVITY_COLUMNS)} FROM deliveries
+             WHERE (campaign_id, recipient_id) IN
+                   (SELECT * FROM unnest($1::uuid[], $2::bigint[]))
+             ORDER BY campaign_id, recipient_id
+               FOR UPDATE
+            """,  # noqa: S608 - column names are constants
+            [k[0] for k in ordered],
+            [k[1] for k in ordered],
+        )
+        return {(r["campaign_id"], r["recipient_id"]): RecipientActivity.from_row(r) for r in rows}
+
+    async def _gate_events(
+        self,
+        conn: Conn,
+        events: list[DeliveryEvent],
+        targets: dict[str, RecipientKey],
+        activities: dict[RecipientKey, RecipientActivity],
+    ) -> set[str]:
+        if not events:
+            return set()
+        keys = [targets.get(e.event_id) for e in events]
+        rows = await conn.fetch(
+            """
+            INSERT INTO delivery_events (event_id, campaign_id, recipient_id, email, event,
+                                         provider, provider_message_id, occurred_at, matched,
+                                         detail)
+            SELECT * FROM unnest($1::text[], $2::uuid[], $3::bigint[], $4::text[], $5::text[],
+                                 $6::text[], $7::text[], $8::timestamptz[], $9::bool[],
+                                 $10::jsonb[])
+            ON CONFLICT (event_id) DO NOTHING
+            RETURNING event_id
+            """,
+            [e.event_id for e in events],
+            [k[0] if k else e.campaign_id for k, e in zip(keys, events, strict=True)],
+            [k[1] if k else e.recipient_id for k, e in zip(keys, events, strict=True)],
+            [e.email for e in events],
+            [e.event for e in events],
+            [e.provider for e in events],
+            [e.provider_message_id for e in events],
+            [e.occurred_at for e in events],
+            [k is not None and k in activities for k in keys],
+            [e.detail for e in events],
+        )
+        return {row["event_id"] for row in rows}
+
+    async def _write_activities(
+        self, conn: Conn, changed: dict[RecipientKey, RecipientActivity]
+    ) -> None:
+        if not changed:
+            return
+        columns = _ACTIVITY_COLUMNS
+        arrays = [
+            f"${i + 3}::{_ACTIVITY_TYPES.get(name, 'timestamptz')}[]"
+            for i, name in enumerate(columns)
+        ]
+        assignments = ", ".join(f"{name} = v.{name}" for name in columns)
+        keys = sorted(changed)
+        values = [[changed[k].as_tuple()[i] for k in keys] for i in range(len(columns))]
+        await conn.execute(
+            f"""
+            UPDATE deliveries d SET {assignments}, updated_at = now()
+              FROM unnest($1::uuid[], $2::bigint[], {", ".join(arrays)})
+                   AS v(campaign_id, recipient_id, {", ".join(columns)})
+             WHERE d.campaign_id = v.campaign_id AND d.recipient_id = v.recipient_id
+            """,  # noqa: S608 - column names are constants
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            *values,
+        )
+
+    async def _add_activity_to_stats(
+        self, conn: Conn, campaign_id: UUID, added: Counter[str]
+    ) -> None:
+        if not added:
+            return
+        assignments = ", ".join(
+            f"{name} = {name} + ${i + 2}" for i, name in enumerate(ACTIVITY_COUNTERS)
+        )
+        await conn.execute(
+            f"UPDATE campaign_stats SET {assignments} WHERE campaign_id = $1",  # noqa: S608
+            campaign_id,
+            *(added[name] for name in ACTIVITY_COUNTERS),
+        )
+
+    async def _suppress(self, conn: Conn, events: list[DeliveryEvent]) -> Counter[str]:
+        wanted: dict[str, tuple[str, str]] = {}
+        for event in events:
+            reason = suppression_reason(event)
+            if reason is not None:
+                wanted.setdefault(
+                    event.email.strip().lower(), (reason, f"{event.provider}:{event.event}")
+                )
+        if not wanted:
+            return Counter()
+        rows = await conn.fetch(
+            """
+            INSERT INTO suppressions (email, reason, source)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+            ON CONFLICT (email) DO NOTHING
+            RETURNING reason
+            """,
+            list(wanted),
+            [v[0] for v in wanted.values()],
+            [v[1] for v in wanted.values()],
+        )
+        return Counter(row["reason"] for row in rows)
+
+
+def _totals(row: Any) -> CampaignTotals:
+    return CampaignTotals(
+        audience_total=row["audience_total"],
+        batches_total=row["batches_total"],
+        batches_done=row["batches_done"],
+        suppressed=row["suppressed"],
+        sent=row["sent"],
+        failed=row["failed"],
+        invalid=row["invalid"],
+        unknown=row["unknown"],
+        cancelled=row["cancelled"],
+    )
