@@ -31,7 +31,8 @@ _SHARE_REFRESH_S = 1.0
 def header_policy(settings: Settings, extra: DispatcherSettings) -> HeaderPolicy:
     base = settings.public_url or f"http://{settings.api_host}:{settings.api_port}"
     if not settings.secret_key:
-        log.warning("MAILFLEET_SECRET_KEY not set: unsubscribe links are signed with an empty key")
+        # Every message must carry a working one-click unsubscribe link (RFC 8058).
+        raise SystemExit("MAILFLEET_SECRET_KEY is not set: it signs the unsubscribe links")
     return HeaderPolicy(base, settings.secret_key, extra.unsubscribe_mailto)
 
 

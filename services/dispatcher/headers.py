@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from uuid import UUID
 
-from services.dispatcher.unsubscribe import unsubscribe_url
+from libs.common.unsubscribe import unsubscribe_url
 
 
 @dataclass(frozen=True)

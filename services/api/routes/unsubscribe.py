@@ -16,10 +16,10 @@ from fastapi.responses import HTMLResponse
 
 from libs.common.events import DeliveryEvent, Topic
 from libs.common.logging import get_logger
+from libs.common.unsubscribe import BadToken, UnsubscribeTarget, read_token
 from services.api import repository
 from services.api.deps import ApiResources, Resources
 from services.api.problems import ProblemError, problem_responses
-from services.api.unsubscribe_tokens import BadToken, UnsubscribeTarget, read_token
 
 log = get_logger(__name__)
 router = APIRouter(tags=["unsubscribe"])

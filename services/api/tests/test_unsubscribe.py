@@ -8,9 +8,9 @@ import uuid
 import asyncpg
 import pytest
 
+from libs.common.unsubscribe import BadToken, make_token, read_token
 from services.api.tests.support import Api, find_event
-from services.api.unsubscribe_tokens import BadToken, make_token, read_token
-from services.dispatcher import unsubscribe as dispatcher_tokens
+from services.dispatcher.headers import HeaderPolicy
 
 PROBLEM = "application/problem+json"
 
@@ -40,10 +40,13 @@ def test_token_round_trip_carries_no_address() -> None:
     assert _unb64(token.split(".")[0]) == campaign.bytes + (42).to_bytes(8, "big")
 
 
-def test_reads_the_tokens_the_dispatcher_writes() -> None:
+def test_reads_the_links_the_dispatcher_writes() -> None:
     campaign = uuid.uuid4()
-    token = dispatcher_tokens.make_token("s3cret", campaign, 7)
-    target = read_token("s3cret", token)
+    header = HeaderPolicy("https://mail.example.com", "s3cret").headers(
+        campaign, 7, "news@example.com"
+    )["List-Unsubscribe"]
+    assert header.startswith("<https://mail.example.com/u/")
+    target = read_token("s3cret", header.removeprefix("<https://mail.example.com/u/").rstrip(">"))
     assert (target.campaign_id, target.recipient_id) == (campaign, 7)
 
 

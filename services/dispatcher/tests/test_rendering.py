@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from libs.common.events import BatchRecipient
 from libs.common.templating import check_template, simple_template_pieces
+from libs.common.unsubscribe import BadToken, read_token
 from services.dispatcher.headers import HeaderPolicy
 from services.dispatcher.html_text import html_to_text
 from services.dispatcher.rendering import Content, build_outbox, render_message
-from services.dispatcher.unsubscribe import verify_token
 
 POLICY = HeaderPolicy("https://mail.example.com", "s3cret", "unsub@example.com")
 CAMPAIGN = uuid.UUID("00000000-0000-4000-8000-000000000001")
@@ -150,8 +152,10 @@ def test_every_message_carries_unsubscribe_message_id_and_correlation_ids() -> N
     assert url.startswith("<https://mail.example.com/u/")
     assert mailto == "<mailto:unsub@example.com?subject=unsubscribe>"
     token = url.removeprefix("<https://mail.example.com/u/").removesuffix(">")
-    assert verify_token("s3cret", token) == (CAMPAIGN, 41)
-    assert verify_token("other", token) is None
+    target = read_token("s3cret", token)
+    assert (target.campaign_id, target.recipient_id) == (CAMPAIGN, 41)
+    with pytest.raises(BadToken):
+        read_token("other", token)
     assert first.headers["Message-ID"] != second.headers["Message-ID"]
     assert first.headers["Message-ID"].endswith("@example.com>")
 

@@ -1,10 +1,10 @@
-"""Signed unsubscribe tokens for `/u/{token}` links. Pure.
+"""Signed one-click unsubscribe tokens (RFC 8058) for `/u/{token}` links. Pure.
 
-A token names a campaign and a recipient id (never the address) and carries an HMAC of
-both, so it cannot be forged, nor edited to unsubscribe a different recipient.
-The format is the one the dispatcher writes into List-Unsubscribe headers
-(services/dispatcher/unsubscribe.py): base64url(campaign id 16 bytes + recipient id as a
-signed 64-bit big-endian) "." base64url(first 16 bytes of HMAC-SHA256(secret, payload)).
+The dispatcher writes them into every message's List-Unsubscribe header; the API reads
+them when the link is followed. A token names a campaign and a recipient id (never the
+address) and carries an HMAC of both, so it cannot be forged, nor edited to unsubscribe a
+different recipient: base64url(campaign id 16 bytes + recipient id as a signed 64-bit
+big-endian) "." base64url(first 16 bytes of HMAC-SHA256(secret, payload)).
 """
 
 from __future__ import annotations
@@ -61,3 +61,7 @@ def read_token(secret: str, token: str) -> UnsubscribeTarget:
         raise BadToken("this unsubscribe link is not valid")
     (recipient_id,) = _RECIPIENT.unpack(payload[16:])
     return UnsubscribeTarget(UUID(bytes=payload[:16]), recipient_id)
+
+
+def unsubscribe_url(base_url: str, secret: str, campaign_id: UUID, recipient_id: int) -> str:
+    return f"{base_url.rstrip('/')}/u/{make_token(secret, campaign_id, recipient_id)}"

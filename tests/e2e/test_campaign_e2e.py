@@ -1,0 +1,107 @@
+"""One campaign through the whole system: CSV import, API, Kafka, every service as its own
+process, a SendGrid-compatible server. Every valid address is received exactly once."""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from libs.common.settings import Settings
+from tests.e2e.harness import RunningStack, start_stack
+
+RECIPIENTS = 20_000
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[RunningStack]:
+    running = await start_stack(
+        settings.database_url,
+        settings.kafka_bootstrap_servers,
+        tmp_path_factory.mktemp("e2e-logs"),
+    )
+    yield running
+    await running.stop()
+
+
+def make_csv(valid: int, seed: int = 7) -> tuple[bytes, set[str], int, int]:
+    """A CSV with `valid` distinct addresses, plus invalid rows and case-variant duplicates.
+
+    Returns the bytes, the expected (lower-cased) addresses, the invalid and duplicate counts.
+    """
+    rng = random.Random(seed)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["Email", "first_name", "city"])
+    expected: set[str] = set()
+    rows: list[list[str]] = []
+    for i in range(valid):
+        email = f"person{i}.{rng.randrange(10**6)}@example{i % 50}.com"
+        expected.add(email)
+        rows.append([email, f"Name{i}", rng.choice(["Köln", "Zürich", "Łódź", "Paris"])])
+    invalid = [["not-an-address", "X", "Y"], ["missing@tld", "X", "Y"], ["", "empty", "Y"]]
+    duplicates = [[r[0].upper(), r[1], r[2]] for r in rows[:25]]
+    rows += invalid + duplicates
+    rng.shuffle(rows)
+    writer.writerows(rows)
+    return "\ufeff".encode() + out.getvalue().encode(), expected, len(invalid), len(duplicates)
+
+
+async def test_twenty_thousand_recipients_each_receive_the_campaign_once(
+    stack: RunningStack,
+) -> None:
+    content, expected, invalid, duplicates = make_csv(RECIPIENTS)
+    api = stack.client()
+    try:
+        list_id = await api.create_list("e2e")
+        job = await api.wait_import(await api.import_csv(list_id, content))
+        assert job["status"] == "completed", job
+        assert job["rows_imported"] == RECIPIENTS
+        assert job["rows_rejected"] == invalid
+        assert job["rows_duplicate"] == duplicates
+
+        campaign_id = await api.create_campaign(
+            name="e2e",
+            subject="Hello {{ first_name }}",
+            html="<p>Hi {{ first_name }} from {{ city }}</p>",
+            from_email="news@example.com",
+            list_id=list_id,
+        )
+        scheduled = await api.schedule(campaign_id)
+        assert scheduled["status"] == "scheduled"
+        done = await api.wait_campaign(campaign_id, timeout=300)
+    finally:
+        await api.close()
+
+    assert done["status"] == "completed", done
+    stats = done["stats"]
+    assert stats["total"] == RECIPIENTS
+    assert stats["sent"] == RECIPIENTS
+    assert stats["failed"] == stats["pending"] == stats["suppressed"] == 0
+
+    received = {
+        email: count
+        for (campaign, email), count in stack.sink.state.received.items()
+        if campaign == campaign_id
+    }
+    assert set(received) == expected
+    assert max(received.values()) == 1, "an address received the campaign twice"
+    subjects = {
+        m.email: m.subject
+        for m in stack.sink.messages
+        if m.custom_args.get("campaign_id") == campaign_id
+    }
+    sample = next(iter(subjects.items()))
+    assert sample[1].startswith("Hello Name"), sample
+
+
+def test_logs_are_json_lines_with_ids(stack: RunningStack) -> None:
+    log_dir = Path(stack.supervisor.log_dir)
+    scheduler_log = (log_dir / "scheduler.log").read_text()
+    assert '"campaign_id"' in scheduler_log and '"service": "scheduler"' in scheduler_log
