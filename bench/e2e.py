@@ -1,0 +1,218 @@
+"""End-to-end benchmark: one campaign through the whole system to the local sink.
+
+    .venv/bin/python bench/e2e.py --recipients 200000 [--dispatchers 2]
+
+Starts its own broker (Tansu) and a fresh database (the machine's PostgreSQL, or an
+embedded one), runs every service as its own process, imports the audience from a CSV
+through the API, sends the campaign, and prints emails/s end to end and per stage (from
+the timestamps each stage writes in PostgreSQL). Baseline, measured in the same run: the
+sink's own ceiling — the same recipients posted straight to it as SendGrid requests of
+1,000 personalizations, no Kafka, no database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from libs.common import db  # noqa: E402
+from libs.common.embedded import EmbeddedBroker, EmbeddedPostgres, can_connect, create_database  # noqa: E402
+from services.dispatcher.sink import start_sink  # noqa: E402
+from tests.e2e.harness import start_stack  # noqa: E402
+
+
+def machine() -> str:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Python {platform.python_version()}"
+
+
+def make_csv(n: int) -> bytes:
+    lines = ["email,first_name,city"]
+    lines += [f"user{i}@bench{i % 97}.example.com,Name{i},City{i % 13}" for i in range(n)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+async def sink_baseline(n: int, concurrency: int = 8) -> float:
+    """emails/s of bare SendGrid-style posts (1,000 personalizations each) to a fresh sink."""
+    sink = await start_sink(keep_messages=1000)
+    try:
+        requests = [
+            {
+                "personalizations": [
+                    {
+                        "to": [{"email": f"user{i}@bench.example.com"}],
+                        "substitutions": {"-n-": f"N{i}"},
+                    }
+                    for i in range(start, min(start + 1000, n))
+                ],
+                "from": {"email": "news@example.com"},
+                "subject": "Hello -n-",
+                "content": [{"type": "text/html", "value": "<p>Hi -n-</p>"}],
+            }
+            for start in range(0, n, 1000)
+        ]
+        queue: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+        for r in requests:
+            queue.put_nowait(r)
+        async with aiohttp.ClientSession(headers={"Authorization": "Bearer bench"}) as http:
+
+            async def worker() -> None:
+                while not queue.empty():
+                    payload = queue.get_nowait()
+                    async with http.post(f"{sink.url}/v3/mail/send", json=payload) as resp:
+                        assert resp.status == 202, await resp.text()
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            elapsed = time.perf_counter() - started
+        assert sink.stats()["messages"] == n
+        return n / elapsed
+    finally:
+        await sink.stop()
+
+
+async def stage_report(
+    dsn: str, campaign_id: str, import_id: str
+) -> list[tuple[str, float, float]]:
+    """(stage, seconds, rows/s) from the timestamps each service writes."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        cid = uuid.UUID(campaign_id)
+        imp = await conn.fetchrow(
+            "SELECT rows_total, started_at, finished_at FROM import_jobs WHERE id = $1",
+            uuid.UUID(import_id),
+        )
+        camp = await conn.fetchrow(
+            "SELECT started_at, finished_at FROM campaigns WHERE id = $1", cid
+        )
+        emit = await conn.fetchrow(
+            "SELECT max(last_emitted_at) AS last FROM batch_plans WHERE campaign_id = $1", cid
+        )
+        send = await conn.fetchrow(
+            "SELECT min(started_at) AS first, max(finished_at) AS last FROM send_ledger WHERE campaign_id = $1",
+            cid,
+        )
+        fold = await conn.fetchrow(
+            "SELECT min(folded_at) AS first, max(folded_at) AS last, sum(recipients) AS n FROM tracker_batches WHERE campaign_id = $1",
+            cid,
+        )
+    finally:
+        await conn.close()
+    n = int(fold["n"] or 0)
+
+    def span(a: object, b: object) -> float:
+        return max((b - a).total_seconds(), 1e-6)  # type: ignore[operator]
+
+    rows = [
+        (
+            "import (parse, validate, COPY)",
+            span(imp["started_at"], imp["finished_at"]),
+            imp["rows_total"],
+        ),
+        ("scheduler (plan + emit batch.ready)", span(camp["started_at"], emit["last"]), n),
+        ("dispatcher (render + send, all instances)", span(send["first"], send["last"]), n),
+        ("tracker (fold results into PostgreSQL)", span(fold["first"], fold["last"]), n),
+        ("campaign start -> completed", span(camp["started_at"], camp["finished_at"]), n),
+    ]
+    return [(name, secs, count / secs) for name, secs, count in rows]
+
+
+async def run(recipients: int, dispatchers: int) -> None:
+    print(f"machine: {machine()}")
+    print(f"recipients: {recipients:,}, dispatchers: {dispatchers}")
+    work = Path(tempfile.mkdtemp(prefix="mailfleet-bench-"))
+    broker = EmbeddedBroker(log_path=work / "tansu.log")
+    bootstrap = broker.start()
+    admin_dsn = os.environ.get(
+        "MAILFLEET_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    pg = None
+    if not await can_connect(admin_dsn):
+        pg = EmbeddedPostgres(work / "pg")
+        admin_dsn = pg.start()
+    dsn = await create_database(admin_dsn, f"mailfleet_bench_{uuid.uuid4().hex[:8]}")
+    await db.migrate(dsn)
+
+    baseline = await sink_baseline(recipients)
+    stack = await start_stack(
+        dsn,
+        bootstrap,
+        work / "logs",
+        dispatchers=dispatchers,
+        keep_messages=1000,
+        env={"MAILFLEET_LOG_LEVEL": "WARNING"},
+    )
+    api = stack.client()
+    try:
+        list_id = await api.create_list("bench")
+        import_id = await api.import_csv(list_id, make_csv(recipients))
+        job = await api.wait_import(import_id, timeout=600)
+        assert job["rows_imported"] == recipients, job
+        campaign_id = await api.create_campaign(
+            name="bench",
+            subject="Hello {{ first_name }}",
+            html="<p>Hi {{ first_name }} from {{ city }}</p>",
+            from_email="news@example.com",
+            list_id=list_id,
+        )
+        started = time.perf_counter()
+        await api.schedule(campaign_id)
+        done = await api.wait_campaign(campaign_id, timeout=1800)
+        elapsed = time.perf_counter() - started
+        assert done["status"] == "completed", done
+        stats = stack.sink.stats()
+        assert stats["duplicates"] == 0 and stats["messages"] == recipients, stats
+        print()
+        print(f"{'stage':45} {'seconds':>9} {'rows/s':>10}")
+        for name, secs, rate in await stage_report(dsn, campaign_id, import_id):
+            print(f"{name:45} {secs:9.2f} {rate:10,.0f}")
+        print(
+            f"{'end to end (schedule request -> completed)':45} {elapsed:9.2f} {recipients / elapsed:10,.0f}"
+        )
+        print(
+            f"{'baseline: bare posts to the sink':45} {recipients / baseline:9.2f} {baseline:10,.0f}"
+        )
+        print(
+            f"\nend-to-end emails/s = {recipients / elapsed:,.0f} "
+            f"({recipients / elapsed / baseline:.0%} of the sink's bare ceiling)"
+        )
+    finally:
+        await api.close()
+        await stack.stop()
+        broker.stop()
+        if pg is not None:
+            pg.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--recipients", type=int, default=200_000)
+    parser.add_argument("--dispatchers", type=int, default=1)
+    args = parser.parse_args()
+    asyncio.run(run(args.recipients, args.dispatchers))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Importer service wiring: `import.requested` in, `import.progress` / `import.completed` out."""
+
+from __future__ import annotations
+
+import asyncio
+
+from libs.common.blobs import BlobStore
+from libs.common.events import ImportProgress, ImportRequested, Topic
+from libs.common.kafka import Consumed, EventConsumer
+from libs.common.service import ServiceContext, run_service
+from libs.common.settings import get_settings
+from services.importer.job import Importer
+from services.importer.repository import ImportRepository
+
+GROUP_ID = "importer"
+
+
+async def main(ctx: ServiceContext, *, group_id: str = GROUP_ID) -> None:
+    async def publish(event: ImportProgress, final: bool) -> None:
+        topic = Topic.IMPORT_COMPLETED if final else Topic.IMPORT_PROGRESS
+        await ctx.producer.send(topic, str(event.list_id), event)
+
+    importer = Importer(ImportRepository(ctx.pool), BlobStore(ctx.pool), publish)
+
+    async def handle(batch: list[Consumed[ImportRequested]]) -> None:
+        # One partition's requests, in order: imports of one list never interleave.
+        for item in batch:
+            await importer.handle(item.event)
+
+    # An import takes seconds; fetching one request at a time keeps a rebalance cheap.
+    consumer: EventConsumer[ImportRequested] = EventConsumer(
+        ctx.settings, Topic.IMPORT_REQUESTED, group_id, ctx.producer, max_records=1
+    )
+    await consumer.start()
+    try:
+        await consumer.run(handle, ctx.stop)
+    finally:
+        await consumer.stop()
+
+
+def run() -> None:
+    asyncio.run(run_service("importer", main, get_settings()))

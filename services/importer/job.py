@@ -1,0 +1,219 @@
+"""One import from request to final state: fetch the file, read, validate, load, report.
+
+Idempotent: a job already completed or failed is only reported again. Problems with the
+file end the job `failed` with an error the user can act on; infrastructure errors
+(database or broker unreachable) propagate, so that the request is redelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from libs.common.blobs import BlobStore, parse_ref
+from libs.common.events import ImportProgress, ImportRequested
+from libs.common.logging import bound_contextvars, get_logger
+from services.importer.metrics import IMPORT_ROWS, IMPORT_SECONDS, IMPORTS
+from services.importer.reader import BadFile, ReaderOptions, RowBatch, RowSource, open_rows
+from services.importer.repository import ImportRepository, JobState, ListSession, LoadCounts
+from services.importer.validation import (
+    ColumnPlan,
+    FieldKinds,
+    ValidatedBatch,
+    plan_columns,
+    validate_batch,
+)
+
+log = get_logger(__name__)
+
+Publish = Callable[[ImportProgress, bool], Awaitable[None]]
+"""Publishes a job's state; the flag says it is final (import.completed)."""
+
+# Errors that say the database is unreachable or overloaded, not that the file is bad.
+RETRYABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+)
+
+
+@dataclass(frozen=True)
+class ImportSettings:
+    progress_interval_s: float = 0.5
+
+
+def state_event(state: JobState) -> ImportProgress:
+    status = (
+        state.status if state.status in ("queued", "running", "completed", "failed") else "failed"
+    )
+    return ImportProgress(
+        import_id=state.import_id,
+        list_id=state.list_id,
+        status=status,
+        rows_total=state.rows_total,
+        rows_imported=state.rows_imported,
+        rows_rejected=state.rows_rejected,
+        rows_duplicate=state.rows_duplicate,
+        error=state.error,
+    )
+
+
+class Importer:
+    def __init__(
+        self,
+        repository: ImportRepository,
+        blobs: BlobStore,
+        publish: Publish,
+        settings: ImportSettings = ImportSettings(),
+    ) -> None:
+        self.repository = repository
+        self.blobs = blobs
+        self.publish = publish
+        self.settings = settings
+
+    async def handle(self, request: ImportRequested) -> JobState:
+        with bound_contextvars(import_id=str(request.import_id), list_id=str(request.list_id)):
+            state = await self.repository.open_job(request.import_id, request.list_id)
+            if not state.finished:
+                state = await self._run_locked(request)
+            # Published again on redelivery: the first run may have died before publishing.
+            await self.publish(state_event(state), True)
+            return state
+
+    async def _run_locked(self, request: ImportRequested) -> JobState:
+        async with self.repository.list_locked(request.import_id, request.list_id) as session:
+            state = await session.job()
+            if state.finished:
+                return state
+            await self.repository.mark_running(request.import_id)
+            started = time.monotonic()
+            run = _Run(self, request, session)
+            try:
+                state = await run.execute()
+            except BadFile as exc:
+                log.info("import failed", error=str(exc), rows_read=run.rows_read)
+                state = await session.fail(str(exc), run.rows_read, run.rows_rejected)
+            except RETRYABLE:
+                raise
+            except Exception as exc:  # a bug must not redeliver the same request forever
+                log.exception("import failed unexpectedly")
+                message = f"internal error while importing ({type(exc).__name__}); try again"
+                state = await session.fail(message, run.rows_read, run.rows_rejected)
+            IMPORTS.labels(state.status).inc()
+            IMPORT_SECONDS.observe(time.monotonic() - started)
+            log.info(
+                "import finished",
+                status=state.status,
+                rows_total=state.rows_total,
+                rows_imported=state.rows_imported,
+                rows_updated=state.rows_updated,
+                rows_rejected=state.rows_rejected,
+                rows_duplicate=state.rows_duplicate,
+                rows_suppressed=state.rows_suppressed,
+            )
+            return state
+
+
+class _Run:
+    """The state of one import while it runs (rows read so far, for progress and errors)."""
+
+    def __init__(self, importer: Importer, request: ImportRequested, session: ListSession):
+        self.importer = importer
+        self.request = request
+        self.session = session
+        self.rows_read = 0
+        self.rows_rejected = 0
+        self._last_progress = 0.0
+
+    async def execute(self) -> JobState:
+        if not await self.session.list_exists():
+            raise BadFile(f"list {self.request.list_id} does not exist")
+        with tempfile.TemporaryDirectory(prefix="mailfleet-import-") as folder:
+            path = await self._download(Path(folder))
+            source = await asyncio.to_thread(open_rows, path, ReaderOptions())
+            plan = plan_columns(source.header, self.request.mapping.email)
+            log.info(
+                "reading file",
+                format=source.file_format.value,
+                encoding=source.encoding,
+                delimiter=source.delimiter,
+                columns=len(source.header),
+            )
+            async with self.session.load(len(plan.fields)) as loader:
+                kinds = FieldKinds.for_plan(plan)
+                while (
+                    batch := await asyncio.to_thread(_next_validated, source, plan, kinds)
+                ) is not None:
+                    await loader.add(batch)
+                    self.rows_read += batch.rows_read
+                    self.rows_rejected += len(batch.rejections)
+                    await self._progress()
+                counts = await loader.merge(
+                    plan.keys,
+                    kinds.result(self.rows_read - self.rows_rejected),
+                    self.rows_read,
+                    self.rows_rejected,
+                )
+            _count_rows(counts)
+            return await self.session.finish(counts)
+
+    async def _download(self, folder: Path) -> Path:
+        """Copy the claim-checked file to local disk: pyarrow and calamine read files."""
+        try:
+            blob_id = parse_ref(self.request.file_ref)
+        except ValueError as exc:
+            raise BadFile(str(exc)) from exc
+        if await self.importer.blobs.size(blob_id) is None:
+            raise BadFile("the uploaded file is missing (it was deleted or never completed)")
+        path = folder / "upload"
+        with path.open("wb") as out:
+            async for chunk in self.importer.blobs.read(blob_id):
+                out.write(chunk)
+        return path
+
+    async def _progress(self) -> None:
+        now = time.monotonic()
+        if now - self._last_progress < self.importer.settings.progress_interval_s:
+            return
+        self._last_progress = now
+        request = self.request
+        await self.importer.repository.record_progress(
+            request.import_id, self.rows_read, self.rows_rejected
+        )
+        event = ImportProgress(
+            import_id=request.import_id,
+            list_id=request.list_id,
+            status="running",
+            rows_total=self.rows_read,
+            rows_rejected=self.rows_rejected,
+        )
+        await self.importer.publish(event, False)
+
+
+def _next_validated(
+    source: RowSource, plan: ColumnPlan, kinds: FieldKinds
+) -> ValidatedBatch | None:
+    """Read and validate the next batch (in a worker thread: pyarrow releases the GIL)."""
+    batch: RowBatch | None = next(source.batches, None)
+    if batch is None:
+        return None
+    return validate_batch(batch, plan, kinds)
+
+
+def _count_rows(counts: LoadCounts) -> None:
+    IMPORT_ROWS.labels("imported").inc(counts.rows_imported)
+    IMPORT_ROWS.labels("updated").inc(counts.rows_updated)
+    IMPORT_ROWS.labels("rejected").inc(counts.rows_rejected)
+    IMPORT_ROWS.labels("duplicate").inc(counts.rows_duplicate)
+    IMPORT_ROWS.labels("suppressed").inc(counts.rows_suppressed)
