@@ -100,7 +100,7 @@ class ImportRepository:
         # Not on the locked connection: its transaction would hold the job's row lock and
         # block every progress update until the end.
         await self.pool.execute(
-            "UPDATE import_jobs SET status = 'running', started_at = now(), error = NULL"
+            "UPDATE import_jobs SET status = 'running', started_at = clock_timestamp(), error = NULL"
             " WHERE id = $1",
             import_id,
         )
@@ -152,7 +152,7 @@ class ListSession:
 
     async def finish(self, counts: LoadCounts) -> JobState:
         record = await self.conn.fetchrow(
-            "UPDATE import_jobs SET status = 'completed', finished_at = now(), error = NULL,"
+            "UPDATE import_jobs SET status = 'completed', finished_at = clock_timestamp(), error = NULL,"
             " rows_total = $2, rows_imported = $3, rows_updated = $4, rows_rejected = $5,"
             " rows_duplicate = $6, rows_suppressed = $7"
             " WHERE id = $1 RETURNING *",
@@ -171,7 +171,7 @@ class ListSession:
         # The counts of a failed import describe what was read before it failed; nothing
         # of it is kept, so imported/updated stay zero.
         record = await self.conn.fetchrow(
-            "UPDATE import_jobs SET status = 'failed', finished_at = now(), error = $2,"
+            "UPDATE import_jobs SET status = 'failed', finished_at = clock_timestamp(), error = $2,"
             " rows_total = $3, rows_rejected = $4, rows_imported = 0, rows_updated = 0,"
             " rows_duplicate = 0, rows_suppressed = 0"
             " WHERE id = $1 RETURNING *",
