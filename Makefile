@@ -3,7 +3,7 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev test lint typecheck unit bench bench-e2e clean
+.PHONY: install dev test lint typecheck unit bench bench-e2e clean tools
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
@@ -18,8 +18,22 @@ install: $(VENV)/.installed
 dev: install
 	$(BIN)/mailfleet dev
 
+## Debian tools the deployment tests run (tests/deploy): promtool (package `prometheus`)
+## and docker-compose. Installed only when missing; needs root or sudo, quiet otherwise.
+DEBIAN_TOOLS := promtool:prometheus docker-compose:docker-compose
+tools:
+	@missing=""; for pair in $(DEBIAN_TOOLS); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+	  echo "installing$$missing (apt-get)"; \
+	  $$sudo apt-get update -qq >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
 ## Lint, type-check and run every test against a real broker and PostgreSQL.
-test: install lint typecheck
+test: install lint typecheck tools
 	$(BIN)/pytest -q -m "not bench"
 
 lint: install

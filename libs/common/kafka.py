@@ -8,6 +8,7 @@ lost its topics would otherwise retry forever), topics re-created when they vani
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -28,6 +29,7 @@ from libs.common.metrics import (
     CONSUMER_LAG,
     DLQ_EVENTS,
     EVENTS_CONSUMED,
+    EVENTS_IN_FLIGHT,
     EVENTS_PRODUCED,
     HANDLER_ERRORS,
 )
@@ -39,6 +41,8 @@ E = TypeVar("E", bound=Event)
 
 _TOPIC_ALREADY_EXISTS = 36
 _COMMIT_TIMEOUT_S = 10.0
+# Lag is also refreshed while a consumer is idle, so a caught-up partition shows 0.
+_LAG_REFRESH_S = 1.0
 
 
 def topic_partitions(settings: Settings) -> dict[str, int]:
@@ -151,6 +155,7 @@ class EventConsumer(Generic[E]):
         self.producer = producer
         self.max_records = max_records
         self.partitions_in_parallel = partitions_in_parallel
+        self._lag_partitions: set[int] = set()
         self.consumer = AIOKafkaConsumer(
             topic.value,
             bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -172,6 +177,8 @@ class EventConsumer(Generic[E]):
         await self.consumer.stop()
 
     async def run(self, handler: Handler[E], stop: asyncio.Event) -> None:
+        lag_recorded_at = 0.0
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
             try:
                 batches = await self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
@@ -179,15 +186,18 @@ class EventConsumer(Generic[E]):
                 log.warning("fetch failed; retrying", topic=self.topic.value, error=str(exc))
                 await asyncio.sleep(1)
                 continue
-            if not batches:
-                continue
-            work = [self._handle_partition(tp, records, handler) for tp, records in batches.items()]
-            if self.partitions_in_parallel:
-                await asyncio.gather(*work)
-            else:
-                for item in work:
-                    await item
-            await self._record_lag()
+            if batches:
+                work = [
+                    self._handle_partition(tp, records, handler) for tp, records in batches.items()
+                ]
+                if self.partitions_in_parallel:
+                    await asyncio.gather(*work)
+                else:
+                    for item in work:
+                        await item
+            if batches or loop.time() - lag_recorded_at >= _LAG_REFRESH_S:
+                await self._record_lag()
+                lag_recorded_at = loop.time()
 
     async def _handle_partition(
         self, tp: TopicPartition, records: list[ConsumerRecord], handler: Handler[E]
@@ -198,6 +208,8 @@ class EventConsumer(Generic[E]):
             if event is not None:
                 good.append(Consumed(event, record.partition, record.offset))
         if good:
+            in_flight = EVENTS_IN_FLIGHT.labels(self.topic.value)
+            in_flight.inc(len(good))
             try:
                 await handler(good)
             except Exception:
@@ -208,6 +220,8 @@ class EventConsumer(Generic[E]):
                 self.consumer.seek(tp, records[0].offset)
                 await asyncio.sleep(1)
                 return
+            finally:
+                in_flight.dec(len(good))
             EVENTS_CONSUMED.labels(self.topic.value).inc(len(good))
         await self._commit({tp: records[-1].offset + 1})
 
@@ -251,12 +265,23 @@ class EventConsumer(Generic[E]):
             await ensure_topics(self.settings)
 
     async def _record_lag(self) -> None:
-        for tp in self.consumer.assignment():
+        assigned = self.consumer.assignment()
+        for tp in assigned:
             highwater = self.consumer.highwater(tp)
             if highwater is None:
                 continue
-            position = await self.consumer.position(tp)
+            try:
+                position = await asyncio.wait_for(self.consumer.position(tp), 1)
+            except (KafkaError, IllegalStateError, TimeoutError):
+                continue  # revoked or not yet positioned: measured again on the next round
             CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
+            self._lag_partitions.add(tp.partition)
+        # A partition that moved to another instance is reported there; a stale value here
+        # would count its lag twice.
+        for partition in self._lag_partitions - {tp.partition for tp in assigned}:
+            with contextlib.suppress(KeyError):
+                CONSUMER_LAG.remove(self.topic.value, str(partition))
+            self._lag_partitions.discard(partition)
 
 
 def _describe(exc: Exception) -> str:

@@ -5,8 +5,11 @@ Label sets stay bounded: topics, partitions, providers, outcomes, never ids or a
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
@@ -27,14 +30,84 @@ CONSUMER_LAG = Gauge(
     "Records behind the partition's high-water mark.",
     ["topic", "partition"],
 )
+EVENTS_IN_FLIGHT = Gauge(
+    "mailfleet_events_in_flight",
+    "Events handed to a handler and not finished yet (on batch.ready: batches being sent).",
+    ["topic"],
+)
+
+# Campaign counts come from PostgreSQL at scrape time (every background service reports
+# them, so dashboards and rules take `max by (status)`): they survive restarts, unlike
+# counters, and need no owner service to be up.
+CAMPAIGN_STATUSES = (
+    "draft",
+    "scheduled",
+    "in_progress",
+    "paused",
+    "completed",
+    "failed",
+    "cancelled",
+)
+CAMPAIGNS = Gauge("mailfleet_campaigns", "Campaigns by status.", ["status"])
+CAMPAIGN_STALL_SECONDS = Gauge(
+    "mailfleet_campaign_longest_stall_seconds",
+    "Among in-progress campaigns, the longest time since one last made progress (its start "
+    "or its last batch folded by the tracker); 0 when none is in progress.",
+)
+_CAMPAIGN_REFRESH_S = 5.0
+_CAMPAIGN_QUERY_TIMEOUT_S = 2.0
+
+
+class CampaignGauges:
+    """Refreshes the campaign gauges from PostgreSQL, at most every few seconds."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._refreshed_at = 0.0
+
+    async def refresh(self) -> None:
+        if time.monotonic() - self._refreshed_at < _CAMPAIGN_REFRESH_S:
+            return
+        try:
+            async with asyncio.timeout(_CAMPAIGN_QUERY_TIMEOUT_S):
+                counts, stall = await self._query()
+        except (TimeoutError, OSError, asyncpg.PostgresError):
+            return  # keep the last values; /readyz reports the database
+        self._refreshed_at = time.monotonic()
+        for status in CAMPAIGN_STATUSES:
+            CAMPAIGNS.labels(status).set(counts.get(status, 0))
+        CAMPAIGN_STALL_SECONDS.set(stall)
+
+    async def _query(self) -> tuple[dict[str, int], float]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch("SELECT status, count(*) AS n FROM campaigns GROUP BY status")
+            stall = await conn.fetchval(
+                """
+                SELECT coalesce(max(extract(epoch FROM now() - greatest(
+                    coalesce(c.started_at, c.updated_at),
+                    (SELECT max(t.folded_at) FROM tracker_batches t WHERE t.campaign_id = c.id)
+                ))), 0)::float8
+                FROM campaigns c WHERE c.status = 'in_progress'
+                """
+            )
+        return {r["status"]: int(r["n"]) for r in rows}, float(stall)
+
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
+BeforeScrape = Callable[[], Awaitable[None]]
 
 
-async def start_ops_server(host: str, port: int, readiness: ReadinessCheck) -> web.AppRunner:
-    """Serve /metrics, /healthz (alive) and /readyz (dependencies reachable) on `port`."""
+async def start_ops_server(
+    host: str, port: int, readiness: ReadinessCheck, before_scrape: BeforeScrape | None = None
+) -> web.AppRunner:
+    """Serve /metrics, /healthz (alive) and /readyz (dependencies reachable) on `port`.
+
+    `before_scrape` refreshes gauges that are read from elsewhere (e.g. PostgreSQL).
+    """
 
     async def metrics(_: web.Request) -> web.Response:
+        if before_scrape is not None:
+            await before_scrape()
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:

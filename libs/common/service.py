@@ -16,7 +16,7 @@ import asyncpg
 from libs.common import db
 from libs.common.kafka import EventProducer, ensure_topics
 from libs.common.logging import configure, get_logger
-from libs.common.metrics import start_ops_server
+from libs.common.metrics import CampaignGauges, start_ops_server
 from libs.common.settings import Settings
 
 log = get_logger(__name__)
@@ -71,7 +71,12 @@ async def run_service(name: str, main: ServiceMain, settings: Settings) -> None:
 
     ops = None
     if settings.metrics_port:
-        ops = await start_ops_server("0.0.0.0", settings.metrics_port, readiness)  # noqa: S104
+        ops = await start_ops_server(
+            "0.0.0.0",  # noqa: S104
+            settings.metrics_port,
+            readiness,
+            before_scrape=CampaignGauges(pool).refresh,
+        )
     log.info("service started", metrics_port=settings.metrics_port or None)
     try:
         await main(ServiceContext(name, settings, pool, producer, stop))

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     default_provider: ProviderName = Field("sink", alias="MAILFLEET_DEFAULT_PROVIDER")
     sendgrid_api_key: str = Field("", alias="SENDGRID_API_KEY")
     sendgrid_api_url: str = Field("https://api.sendgrid.com", alias="SENDGRID_API_URL")
+    # Base64 public key of the signed Event Webhook, as SendGrid shows it. Empty: unsigned
+    # webhook posts are accepted (local and test setups only).
+    sendgrid_webhook_verification_key: str = Field("", alias="SENDGRID_WEBHOOK_VERIFICATION_KEY")
     sink_url: str = Field("http://127.0.0.1:8025", alias="MAILFLEET_SINK_URL")
     smtp_host: str = Field("localhost", alias="SMTP_HOST")
     smtp_port: int = Field(25, alias="SMTP_PORT")

@@ -47,7 +47,10 @@ async def start_stack(
     dispatchers: int = 1,
     env: Mapping[str, str] | None = None,
     keep_messages: int | None = None,
+    metrics_ports: Mapping[str, int] | None = None,
 ) -> RunningStack:
+    """`metrics_ports` maps child names ("importer", "dispatcher-1", ...) to the
+    MAILFLEET_METRICS_PORT each serves /metrics on (none by default)."""
     sink = await start_sink(keep_messages=keep_messages)
     api_port = free_port()
     api_key = generate_key()
@@ -65,6 +68,9 @@ async def start_stack(
     }
     specs = [ChildSpec(name, name) for name in ("api", "importer", "scheduler", "tracker")]
     specs += [ChildSpec(f"dispatcher-{n + 1}", "dispatcher") for n in range(dispatchers)]
+    for spec in specs:
+        if metrics_ports and spec.name in metrics_ports:
+            spec.env["MAILFLEET_METRICS_PORT"] = str(metrics_ports[spec.name])
     supervisor = Supervisor(base_env, log_dir)
     await supervisor.start(specs)
     try:

@@ -1,0 +1,61 @@
+"""The ops server's campaign gauges, read from PostgreSQL at scrape time."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from libs.common.embedded import free_port
+from libs.common.metrics import CampaignGauges, start_ops_server
+
+
+def sample(exposition: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(exposition):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    raise AssertionError(f"{name} {labels} not exported")
+
+
+async def test_campaign_counts_and_the_longest_stall_are_scraped(pool: asyncpg.Pool) -> None:
+    list_id = uuid.uuid4()
+    stalled = uuid.uuid4()
+    async with pool.acquire() as conn:
+        await conn.execute("INSERT INTO lists (id, name) VALUES ($1, 'ops')", list_id)
+        # Started two hours ago; its only folded batch was an hour ago: stalled ≥ 1 h.
+        await conn.execute(
+            "INSERT INTO campaigns (id, name, subject, html, from_email, list_id, provider,"
+            " status, started_at) VALUES ($1, 'c', 's', 'h', 'a@example.com', $2, 'sink',"
+            " 'in_progress', now() - interval '2 hours')",
+            stalled,
+            list_id,
+        )
+        await conn.execute(
+            "INSERT INTO tracker_batches (batch_id, campaign_id, recipients, folded_at)"
+            " VALUES ($1, $2, 1, now() - interval '1 hour')",
+            f"{stalled}:0",
+            stalled,
+        )
+    port = free_port()
+    runner = await start_ops_server(
+        "127.0.0.1", port, _ready, before_scrape=CampaignGauges(pool).refresh
+    )
+    try:
+        async with httpx.AsyncClient() as http:
+            page = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    finally:
+        await runner.cleanup()
+        async with pool.acquire() as conn:
+            await conn.execute("DELETE FROM tracker_batches WHERE campaign_id = $1", stalled)
+            await conn.execute("DELETE FROM campaigns WHERE id = $1", stalled)
+    # Other tests share the database: at least ours is in progress.
+    assert sample(page, "mailfleet_campaigns", status="in_progress") >= 1
+    assert sample(page, "mailfleet_campaigns", status="draft") >= 0  # every status is shown
+    assert sample(page, "mailfleet_campaign_longest_stall_seconds") >= 3600
+
+
+async def _ready() -> dict[str, bool]:
+    return {"database": True}

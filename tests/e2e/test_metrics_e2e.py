@@ -1,0 +1,143 @@
+"""Scrape every service during an end-to-end run: each metric a Grafana dashboard or an alert
+rule names is exported by some service, the counters agree with what happened, and every
+service answers /healthz and /readyz."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from libs.common.embedded import free_port
+from libs.common.settings import Settings
+from tests.deploy.metric_refs import PENDING, exported_names, referenced_metrics
+from tests.e2e.harness import RunningStack, start_stack
+
+RECIPIENTS = 300
+BACKGROUND = ["importer", "scheduler", "tracker", "dispatcher-1", "dispatcher-2"]
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[RunningStack, dict[str, int]]]:
+    ports = {name: free_port() for name in BACKGROUND}
+    running = await start_stack(
+        settings.database_url,
+        settings.kafka_bootstrap_servers,
+        tmp_path_factory.mktemp("metrics-e2e-logs"),
+        dispatchers=2,
+        metrics_ports=ports,
+    )
+    yield running, ports
+    await running.stop()
+
+
+def urls(running: RunningStack, ports: dict[str, int]) -> dict[str, str]:
+    found = {"api": running.api_url}
+    found.update({name: f"http://127.0.0.1:{port}" for name, port in ports.items()})
+    return found
+
+
+async def get_when_up(http: httpx.AsyncClient, url: str, timeout: float = 60) -> httpx.Response:
+    """The ops server starts after migrations and topics: poll until it answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await http.get(url)
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+def running_settings_partitions() -> int:
+    return Settings().batch_ready_partitions  # the stack runs with the default
+
+
+def total(exposition: str, sample: str, **labels: str) -> float:
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+        if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+async def test_every_dashboard_and_rule_metric_is_exported_during_a_campaign(
+    stack: tuple[RunningStack, dict[str, int]],
+) -> None:
+    running, ports = stack
+    lines = ["email,first_name"] + [
+        f"m{i}@metrics{i % 7}.example.com,P{i}" for i in range(RECIPIENTS)
+    ]
+    lines.append("not-an-address,X")
+    api = running.client()
+    try:
+        list_id = await api.create_list("metrics-e2e")
+        job = await api.wait_import(await api.import_csv(list_id, "\n".join(lines).encode()))
+        assert job["status"] == "completed", job
+        campaign_id = await api.create_campaign(
+            name="metrics-e2e",
+            subject="Hi {{ first_name }}",
+            html="<p>Hi {{ first_name }}</p>",
+            from_email="news@example.com",
+            list_id=list_id,
+        )
+        await api.schedule(campaign_id)
+        done = await api.wait_campaign(campaign_id, timeout=120)
+        assert done["status"] == "completed", done
+    finally:
+        await api.close()
+
+    pages: dict[str, str] = {}
+    async with httpx.AsyncClient(timeout=10) as http:
+        for name, base in urls(running, ports).items():
+            health = await get_when_up(http, f"{base}/healthz")
+            assert health.status_code == 200, name
+            ready = await http.get(f"{base}/readyz")
+            assert ready.status_code == 200, (name, ready.text)
+            assert ready.json()["checks"] == {"database": True, "broker": True}, name
+            page = await http.get(f"{base}/metrics")
+            assert page.status_code == 200, name
+            pages[name] = page.text
+
+    exported = set().union(*(exported_names(text) for text in pages.values()))
+    missing = {
+        metric: places
+        for metric, places in referenced_metrics().items()
+        if metric not in exported and metric not in PENDING
+    }
+    assert missing == {}, "dashboards/rules name metrics no running service exports"
+
+    # The numbers tell what happened (other tests share the database, not these processes).
+    dispatchers = [pages["dispatcher-1"], pages["dispatcher-2"]]
+    sent = sum(
+        total(p, "mailfleet_dispatcher_emails_total", provider="sink", outcome="sent")
+        for p in dispatchers
+    )
+    assert sent == RECIPIENTS
+    assert total(pages["importer"], "mailfleet_import_rows_total", outcome="imported") == RECIPIENTS
+    assert total(pages["importer"], "mailfleet_import_rows_total", outcome="rejected") == 1
+    assert total(pages["tracker"], "mailfleet_tracker_recipients_folded_total") == RECIPIENTS
+    assert total(pages["scheduler"], "mailfleet_campaigns", status="completed") >= 1
+    assert total(pages["api"], "mailfleet_api_requests_total", route="/api/v1/lists") >= 1
+    # Lag is reported per partition by the instance that owns it: the two dispatchers
+    # together cover every batch.ready partition, and none twice.
+    owned = [
+        {
+            s.labels["partition"]
+            for family in text_string_to_metric_families(p)
+            for s in family.samples
+            if s.name == "mailfleet_consumer_lag" and s.labels["topic"] == "batch.ready"
+        }
+        for p in dispatchers
+    ]
+    assert owned[0].isdisjoint(owned[1]), owned
+    assert len(owned[0] | owned[1]) == running_settings_partitions(), owned
+    # Nothing left in flight once the campaign is done.
+    assert sum(total(p, "mailfleet_events_in_flight") for p in pages.values()) == 0
