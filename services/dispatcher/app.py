@@ -9,17 +9,20 @@ import uuid
 
 import aiohttp
 
-from libs.common.events import BatchReady, Topic
+from libs.common.events import BatchReady, DeliveryResult, Topic
 from libs.common.kafka import Consumed, EventConsumer
 from libs.common.logging import get_logger
 from libs.common.service import ServiceContext, run_service
 from libs.common.settings import Settings, get_settings
+from services.dispatcher.campaign_status import CampaignStatuses
+from services.dispatcher.circuit_breaker import BreakerState
 from services.dispatcher.config import DispatcherSettings, get_dispatcher_settings
 from services.dispatcher.content_store import ContentRepository
-from services.dispatcher.dispatch import BatchDispatcher
+from services.dispatcher.control_feed import follow_control_events
+from services.dispatcher.dispatch import BatchDispatcher, HandedBack
 from services.dispatcher.headers import HeaderPolicy
 from services.dispatcher.ledger_store import PostgresLedger
-from services.dispatcher.metrics import RATE_LIMIT
+from services.dispatcher.metrics import BREAKER_OPEN, RATE_LIMIT
 from services.dispatcher.providers.base import Provider
 from services.dispatcher.providers.registry import build_providers
 
@@ -49,6 +52,7 @@ async def _track_partition_share(
         for name, provider in providers.items():
             provider.limiter.set_share(assigned, total_partitions)
             RATE_LIMIT.labels(name).set(provider.limiter.rate)
+            BREAKER_OPEN.labels(name).set(provider.breaker.state is BreakerState.OPEN)
         try:
             await asyncio.wait_for(stop.wait(), _SHARE_REFRESH_S)
         except TimeoutError:
@@ -67,6 +71,7 @@ async def main(
     connector = aiohttp.TCPConnector(limit=ctx.settings.provider_concurrency * 2)
     async with aiohttp.ClientSession(connector=connector) as session:
         providers = build_providers(ctx.settings, extra, session)
+        statuses = CampaignStatuses(ctx.pool, refresh_s=extra.campaign_status_refresh_s)
         dispatcher = BatchDispatcher(
             content=ContentRepository(ctx.pool),
             ledger=PostgresLedger(ctx.pool),
@@ -75,32 +80,56 @@ async def main(
             owner=owner,
             mode=ctx.settings.delivery_mode,
             takeover_wait_s=extra.ledger_takeover_wait_s,
+            gate=statuses,
+            fallback=extra.fallback_provider or None,
+            stopping=ctx.stop.is_set,
         )
 
         async def handle(items: list[Consumed[BatchReady]]) -> None:
-            results = await asyncio.gather(*(dispatcher.dispatch(i.event) for i in items))
+            settled = await asyncio.gather(
+                *(dispatcher.dispatch(i.event) for i in items), return_exceptions=True
+            )
+            results = [r for r in settled if isinstance(r, DeliveryResult)]
             # Published after the ledger says `done`; the offset is committed after this.
             await ctx.producer.send_many(
                 Topic.DELIVERY_RESULT, [(str(r.campaign_id), r) for r in results]
             )
+            raise_unless_committable(settled)
 
         consumer: EventConsumer[BatchReady] = EventConsumer(
             ctx.settings, Topic.BATCH_READY, group_id, ctx.producer, partitions_in_parallel=True
         )
         await consumer.start()
-        share = asyncio.create_task(
-            _track_partition_share(
-                consumer, providers, ctx.settings.batch_ready_partitions, ctx.stop
-            )
-        )
+        background = [
+            asyncio.create_task(
+                _track_partition_share(
+                    consumer, providers, ctx.settings.batch_ready_partitions, ctx.stop
+                )
+            ),
+            asyncio.create_task(statuses.run(ctx.stop)),
+            asyncio.create_task(follow_control_events(ctx.settings, statuses, ctx.stop)),
+        ]
         log.info("dispatcher consuming", group_id=group_id, owner=owner)
         try:
             await consumer.run(handle, ctx.stop)
         finally:
-            share.cancel()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await consumer.stop()
             for provider in providers.values():
                 await provider.close()
+
+
+def raise_unless_committable(settled: list[DeliveryResult | BaseException]) -> None:
+    """Batches handed back for a pause may have their offsets committed (the scheduler
+    re-emits them on resume); a batch handed back because this instance is stopping, or one
+    that failed, must be read again: raising keeps the partition's offset uncommitted."""
+    for outcome in settled:
+        if isinstance(outcome, HandedBack) and outcome.reason == "paused":
+            continue
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def run() -> None:

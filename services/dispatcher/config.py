@@ -6,6 +6,7 @@ Kept here until they prove useful to other services; each has an env var like th
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +27,18 @@ class DispatcherSettings(BaseSettings):
     provider_retry_initial_s: float = Field(0.2, alias="MAILFLEET_PROVIDER_RETRY_INITIAL_S", gt=0)
     provider_retry_max_s: float = Field(10.0, alias="MAILFLEET_PROVIDER_RETRY_MAX_S", gt=0)
     provider_timeout_s: float = Field(30.0, alias="MAILFLEET_PROVIDER_TIMEOUT_S", gt=0)
+
+    # Failover: batches of a provider whose circuit breaker is open go to this one ("" = none).
+    fallback_provider: Literal["", "sink", "sendgrid", "smtp"] = Field(
+        "", alias="MAILFLEET_FALLBACK_PROVIDER"
+    )
+    # Consecutive failed requests (5xx, timeouts, connection errors) that open the breaker,
+    # and how long it stays open before traffic is tried again.
+    breaker_failures: int = Field(5, alias="MAILFLEET_BREAKER_FAILURES", ge=1)
+    breaker_cooldown_s: float = Field(30.0, alias="MAILFLEET_BREAKER_COOLDOWN_S", gt=0)
+
+    # How often the status of the campaigns being sent is re-read (pause/cancel latency).
+    campaign_status_refresh_s: float = Field(0.5, alias="MAILFLEET_CAMPAIGN_STATUS_REFRESH_S", gt=0)
 
     # RFC 8058 unsubscribe: `mailto:` alternative in List-Unsubscribe when set.
     unsubscribe_mailto: str = Field("", alias="MAILFLEET_UNSUBSCRIBE_MAILTO")

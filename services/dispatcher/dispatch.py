@@ -2,7 +2,13 @@
 
 ledger says done     -> replay the stored result, send nothing
 ledger says sending  -> wait for a live sender, else `unknown` (or re-send, at-least-once)
-not in the ledger    -> render, claim (`sending`, committed), send, store `done`
+not in the ledger    -> render, wait for the rate limit, claim (`sending`, committed),
+                        send, store `done`
+
+Before the claim, the campaign's status decides (see `control`): a paused campaign's batch
+is handed back untouched, a cancelled one's recipients are reported `cancelled`. The rate
+limit is waited for before the claim too, so that a pause takes effect on batches queued
+behind the limit, and a dispatcher killed while they wait leaves no `sending` row behind.
 """
 
 from __future__ import annotations
@@ -11,11 +17,12 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 from uuid import UUID
 
 from libs.common.events import BatchReady, BatchRecipient, DeliveryResult, RecipientOutcome
 from libs.common.logging import bound_contextvars, get_logger
+from services.dispatcher.control import Verdict, cancelled_outcomes, verdict_for
 from services.dispatcher.headers import HeaderPolicy
 from services.dispatcher.ledger import (
     Decision,
@@ -25,7 +32,7 @@ from services.dispatcher.ledger import (
     unknown_outcomes,
     unsettled,
 )
-from services.dispatcher.metrics import BATCHES, EMAILS
+from services.dispatcher.metrics import BATCHES, EMAILS, FAILOVERS
 from services.dispatcher.providers.base import Provider
 from services.dispatcher.rendering import Content, build_outbox
 
@@ -35,6 +42,42 @@ log = get_logger(__name__)
 # loses at most this much progress, which then reads as `unknown` (never as re-sendable).
 _PROGRESS_FLUSH_S = 0.5
 _WAIT_POLL_S = 0.2
+# While a batch waits for its turn under the rate limit, the campaign's status is looked at
+# this often (a pause must take effect within 2 s).
+_TURN_POLL_S = 0.2
+
+
+class CampaignGate(Protocol):
+    """The campaign statuses (see `campaign_status.CampaignStatuses`)."""
+
+    def latest(self, campaign_id: UUID) -> str | None: ...
+    async def current(self, campaign_id: UUID) -> str | None: ...
+    async def confirmed(self, campaign_id: UUID) -> str | None: ...
+
+
+class _AlwaysSend:
+    def latest(self, campaign_id: UUID) -> str | None:
+        return None
+
+    async def current(self, campaign_id: UUID) -> str | None:
+        return None
+
+    async def confirmed(self, campaign_id: UUID) -> str | None:
+        return None
+
+
+class HandedBack(Exception):  # noqa: N818 - an outcome, not an error
+    """The batch was not sent and its ledger row not touched.
+
+    `paused`: its campaign is paused; the scheduler re-emits it on resume, so its offset may
+    be committed. `stopping`: this instance is shutting down; its offset must not be
+    committed, so that the partition's next owner reads it again.
+    """
+
+    def __init__(self, batch_id: str, reason: Literal["paused", "stopping"]) -> None:
+        super().__init__(f"batch {batch_id} handed back: {reason}")
+        self.batch_id = batch_id
+        self.reason = reason
 
 
 class ContentSource(Protocol):
@@ -78,8 +121,14 @@ class BatchDispatcher:
         owner: str,
         mode: DeliveryMode,
         takeover_wait_s: float,
+        gate: CampaignGate | None = None,
+        fallback: str | None = None,
+        stopping: Callable[[], bool] = lambda: False,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self._gate: CampaignGate = gate or _AlwaysSend()
+        self._fallback = fallback or None
+        self._stopping = stopping
         self._content = content
         self._ledger = ledger
         self._providers = providers
@@ -93,6 +142,7 @@ class BatchDispatcher:
         self._in_flight: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def dispatch(self, batch: BatchReady) -> DeliveryResult:
+        """Send (or replay, or settle) one batch; raises `HandedBack` when it is not sent."""
         lock, users = self._in_flight.get(batch.batch_id, (asyncio.Lock(), 0))
         self._in_flight[batch.batch_id] = (lock, users + 1)
         try:
@@ -133,6 +183,44 @@ class BatchDispatcher:
                 return await self._settle_unknown(batch, started, recorded)
             return await self._send(batch, started, recorded, claim=entry.owner)
 
+    async def _verdict(self, campaign_id: UUID, status: str | None) -> Verdict:
+        """A verdict other than SEND is confirmed with the database: a batch re-emitted on
+        resume must not be handed back on the strength of a stale cached `paused`."""
+        verdict = verdict_for(status)
+        if verdict is Verdict.SEND:
+            return verdict
+        return verdict_for(await self._gate.confirmed(campaign_id))
+
+    async def _wait_for_turn(self, batch: BatchReady, provider: Provider, emails: int) -> Verdict:
+        """Wait until the rate limit lets `emails` go, watching the campaign's status."""
+        verdict = await self._verdict(
+            batch.campaign_id, await self._gate.current(batch.campaign_id)
+        )
+        if verdict is not Verdict.SEND:
+            return verdict
+        deadline = time.monotonic() + provider.limiter.delay_for(emails)
+        while (remaining := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(remaining, _TURN_POLL_S))
+            if self._stopping():
+                raise HandedBack(batch.batch_id, "stopping")
+            verdict = await self._verdict(batch.campaign_id, self._gate.latest(batch.campaign_id))
+            if verdict is not Verdict.SEND:
+                return verdict
+        return Verdict.SEND
+
+    def _route(self, name: str) -> Provider | None:
+        """The campaign's provider, or the fallback while its circuit breaker is open."""
+        primary = self._providers.get(name)
+        if primary is None or primary.breaker.allows() or self._fallback in (None, name):
+            return primary
+        fallback = self._providers.get(self._fallback or "")
+        if fallback is None or not fallback.breaker.allows():
+            return primary
+        FAILOVERS.labels(name, fallback.name).inc()
+        log.warning("provider circuit open; batch sent through the fallback",
+                    provider=name, fallback=fallback.name)  # fmt: skip
+        return fallback
+
     async def _settle_unknown(
         self, batch: BatchReady, started: datetime, recorded: list[RecipientOutcome]
     ) -> DeliveryResult:
@@ -151,7 +239,7 @@ class BatchDispatcher:
         """Send what has no recorded outcome. `claim` is the owner of a stale `sending` row
         to take over (at-least-once re-send), None to claim a fresh batch."""
         content = await self._content.get(batch.content_id)
-        provider = self._providers.get(batch.provider)
+        provider = self._route(batch.provider)
         pending = unsettled(batch.recipients, recorded)
         problem = (
             f"content snapshot {batch.content_id} not found" if content is None
@@ -163,6 +251,16 @@ class BatchDispatcher:
             log.error("batch cannot be sent", reason=problem)
             return await self._finish(batch, started, recorded + _failed(pending, problem or ""))
         outbox = build_outbox(content, batch.campaign_id, batch.batch_id, pending, self._headers)
+        verdict = await self._wait_for_turn(batch, provider, outbox.recipient_count)
+        if verdict is Verdict.HAND_BACK:
+            log.info("batch handed back: campaign paused")
+            BATCHES.labels(provider.name, "handed_back").inc()
+            raise HandedBack(batch.batch_id, "paused")
+        if verdict is Verdict.CANCEL:
+            log.info("batch not sent: campaign cancelled")
+            BATCHES.labels(provider.name, "cancelled").inc()
+            outcomes = recorded + cancelled_outcomes(pending) + outbox.settled
+            return await self._finish(batch, started, outcomes)
         claimed = (
             await self._ledger.claim(batch.batch_id, batch.campaign_id, self.owner)
             if claim is None
@@ -174,11 +272,16 @@ class BatchDispatcher:
         requests = len(outbox.individual) + (1 if outbox.templated else 0)
         progress = _ProgressRecorder(self._ledger, batch.batch_id, enabled=requests > 1)
         provider_outcomes = await provider.send(outbox, progress)
-        BATCHES.labels(batch.provider, "sent").inc()
-        return await self._finish(batch, started, recorded + outbox.settled + provider_outcomes)
+        BATCHES.labels(provider.name, "sent").inc()
+        outcomes = recorded + outbox.settled + provider_outcomes
+        return await self._finish(batch, started, outcomes, provider.name)
 
     async def _finish(
-        self, batch: BatchReady, started: datetime, outcomes: list[RecipientOutcome]
+        self,
+        batch: BatchReady,
+        started: datetime,
+        outcomes: list[RecipientOutcome],
+        provider: str | None = None,
     ) -> DeliveryResult:
         result = DeliveryResult(
             batch_id=batch.batch_id,
@@ -187,7 +290,7 @@ class BatchDispatcher:
             batches_total=batch.batches_total,
             audience_total=batch.audience_total,
             suppressed_total=batch.suppressed_total,
-            provider=batch.provider,
+            provider=provider or batch.provider,
             outcomes=_one_per_recipient(batch.recipients, outcomes),
             started_at=started,
             finished_at=self._clock(),
@@ -196,7 +299,7 @@ class BatchDispatcher:
             batch.batch_id, batch.campaign_id, self.owner, result.model_dump(mode="json")
         )
         for outcome in result.outcomes:
-            EMAILS.labels(batch.provider, outcome.status).inc()
+            EMAILS.labels(result.provider, outcome.status).inc()
         return result
 
 

@@ -11,7 +11,8 @@ EMAILS = Counter(
 )
 BATCHES = Counter(
     "mailfleet_dispatcher_batches_total",
-    "Batches handled: sent, replayed from the ledger, or with an unknown outcome.",
+    "Batches handled: sent, replayed from the ledger, unknown outcome, handed back (paused)"
+    " or cancelled.",
     ["provider", "mode"],
 )
 PROVIDER_REQUEST_SECONDS = Histogram(
@@ -31,5 +32,16 @@ PROVIDER_THROTTLED = Counter(
 RATE_LIMIT = Gauge(
     "mailfleet_dispatcher_rate_limit",
     "This instance's current sending rate limit (emails/s; 0 = unlimited).",
+    ["provider"],
+)
+FAILOVERS = Counter(
+    "mailfleet_dispatcher_failovers_total",
+    "Batches sent through the fallback provider because the campaign's provider's circuit"
+    " breaker was open.",
+    ["provider", "fallback"],
+)
+BREAKER_OPEN = Gauge(
+    "mailfleet_provider_circuit_open",
+    "1 while a provider's circuit breaker is open (new batches go to the fallback).",
     ["provider"],
 )

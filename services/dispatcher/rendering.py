@@ -7,9 +7,12 @@ values escaped, text and subject values raw); anything richer is rendered per re
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
+
+import css_inline
 
 from libs.common.events import BatchRecipient, RecipientOutcome
 from libs.common.templating import (
@@ -34,6 +37,23 @@ from services.dispatcher.messages import (
 # per personalization object".
 MAX_SUBSTITUTION_BYTES = 10_000
 _TAG_PREFIX = "{{"
+
+# Mail clients (Gmail among them) drop <style> blocks: rules are moved into style=""
+# attributes. @media rules stay in a <style> for the clients that honour them. Remote
+# stylesheets are never fetched: rendering does no I/O.
+_INLINER = css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True)
+_HAS_CSS = re.compile(r"<style|<link", re.IGNORECASE)
+
+
+def inline_css(html: str) -> str:
+    """`html` with its CSS inlined; unchanged when it has no stylesheet (the inliner would
+    wrap a fragment in <html><body>) or when the CSS cannot be parsed."""
+    if not _HAS_CSS.search(html):
+        return html
+    try:
+        return _INLINER.inline(html)
+    except (css_inline.InlineError, ValueError):
+        return html
 
 
 @dataclass(frozen=True)
@@ -67,6 +87,7 @@ def render_message(
     context = merge_fields(recipient)
     html = render(content.html, context, html=True)
     text = render(content.text, context, html=False) if content.text else html_to_text(html)
+    html = inline_css(html)
     return Message(
         recipient_id=recipient.recipient_id,
         email=recipient.email,
@@ -121,7 +142,7 @@ def substitution_template(content: Content) -> _SubstitutionTemplate | None:
         text_names = {n for n in _names(html) if text_tag(n) in text_body}
     return _SubstitutionTemplate(
         subject=_join(subject, text_tag),
-        html=html_body,
+        html=inline_css(html_body),
         text=text_body,
         text_fields=frozenset(text_names | _names(subject)),
         html_fields=frozenset(_names(html)),

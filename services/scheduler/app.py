@@ -96,6 +96,11 @@ async def _consume_control(ctx: ServiceContext, repo: ScheduleRepository) -> Non
         for item in events:
             if item.event.action in ("unschedule", "cancel"):
                 await repo.drop_schedule(item.event.campaign_id, item.event.revision)
+            if item.event.action in ("resume", "cancel"):
+                # Dispatchers handed back a paused campaign's batches: send them again now
+                # rather than after `reemit_after_seconds`.
+                due = await repo.reemit_unaccounted_now(item.event.campaign_id)
+                log.info("unaccounted batches due again", action=item.event.action, batches=due)
 
     await consumer.start()
     try:

@@ -232,8 +232,9 @@ class ScheduleRepository:
         self, emitted_before: datetime, limit: int
     ) -> AsyncIterator[list[PendingBatch]]:
         """Lock and yield batches never emitted, or last emitted before `emitted_before` and
-        not yet accounted for by the tracker, of campaigns in progress. Leaving the block
-        marks them emitted.
+        not yet accounted for by the tracker, of campaigns in progress (or cancelled: the
+        dispatchers report their recipients `cancelled`, so the counts reconcile). Leaving
+        the block marks them emitted.
 
         Locked with SKIP LOCKED so that several schedulers share the work, never repeat it.
         """
@@ -242,7 +243,8 @@ class ScheduleRepository:
                 """
                 SELECT b.batch_id, b.campaign_id, b.batch_no, b.recipient_ids, b.emitted
                   FROM batch_plans b
-                  JOIN campaigns c ON c.id = b.campaign_id AND c.status = 'in_progress'
+                  JOIN campaigns c ON c.id = b.campaign_id
+                                   AND c.status IN ('in_progress', 'cancelled')
                  WHERE (b.emitted = 0
                         OR b.last_emitted_at < $1::timestamptz)
                    AND NOT EXISTS (SELECT 1 FROM tracker_batches t WHERE t.batch_id = b.batch_id)
@@ -286,3 +288,17 @@ class ScheduleRepository:
                 """,
                 [r["batch_id"] for r in rows],
             )
+
+    async def reemit_unaccounted_now(self, campaign_id: UUID) -> int:
+        """Make every emitted batch of the campaign not yet accounted for due at the next
+        tick: on resume (dispatchers handed back a paused campaign's batches) and on cancel
+        (dispatchers report the rest `cancelled`). Returns how many were made due."""
+        result = await self.pool.execute(
+            """
+            UPDATE batch_plans b SET last_emitted_at = '-infinity'
+             WHERE b.campaign_id = $1 AND b.emitted > 0
+               AND NOT EXISTS (SELECT 1 FROM tracker_batches t WHERE t.batch_id = b.batch_id)
+            """,
+            campaign_id,
+        )
+        return int(result.split()[-1])

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from libs.common.events import RecipientOutcome
+from services.dispatcher.circuit_breaker import CircuitBreaker
 from services.dispatcher.messages import Outbox
 from services.dispatcher.rate_limit import RateLimiter
 
@@ -16,7 +17,11 @@ ProgressCallback = Callable[[list[RecipientOutcome]], Awaitable[None]]
 
 class Provider(Protocol):
     name: str
+    # The dispatcher waits for `limiter` before it claims a batch; a provider waits for it
+    # again only before a retry (a retried request costs the provider's rate again).
     limiter: RateLimiter
+    # Fed by the provider with each request's fate; the dispatcher reads it to fail over.
+    breaker: CircuitBreaker
 
     async def send(self, outbox: Outbox, on_progress: ProgressCallback) -> list[RecipientOutcome]:
         """Send everything in `outbox`; one outcome per recipient. Never raises for a

@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from libs.common.settings import Settings
+from services.dispatcher.circuit_breaker import CircuitBreaker
 from services.dispatcher.config import DispatcherSettings
 from services.dispatcher.providers.base import Provider
 from services.dispatcher.providers.sendgrid import RetryPolicy, SendGridProvider
@@ -21,6 +22,9 @@ def build_providers(
         max_wait_s=extra.provider_retry_max_s,
     )
 
+    def breaker() -> CircuitBreaker:
+        return CircuitBreaker(extra.breaker_failures, extra.breaker_cooldown_s)
+
     def sendgrid_api(name: str, url: str, rate: float) -> SendGridProvider:
         return SendGridProvider(
             name,
@@ -31,6 +35,7 @@ def build_providers(
             limiter=RateLimiter(rate),
             retry=retry,
             timeout_s=extra.provider_timeout_s,
+            breaker=breaker(),
         )
 
     providers: dict[str, Provider] = {
@@ -49,6 +54,7 @@ def build_providers(
             timeout_s=extra.smtp_timeout_s,
             limiter=RateLimiter(extra.smtp_rate_per_sec),
             retry=retry,
+            breaker=breaker(),
         ),
     }
     return providers

@@ -24,6 +24,7 @@ from tenacity import (
 
 from libs.common.events import RecipientOutcome
 from libs.common.logging import get_logger
+from services.dispatcher.circuit_breaker import CircuitBreaker
 from services.dispatcher.messages import Outbox
 from services.dispatcher.metrics import (
     PROVIDER_REQUEST_SECONDS,
@@ -109,8 +110,10 @@ class SendGridProvider:
         limiter: RateLimiter,
         retry: RetryPolicy,
         timeout_s: float = 30.0,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.name = name
+        self.breaker = breaker or CircuitBreaker()
         self.url = base_url.rstrip("/") + MAIL_SEND_PATH
         self._headers = {
             "Authorization": f"Bearer {api_key or 'mailfleet'}",
@@ -161,7 +164,8 @@ class SendGridProvider:
         try:
             async for attempt in retrying:
                 with attempt:
-                    await self.limiter.acquire(len(recipients))
+                    if attempt.retry_state.attempt_number > 1:
+                        await self.limiter.acquire(len(recipients))
                     status, message_id, error = await self._post_once(body)
         except RetryableResponse as exc:
             error = f"gave up after {self._retry.max_attempts} attempts: {exc}"
@@ -179,8 +183,10 @@ class SendGridProvider:
                 ) as response:
                     answer = await response.read()
             except TimeoutError as exc:
+                self.breaker.record_failure()
                 raise RetryableResponse("timeout", "request timed out") from exc
             except aiohttp.ClientError as exc:
+                self.breaker.record_failure()
                 raise RetryableResponse("connection", f"connection error: {exc!r}") from exc
             finally:
                 PROVIDER_REQUEST_SECONDS.labels(self.name).observe(time.perf_counter() - started)
@@ -190,7 +196,10 @@ class SendGridProvider:
             wait = _throttle_wait(response.headers, self._retry.max_wait_s)
             raise RetryableResponse("throttled", "429: " + provider_errors(answer), wait)
         if response.status >= 500:
+            self.breaker.record_failure()
             raise RetryableResponse("server_error", f"{response.status}: {provider_errors(answer)}")
+        # Any answer below 500 (a 429, a rejected payload) shows a working provider.
+        self.breaker.record_success()
         if response.status == 202:
             self.limiter.succeeded()
             return 202, response.headers.get("X-Message-Id"), ""

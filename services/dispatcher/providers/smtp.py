@@ -22,6 +22,7 @@ from tenacity import (
 
 from libs.common.events import RecipientOutcome
 from libs.common.logging import get_logger
+from services.dispatcher.circuit_breaker import CircuitBreaker
 from services.dispatcher.messages import Message, Outbox, Sender
 from services.dispatcher.metrics import PROVIDER_REQUEST_SECONDS, PROVIDER_RETRIES
 from services.dispatcher.providers.base import ProgressCallback, failed, sent
@@ -68,7 +69,9 @@ class SMTPProvider:
         timeout_s: float,
         limiter: RateLimiter,
         retry: RetryPolicy,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
+        self.breaker = breaker or CircuitBreaker()
         self._host, self._port = host, port
         self._username, self._password = username or None, password or None
         self._starttls = starttls
@@ -125,7 +128,8 @@ class SMTPProvider:
         try:
             async for attempt in retrying:
                 with attempt:
-                    await self.limiter.acquire(1)
+                    if attempt.retry_state.attempt_number > 1:
+                        await self.limiter.acquire(1)
                     await self._deliver(mime)
         except _Transient as exc:
             error = f"gave up after {self._retry.max_attempts} attempts: {exc}"
@@ -145,18 +149,23 @@ class SMTPProvider:
                 if client is None or not client.is_connected:
                     client = await self._connect()
                 await client.send_message(mime)
+                self.breaker.record_success()
             except aiosmtplib.SMTPRecipientsRefused as exc:
+                self.breaker.record_success()  # the server answered: it works
                 if any(400 <= r.code < 500 for r in exc.recipients):
                     raise _Transient("throttled", str(exc)) from exc
                 raise
             except aiosmtplib.SMTPResponseException as exc:
+                self.breaker.record_success()
                 if 400 <= exc.code < 500:
                     raise _Transient("server_error", f"{exc.code}: {exc.message}") from exc
                 raise
             except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPConnectError, OSError) as exc:
+                self.breaker.record_failure()
                 client = None  # broken: the retry opens a new connection
                 raise _Transient("connection", repr(exc)) from exc
             except aiosmtplib.SMTPTimeoutError as exc:
+                self.breaker.record_failure()
                 client = None
                 raise _Transient("timeout", repr(exc)) from exc
             finally:
