@@ -15,9 +15,21 @@ from libs.common.settings import Settings, get_settings
 from services.api.bootstrap import ensure_admin_key
 from services.api.deps import ApiResources
 from services.api.middleware import RequestContextMiddleware
+from services.api.openapi_docs import document_problems
 from services.api.problems import install_problem_handlers
 from services.api.ratelimit import FailureLimiter
-from services.api.routes import api_keys, campaigns, lists, ops, unsubscribe
+from services.api.routes import (
+    api_keys,
+    campaign_test_sends,
+    campaigns,
+    lists,
+    ops,
+    recipients,
+    suppressions,
+    templates,
+    unsubscribe,
+    webhooks,
+)
 
 log = get_logger(__name__)
 
@@ -89,8 +101,11 @@ def create_app(
         json_body_limit=JSON_BODY_LIMIT,
         streaming_suffixes=("/imports",),
     )
-    for module in (ops, lists, campaigns, api_keys, unsubscribe):
+    for module in (ops, lists, campaigns, api_keys, unsubscribe, suppressions, webhooks):
         app.include_router(module.router)
+    for module in (templates, recipients, campaign_test_sends):
+        app.include_router(module.router)
+    document_problems(app)
     return app
 
 

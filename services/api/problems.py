@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_BASE = "https://mailfleet.dev/problems/"
@@ -118,11 +119,30 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else None
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no resource at {request.url.path}; see /docs for the API's paths"
-    elif exc.status_code == 405:
-        detail = f"{request.method} is not allowed on {request.url.path}"
-    return problem_response(
-        request, exc.status_code, detail, headers=dict(exc.headers) if exc.headers else None
-    )
+    headers = dict(exc.headers) if exc.headers else None
+    if exc.status_code == 405:
+        allowed = _allowed_methods(request)
+        detail = f"{request.method} is not allowed on {request.url.path}; use {allowed}"
+        headers = {**(headers or {}), "Allow": allowed}
+    return problem_response(request, exc.status_code, detail, headers=headers)
+
+
+_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route answers on this path: Starlette's own `Allow` names only the
+    methods of the first route that matched the path. Asked by matching, which works the
+    same for routes of included routers."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
+        )
+    ]
+    return ", ".join(allowed)
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -144,12 +164,16 @@ _DESCRIPTIONS = {
 }
 
 
+def problem_description(code: int) -> str:
+    return _DESCRIPTIONS.get(code, HTTPStatus(code).phrase)
+
+
 def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for the problems a route can answer."""
     return {
         code: {
             "model": Problem,
-            "description": _DESCRIPTIONS.get(code, HTTPStatus(code).phrase),
+            "description": problem_description(code),
             "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
         }
         for code in codes

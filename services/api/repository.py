@@ -20,7 +20,8 @@ Row = dict[str, Any]
 
 CAMPAIGN_COLUMNS = (
     "id, name, subject, html, text, from_email, from_name, list_id, provider, status,"
-    " send_at, timezone, schedule_revision, created_at, updated_at, started_at, finished_at"
+    " send_at, timezone, schedule_revision, created_at, updated_at, started_at, finished_at,"
+    " template_id, template_version"
 )
 EDITABLE_STATUSES = ("draft", "scheduled")
 
@@ -215,7 +216,8 @@ async def page_imports(
 async def insert_campaign(db: Executor, fields: Row) -> Row:
     record = await db.fetchrow(
         "INSERT INTO campaigns (name, subject, html, text, from_email, from_name, list_id,"  # noqa: S608
-        " provider) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        " provider, template_id, template_version)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         f" RETURNING {CAMPAIGN_COLUMNS}",
         fields["name"],
         fields["subject"],
@@ -225,6 +227,8 @@ async def insert_campaign(db: Executor, fields: Row) -> Row:
         fields["from_name"],
         fields["list_id"],
         fields["provider"],
+        fields.get("template_id"),
+        fields.get("template_version"),
     )
     assert record is not None
     return dict(record)
@@ -234,6 +238,11 @@ async def get_campaign(db: Executor, campaign_id: UUID, *, lock: bool = False) -
     suffix = " FOR UPDATE" if lock else ""
     sql = f"SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = $1{suffix}"  # noqa: S608
     return _row(await db.fetchrow(sql, campaign_id))
+
+
+async def campaign_exists(db: Executor, campaign_id: UUID) -> bool:
+    sql = "SELECT EXISTS (SELECT 1 FROM campaigns WHERE id = $1)"
+    return bool(await db.fetchval(sql, campaign_id))
 
 
 async def page_campaigns(

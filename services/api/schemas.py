@@ -92,10 +92,21 @@ def _check_email(value: str | None) -> str | None:
 
 
 class CampaignCreate(Strict):
+    """Content is either `subject` + `html` (+ `text`), or `template_id` (+ `template_version`),
+    whose content is copied into the campaign."""
+
     name: Text = Field(min_length=1, max_length=200, examples=["March newsletter"])
-    subject: Text = Field(min_length=1, max_length=998, examples=["Hello {{ first_name }}"])
-    html: Text = Field(min_length=1, max_length=2_000_000, examples=["<p>Hi {{ first_name }}</p>"])
+    subject: Text | None = Field(
+        None, min_length=1, max_length=998, examples=["Hello {{ first_name }}"]
+    )
+    html: Text | None = Field(
+        None, min_length=1, max_length=2_000_000, examples=["<p>Hi {{ first_name }}</p>"]
+    )
     text: Text | None = Field(None, max_length=2_000_000)
+    template_id: UUID | None = Field(None, description="Copy subject, html and text from it.")
+    template_version: int | None = Field(
+        None, ge=1, le=2**31 - 1, description="With template_id; default: its latest version."
+    )
     from_email: Text = Field(max_length=320, examples=["news@example.com"])
     from_name: Text | None = Field(None, max_length=200)
     list_id: UUID
@@ -153,6 +164,74 @@ class StatsOut(BaseModel):
     cancelled: int
     pending: int
     delivery_rate: float = Field(description="sent / (total - suppressed), 0 when undefined.")
+    # From the provider's events (0 until it reports; the sink never does).
+    delivered: int = 0
+    bounced: int = 0
+    dropped: int = 0
+    deferred: int = Field(0, description="Recipients deferred at least once.")
+    opened: int = Field(0, description="Recipients who opened (unique opens).")
+    opens: int = Field(0, description="All opens.")
+    clicked: int = Field(0, description="Recipients who clicked (unique clicks).")
+    clicks: int = Field(0, description="All clicks.")
+    unsubscribed: int = 0
+    spam_reports: int = 0
+    delivered_rate: float | None = Field(
+        None,
+        description="delivered / recipients whose fate is known; before the provider reports, "
+        "accepted / attempted. Null when nothing is known yet.",
+    )
+    unique_open_rate: float | None = Field(None, description="opened / delivered (or sent).")
+    unique_click_rate: float | None = Field(None, description="clicked / delivered (or sent).")
+    health: Literal["green", "yellow", "red"] | None = Field(
+        None, description="green above 95 % delivered, yellow 80-95 %, red below 80 %."
+    )
+    batches_total: int = 0
+    batches_done: int = 0
+    outcome: Literal["completed", "failed"] | None = None
+    started_at: datetime | None = Field(None, description="First batch sent (dispatchers).")
+    finished_at: datetime | None = Field(None, description="Last batch sent (dispatchers).")
+    duration_seconds: float | None = None
+    emails_per_second: float | None = None
+
+
+class DeliveryOut(BaseModel):
+    """One recipient's line in a campaign's delivery log."""
+
+    recipient_id: int
+    email: str
+    status: str = Field(description="sent, failed, invalid, unknown or cancelled.")
+    message_id: str | None
+    error: str | None
+    batch_id: str
+    sent_at: datetime | None
+    delivered_at: datetime | None
+    bounced_at: datetime | None
+    bounce_type: str | None
+    dropped_at: datetime | None
+    deferred_count: int
+    opened_at: datetime | None
+    open_count: int
+    clicked_at: datetime | None
+    click_count: int
+    unsubscribed_at: datetime | None
+    spam_reported_at: datetime | None
+    last_event: str | None
+    last_event_at: datetime | None
+    updated_at: datetime
+
+
+class TimelinePoint(BaseModel):
+    at: datetime = Field(description="Start of the bucket (UTC).")
+    sent: int
+    failed: int
+    batches: int
+    per_second: float = Field(description="Sends per second in this bucket.")
+
+
+class TimelineOut(BaseModel):
+    campaign_id: UUID
+    bucket_seconds: int
+    points: list[TimelinePoint]
 
 
 class CampaignOut(BaseModel):
@@ -173,6 +252,8 @@ class CampaignOut(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    template_id: UUID | None = Field(None, description="The template its content was copied from.")
+    template_version: int | None = None
     stats: StatsOut | None = Field(None, description="Shown when reading one campaign.")
 
 

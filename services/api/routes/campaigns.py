@@ -1,4 +1,4 @@
-"""Campaigns: create, read, edit, schedule, unschedule, duplicate, preview."""
+"""Campaigns: create, read, edit, schedule, unschedule, duplicate, preview; delivery log."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from aiokafka.errors import KafkaError
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from libs.common.events import CampaignControl, CampaignScheduled, Topic
 from libs.common.logging import bound_contextvars, get_logger
 from libs.common.templating import check_template, render
-from services.api import repository
+from services.api import deletions_repo, repository
+from services.api.deletion_rules import why_campaign_is_kept
 from services.api.deps import ApiResources, CanEdit, CanRead, Resources
 from services.api.pagination import BadCursor
 from services.api.problems import FieldError, ProblemError, problem_responses
@@ -23,12 +24,17 @@ from services.api.schemas import (
     CampaignOut,
     CampaignStatusName,
     CampaignUpdate,
+    DeliveryOut,
     Page,
     PreviewOut,
     ScheduleRequest,
     StatsOut,
+    TimelineOut,
+    TimelinePoint,
 )
 from services.api.stats import campaign_stats
+from services.api.template_use import resolve_campaign_content
+from services.tracker import read_models
 
 log = get_logger(__name__)
 router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
@@ -66,10 +72,12 @@ async def _require_list(resources: ApiResources, list_id: UUID) -> None:
 
 
 async def _with_stats(resources: ApiResources, row: dict[str, Any]) -> CampaignOut:
-    counters = await repository.campaign_counters(resources.db, row["id"])
-    list_size = 0 if counters else await repository.recipient_count(resources.db, row["list_id"])
-    stats = campaign_stats(counters, list_size)
-    return CampaignOut(**row, stats=StatsOut(**stats.as_dict()))
+    report = await read_models.campaign_report(resources.db, row["id"])
+    if report is not None:
+        return CampaignOut(**row, stats=StatsOut(**report))
+    # Not planned yet: the audience is the list as it is now.
+    list_size = await repository.recipient_count(resources.db, row["list_id"])
+    return CampaignOut(**row, stats=StatsOut(**campaign_stats(None, list_size).as_dict()))
 
 
 async def _editable_or_problem(resources: ApiResources, campaign_id: UUID, action: str) -> None:
@@ -91,7 +99,8 @@ async def _editable_or_problem(resources: ApiResources, campaign_id: UUID, actio
     responses=problem_responses(401, 403, 413, 422),
 )
 async def create_campaign(body: CampaignCreate, resources: Resources, _: CanEdit) -> CampaignOut:
-    values = body.model_dump()
+    """Content inline (subject, html, text) or copied from a template (template_id)."""
+    values = await resolve_campaign_content(resources.db, body.model_dump())
     _check_templates(values)
     await _require_list(resources, body.list_id)
     values["provider"] = body.provider or resources.settings.default_provider
@@ -289,3 +298,94 @@ async def _publish(resources: ApiResources, topic: Topic, campaign_id: UUID, eve
         await resources.events.send(topic, str(campaign_id), event)
     except KafkaError as exc:
         raise ProblemError(503, "the broker is unavailable; nothing changed, retry") from exc
+
+
+# ----- the delivery log and the send rate, as the tracker records them -----
+
+
+@router.get(
+    "/{campaign_id}/deliveries",
+    response_model=Page[DeliveryOut],
+    responses=problem_responses(401, 404, 422),
+)
+async def campaign_deliveries(
+    campaign_id: UUID,
+    resources: Resources,
+    _: CanRead,
+    status: Annotated[
+        str | None,
+        Query(
+            max_length=40,
+            description="One of: " + ", ".join(read_models.DELIVERY_FILTERS) + ".",
+        ),
+    ] = None,
+    cursor: Cursor = None,
+    limit: Limit = DEFAULT_PAGE,
+) -> Page[DeliveryOut]:
+    """The campaign's delivery log in recipient order, optionally only one status."""
+    if status is not None and status not in read_models.DELIVERY_FILTERS:
+        message = f"unknown status; one of {', '.join(read_models.DELIVERY_FILTERS)}"
+        raise ProblemError(
+            422,
+            f"status: {message}",
+            kind="validation",
+            errors=[FieldError(field="query.status", message=message)],
+        )
+    await _require_campaign(resources, campaign_id)
+    try:
+        page = await read_models.delivery_page(
+            resources.db, campaign_id, status=status, cursor=cursor, limit=limit
+        )
+    except ValueError as exc:  # the status is checked above: the cursor is the fault
+        raise bad_cursor(BadCursor("cursor is not one this API returned")) from exc
+    return Page[DeliveryOut](
+        items=[DeliveryOut(**item) for item in page.items], next_cursor=page.next_cursor
+    )
+
+
+@router.get(
+    "/{campaign_id}/timeline",
+    response_model=TimelineOut,
+    responses=problem_responses(401, 404, 422),
+)
+async def campaign_timeline(
+    campaign_id: UUID,
+    resources: Resources,
+    _: CanRead,
+    bucket_seconds: Annotated[
+        int, Query(ge=1, le=3600, description="Width of each time bucket.")
+    ] = 1,
+) -> TimelineOut:
+    """Sends per second over the campaign's life, in tumbling windows of `bucket_seconds`;
+    each batch counts when its dispatcher finished it."""
+    await _require_campaign(resources, campaign_id)
+    points = await read_models.timeline(resources.db, campaign_id, bucket_seconds)
+    return TimelineOut(
+        campaign_id=campaign_id,
+        bucket_seconds=bucket_seconds,
+        points=[TimelinePoint(**point) for point in points],
+    )
+
+
+async def _require_campaign(resources: ApiResources, campaign_id: UUID) -> None:
+    if not await repository.campaign_exists(resources.db, campaign_id):
+        raise not_found("campaign", campaign_id)
+
+
+@router.delete(
+    "/{campaign_id}",
+    status_code=204,
+    response_class=Response,
+    responses=problem_responses(401, 403, 404, 409, 422),
+)
+async def delete_campaign(campaign_id: UUID, resources: Resources, _: CanEdit) -> Response:
+    """Delete a draft. A scheduled campaign must be unscheduled first; one that started is
+    kept for its stats and its unsubscribe links."""
+    if not await deletions_repo.delete_draft_campaign(resources.db, campaign_id):
+        row = await repository.get_campaign(resources.db, campaign_id)
+        if row is None:
+            raise not_found("campaign", campaign_id)
+        reason = why_campaign_is_kept(row["status"]) or "it changed meanwhile; retry"
+        raise ProblemError(409, f"cannot delete: {reason}", kind="campaign-state")
+    log.info("campaign deleted", campaign_id=str(campaign_id))
+    return Response(status_code=204)

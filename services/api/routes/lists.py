@@ -5,12 +5,13 @@ from __future__ import annotations
 from uuid import UUID, uuid4
 
 from aiokafka.errors import KafkaError
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from libs.common.blobs import UploadTooLarge, blob_ref
 from libs.common.events import ColumnMapping, ImportRequested, Topic
 from libs.common.logging import bound_contextvars, get_logger
-from services.api import repository
+from services.api import deletions_repo, repository
+from services.api.deletion_rules import why_list_is_kept
 from services.api.deps import CanEdit, CanRead, Resources
 from services.api.multipart_stream import BadMultipart, MissingFilePart, StreamingUpload
 from services.api.pagination import BadCursor
@@ -76,6 +77,29 @@ async def get_list(list_id: UUID, resources: Resources, _: CanRead) -> ListOut:
         raise not_found("list", list_id)
     count = await repository.recipient_count(resources.db, list_id)
     return ListOut(**row, recipient_count=count)
+
+
+@router.delete(
+    "/lists/{list_id}",
+    status_code=204,
+    response_class=Response,
+    responses=problem_responses(401, 403, 404, 409, 422),
+)
+async def delete_list(list_id: UUID, resources: Resources, _: CanEdit) -> Response:
+    """Delete a list with its recipients and uploads. 409 while a campaign of the list is
+    scheduled or sending, an import is running, or any campaign still uses the list."""
+    async with resources.db.acquire() as conn, conn.transaction():
+        if not await deletions_repo.lock_list(conn, list_id):
+            raise not_found("list", list_id)
+        reason = why_list_is_kept(
+            await deletions_repo.campaigns_by_status(conn, list_id),
+            await deletions_repo.pending_imports(conn, list_id),
+        )
+        if reason is not None:
+            raise ProblemError(409, f"the list cannot be deleted now: {reason}", kind="list-in-use")
+        await deletions_repo.delete_list(conn, list_id)
+    log.info("list deleted", list_id=str(list_id))
+    return Response(status_code=204)
 
 
 @router.post(
