@@ -20,6 +20,7 @@ from services.api.problems import install_problem_handlers
 from services.api.ratelimit import FailureLimiter
 from services.api.routes import (
     api_keys,
+    campaign_control,
     campaign_test_sends,
     campaigns,
     lists,
@@ -101,9 +102,9 @@ def create_app(
         json_body_limit=JSON_BODY_LIMIT,
         streaming_suffixes=("/imports",),
     )
-    for module in (ops, lists, campaigns, api_keys, unsubscribe, suppressions, webhooks):
+    for module in (ops, lists, campaigns, campaign_control, api_keys, unsubscribe):
         app.include_router(module.router)
-    for module in (templates, recipients, campaign_test_sends):
+    for module in (suppressions, webhooks, templates, recipients, campaign_test_sends):
         app.include_router(module.router)
     document_problems(app)
     return app

@@ -124,6 +124,10 @@ class ApiClient:
     async def schedule(self, campaign_id: str, **when: Any) -> dict[str, Any]:
         return await self._json("POST", f"/campaigns/{campaign_id}/schedule", 200, json=when)
 
+    async def control(self, campaign_id: str, action: str) -> dict[str, Any]:
+        """pause, resume or cancel."""
+        return await self._json("POST", f"/campaigns/{campaign_id}/{action}", 200)
+
     async def campaign(self, campaign_id: str) -> dict[str, Any]:
         return await self._json("GET", f"/campaigns/{campaign_id}", 200)
 

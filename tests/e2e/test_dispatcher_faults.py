@@ -23,9 +23,6 @@ from typing import Any
 import asyncpg
 import pytest
 
-from libs.common.campaign_control import ControlAction, transition
-from libs.common.events import CampaignControl, Topic
-from libs.common.kafka import EventProducer
 from libs.common.settings import Settings
 from tests.e2e.harness import RunningStack, start_stack
 from tests.e2e.test_campaign_e2e import make_csv
@@ -57,30 +54,17 @@ async def stack(
     await running.stop()
 
 
-@pytest.fixture(scope="module")
-async def producer(settings: Settings) -> AsyncIterator[EventProducer]:
-    p = EventProducer(settings)
-    await p.start()
-    yield p
-    await p.stop()
-
-
-async def control(
-    pool: asyncpg.Pool, producer: EventProducer, campaign_id: str, action: ControlAction
-) -> None:
-    """What `POST /api/v1/campaigns/{id}/{action}` does (compare-and-set, then the event)."""
-    async with pool.acquire() as conn, conn.transaction():
-        current = await conn.fetchval(
-            "SELECT status FROM campaigns WHERE id = $1 FOR UPDATE", uuid.UUID(campaign_id)
-        )
-        step = transition(action, current)
-        await conn.execute(
-            "UPDATE campaigns SET status = $2, updated_at = now() WHERE id = $1",
-            uuid.UUID(campaign_id),
-            step.status,
-        )
-        event = CampaignControl(campaign_id=uuid.UUID(campaign_id), action=action)
-        await producer.send(Topic.CAMPAIGN_CONTROL, campaign_id, event)
+async def control(stack: RunningStack, campaign_id: str, action: str) -> None:
+    """`POST /api/v1/campaigns/{id}/{action}`, as an admin would."""
+    api = stack.client()
+    try:
+        body = await api.control(campaign_id, action)
+    finally:
+        await api.close()
+    assert (
+        body["status"]
+        == {"pause": "paused", "resume": "in_progress", "cancel": "cancelled"}[action]
+    )
 
 
 async def start_campaign(stack: RunningStack, recipients: int, seed: int) -> tuple[str, set[str]]:
@@ -177,32 +161,32 @@ async def test_a_dispatcher_killed_mid_campaign_and_restarted_sends_nobody_twice
 
 
 async def test_pause_stops_every_dispatcher_within_two_seconds_and_resume_sends_the_rest(
-    stack: RunningStack, pool: asyncpg.Pool, producer: EventProducer
+    stack: RunningStack, pool: asyncpg.Pool
 ) -> None:
     campaign_id, expected = await start_campaign(stack, RECIPIENTS, seed=12)
     await wait_until(
         lambda: len(received(stack, campaign_id)) > RECIPIENTS // 10, 60, "sending to start"
     )
-    await control(pool, producer, campaign_id, "pause")
+    await control(stack, campaign_id, "pause")
     await asyncio.sleep(2.0)  # the allowed delay: what arrives after it is a failure
     at_pause = len(received(stack, campaign_id))
     await asyncio.sleep(1.5)
     assert len(received(stack, campaign_id)) == at_pause, "a dispatcher kept sending"
     assert at_pause < RECIPIENTS
 
-    await control(pool, producer, campaign_id, "resume")
+    await control(stack, campaign_id, "resume")
     await assert_exactly_once_or_unknown(stack, pool, campaign_id, expected)
     assert set(received(stack, campaign_id)) == expected  # nobody killed: nothing unknown
 
 
 async def test_cancel_reports_the_rest_cancelled_and_the_counts_reconcile(
-    stack: RunningStack, pool: asyncpg.Pool, producer: EventProducer
+    stack: RunningStack, pool: asyncpg.Pool
 ) -> None:
     campaign_id, expected = await start_campaign(stack, RECIPIENTS, seed=13)
     await wait_until(
         lambda: len(received(stack, campaign_id)) > RECIPIENTS // 10, 60, "sending to start"
     )
-    await control(pool, producer, campaign_id, "cancel")
+    await control(stack, campaign_id, "cancel")
     stats = await wait_accounted(pool, campaign_id, 60)
     got = received(stack, campaign_id)
     assert max(got.values()) == 1

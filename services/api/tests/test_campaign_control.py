@@ -1,0 +1,67 @@
+"""Pause, resume and cancel through the API: allowed transitions, 409 for the others,
+roles, and the `campaign.control` event every dispatcher acts on."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+
+from services.api.tests.support import Api, find_event
+from services.api.tests.test_campaigns import _new_campaign
+
+PROBLEM = "application/problem+json"
+
+
+async def _in_progress(api: Api, pool: asyncpg.Pool) -> str:
+    campaign = await _new_campaign(api)
+    # The scheduler's claim, done by hand: this test is about the API's side.
+    await pool.execute(
+        "UPDATE campaigns SET status = 'in_progress', started_at = now() WHERE id = $1",
+        uuid.UUID(campaign["id"]),
+    )
+    return str(campaign["id"])
+
+
+async def _post(api: Api, campaign_id: str, action: str, role: str = "editor") -> tuple[int, dict]:
+    answer = await api.client.post(
+        f"/api/v1/campaigns/{campaign_id}/{action}", headers=api.auth(role)
+    )
+    return answer.status_code, answer.json()
+
+
+async def test_pause_resume_cancel_walk_the_allowed_transitions(
+    api: Api, pool: asyncpg.Pool
+) -> None:
+    campaign_id = await _in_progress(api, pool)
+    assert (await _post(api, campaign_id, "pause"))[1]["status"] == "paused"
+    assert (await _post(api, campaign_id, "pause"))[1]["status"] == "paused"  # idempotent
+    assert (await _post(api, campaign_id, "resume"))[1]["status"] == "in_progress"
+    status, body = await _post(api, campaign_id, "cancel")
+    assert status == 200 and body["status"] == "cancelled" and body["finished_at"]
+    _, event = await find_event(
+        api.settings,
+        "campaign.control",
+        lambda v: v.get("campaign_id") == campaign_id and v.get("action") == "cancel",
+    )
+    assert event["schema_version"] == 1
+
+
+async def test_refused_transitions_are_409_problems(api: Api, pool: asyncpg.Pool) -> None:
+    draft = await _new_campaign(api)
+    status, body = await _post(api, draft["id"], "pause")
+    assert status == 409 and "cannot pause a campaign that is draft" in body["detail"]
+    status, body = await _post(api, draft["id"], "resume")
+    assert status == 409 and body["title"] and "draft" in body["detail"]
+    campaign_id = await _in_progress(api, pool)
+    await _post(api, campaign_id, "cancel")
+    status, _ = await _post(api, campaign_id, "resume")
+    assert status == 409
+
+
+async def test_viewer_may_not_and_unknown_campaign_is_404(api: Api, pool: asyncpg.Pool) -> None:
+    campaign_id = await _in_progress(api, pool)
+    status, body = await _post(api, campaign_id, "pause", role="viewer")
+    assert status == 403
+    status, _ = await _post(api, str(uuid.uuid4()), "cancel")
+    assert status == 404
