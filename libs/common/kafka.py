@@ -11,9 +11,15 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     CommitFailedError,
@@ -23,6 +29,7 @@ from aiokafka.errors import (
 )
 from pydantic import ValidationError
 
+from libs.common.broker_epoch import BrokerEpoch
 from libs.common.events import TOPIC_MODELS, Event, Topic, encode
 from libs.common.logging import get_logger
 from libs.common.metrics import (
@@ -40,9 +47,11 @@ log = get_logger(__name__)
 E = TypeVar("E", bound=Event)
 
 _TOPIC_ALREADY_EXISTS = 36
-_COMMIT_TIMEOUT_S = 10.0
+_COMMIT_TIMEOUT_S = 5.0
 # Lag is also refreshed while a consumer is idle, so a caught-up partition shows 0.
 _LAG_REFRESH_S = 1.0
+# How long after a broker loss new assignments are read from the log's start.
+_FROM_START_WINDOW_S = 60.0
 
 
 def topic_partitions(settings: Settings) -> dict[str, int]:
@@ -58,8 +67,12 @@ def topic_partitions(settings: Settings) -> dict[str, int]:
     return counts
 
 
-async def ensure_topics(settings: Settings) -> list[str]:
-    """Create the topics that are missing; returns the names it created."""
+async def ensure_topics(settings: Settings, epoch: BrokerEpoch | None = None) -> list[str]:
+    """Create the topics that are missing; returns the names it created.
+
+    Creating a topic means the broker is new or lost its state: `epoch` is bumped so that
+    every consumer re-reads from the start of the new logs.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     try:
@@ -75,9 +88,26 @@ async def ensure_topics(settings: Settings) -> list[str]:
             if code not in (0, _TOPIC_ALREADY_EXISTS):
                 raise KafkaError(f"creating topic {name} failed with error code {code}")
         log.info("topics created", topics=missing)
+        if epoch is not None:
+            await epoch.bump()
         return missing
     finally:
         await admin.close()
+
+
+async def wait_for_broker(
+    settings: Settings, epoch: BrokerEpoch | None = None, stop: asyncio.Event | None = None
+) -> None:
+    """Create the topics, waiting for the broker if it is not up yet (or until `stop`)."""
+    delay = 0.5
+    while stop is None or not stop.is_set():
+        try:
+            await ensure_topics(settings, epoch)
+            return
+        except Exception as exc:  # the broker is not up yet: any client error
+            log.warning("broker not ready; retrying", error=repr(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 class EventProducer:
@@ -148,6 +178,7 @@ class EventConsumer(Generic[E]):
         *,
         max_records: int = 500,
         partitions_in_parallel: bool = False,
+        epoch: BrokerEpoch | None = None,
     ) -> None:
         self.settings = settings
         self.topic = topic
@@ -156,22 +187,66 @@ class EventConsumer(Generic[E]):
         self.max_records = max_records
         self.partitions_in_parallel = partitions_in_parallel
         self._lag_partitions: set[int] = set()
-        self.consumer = AIOKafkaConsumer(
-            topic.value,
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            group_id=group_id,
+        self.group_id = group_id
+        self.epoch = epoch
+        self._broker_lost = False
+        self._known_epoch: int | None = None
+        # After the broker lost its state, assignments start at the log's beginning rather
+        # than at committed offsets (which may be stale ones from the lost logs).
+        self._from_start_until = 0.0
+        self.consumer = self._new_consumer()
+
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            group_id=self.group_id,
             enable_auto_commit=False,
             # Tansu's end-offset answers undercount, so "latest" is unreliable there; every
             # handler is idempotent, so starting a new group from the beginning is safe.
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
-            session_timeout_ms=settings.kafka_session_timeout_ms,
-            heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+            fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
+            session_timeout_ms=self.settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=self.settings.kafka_heartbeat_interval_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
 
+    async def _rejoin(self) -> None:
+        """Replace the client after the broker lost its topics and groups.
+
+        The old client keeps positions in logs that no longer exist and retries commits
+        for ever; a new one joins afresh and, with no committed offsets on the new broker,
+        reads the re-created topic from its start (handlers are idempotent, and PostgreSQL
+        re-publishes what was not accounted for).
+        """
+        log.warning("broker lost its state; rejoining with a new consumer", topic=self.topic.value)
+        old, self.consumer = self.consumer, self._new_consumer()
+        try:
+            await asyncio.wait_for(old.stop(), _COMMIT_TIMEOUT_S)
+        except Exception as exc:  # the old client's state is already lost
+            log.info("old consumer did not stop cleanly", error=repr(exc))
+        await ensure_topics(self.settings, self.epoch)
+        self._from_start_until = asyncio.get_running_loop().time() + _FROM_START_WINDOW_S
+        await self._start_consumer()
+        self._broker_lost = False
+        if self.epoch is not None:
+            self._known_epoch = await self.epoch.read()
+
     async def start(self) -> None:
+        if self.epoch is not None:
+            self._known_epoch = await self.epoch.read()
+        await self._start_consumer()
+
+    async def _start_consumer(self) -> None:
         await self.consumer.start()
+        self.consumer.subscribe([self.topic.value], listener=_FromStartListener(self))
+
+    async def _watch_epoch(self) -> None:
+        if self.epoch is None:
+            return
+        current = await self.epoch.read()
+        if self._known_epoch is not None and current != self._known_epoch:
+            self._broker_lost = True
+        self._known_epoch = current
 
     async def stop(self) -> None:
         await self.consumer.stop()
@@ -195,7 +270,11 @@ class EventConsumer(Generic[E]):
                 else:
                     for item in work:
                         await item
+            if self._broker_lost:
+                await self._rejoin()
+                continue
             if batches or loop.time() - lag_recorded_at >= _LAG_REFRESH_S:
+                await self._watch_epoch()
                 await self._record_lag()
                 lag_recorded_at = loop.time()
 
@@ -254,6 +333,8 @@ class EventConsumer(Generic[E]):
             return None
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if self._broker_lost:
+            return  # the rejoin re-reads these records anyway
         try:
             await asyncio.wait_for(self.consumer.commit(offsets), _COMMIT_TIMEOUT_S)
         except (CommitFailedError, IllegalStateError) as exc:
@@ -261,8 +342,8 @@ class EventConsumer(Generic[E]):
             # last commit, and the handlers are idempotent.
             log.info("commit skipped after rebalance", topic=self.topic.value, error=str(exc))
         except (TimeoutError, UnknownTopicOrPartitionError) as exc:
-            log.warning("commit failed; re-creating topics", error=repr(exc))
-            await ensure_topics(self.settings)
+            log.warning("commit failed; the broker lost the topic?", error=repr(exc))
+            self._broker_lost = True
 
     async def _record_lag(self) -> None:
         assigned = self.consumer.assignment()
@@ -282,6 +363,18 @@ class EventConsumer(Generic[E]):
             with contextlib.suppress(KeyError):
                 CONSUMER_LAG.remove(self.topic.value, str(partition))
             self._lag_partitions.discard(partition)
+
+
+class _FromStartListener(ConsumerRebalanceListener):
+    def __init__(self, owner: EventConsumer[Any]) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        if assigned and asyncio.get_running_loop().time() < self.owner._from_start_until:
+            await self.owner.consumer.seek_to_beginning(*assigned)
 
 
 def _describe(exc: Exception) -> str:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import asyncpg
 
 from libs.common import db
-from libs.common.kafka import EventProducer, ensure_topics
+from libs.common.broker_epoch import BrokerEpoch
+from libs.common.kafka import EventProducer, ensure_topics, wait_for_broker
 from libs.common.logging import configure, get_logger
 from libs.common.metrics import CampaignGauges, start_ops_server
 from libs.common.settings import Settings
@@ -30,21 +31,13 @@ class ServiceContext:
     producer: EventProducer
     stop: asyncio.Event
 
+    @property
+    def epoch(self) -> BrokerEpoch:
+        """Pass to every EventConsumer: it re-reads topics the broker lost and re-created."""
+        return BrokerEpoch(self.pool)
+
 
 ServiceMain = Callable[[ServiceContext], Awaitable[None]]
-
-
-async def _wait_for_broker(settings: Settings, stop: asyncio.Event) -> None:
-    """Create the topics, waiting for the broker if it is not up yet."""
-    delay = 0.5
-    while not stop.is_set():
-        try:
-            await ensure_topics(settings)
-            return
-        except Exception as exc:  # broker not reachable yet: any client error
-            log.warning("broker not ready; retrying", error=repr(exc), retry_in=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5)
 
 
 async def run_service(name: str, main: ServiceMain, settings: Settings) -> None:
@@ -57,14 +50,14 @@ async def run_service(name: str, main: ServiceMain, settings: Settings) -> None:
 
     await db.migrate(settings.database_url)
     pool = await db.create_pool(settings.database_url, max_size=settings.db_pool_size)
-    await _wait_for_broker(settings, stop)
+    await wait_for_broker(settings, BrokerEpoch(pool), stop)
     producer = EventProducer(settings)
     await producer.start()
 
     async def readiness() -> dict[str, bool]:
         broker_ok = True
         try:
-            await asyncio.wait_for(ensure_topics(settings), 3)
+            await asyncio.wait_for(ensure_topics(settings, BrokerEpoch(pool)), 3)
         except Exception:
             broker_ok = False
         return {"database": await db.ping(pool), "broker": broker_ok}

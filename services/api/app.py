@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from libs.common import db
-from libs.common.kafka import EventProducer, ensure_topics
+from libs.common.broker_epoch import BrokerEpoch
+from libs.common.kafka import EventProducer, wait_for_broker
 from libs.common.logging import configure, get_logger
 from libs.common.settings import Settings, get_settings
 from services.api.bootstrap import ensure_admin_key
@@ -39,18 +39,6 @@ JSON_BODY_LIMIT = 4 * 1024 * 1024
 AUTH_FAILURES_PER_MINUTE = 30
 
 
-async def _wait_for_broker(settings: Settings) -> None:
-    delay = 0.5
-    while True:
-        try:
-            await ensure_topics(settings)
-            return
-        except Exception as exc:  # the broker is not up yet: any client error
-            log.warning("broker not ready; retrying", error=repr(exc), retry_in=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-
 def _announce(key: str) -> None:
     log.warning("generated admin API key; it is shown only now", api_key=key)
     print(f"\nmailfleet admin API key (shown once): {key}\n", flush=True)  # noqa: T201
@@ -65,7 +53,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     pool = await db.create_pool(settings.database_url, max_size=settings.db_pool_size)
     producer: EventProducer | None = None
     try:
-        await _wait_for_broker(settings)
+        await wait_for_broker(settings, BrokerEpoch(pool))
         producer = EventProducer(settings)
         await producer.start()
         generated = await ensure_admin_key(pool, settings.bootstrap_api_key)

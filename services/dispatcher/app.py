@@ -97,7 +97,12 @@ async def main(
             raise_unless_committable(settled)
 
         consumer: EventConsumer[BatchReady] = EventConsumer(
-            ctx.settings, Topic.BATCH_READY, group_id, ctx.producer, partitions_in_parallel=True
+            ctx.settings,
+            Topic.BATCH_READY,
+            group_id,
+            ctx.producer,
+            partitions_in_parallel=True,
+            epoch=ctx.epoch,
         )
         await consumer.start()
         background = [

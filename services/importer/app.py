@@ -29,7 +29,7 @@ async def main(ctx: ServiceContext, *, group_id: str = GROUP_ID) -> None:
 
     # An import takes seconds; fetching one request at a time keeps a rebalance cheap.
     consumer: EventConsumer[ImportRequested] = EventConsumer(
-        ctx.settings, Topic.IMPORT_REQUESTED, group_id, ctx.producer, max_records=1
+        ctx.settings, Topic.IMPORT_REQUESTED, group_id, ctx.producer, max_records=1, epoch=ctx.epoch
     )
     await consumer.start()
     try:

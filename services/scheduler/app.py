@@ -66,7 +66,7 @@ class BatchEmitter:
 
 async def _consume_schedules(ctx: ServiceContext, repo: ScheduleRepository) -> None:
     consumer: EventConsumer[CampaignScheduled] = EventConsumer(
-        ctx.settings, Topic.CAMPAIGN_SCHEDULED, "scheduler", ctx.producer
+        ctx.settings, Topic.CAMPAIGN_SCHEDULED, "scheduler", ctx.producer, epoch=ctx.epoch
     )
 
     async def handle(events: list[Consumed[CampaignScheduled]]) -> None:
@@ -89,7 +89,7 @@ async def _consume_schedules(ctx: ServiceContext, repo: ScheduleRepository) -> N
 
 async def _consume_control(ctx: ServiceContext, repo: ScheduleRepository) -> None:
     consumer: EventConsumer[CampaignControl] = EventConsumer(
-        ctx.settings, Topic.CAMPAIGN_CONTROL, "scheduler-control", ctx.producer
+        ctx.settings, Topic.CAMPAIGN_CONTROL, "scheduler-control", ctx.producer, epoch=ctx.epoch
     )
 
     async def handle(events: list[Consumed[CampaignControl]]) -> None:
@@ -112,6 +112,7 @@ async def _consume_control(ctx: ServiceContext, repo: ScheduleRepository) -> Non
 async def _clock(ctx: ServiceContext, repo: ScheduleRepository, emitter: BatchEmitter) -> None:
     settings = ctx.settings
     next_topic_check = 0.0
+    known_epoch: int | None = None
     loop = asyncio.get_running_loop()
     while not ctx.stop.is_set():
         try:
@@ -129,11 +130,14 @@ async def _clock(ctx: ServiceContext, repo: ScheduleRepository, emitter: BatchEm
             cutoff = datetime.now(UTC) - timedelta(seconds=settings.reemit_after_seconds)
             if loop.time() >= next_topic_check:
                 next_topic_check = loop.time() + TOPIC_CHECK_SECONDS
-                if Topic.BATCH_READY.value in await ensure_topics(settings):
-                    # The broker lost its topics (a restart of a memory-only broker, say):
-                    # every batch not yet accounted for must travel again.
-                    log.warning("batch.ready was missing; re-emitting unaccounted batches")
+                await ensure_topics(settings, ctx.epoch)
+                epoch = await ctx.epoch.read()
+                if known_epoch is not None and epoch != known_epoch:
+                    # The broker lost its topics (a restart of a memory-only broker, say),
+                    # whoever noticed first: every batch not yet accounted for travels again.
+                    log.warning("broker epoch changed; re-emitting unaccounted batches")
                     cutoff = datetime.now(UTC)
+                known_epoch = epoch
             emitted = await emitter.emit_due(cutoff)
             if emitted:
                 log.info("batches emitted", count=emitted)

@@ -173,7 +173,7 @@ async def _consume(
     handler: Callable[[list[Consumed[E]]], Awaitable[None]],
 ) -> None:
     consumer: EventConsumer[E] = EventConsumer(
-        ctx.settings, topic, group_id, ctx.producer, max_records=max_records
+        ctx.settings, topic, group_id, ctx.producer, max_records=max_records, epoch=ctx.epoch
     )
     await consumer.start()
     try:

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from libs.common import db
+from libs.common.broker_epoch import BrokerEpoch
 from libs.common.kafka import ensure_topics
 from services.api.deps import Resources
 
@@ -29,7 +30,8 @@ async def readyz(resources: Resources) -> JSONResponse:
     """Ready when the database and the broker answer."""
     database = resources.pool is not None and await db.ping(resources.pool)
     try:
-        await asyncio.wait_for(ensure_topics(resources.settings), 3)
+        epoch = BrokerEpoch(resources.pool) if resources.pool is not None else None
+        await asyncio.wait_for(ensure_topics(resources.settings, epoch), 3)
         broker = True
     except Exception:  # any client error means "not reachable"
         broker = False
