@@ -9,30 +9,17 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
+from services.tracker.activity import ACTIVITY_COUNTERS
+from services.tracker.results import OUTCOME_STATUSES
+
 Health = Literal["green", "yellow", "red"]
 
 # The seed's admin colours: green above 95 % delivered, yellow 80–95 %, red below 80 %.
 GREEN_ABOVE = 0.95
 YELLOW_FROM = 0.80
 
-_COUNTERS = (
-    "sent",
-    "failed",
-    "suppressed",
-    "invalid",
-    "unknown",
-    "cancelled",
-    "delivered",
-    "bounced",
-    "dropped",
-    "deferred",
-    "opens",
-    "unique_opens",
-    "clicks",
-    "unique_clicks",
-    "spam_reports",
-    "unsubscribes",
-)
+# The recipient outcomes, the planned suppressions, then what provider events move.
+_COUNTERS = (*OUTCOME_STATUSES, "suppressed", *ACTIVITY_COUNTERS)
 
 
 def share(part: int, whole: int) -> float | None:

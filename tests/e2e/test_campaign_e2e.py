@@ -3,9 +3,12 @@ process, a SendGrid-compatible server. Every valid address is received exactly o
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import random
+import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -105,3 +108,57 @@ def test_logs_are_json_lines_with_ids(stack: RunningStack) -> None:
     log_dir = Path(stack.supervisor.log_dir)
     scheduler_log = (log_dir / "scheduler.log").read_text()
     assert '"campaign_id"' in scheduler_log and '"service": "scheduler"' in scheduler_log
+
+
+async def test_a_hard_bounce_reported_by_webhook_is_skipped_by_the_next_campaign(
+    stack: RunningStack,
+) -> None:
+    """Provider event → API webhook → delivery.event → tracker suppression → scheduler skips it."""
+    bounced = f"bounce-{uuid.uuid4().hex[:8]}@example.com"
+    others = [f"keep{i}-{uuid.uuid4().hex[:8]}@example.com" for i in range(2)]
+    api = stack.client()
+    try:
+        # The address is on the list before it bounces (the importer skips suppressed ones).
+        list_id = await api.create_list("after-bounce")
+        rows = "email,first_name\n" + "".join(f"{e},X\n" for e in [bounced, *others])
+        job = await api.wait_import(await api.import_csv(list_id, rows.encode()))
+        assert job["status"] == "completed", job
+        webhook = await api.http.post(
+            f"{stack.api_url}/api/v1/webhooks/sendgrid",
+            json=[
+                {
+                    "email": bounced,
+                    "event": "bounce",
+                    "type": "bounce",
+                    "reason": "550 5.1.1 no such user",
+                    "sg_event_id": uuid.uuid4().hex,
+                    "sg_message_id": "abc.filter0001",
+                    "timestamp": int(time.time()),
+                }
+            ],
+        )
+        assert webhook.status_code == 200, webhook.text
+        deadline = time.monotonic() + 60
+        while True:
+            found = await api.http.get("/suppressions", params={"email": bounced})
+            if found.status_code == 200 and found.json()["items"]:
+                break
+            assert time.monotonic() < deadline, "the bounce never became a suppression"
+            await asyncio.sleep(0.2)  # polling the tracker's fold through the API
+        assert found.json()["items"][0]["reason"] == "bounce"
+
+        campaign_id = await api.create_campaign(
+            name="after bounce",
+            subject="Hi",
+            html="<p>Hi</p>",
+            from_email="news@example.com",
+            list_id=list_id,
+        )
+        await api.schedule(campaign_id)
+        done = await api.wait_campaign(campaign_id, timeout=120)
+    finally:
+        await api.close()
+    assert done["status"] == "completed", done
+    assert (done["stats"]["sent"], done["stats"]["suppressed"], done["stats"]["total"]) == (2, 1, 3)
+    received = {e for (c, e), _ in stack.sink.state.received.items() if c == campaign_id}
+    assert received == set(others)
