@@ -237,8 +237,9 @@ class EventConsumer(Generic[E]):
         await self._start_consumer()
 
     async def _start_consumer(self) -> None:
-        await self.consumer.start()
+        # Subscribed before start: subscribing a started aiokafka consumer stalled its fetches.
         self.consumer.subscribe([self.topic.value], listener=_FromStartListener(self))
+        await self.consumer.start()
 
     async def _watch_epoch(self) -> None:
         if self.epoch is None:
