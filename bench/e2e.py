@@ -1,6 +1,6 @@
 """End-to-end benchmark: one campaign through the whole system to the local sink.
 
-    .venv/bin/python bench/e2e.py --recipients 200000 [--dispatchers 2]
+    .venv/bin/python bench/e2e.py --recipients 200000 [--dispatchers 2] [--provider smtp]
 
 Starts its own broker (Tansu) and a fresh database (the machine's PostgreSQL, or an
 embedded one), runs every service as its own process, imports the audience from a CSV
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import platform
 import sys
@@ -21,6 +22,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -28,7 +30,13 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from libs.common import db  # noqa: E402
-from libs.common.embedded import EmbeddedBroker, EmbeddedPostgres, can_connect, create_database  # noqa: E402
+from libs.common.embedded import (  # noqa: E402
+    EmbeddedBroker,
+    EmbeddedPostgres,
+    can_connect,
+    create_database,
+    free_port,
+)
 from services.dispatcher.sink import start_sink  # noqa: E402
 from tests.e2e.harness import start_stack  # noqa: E402
 
@@ -91,6 +99,18 @@ async def sink_baseline(n: int, concurrency: int = 8) -> float:
         await sink.stop()
 
 
+class CountingSmtpHandler:
+    """aiosmtpd handler that parses nothing and counts every accepted recipient."""
+
+    def __init__(self) -> None:
+        self.received: collections.Counter[str] = collections.Counter()
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:  # noqa: N802
+        for rcpt in envelope.rcpt_tos:
+            self.received[rcpt.lower()] += 1
+        return "250 OK"
+
+
 async def stage_report(
     dsn: str, campaign_id: str, import_id: str
 ) -> list[tuple[str, float, float]]:
@@ -137,9 +157,9 @@ async def stage_report(
     return [(name, secs, count / secs) for name, secs, count in rows]
 
 
-async def run(recipients: int, dispatchers: int) -> None:
+async def run(recipients: int, dispatchers: int, provider: str) -> None:
     print(f"machine: {machine()}")
-    print(f"recipients: {recipients:,}, dispatchers: {dispatchers}")
+    print(f"recipients: {recipients:,}, dispatchers: {dispatchers}, provider: {provider}")
     work = Path(tempfile.mkdtemp(prefix="mailfleet-bench-"))
     broker = EmbeddedBroker(log_path=work / "tansu.log")
     bootstrap = broker.start()
@@ -154,13 +174,17 @@ async def run(recipients: int, dispatchers: int) -> None:
     await db.migrate(dsn)
 
     baseline = await sink_baseline(recipients)
+    env = {"MAILFLEET_LOG_LEVEL": "WARNING"}
+    smtp_handler, controller = None, None
+    if provider == "smtp":
+        from aiosmtpd.controller import Controller
+
+        smtp_handler = CountingSmtpHandler()
+        controller = Controller(smtp_handler, hostname="127.0.0.1", port=free_port())
+        controller.start()
+        env.update({"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(controller.port)})
     stack = await start_stack(
-        dsn,
-        bootstrap,
-        work / "logs",
-        dispatchers=dispatchers,
-        keep_messages=1000,
-        env={"MAILFLEET_LOG_LEVEL": "WARNING"},
+        dsn, bootstrap, work / "logs", dispatchers=dispatchers, keep_messages=1000, env=env
     )
     api = stack.client()
     try:
@@ -173,6 +197,7 @@ async def run(recipients: int, dispatchers: int) -> None:
             subject="Hello {{ first_name }}",
             html="<p>Hi {{ first_name }} from {{ city }}</p>",
             from_email="news@example.com",
+            provider=provider,
             list_id=list_id,
         )
         started = time.perf_counter()
@@ -180,8 +205,12 @@ async def run(recipients: int, dispatchers: int) -> None:
         done = await api.wait_campaign(campaign_id, timeout=1800)
         elapsed = time.perf_counter() - started
         assert done["status"] == "completed", done
-        stats = stack.sink.stats()
-        assert stats["duplicates"] == 0 and stats["messages"] == recipients, stats
+        if smtp_handler is not None:
+            got = smtp_handler.received
+            assert len(got) == recipients and max(got.values()) == 1, (len(got), done["stats"])
+        else:
+            stats = stack.sink.stats()
+            assert stats["duplicates"] == 0 and stats["messages"] == recipients, stats
         print()
         print(f"{'stage':45} {'seconds':>9} {'rows/s':>10}")
         for name, secs, rate in await stage_report(dsn, campaign_id, import_id):
@@ -199,6 +228,8 @@ async def run(recipients: int, dispatchers: int) -> None:
     finally:
         await api.close()
         await stack.stop()
+        if controller is not None:
+            controller.stop()
         broker.stop()
         if pg is not None:
             pg.stop()
@@ -210,8 +241,9 @@ def main() -> None:
     )
     parser.add_argument("--recipients", type=int, default=200_000)
     parser.add_argument("--dispatchers", type=int, default=1)
+    parser.add_argument("--provider", choices=["sink", "smtp"], default="sink")
     args = parser.parse_args()
-    asyncio.run(run(args.recipients, args.dispatchers))
+    asyncio.run(run(args.recipients, args.dispatchers, args.provider))
 
 
 if __name__ == "__main__":
