@@ -32,7 +32,7 @@ from services.dispatcher.ledger import (
     unknown_outcomes,
     unsettled,
 )
-from services.dispatcher.metrics import BATCHES, EMAILS, FAILOVERS
+from services.dispatcher.metrics import BATCHES, EMAILS, FAILOVERS, RATE_LIMIT_WAIT
 from services.dispatcher.providers.base import Provider
 from services.dispatcher.rendering import Content, build_outbox
 
@@ -198,7 +198,9 @@ class BatchDispatcher:
         )
         if verdict is not Verdict.SEND:
             return verdict
-        deadline = time.monotonic() + provider.limiter.delay_for(emails)
+        wait = provider.limiter.delay_for(emails)
+        RATE_LIMIT_WAIT.labels(provider.name).inc(wait)
+        deadline = time.monotonic() + wait
         while (remaining := deadline - time.monotonic()) > 0:
             await asyncio.sleep(min(remaining, _TURN_POLL_S))
             if self._stopping():

@@ -45,3 +45,8 @@ BREAKER_OPEN = Gauge(
     "1 while a provider's circuit breaker is open (new batches go to the fallback).",
     ["provider"],
 )
+RATE_LIMIT_WAIT = Counter(
+    "mailfleet_dispatcher_rate_limit_wait_seconds_total",
+    "Seconds batches waited for the sending rate limit before being sent.",
+    ["provider"],
+)
