@@ -84,6 +84,38 @@ def export_schemas(
     typer.echo(f"wrote {out}")
 
 
+@app.command("import")
+def import_file(
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="CSV, .csv.gz or XLSX.")
+    ],
+    list_id: Annotated[str, typer.Option("--list", help="Id of the list to import into.")],
+    api: Annotated[
+        str, typer.Option(envvar="MAILFLEET_API_URL", help="Base URL of the mailfleet API.")
+    ] = "http://127.0.0.1:8000",
+    key: Annotated[
+        str, typer.Option(envvar="MAILFLEET_API_KEY", help="API key (editor or admin).")
+    ] = "",
+    email_column: Annotated[str | None, typer.Option(help="Header of the address column.")] = None,
+    encoding: Annotated[str | None, typer.Option(help="CSV encoding, e.g. cp1252.")] = None,
+    delimiter: Annotated[str | None, typer.Option(help="CSV delimiter.")] = None,
+    sheet: Annotated[str | None, typer.Option(help="Sheet of a workbook.")] = None,
+) -> None:
+    """Upload FILE into a list through the API, with a progress bar and a summary."""
+    from libs.common.import_cli import ImportClient, ImportFailed, ImportRequest
+
+    if not key:
+        raise typer.BadParameter("an API key is needed: --key or MAILFLEET_API_KEY")
+    request = ImportRequest(file, list_id, email_column, encoding, delimiter, sheet)
+    try:
+        job = asyncio.run(ImportClient(api, key).run(request))
+    except ImportFailed as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if job["status"] != "completed":
+        raise typer.Exit(1)
+
+
 def generate_key() -> str:
     return "mf_" + secrets.token_urlsafe(32)
 

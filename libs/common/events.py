@@ -68,6 +68,13 @@ class ImportRequested(Event):
     file_ref: str = Field(description="Claim check, e.g. 'blob:<uuid>'.")
     filename: str = ""
     mapping: ColumnMapping = ColumnMapping()
+    encoding: str | None = Field(
+        None, description="Text encoding of a CSV (e.g. 'utf-8', 'cp1252'); detected if unset."
+    )
+    delimiter: str | None = Field(
+        None, description="CSV delimiter (one character); detected if unset."
+    )
+    sheet: str | None = Field(None, description="Spreadsheet sheet to read; the first if unset.")
 
 
 class ImportProgress(Event):
@@ -76,8 +83,10 @@ class ImportProgress(Event):
     status: Literal["queued", "running", "completed", "failed"]
     rows_total: int = 0
     rows_imported: int = 0
+    rows_updated: int = 0
     rows_rejected: int = 0
     rows_duplicate: int = 0
+    rows_suppressed: int = 0
     error: str | None = None
 
 

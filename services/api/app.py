@@ -23,6 +23,7 @@ from services.api.routes import (
     campaign_control,
     campaign_test_sends,
     campaigns,
+    import_rejections,
     lists,
     ops,
     recipients,
@@ -94,6 +95,7 @@ def create_app(
         app.include_router(module.router)
     for module in (suppressions, webhooks, templates, recipients, campaign_test_sends):
         app.include_router(module.router)
+    app.include_router(import_rejections.router)
     document_problems(app)
     return app
 

@@ -168,9 +168,10 @@ async def recipient_email(db: Executor, recipient_id: int) -> str | None:
 _IMPORT_SELECT = (
     "SELECT r.id, r.list_id, r.filename, r.requested_at AS created_at,"
     " coalesce(j.status, 'queued') AS status, coalesce(j.rows_total, 0) AS rows_total,"
-    " coalesce(j.rows_imported, 0) AS rows_imported,"
+    " coalesce(j.rows_imported, 0) AS rows_imported, coalesce(j.rows_updated, 0) AS rows_updated,"
     " coalesce(j.rows_rejected, 0) AS rows_rejected,"
-    " coalesce(j.rows_duplicate, 0) AS rows_duplicate, j.error, j.started_at, j.finished_at"
+    " coalesce(j.rows_duplicate, 0) AS rows_duplicate,"
+    " coalesce(j.rows_suppressed, 0) AS rows_suppressed, j.error, j.started_at, j.finished_at"
     " FROM import_requests r LEFT JOIN import_jobs j ON j.id = r.id"
 )
 

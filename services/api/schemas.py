@@ -74,8 +74,10 @@ class ImportOut(BaseModel):
     status: Literal["queued", "running", "completed", "failed"]
     rows_total: int
     rows_imported: int
+    rows_updated: int = 0
     rows_rejected: int
     rows_duplicate: int
+    rows_suppressed: int = 0
     error: str | None
     requested_at: datetime
     started_at: datetime | None

@@ -21,7 +21,13 @@ from libs.common.events import ImportProgress, ImportRequested
 from libs.common.logging import bound_contextvars, get_logger
 from services.importer.metrics import IMPORT_ROWS, IMPORT_SECONDS, IMPORTS
 from services.importer.reader import BadFile, ReaderOptions, RowBatch, RowSource, open_rows
-from services.importer.repository import ImportRepository, JobState, ListSession, LoadCounts
+from services.importer.repository import (
+    ImportRepository,
+    JobState,
+    ListSession,
+    LoadCounts,
+    Loader,
+)
 from services.importer.validation import (
     ColumnPlan,
     FieldKinds,
@@ -63,8 +69,10 @@ def state_event(state: JobState) -> ImportProgress:
         status=status,
         rows_total=state.rows_total,
         rows_imported=state.rows_imported,
+        rows_updated=state.rows_updated,
         rows_rejected=state.rows_rejected,
         rows_duplicate=state.rows_duplicate,
+        rows_suppressed=state.rows_suppressed,
         error=state.error,
     )
 
@@ -141,7 +149,12 @@ class _Run:
             raise BadFile(f"list {self.request.list_id} does not exist")
         with tempfile.TemporaryDirectory(prefix="mailfleet-import-") as folder:
             path = await self._download(Path(folder))
-            source = await asyncio.to_thread(open_rows, path, ReaderOptions())
+            options = ReaderOptions(
+                encoding=self.request.encoding,
+                delimiter=self.request.delimiter,
+                sheet=self.request.sheet,
+            )
+            source = await asyncio.to_thread(open_rows, path, options)
             plan = plan_columns(source.header, self.request.mapping.email)
             log.info(
                 "reading file",
@@ -152,13 +165,9 @@ class _Run:
             )
             async with self.session.load(len(plan.fields)) as loader:
                 kinds = FieldKinds.for_plan(plan)
-                while (
-                    batch := await asyncio.to_thread(_next_validated, source, plan, kinds)
-                ) is not None:
-                    await loader.add(batch)
-                    self.rows_read += batch.rows_read
-                    self.rows_rejected += len(batch.rejections)
-                    await self._progress()
+                await self._stage(loader, source, plan, kinds)
+                if self.rows_rejected:
+                    await loader.add_header(source.header)
                 counts = await loader.merge(
                     plan.keys,
                     kinds.result(self.rows_read - self.rows_rejected),
@@ -167,6 +176,30 @@ class _Run:
                 )
             _count_rows(counts)
             return await self.session.finish(counts)
+
+    async def _stage(
+        self, loader: Loader, source: RowSource, plan: ColumnPlan, kinds: FieldKinds
+    ) -> None:
+        """COPY batch after batch, reading and validating the next one (in a thread)
+        while the database takes the current one: the two cores work at once."""
+
+        def read_next() -> asyncio.Task[ValidatedBatch | None]:
+            return asyncio.create_task(asyncio.to_thread(_next_validated, source, plan, kinds))
+
+        pending = read_next()
+        try:
+            while (batch := await pending) is not None:
+                pending = read_next()
+                await loader.add(batch)
+                self.rows_read += batch.rows_read
+                self.rows_rejected += len(batch.rejections)
+                await self._progress()
+        finally:
+            # Leaving by an error: the thread still holds the file; let it finish first.
+            if not pending.done():
+                await asyncio.wait([pending])
+            if not pending.cancelled() and pending.done():
+                pending.exception()  # retrieved: an error of a read never used is moot
 
     async def _download(self, folder: Path) -> Path:
         """Copy the claim-checked file to local disk: pyarrow and calamine read files."""

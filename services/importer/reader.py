@@ -188,6 +188,10 @@ def _open_csv(path: Path, options: ReaderOptions, file_format: FileFormat) -> Ro
     text = _decode_sample(sample, encoding)
     if _looks_binary(text):
         raise BadFile("the file is not a CSV or XLSX file (it holds binary data)")
+    if options.delimiter is not None and (
+        len(options.delimiter) != 1 or options.delimiter in '"\r\n'
+    ):
+        raise BadFile(f"the delimiter must be one character, not {options.delimiter!r}")
     delimiter = options.delimiter or detect_delimiter(text)
     try:
         header_records = (
@@ -248,7 +252,9 @@ def _csv_batches(
     def on_invalid_row(row: Any) -> str:
         line = int(row.number) if row.number is not None else counter.rows_seen + 2
         counter.skip(
-            line, f"expected {row.expected_columns} fields, found {row.actual_columns}", row.text
+            line,
+            f"expected {row.expected_columns} fields, found {row.actual_columns}",
+            _as_csv_record(row.text, delimiter),
         )
         return "skip"
 
@@ -285,6 +291,22 @@ def _csv_batches(
     if counter.pending:
         empty = _text_batch([[] for _ in names], _text_schema(names))
         yield RowBatch(empty, [], counter.take_malformed())
+
+
+def csv_record(cells: list[str]) -> str:
+    """Cells as one comma-separated CSV record (how rejected rows keep their cells)."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(cells)
+    return out.getvalue()
+
+
+def _as_csv_record(text: str, delimiter: str) -> str:
+    """A row's text in the file's own delimiter, re-written as a comma-separated record."""
+    try:
+        cells = next(csv.reader(io.StringIO(text), delimiter=delimiter), [])
+    except csv.Error:
+        return csv_record([text])
+    return csv_record(cells)
 
 
 def _text_schema(names: list[str]) -> pa.Schema:
@@ -393,7 +415,7 @@ def _sheet_batches(rows: Iterator[list[Any]], width: int, first_line: int) -> It
             if len(cells) > width and any(cells[width:]):
                 malformed.append(
                     MalformedRow(
-                        line, f"expected {width} fields, found {len(cells)}", ",".join(cells)
+                        line, f"expected {width} fields, found {len(cells)}", csv_record(cells)
                     )
                 )
                 continue

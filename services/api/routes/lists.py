@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from uuid import UUID, uuid4
 
 from aiokafka.errors import KafkaError
@@ -34,10 +35,28 @@ _UPLOAD_BODY = {
                     "type": "object",
                     "required": ["file"],
                     "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "CSV"},
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "CSV (optionally gzipped) or XLSX",
+                        },
                         "email_column": {
                             "type": "string",
                             "description": "Header of the address column; found if omitted.",
+                        },
+                        "encoding": {
+                            "type": "string",
+                            "description": "Text encoding of a CSV, e.g. utf-8 or cp1252;"
+                            " detected if omitted.",
+                        },
+                        "delimiter": {
+                            "type": "string",
+                            "maxLength": 1,
+                            "description": "CSV delimiter; detected if omitted.",
+                        },
+                        "sheet": {
+                            "type": "string",
+                            "description": "Sheet of a workbook to import; the first if omitted.",
                         },
                     },
                 }
@@ -112,7 +131,8 @@ async def delete_list(list_id: UUID, resources: Resources, _: CanEdit) -> Respon
 async def import_file(
     list_id: UUID, request: Request, resources: Resources, _: CanEdit
 ) -> ImportAccepted:
-    """Upload a CSV (multipart field `file`); the importer loads it in the background."""
+    """Upload a CSV or XLSX (multipart field `file`; optional fields `email_column`,
+    `encoding`, `delimiter`, `sheet`); the importer loads it in the background."""
     limit = resources.settings.max_upload_bytes
     _refuse_declared_oversize(request, limit)
     if not await repository.list_exists(resources.db, list_id):
@@ -132,6 +152,11 @@ async def import_file(
         except BadMultipart as exc:
             raise ProblemError(400, str(exc), kind="bad-multipart") from exc
         filename = upload.filename or "upload"
+        try:
+            encoding, delimiter, sheet = _import_options(upload.fields)
+        except ProblemError:
+            await resources.blobs.delete(blob_id)
+            raise
         await repository.insert_import_request(resources.db, import_id, list_id, blob_id, filename)
         event = ImportRequested(
             import_id=import_id,
@@ -139,6 +164,9 @@ async def import_file(
             file_ref=blob_ref(blob_id),
             filename=filename,
             mapping=ColumnMapping(email=upload.fields.get("email_column") or None),
+            encoding=encoding,
+            delimiter=delimiter,
+            sheet=sheet,
         )
         try:
             await resources.events.send(Topic.IMPORT_REQUESTED, str(list_id), event)
@@ -183,6 +211,26 @@ async def get_import(import_id: UUID, resources: Resources, _: CanRead) -> Impor
     if row is None:
         raise not_found("import", import_id)
     return ImportOut(**row)
+
+
+def _import_options(fields: dict[str, str]) -> tuple[str | None, str | None, str | None]:
+    """Encoding, delimiter and sheet chosen for an upload; 422 for a choice that cannot work."""
+    encoding = fields.get("encoding", "").strip() or None
+    delimiter = fields.get("delimiter") or None
+    sheet = fields.get("sheet", "").strip() or None
+    errors = []
+    if encoding is not None:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            errors.append(FieldError(field="body.encoding", message="unknown encoding"))
+    if delimiter is not None and (len(delimiter) != 1 or delimiter in '"\r\n'):
+        errors.append(
+            FieldError(field="body.delimiter", message="one character, e.g. ',' ';' '|' or tab")
+        )
+    if errors:
+        raise ProblemError(422, "invalid import options", kind="validation", errors=errors)
+    return encoding, delimiter, sheet
 
 
 def _too_large(limit: int) -> ProblemError:

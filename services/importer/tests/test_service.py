@@ -145,6 +145,7 @@ async def test_csv_import_counts_every_row(harness: Harness, pool: asyncpg.Pool)
         "bob@example.com": {"first_name": "Bob", "age": 45},
     }
     assert await harness.rejections(job["id"]) == [
+        (1, "header", "EMAIL,First Name,Age"),  # the columns, for GET .../rejected
         (3, "invalid email address", "not-an-address,Bad,1"),
         (6, "missing email address", ",Nobody,2"),
         (8, "invalid email address", '"=HYPERLINK(""x"")",Evil,3'),

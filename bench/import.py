@@ -1,0 +1,396 @@
+"""Import benchmark: mailfleet's importer against a bare COPY and a pandas importer.
+
+    .venv/bin/python bench/import.py [--rows 1000000] [--xlsx-rows 100000] [--memory-rows 0]
+
+Generates realistic files (5 % invalid addresses, 3 % duplicates of earlier addresses in
+another case, unicode names, 4 merge fields: first_name, last_name, city, age), starts its
+own broker and a fresh database, runs the whole stack as processes (`start_stack`, as
+`bench/e2e.py` does) and prints, from one run:
+
+- mailfleet end to end: the upload through the real API (HTTP multipart) until the
+  import's status is `completed`, into a new (empty) list, and again into the same list
+  (every row an update: the upsert path);
+- the ceiling: a bare binary COPY of the same rows the import kept (valid, deduplicated)
+  into a table like `recipients` (same columns, defaults, indexes and foreign key), in
+  file order and sorted by address, records built before the clock starts;
+- the baseline: the seed's approach, pandas (read_csv / read_excel with openpyxl),
+  normalise and validate with pandas string methods, drop duplicates, COPY into a staging
+  table and one INSERT ... ON CONFLICT into `recipients`;
+- with --memory-rows N: the importer process's peak RSS (VmHWM) after importing an
+  N-row CSV (5,000,000 for the 1 GB bound).
+
+pandas and openpyxl are needed for the baseline only (not dependencies of mailfleet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import random
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.e2e import machine  # noqa: E402
+from libs.common import db  # noqa: E402
+from libs.common.embedded import (  # noqa: E402
+    EmbeddedBroker,
+    EmbeddedPostgres,
+    can_connect,
+    create_database,
+)
+from tests.e2e.harness import RunningStack, start_stack  # noqa: E402
+
+HEADER = ["email", "first_name", "last_name", "city", "age"]
+FIRST_NAMES = [
+    "Anna", "José", "Zoë", "Łukasz", "Søren", "Åsa", "François", "Ștefan", "Dmitrij", "Mei",
+    "Юлия", "Χρήστος", "أحمد", "山田", "Chloé", "Björn", "Renée", "İsmail", "Nguyễn", "Ólafur",
+    "John", "Mary", "Priya", "Kwame", "Siobhán", "Jürgen", "Ewa", "Hiroshi", "Amélie", "Óscar",
+]  # fmt: skip
+LAST_NAMES = [
+    "Müller", "García", "Nowak", "Søndergaard", "Dubois", "Popescu", "Иванов", "Παπαδόπουλος",
+    "Smith", "O'Brien", "van der Berg", "Kowalczyk", "Nakamura", "da Silva", "Łęcka", "Öztürk",
+]  # fmt: skip
+CITIES = ["Berlin", "Kraków", "São Paulo", "Zürich", "Москва", "Αθήνα", "東京", "Lyon", "Oslo"]
+DOMAINS = [f"mail{i}.example.com" for i in range(40)] + ["gmail.com", "web.de", "bücher.de"]
+INVALID = [
+    "{n}.{i}@",
+    "{n}{i}example.com",
+    "{n} {i}@example.com",
+    "",
+    "{n}{i}@@example.com",
+    "{n}.{i}@example",
+    "{n}.{i}@exa mple.com",
+]
+ADDRESS = r"^[a-z0-9!#$%&'*+/=?^_`{|}~.-]+@(?:[^@\s.]+\.)+[^@\s.]{2,}$"
+
+
+# ----- data -----
+
+
+def make_rows(n: int, seed: int = 7) -> list[list[str]]:
+    """n rows: ~5 % invalid addresses, ~3 % earlier addresses again in another case."""
+    rng = random.Random(seed)
+    rows: list[list[str]] = []
+    valid: list[str] = []
+    for i in range(n):
+        first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+        local = first.lower() if first.isascii() else "user"
+        draw = rng.random()
+        if draw < 0.05:
+            email = rng.choice(INVALID).format(n=local, i=i)
+        elif draw < 0.08 and valid:
+            email = rng.choice(valid).upper()
+        else:
+            email = f"{local}.{i}@{rng.choice(DOMAINS)}"
+            if rng.random() < 0.2:
+                email = email.capitalize()
+            valid.append(email)
+        rows.append([email, first, last, rng.choice(CITIES), str(18 + rng.randrange(70))])
+    return rows
+
+
+def csv_bytes(rows: list[list[str]]) -> bytes:
+    def cell(value: str) -> str:
+        return f'"{value}"' if any(c in value for c in ',"\n') else value
+
+    lines = [",".join(HEADER)] + [",".join(cell(v) for v in row) for row in rows]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def xlsx_bytes(rows: list[list[str]]) -> bytes:
+    import openpyxl
+
+    book = openpyxl.Workbook(write_only=True)
+    sheet = book.create_sheet("people")
+    sheet.append(HEADER)
+    for row in rows:
+        sheet.append([*row[:4], int(row[4])])
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()
+
+
+def kept_rows(rows: list[list[str]]) -> list[tuple[str, dict[str, Any]]]:
+    """What an import keeps: normalised valid addresses, first row of each, file order."""
+    import re
+
+    pattern = re.compile(ADDRESS)
+    seen: set[str] = set()
+    kept = []
+    for email, first, last, city, age in rows:
+        address = email.strip().lower()
+        if not pattern.match(address) or address in seen:
+            continue
+        seen.add(address)
+        kept.append(
+            (address, {"first_name": first, "last_name": last, "city": city, "age": int(age)})
+        )
+    return kept
+
+
+# ----- mailfleet through the API -----
+
+
+async def api_import(
+    stack: RunningStack, list_id: str, content: bytes, filename: str
+) -> tuple[float, dict[str, Any]]:
+    """Seconds from the start of the upload to `completed`, and the final import."""
+    async with httpx.AsyncClient(
+        base_url=f"{stack.api_url}/api/v1",
+        headers={"Authorization": f"Bearer {stack.api_key}"},
+        timeout=600,
+    ) as http:
+        started = time.perf_counter()
+        answer = await http.post(
+            f"/lists/{list_id}/imports", files={"file": (filename, content, "text/csv")}
+        )
+        assert answer.status_code == 202, answer.text
+        import_id = answer.json()["id"]
+        while True:
+            job = (await http.get(f"/imports/{import_id}")).json()
+            if job["status"] in ("completed", "failed"):
+                elapsed = time.perf_counter() - started
+                break
+            await asyncio.sleep(0.02)  # a remote status: nothing local to wait on
+    assert job["status"] == "completed", job
+    return elapsed, job
+
+
+async def new_list(conn: asyncpg.Connection, name: str) -> str:
+    return str(await conn.fetchval("INSERT INTO lists (name) VALUES ($1) RETURNING id", name))
+
+
+# ----- the ceiling: bare COPY -----
+
+
+async def bare_copy(
+    conn: asyncpg.Connection, kept: list[tuple[str, dict[str, Any]]], *, by_address: bool
+) -> float:
+    table = f"bench_copy_{uuid.uuid4().hex[:8]}"
+    list_id = uuid.UUID(await new_list(conn, "bench ceiling"))
+    await conn.execute(
+        f"CREATE TABLE {table} (LIKE recipients INCLUDING ALL,"
+        " FOREIGN KEY (list_id) REFERENCES lists (id) ON DELETE CASCADE)"
+    )
+    records = [(list_id, email, fields) for email, fields in kept]
+    if by_address:
+        records.sort(key=lambda r: r[1])
+    await conn.execute("CHECKPOINT")
+    started = time.perf_counter()
+    await conn.copy_records_to_table(
+        table, records=records, columns=["list_id", "email", "fields"], timeout=3600
+    )
+    elapsed = time.perf_counter() - started
+    await conn.execute(f"DROP TABLE {table}")
+    return elapsed
+
+
+# ----- the baseline: pandas + COPY + upsert -----
+
+
+def pandas_frame(path: Path, spreadsheet: bool) -> Any:
+    import pandas as pd
+
+    if spreadsheet:
+        frame = pd.read_excel(path, engine="openpyxl", dtype=str, keep_default_na=False)
+    else:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame["email"] = frame["email"].str.strip().str.lower()
+    frame = frame[frame["email"].str.match(ADDRESS)]
+    frame = frame.drop_duplicates(subset="email", keep="first")
+    frame["age"] = pd.to_numeric(frame["age"])
+    return frame
+
+
+async def pandas_import(conn: asyncpg.Connection, path: Path, spreadsheet: bool) -> float:
+    list_id = uuid.UUID(await new_list(conn, "bench pandas"))
+    await conn.execute("CHECKPOINT")
+    started = time.perf_counter()
+    frame = await asyncio.to_thread(pandas_frame, path, spreadsheet)
+    records = [
+        (list_id, row["email"], {k: row[k] for k in HEADER[1:]}) for row in frame.to_dict("records")
+    ]
+    async with conn.transaction():
+        await conn.execute(
+            "CREATE TEMP TABLE bench_stage (list_id uuid, email text, fields jsonb) ON COMMIT DROP"
+        )
+        await conn.copy_records_to_table("bench_stage", records=records, timeout=3600)
+        await conn.execute(
+            "INSERT INTO recipients (list_id, email, fields) SELECT * FROM bench_stage"
+            " ON CONFLICT (list_id, email) DO UPDATE SET fields = EXCLUDED.fields",
+            timeout=3600,
+        )
+    return time.perf_counter() - started
+
+
+# ----- the run -----
+
+
+def line(label: str, rows: int, seconds: float, note: str = "") -> None:
+    print(f"  {label:58} {seconds:8.2f} s {rows / seconds:>11,.0f} rows/s  {note}")
+
+
+def versions() -> str:
+    import importlib.metadata as md
+
+    names = ("pyarrow", "python-calamine", "asyncpg", "pandas", "openpyxl", "numpy")
+    return ", ".join(f"{name} {md.version(name)}" for name in names)
+
+
+async def peak_rss_mib(pid: int) -> float:
+    for entry in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if entry.startswith("VmHWM:"):
+            return int(entry.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+async def run(rows_n: int, xlsx_n: int, memory_n: int, work: Path) -> None:
+    print(f"machine: {machine()}")
+    print(f"versions: {versions()}")
+    timed: Callable[[str], None] = lambda s: print(f"[{time.strftime('%X')}] {s}", flush=True)  # noqa: E731
+
+    timed(f"generating {rows_n:,} CSV rows and {xlsx_n:,} XLSX rows")
+    rows = make_rows(rows_n)
+    data = csv_bytes(rows)
+    kept = kept_rows(rows)
+    xlsx_rows = make_rows(xlsx_n, seed=11)
+    xlsx = xlsx_bytes(xlsx_rows)
+    xlsx_kept = kept_rows(xlsx_rows)
+    csv_path, xlsx_path = work / "people.csv", work / "people.xlsx"
+    csv_path.write_bytes(data)
+    xlsx_path.write_bytes(xlsx)
+    print(
+        f"CSV: {rows_n:,} rows, {len(data) / 2**20:.1f} MiB, {len(kept):,} to keep; "
+        f"XLSX: {xlsx_n:,} rows, {len(xlsx) / 2**20:.1f} MiB, {len(xlsx_kept):,} to keep"
+    )
+
+    broker = EmbeddedBroker(log_path=work / "tansu.log")
+    bootstrap = broker.start()
+    admin_dsn = os.environ.get(
+        "MAILFLEET_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    pg = None
+    if not await can_connect(admin_dsn):
+        pg = EmbeddedPostgres(work / "pg")
+        admin_dsn = pg.start()
+    dsn = await create_database(admin_dsn, f"mailfleet_bench_{uuid.uuid4().hex[:8]}")
+    await db.migrate(dsn)
+    # The 5M-row file is larger than the default upload limit (200 MB).
+    env = {"MAILFLEET_LOG_LEVEL": "WARNING", "MAILFLEET_MAX_UPLOAD_BYTES": str(2**31)}
+    stack = await start_stack(dsn, bootstrap, work / "logs", env=env)
+    conn = await asyncpg.connect(dsn)
+    await db._init_connection(conn)  # noqa: SLF001 - the services' jsonb codec
+    try:
+        # Warm up (first-import code paths, connections) with a small file.
+        await api_import(stack, await new_list(conn, "warm-up"), csv_bytes(rows[:1000]), "w.csv")
+
+        print(f"\nCSV, {rows_n:,} rows")
+        timed("mailfleet, new list")
+        list_id = await new_list(conn, "bench csv")
+        await conn.execute("CHECKPOINT")
+        seconds, job = await api_import(stack, list_id, data, "people.csv")
+        assert job["rows_imported"] == len(kept), (job, len(kept))
+        results = [("mailfleet: upload -> completed, new list (API, importer)", seconds, "")]
+        timed("mailfleet, same file again into the same list")
+        await conn.execute("CHECKPOINT")
+        seconds, job = await api_import(stack, list_id, data, "people.csv")
+        assert job["rows_imported"] == 0 and job["rows_updated"] == len(kept), job
+        results.append(("mailfleet: same file again (every row an update)", seconds, ""))
+        timed("bare COPY")
+        results.append(
+            (
+                "ceiling: bare binary COPY, file order",
+                await bare_copy(conn, kept, by_address=False),
+                "",
+            )
+        )
+        results.append(
+            (
+                "ceiling: bare binary COPY, sorted by address",
+                await bare_copy(conn, kept, by_address=True),
+                "",
+            )
+        )
+        timed("pandas baseline")
+        results.append(
+            (
+                "baseline: pandas read_csv + COPY + upsert",
+                await pandas_import(conn, csv_path, False),
+                "",
+            )
+        )
+        for label, secs, note in results:
+            line(label, rows_n, secs, note)
+
+        print(f"\nXLSX, {xlsx_n:,} rows")
+        timed("mailfleet XLSX")
+        seconds, job = await api_import(
+            stack, await new_list(conn, "bench xlsx"), xlsx, "people.xlsx"
+        )
+        assert job["rows_imported"] == len(xlsx_kept), (job, len(xlsx_kept))
+        xresults = [("mailfleet: upload -> completed, new list", seconds, "")]
+        xresults.append(
+            (
+                "ceiling: bare binary COPY, file order",
+                await bare_copy(conn, xlsx_kept, by_address=False),
+                "",
+            )
+        )
+        timed("pandas XLSX baseline")
+        xresults.append(
+            (
+                "baseline: pandas read_excel (openpyxl) + COPY + upsert",
+                await pandas_import(conn, xlsx_path, True),
+                "",
+            )
+        )
+        for label, secs, note in xresults:
+            line(label, xlsx_n, secs, note)
+
+        if memory_n:
+            print(f"\nmemory, {memory_n:,} rows")
+            timed("generating")
+            big = csv_bytes(make_rows(memory_n, seed=3))
+            timed(f"importing {len(big) / 2**20:.0f} MiB")
+            seconds, job = await api_import(
+                stack, await new_list(conn, "bench memory"), big, "big.csv"
+            )
+            child = stack.supervisor.children["importer"]
+            assert child.process is not None and child.starts == 1
+            peak = await peak_rss_mib(child.process.pid)
+            line("mailfleet: upload -> completed, new list", memory_n, seconds)
+            print(f"  importer peak RSS (VmHWM, whole process life): {peak:,.0f} MiB")
+    finally:
+        await conn.close()
+        await stack.stop()
+        broker.stop()
+        if pg is not None:
+            pg.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--xlsx-rows", type=int, default=100_000)
+    parser.add_argument("--memory-rows", type=int, default=0, help="e.g. 5000000")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mailfleet-bench-import-") as work:
+        asyncio.run(run(args.rows, args.xlsx_rows, args.memory_rows, Path(work)))
+
+
+if __name__ == "__main__":
+    main()
