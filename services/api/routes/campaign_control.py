@@ -17,7 +17,7 @@ from libs.common.events import CampaignControl, Topic
 from libs.common.logging import bound_contextvars, get_logger
 from services.api.deps import ApiResources, CanEdit, Resources
 from services.api.problems import ProblemError, problem_responses
-from services.api.routes.campaigns import _publish, _with_stats
+from services.api.routes.campaigns import campaign_with_stats, publish_or_503
 from services.api.routes.common import not_found
 from services.api.schemas import CampaignOut
 
@@ -61,9 +61,9 @@ async def _control(
                 event = CampaignControl(
                     campaign_id=campaign_id, action=action, revision=max(revision, 1)
                 )
-                await _publish(resources, Topic.CAMPAIGN_CONTROL, campaign_id, event)
+                await publish_or_503(resources, Topic.CAMPAIGN_CONTROL, campaign_id, event)
         log.info("campaign control", action=action, status=step.status, changed=step.changed)
-    return await _with_stats(resources, dict(row))
+    return await campaign_with_stats(resources, dict(row))
 
 
 _RESPONSES = problem_responses(401, 403, 404, 409, 503)

@@ -42,7 +42,7 @@ router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
 _TEMPLATE_PARTS = ("subject", "html", "text")
 
 
-def _check_templates(values: dict[str, Any]) -> None:
+def check_templates(values: dict[str, Any]) -> None:
     """422 naming the part and line of every template that does not parse."""
     problems = [
         problem
@@ -71,7 +71,7 @@ async def _require_list(resources: ApiResources, list_id: UUID) -> None:
         )
 
 
-async def _with_stats(resources: ApiResources, row: dict[str, Any]) -> CampaignOut:
+async def campaign_with_stats(resources: ApiResources, row: dict[str, Any]) -> CampaignOut:
     report = await read_models.campaign_report(resources.db, row["id"])
     if report is not None:
         return CampaignOut(**row, stats=StatsOut(**report))
@@ -101,12 +101,12 @@ async def _editable_or_problem(resources: ApiResources, campaign_id: UUID, actio
 async def create_campaign(body: CampaignCreate, resources: Resources, _: CanEdit) -> CampaignOut:
     """Content inline (subject, html, text) or copied from a template (template_id)."""
     values = await resolve_campaign_content(resources.db, body.model_dump())
-    _check_templates(values)
+    check_templates(values)
     await _require_list(resources, body.list_id)
     values["provider"] = body.provider or resources.settings.default_provider
     row = await repository.insert_campaign(resources.db, values)
     log.info("campaign created", campaign_id=str(row["id"]))
-    return await _with_stats(resources, row)
+    return await campaign_with_stats(resources, row)
 
 
 @router.get("", response_model=Page[CampaignOut], responses=problem_responses(401, 422))
@@ -131,7 +131,7 @@ async def get_campaign(campaign_id: UUID, resources: Resources, _: CanRead) -> C
     row = await repository.get_campaign(resources.db, campaign_id)
     if row is None:
         raise not_found("campaign", campaign_id)
-    return await _with_stats(resources, row)
+    return await campaign_with_stats(resources, row)
 
 
 @router.patch(
@@ -152,20 +152,20 @@ async def update_campaign(
                 kind="validation",
                 errors=[FieldError(field=f"body.{required}", message="cannot be null")],
             )
-    _check_templates(changes)
+    check_templates(changes)
     if changes.get("list_id") is not None:
         await _require_list(resources, changes["list_id"])
     if not changes:
         row = await repository.get_campaign(resources.db, campaign_id)
         if row is None:
             raise not_found("campaign", campaign_id)
-        return await _with_stats(resources, row)
+        return await campaign_with_stats(resources, row)
     updated = await repository.update_campaign_content(resources.db, campaign_id, changes)
     if updated is None:
         await _editable_or_problem(resources, campaign_id, "edit")
     assert updated is not None
     log.info("campaign edited", campaign_id=str(campaign_id), fields=sorted(changes))
-    return await _with_stats(resources, updated)
+    return await campaign_with_stats(resources, updated)
 
 
 @router.post(
@@ -202,14 +202,14 @@ async def schedule_campaign(
             )
             # Published before the commit: if the broker refuses, the status change rolls
             # back, so a campaign never shows `scheduled` without its event.
-            await _publish(resources, Topic.CAMPAIGN_SCHEDULED, campaign_id, event)
+            await publish_or_503(resources, Topic.CAMPAIGN_SCHEDULED, campaign_id, event)
         log.info(
             "campaign scheduled",
             send_at=send_at.isoformat(),
             timezone=timezone,
             revision=row["schedule_revision"],
         )
-    return await _with_stats(resources, row)
+    return await campaign_with_stats(resources, row)
 
 
 @router.post(
@@ -228,9 +228,9 @@ async def unschedule_campaign(campaign_id: UUID, resources: Resources, _: CanEdi
             event = CampaignControl(
                 campaign_id=campaign_id, action="unschedule", revision=row["schedule_revision"]
             )
-            await _publish(resources, Topic.CAMPAIGN_CONTROL, campaign_id, event)
+            await publish_or_503(resources, Topic.CAMPAIGN_CONTROL, campaign_id, event)
         log.info("campaign unscheduled", revision=row["schedule_revision"])
-    return await _with_stats(resources, row)
+    return await campaign_with_stats(resources, row)
 
 
 @router.post(
@@ -247,7 +247,7 @@ async def duplicate_campaign(campaign_id: UUID, resources: Resources, _: CanEdit
     copy = {**source, "name": f"{source['name']} (copy)"[:200]}
     row = await repository.insert_campaign(resources.db, copy)
     log.info("campaign duplicated", campaign_id=str(row["id"]), source_id=str(campaign_id))
-    return await _with_stats(resources, row)
+    return await campaign_with_stats(resources, row)
 
 
 @router.get(
@@ -293,7 +293,9 @@ async def preview_campaign(
         ) from exc
 
 
-async def _publish(resources: ApiResources, topic: Topic, campaign_id: UUID, event: Any) -> None:
+async def publish_or_503(
+    resources: ApiResources, topic: Topic, campaign_id: UUID, event: Any
+) -> None:
     try:
         await resources.events.send(topic, str(campaign_id), event)
     except KafkaError as exc:

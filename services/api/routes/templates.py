@@ -12,7 +12,7 @@ from services.api import templates_repo
 from services.api.deps import ApiResources, CanEdit, CanRead, Resources
 from services.api.pagination import BadCursor
 from services.api.problems import FieldError, ProblemError, problem_responses
-from services.api.routes.campaigns import _check_templates
+from services.api.routes.campaigns import check_templates
 from services.api.routes.common import DEFAULT_PAGE, Cursor, Limit, bad_cursor, not_found
 from services.api.schemas import Page
 from services.api.template_schemas import (
@@ -40,7 +40,7 @@ _NOT_NULL = ("name", "subject", "html")
 async def create_template(body: TemplateCreate, resources: Resources, _: CanEdit) -> TemplateOut:
     """Store a template as its version 1. Every part must parse (errors name part and line)."""
     values = body.model_dump()
-    _check_templates(values)
+    check_templates(values)
     row = await templates_repo.insert_template(resources.db, body.name, body.description, values)
     log.info("template created", template_id=str(row["id"]))
     return TemplateOut(**row)
@@ -96,7 +96,7 @@ async def update_template(
                 kind="validation",
                 errors=[FieldError(field=f"body.{required}", message="cannot be null")],
             )
-    _check_templates(changes)
+    check_templates(changes)
     async with resources.db.acquire() as conn, conn.transaction():
         row = await templates_repo.update_template(conn, template_id, changes)
     if row is None:
