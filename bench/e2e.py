@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,29 +27,10 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libs.common import db  # noqa: E402
-from libs.common.embedded import (  # noqa: E402
-    EmbeddedBroker,
-    EmbeddedPostgres,
-    can_connect,
-    create_database,
-    free_port,
-)
+from bench.infra import BenchInfrastructure, machine  # noqa: E402
+from libs.common.embedded import free_port  # noqa: E402
 from services.dispatcher.sink import start_sink  # noqa: E402
 from tests.e2e.harness import start_stack  # noqa: E402
-
-
-def machine() -> str:
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Python {platform.python_version()}"
 
 
 def make_csv(n: int) -> bytes:
@@ -161,17 +140,8 @@ async def run(recipients: int, dispatchers: int, provider: str) -> None:
     print(f"machine: {machine()}")
     print(f"recipients: {recipients:,}, dispatchers: {dispatchers}, provider: {provider}")
     work = Path(tempfile.mkdtemp(prefix="mailfleet-bench-"))
-    broker = EmbeddedBroker(log_path=work / "tansu.log")
-    bootstrap = broker.start()
-    admin_dsn = os.environ.get(
-        "MAILFLEET_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-    )
-    pg = None
-    if not await can_connect(admin_dsn):
-        pg = EmbeddedPostgres(work / "pg")
-        admin_dsn = pg.start()
-    dsn = await create_database(admin_dsn, f"mailfleet_bench_{uuid.uuid4().hex[:8]}")
-    await db.migrate(dsn)
+    infra = BenchInfrastructure(work)
+    bootstrap, dsn = await infra.start()
 
     baseline = await sink_baseline(recipients)
     env = {"MAILFLEET_LOG_LEVEL": "WARNING"}
@@ -230,9 +200,7 @@ async def run(recipients: int, dispatchers: int, provider: str) -> None:
         await stack.stop()
         if controller is not None:
             controller.stop()
-        broker.stop()
-        if pg is not None:
-            pg.stop()
+        infra.stop()
 
 
 def main() -> None:

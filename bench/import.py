@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import os
 import random
 import sys
 import tempfile
@@ -42,14 +41,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.e2e import machine  # noqa: E402
+from bench.infra import BenchInfrastructure, machine  # noqa: E402
 from libs.common import db  # noqa: E402
-from libs.common.embedded import (  # noqa: E402
-    EmbeddedBroker,
-    EmbeddedPostgres,
-    can_connect,
-    create_database,
-)
 from tests.e2e.harness import RunningStack, start_stack  # noqa: E402
 
 HEADER = ["email", "first_name", "last_name", "city", "age"]
@@ -276,17 +269,8 @@ async def run(rows_n: int, xlsx_n: int, memory_n: int, work: Path) -> None:
         f"XLSX: {xlsx_n:,} rows, {len(xlsx) / 2**20:.1f} MiB, {len(xlsx_kept):,} to keep"
     )
 
-    broker = EmbeddedBroker(log_path=work / "tansu.log")
-    bootstrap = broker.start()
-    admin_dsn = os.environ.get(
-        "MAILFLEET_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-    )
-    pg = None
-    if not await can_connect(admin_dsn):
-        pg = EmbeddedPostgres(work / "pg")
-        admin_dsn = pg.start()
-    dsn = await create_database(admin_dsn, f"mailfleet_bench_{uuid.uuid4().hex[:8]}")
-    await db.migrate(dsn)
+    infra = BenchInfrastructure(work)
+    bootstrap, dsn = await infra.start()
     # The 5M-row file is larger than the default upload limit (200 MB).
     env = {"MAILFLEET_LOG_LEVEL": "WARNING", "MAILFLEET_MAX_UPLOAD_BYTES": str(2**31)}
     stack = await start_stack(dsn, bootstrap, work / "logs", env=env)
@@ -375,9 +359,7 @@ async def run(rows_n: int, xlsx_n: int, memory_n: int, work: Path) -> None:
     finally:
         await conn.close()
         await stack.stop()
-        broker.stop()
-        if pg is not None:
-            pg.stop()
+        infra.stop()
 
 
 def main() -> None:
