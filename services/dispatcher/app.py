@@ -85,9 +85,15 @@ async def main(
             stopping=ctx.stop.is_set,
         )
 
+        in_flight = asyncio.Semaphore(extra.max_batches_in_flight)
+
+        async def dispatch_bounded(event: BatchReady) -> DeliveryResult:
+            async with in_flight:
+                return await dispatcher.dispatch(event)
+
         async def handle(items: list[Consumed[BatchReady]]) -> None:
             settled = await asyncio.gather(
-                *(dispatcher.dispatch(i.event) for i in items), return_exceptions=True
+                *(dispatch_bounded(i.event) for i in items), return_exceptions=True
             )
             results = [r for r in settled if isinstance(r, DeliveryResult)]
             # Published after the ledger says `done`; the offset is committed after this.

@@ -46,6 +46,10 @@ class DispatcherSettings(BaseSettings):
     # A `sending` ledger row of another instance younger than this is waited for (it may
     # still be sending after a rebalance) before its recipients are declared `unknown`.
     ledger_takeover_wait_s: float = Field(20.0, alias="MAILFLEET_LEDGER_TAKEOVER_WAIT_S", ge=0)
+    # Batches one instance sends at once, over all its partitions. One fetch may hand over
+    # hundreds of batches; without a bound they are all rendered at once (memory) and
+    # each waits longer for its turn.
+    max_batches_in_flight: int = Field(24, alias="MAILFLEET_MAX_BATCHES_IN_FLIGHT", ge=1, le=1000)
 
 
 @lru_cache(maxsize=1)

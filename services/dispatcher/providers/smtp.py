@@ -79,6 +79,7 @@ class SMTPProvider:
         self.limiter = limiter
         self._retry = retry
         self._idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
+        self._max_connections = max_connections
         self._slots = asyncio.Semaphore(max_connections)
 
     async def _connect(self) -> aiosmtplib.SMTP:
@@ -106,8 +107,13 @@ class SMTPProvider:
         if outbox.templated is not None:
             messages += [outbox.templated.expand(r) for r in outbox.templated.recipients]
 
+        # MIME is built only when a connection is about to be free: a batch's messages are
+        # not all held in memory at once.
+        building = asyncio.Semaphore(2 * self._max_connections)
+
         async def one(message: Message) -> RecipientOutcome:
-            outcome = await self.send_message(mime_message(outbox.sender, message), message)
+            async with building:
+                outcome = await self.send_message(mime_message(outbox.sender, message), message)
             await on_progress([outcome])
             return outcome
 
