@@ -22,6 +22,10 @@ class AddressTaken(Exception):
     """Another recipient of the list has this address."""
 
 
+class ListGone(Exception):
+    """The list does not exist (any more)."""
+
+
 def _row(record: asyncpg.Record | None) -> Row | None:
     return dict(record) if record is not None else None
 
@@ -71,12 +75,22 @@ async def find_many(db: Executor, list_id: UUID, emails: list[str]) -> dict[str,
 async def insert_recipient(
     db: Executor, list_id: UUID, email: str, fields: dict[str, Any]
 ) -> Row | None:
-    """None when the list has this address already."""
+    """None when the list has this address already; raises ListGone.
+
+    `recipients` has no foreign key to `lists` (migration 0008): the list row is locked
+    FOR KEY SHARE, as the key's check did, so that it cannot be deleted under the insert.
+    """
     sql = (
-        "INSERT INTO recipients (list_id, email, fields) VALUES ($1, $2, $3)"  # noqa: S608
+        "WITH target AS (SELECT id FROM lists WHERE id = $1 FOR KEY SHARE)"  # noqa: S608
+        " INSERT INTO recipients (list_id, email, fields) SELECT id, $2, $3 FROM target"
         f" ON CONFLICT (list_id, email) DO NOTHING RETURNING {_COLUMNS}"
     )
-    return _row(await db.fetchrow(sql, list_id, email, fields))
+    row = _row(await db.fetchrow(sql, list_id, email, fields))
+    if row is None and not await db.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM lists WHERE id = $1)", list_id
+    ):
+        raise ListGone(list_id)
+    return row
 
 
 async def update_recipient(

@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 
 from libs.common.blobs import BlobStore, parse_ref
 from libs.common.events import ImportProgress, ImportRequested
 from libs.common.logging import bound_contextvars, get_logger
+from services.importer.direct import DirectLoadPlan
 from services.importer.metrics import IMPORT_ROWS, IMPORT_SECONDS, IMPORTS
 from services.importer.reader import BadFile, ReaderOptions, RowBatch, RowSource, open_rows
 from services.importer.repository import (
@@ -37,6 +40,7 @@ from services.importer.validation import (
 )
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 Publish = Callable[[ImportProgress, bool], Awaitable[None]]
 """Publishes a job's state; the flag says it is final (import.completed)."""
@@ -145,37 +149,95 @@ class _Run:
         self._last_progress = 0.0
 
     async def execute(self) -> JobState:
-        if not await self.session.list_exists():
+        if not await self.session.lock_list():
             raise BadFile(f"list {self.request.list_id} does not exist")
-        with tempfile.TemporaryDirectory(prefix="mailfleet-import-") as folder:
-            path = await self._download(Path(folder))
-            options = ReaderOptions(
-                encoding=self.request.encoding,
-                delimiter=self.request.delimiter,
-                sheet=self.request.sheet,
-            )
-            source = await asyncio.to_thread(open_rows, path, options)
-            plan = plan_columns(source.header, self.request.mapping.email)
-            log.info(
-                "reading file",
-                format=source.file_format.value,
-                encoding=source.encoding,
-                delimiter=source.delimiter,
-                columns=len(source.header),
-            )
-            async with self.session.load(len(plan.fields)) as loader:
-                kinds = FieldKinds.for_plan(plan)
-                await self._stage(loader, source, plan, kinds)
-                if self.rows_rejected:
-                    await loader.add_header(source.header)
-                counts = await loader.merge(
-                    plan.keys,
-                    kinds.result(self.rows_read - self.rows_rejected),
-                    self.rows_read,
-                    self.rows_rejected,
+        with tempfile.TemporaryDirectory(prefix="mailfleet-import-") as name:
+            folder = Path(name)
+            path = await self._download(folder)
+            counts = None
+            if await self.session.list_is_empty():
+                counts = await self._load_direct(path, folder)
+            if counts is None:
+                counts = await self._load_staged(path)
+        _count_rows(counts)
+        return await self.session.finish(counts)
+
+    async def _open(self, path: Path) -> tuple[RowSource, ColumnPlan]:
+        options = ReaderOptions(
+            encoding=self.request.encoding,
+            delimiter=self.request.delimiter,
+            sheet=self.request.sheet,
+        )
+        source = await asyncio.to_thread(open_rows, path, options)
+        plan = plan_columns(source.header, self.request.mapping.email)
+        log.info(
+            "reading file",
+            format=source.file_format.value,
+            encoding=source.encoding,
+            delimiter=source.delimiter,
+            columns=len(source.header),
+        )
+        return source, plan
+
+    async def _load_direct(self, path: Path, folder: Path) -> LoadCounts | None:
+        """Into an empty list: COPY straight into `recipients` (see `direct`). None when a
+        recipient added meanwhile collides: nothing of it is kept, load by staging."""
+        source, plan = await self._open(path)
+        prepared = DirectLoadPlan(
+            source, plan, self.request.import_id, self.request.list_id, folder
+        )
+        chunks = self._prepared_chunks(prepared)
+        try:
+            async with self.session.direct_load() as loader:
+                copied = await loader.copy_recipients(prepared.recipients.columns, chunks)
+                suppressed = await loader.remove_suppressed()
+                await loader.retype_as_text(prepared.retyped_keys())
+                await loader.add_rejections(
+                    prepared.rejections_path, source.header if self.rows_rejected else None
                 )
-            _count_rows(counts)
-            return await self.session.finish(counts)
+        except asyncpg.UniqueViolationError:
+            log.info("a recipient was added during the import; loading again by staging")
+            self.rows_read = self.rows_rejected = 0
+            return None
+        finally:
+            await chunks.aclose()  # a COPY that failed: wait for the batch being prepared
+            prepared.close()
+        imported = copied - suppressed
+        return LoadCounts(
+            rows_total=self.rows_read,
+            rows_imported=imported,
+            rows_updated=0,
+            rows_rejected=self.rows_rejected,
+            rows_duplicate=prepared.rows_valid - imported - suppressed,
+            rows_suppressed=suppressed,
+        )
+
+    async def _prepared_chunks(self, prepared: DirectLoadPlan) -> AsyncGenerator[bytes, None]:
+        """The COPY stream: each batch prepared in a thread while the last one is sent."""
+        yield prepared.recipients.header()
+        async with aclosing(_one_ahead(prepared.next_batch)) as batches:
+            async for batch in batches:
+                self.rows_read += batch.rows_read
+                self.rows_rejected += batch.rows_rejected
+                if batch.copy_data:
+                    yield batch.copy_data
+                await self._progress()
+        yield prepared.recipients.trailer()
+
+    async def _load_staged(self, path: Path) -> LoadCounts:
+        """Into a list with recipients: stage every row, then one upsert."""
+        source, plan = await self._open(path)
+        async with self.session.load(len(plan.fields)) as loader:
+            kinds = FieldKinds.for_plan(plan)
+            await self._stage(loader, source, plan, kinds)
+            if self.rows_rejected:
+                await loader.add_header(source.header)
+            return await loader.merge(
+                plan.keys,
+                kinds.result(self.rows_read - self.rows_rejected),
+                self.rows_read,
+                self.rows_rejected,
+            )
 
     async def _stage(
         self, loader: Loader, source: RowSource, plan: ColumnPlan, kinds: FieldKinds
@@ -183,23 +245,16 @@ class _Run:
         """COPY batch after batch, reading and validating the next one (in a thread)
         while the database takes the current one: the two cores work at once."""
 
-        def read_next() -> asyncio.Task[ValidatedBatch | None]:
-            return asyncio.create_task(asyncio.to_thread(_next_validated, source, plan, kinds))
+        def next_validated() -> ValidatedBatch | None:
+            batch: RowBatch | None = next(source.batches, None)
+            return None if batch is None else validate_batch(batch, plan, kinds)
 
-        pending = read_next()
-        try:
-            while (batch := await pending) is not None:
-                pending = read_next()
+        async with aclosing(_one_ahead(next_validated)) as batches:
+            async for batch in batches:
                 await loader.add(batch)
                 self.rows_read += batch.rows_read
                 self.rows_rejected += len(batch.rejections)
                 await self._progress()
-        finally:
-            # Leaving by an error: the thread still holds the file; let it finish first.
-            if not pending.done():
-                await asyncio.wait([pending])
-            if not pending.cancelled() and pending.done():
-                pending.exception()  # retrieved: an error of a read never used is moot
 
     async def _download(self, folder: Path) -> Path:
         """Copy the claim-checked file to local disk: pyarrow and calamine read files."""
@@ -234,14 +289,20 @@ class _Run:
         await self.importer.publish(event, False)
 
 
-def _next_validated(
-    source: RowSource, plan: ColumnPlan, kinds: FieldKinds
-) -> ValidatedBatch | None:
-    """Read and validate the next batch (in a worker thread: pyarrow releases the GIL)."""
-    batch: RowBatch | None = next(source.batches, None)
-    if batch is None:
-        return None
-    return validate_batch(batch, plan, kinds)
+async def _one_ahead(produce: Callable[[], T | None]) -> AsyncGenerator[T, None]:
+    """`produce()` until it returns None, each call in a worker thread one step ahead of
+    the consumer (pyarrow releases the GIL: the next batch is read while this one loads)."""
+    pending = asyncio.create_task(asyncio.to_thread(produce))
+    try:
+        while (item := await pending) is not None:
+            pending = asyncio.create_task(asyncio.to_thread(produce))
+            yield item
+    finally:
+        # Leaving by an error: the thread still holds the file; let it finish first.
+        if not pending.done():
+            await asyncio.wait([pending])
+        if not pending.cancelled() and pending.done():
+            pending.exception()  # retrieved: an error of a read never used is moot
 
 
 def _count_rows(counts: LoadCounts) -> None:

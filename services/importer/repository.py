@@ -19,9 +19,10 @@ API can return the rejected rows under their own columns.
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -163,8 +164,20 @@ class ListSession:
         assert record is not None
         return _job(record)
 
-    async def list_exists(self) -> bool:
-        return bool(await self.conn.fetchval("SELECT 1 FROM lists WHERE id = $1", self.list_id))
+    async def lock_list(self) -> bool:
+        """Lock the list's row until the import commits; False when there is no list.
+
+        `recipients` has no foreign key to `lists` (migration 0008): this is the lock the
+        key took for every row, taken once. The list cannot be deleted under the load."""
+        found = await self.conn.fetchval(
+            "SELECT 1 FROM lists WHERE id = $1 FOR KEY SHARE", self.list_id
+        )
+        return bool(found)
+
+    async def list_is_empty(self) -> bool:
+        return not await self.conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM recipients WHERE list_id = $1)", self.list_id
+        )
 
     @asynccontextmanager
     async def load(self, field_count: int) -> AsyncIterator[Loader]:
@@ -173,6 +186,12 @@ class ListSession:
             loader = Loader(self.conn, self.import_id, self.list_id, field_count)
             await loader.create_staging()
             yield loader
+
+    @asynccontextmanager
+    async def direct_load(self) -> AsyncIterator[DirectLoader]:
+        """A savepoint around the fast path (see `DirectLoader`)."""
+        async with self.conn.transaction():
+            yield DirectLoader(self.conn, self.import_id, self.list_id)
 
     async def finish(self, counts: LoadCounts) -> JobState:
         record = await self.conn.fetchrow(
@@ -345,6 +364,80 @@ class Loader:
             *key_params,
             timeout=_LOAD_TIMEOUT_S,
         )
+
+
+class DirectLoader:
+    """Loads into an empty list: COPY straight into `recipients`, then what was set aside.
+
+    A recipient added by the API while the COPY runs, with an address of the file, makes
+    the COPY fail with a unique violation; the caller then loads again by the staging path.
+    """
+
+    def __init__(self, conn: Connection, import_id: UUID, list_id: UUID) -> None:
+        self.conn = conn
+        self.import_id = import_id
+        self.list_id = list_id
+
+    async def copy_recipients(self, columns: list[str], data: AsyncIterable[bytes]) -> int:
+        status = await self.conn.copy_to_table(
+            "recipients", source=data, columns=columns, format="binary", timeout=_LOAD_TIMEOUT_S
+        )
+        return _copied(status)
+
+    async def remove_suppressed(self) -> int:
+        """Suppressed addresses are not kept; returns how many were loaded and removed."""
+        removed = await self.conn.fetchval(
+            """
+            WITH gone AS (
+                -- The suppressed addresses as one array: the list's index is probed for
+                -- each (a join, planned on statistics from before the COPY, may sort it).
+                DELETE FROM recipients
+                WHERE list_id = $1 AND email = ANY (ARRAY(SELECT email FROM suppressions))
+                RETURNING 1
+            )
+            SELECT count(*) FROM gone
+            """,
+            self.list_id,
+            timeout=_LOAD_TIMEOUT_S,
+        )
+        return int(removed)
+
+    async def retype_as_text(self, keys: list[str]) -> None:
+        """Fields loaded as numbers or booleans in early batches that the whole file makes
+        text (a later row was not a number): the JSON values become strings."""
+        for key in keys:
+            await self.conn.execute(
+                "UPDATE recipients SET fields = fields || jsonb_build_object($2::text, fields ->> $2)"
+                " WHERE list_id = $1 AND jsonb_typeof(fields -> $2) IN ('number', 'boolean')",
+                self.list_id,
+                key,
+                timeout=_LOAD_TIMEOUT_S,
+            )
+
+    async def add_rejections(self, spool: Path, header: list[str] | None) -> None:
+        """The spooled rejections (CSV: import_id, line, reason, raw) and, when there are
+        any, the file's header as line 1 (see the module docstring)."""
+        await self.conn.copy_to_table(
+            "import_rejections",
+            source=spool,
+            columns=["import_id", "line", "reason", "raw"],
+            format="csv",
+            timeout=_LOAD_TIMEOUT_S,
+        )
+        if header is not None:
+            await self.conn.execute(
+                "INSERT INTO import_rejections (import_id, line, reason, raw)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT (import_id, line) DO NOTHING",
+                self.import_id,
+                HEADER_LINE,
+                HEADER_REASON,
+                csv_record(header).replace("\x00", ""),
+            )
+
+
+def _copied(status: str) -> int:
+    """Rows from a COPY's status ("COPY 1000")."""
+    return int(status.rsplit(" ", 1)[-1])
 
 
 def copy_csv(rows: pa.RecordBatch) -> bytes:

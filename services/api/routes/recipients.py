@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-import asyncpg
 from fastapi import APIRouter, Path, Query, Response
 
 from libs.common.logging import get_logger
@@ -106,7 +105,7 @@ async def add_recipient(
     await _refuse_suppressed(resources, email)
     try:
         row = await recipients_repo.insert_recipient(resources.db, list_id, email, body.fields)
-    except asyncpg.ForeignKeyViolationError as exc:  # the list was deleted meanwhile
+    except recipients_repo.ListGone as exc:  # the list was deleted meanwhile
         raise not_found("list", list_id) from exc
     if row is None:
         existing = await recipients_repo.find_by_email(resources.db, list_id, email)

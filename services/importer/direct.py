@@ -1,0 +1,123 @@
+"""The fast path into an empty list: the file's batches as binary COPY data for `recipients`.
+
+Each batch is validated, deduplicated (first row of an address wins), given its merge
+fields as JSON and encoded for `COPY recipients ... (FORMAT binary)`, so that PostgreSQL
+inserts straight into the table while the next batch is prepared (in a worker thread:
+pyarrow, numpy and pgpq release the GIL for the heavy part).
+
+Rejected rows cannot go into that COPY: they are spooled to a local CSV file and loaded
+into `import_rejections` after it.
+
+Merge fields are typed over the whole file, but a streamed batch is encoded before the
+rest is read: it takes the types its rows and all before it allow, and `retyped_keys`
+says which fields a later batch turned into text (the loader then rewrites them).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+from uuid import UUID
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from services.importer.copy_binary import RecipientRows
+from services.importer.dedupe import FirstOccurrences
+from services.importer.fields_json import json_objects
+from services.importer.reader import RowSource
+from services.importer.validation import (
+    ColumnPlan,
+    FieldKind,
+    FieldKinds,
+    Rejection,
+    validate_batch,
+)
+
+_STRING_KINDS = {FieldKind.TEXT, FieldKind.DATE}  # JSON strings either way
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    copy_data: bytes  # binary COPY rows for `recipients` (no header or trailer)
+    rows_read: int
+    rows_rejected: int
+
+
+class DirectLoadPlan:
+    """Prepares batch after batch (`next_batch`, from one thread at a time)."""
+
+    def __init__(
+        self,
+        source: RowSource,
+        plan: ColumnPlan,
+        import_id: UUID,
+        list_id: UUID,
+        folder: Path,
+    ) -> None:
+        self.source = source
+        self.plan = plan
+        self.import_id = import_id
+        self.kinds = FieldKinds.for_plan(plan)
+        self.recipients = RecipientRows(list_id)
+        self.first = FirstOccurrences()
+        self.rows_valid = 0
+        self.rows_first = 0
+        self.rows_rejected = 0
+        self.rejections_path = folder / "rejections.csv"
+        self._rejections: IO[str] = self.rejections_path.open("w", newline="", encoding="utf-8")
+        self._rejection_writer = csv.writer(self._rejections, lineterminator="\n")
+        self._used_kinds: list[set[FieldKind]] = [set() for _ in plan.fields]
+
+    def next_batch(self) -> PreparedBatch | None:
+        """The next batch's COPY data; None at the end of the file (spools closed)."""
+        batch = next(self.source.batches, None)
+        if batch is None:
+            self.close()
+            return None
+        validated = validate_batch(batch, self.plan, self.kinds)
+        rows = validated.rows
+        self.rows_valid += rows.num_rows
+        self.rows_rejected += len(validated.rejections)
+        self._spool_rejections(validated.rejections)
+        if not rows.num_rows:
+            return PreparedBatch(b"", validated.rows_read, len(validated.rejections))
+        fields = self._fields(rows)
+        emails = rows.column("email")
+        marked = self.first.mark(emails)
+        self.rows_first += int(marked.sum())
+        first = pa.array(marked)
+        data = self.recipients.encode(pc.filter(emails, first), pc.filter(fields, first))
+        return PreparedBatch(data, validated.rows_read, len(validated.rejections))
+
+    def _fields(self, rows: pa.RecordBatch) -> pa.Array:
+        kinds = self.kinds.result(self.rows_valid)
+        for used, kind in zip(self._used_kinds, kinds, strict=True):
+            used.add(kind)
+        columns = [rows.column(f"f{i}") for i in range(len(self.plan.fields))]
+        return json_objects(columns, self.plan.keys, kinds, rows.num_rows)
+
+    def _spool_rejections(self, rejections: list[Rejection]) -> None:
+        import_id = str(self.import_id)
+        self._rejection_writer.writerows(
+            (import_id, r.line, r.reason, r.raw.replace("\x00", "")) for r in rejections
+        )
+
+    def final_kinds(self) -> list[FieldKind]:
+        return self.kinds.result(self.rows_valid)
+
+    def retyped_keys(self) -> list[str]:
+        """Fields some rows got as numbers or booleans that the whole file makes text."""
+        return [
+            key
+            for key, used, final in zip(
+                self.plan.keys, self._used_kinds, self.final_kinds(), strict=True
+            )
+            if final in _STRING_KINDS and used - _STRING_KINDS
+        ]
+
+    def close(self) -> None:
+        """Close the spool (also when leaving early, by an error)."""
+        self._rejections.close()
