@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -19,9 +20,19 @@ _RARE_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"
 _SHORT_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
 
 
+def _needs_escape(values: pa.Array) -> bool:
+    """Whether any value holds a quote, a backslash or a control character: one numpy
+    pass over the bytes (a regex per value costs ten times more)."""
+    if values.type != pa.string():
+        return bool(pc.any(pc.match_substring_regex(values, _NEEDS_ESCAPE)).as_py())
+    offsets = np.frombuffer(values.buffers()[1], np.int32, len(values) + 1, values.offset * 4)
+    data = np.frombuffer(values.buffers()[2] or b"", np.uint8)[offsets[0] : offsets[-1]]
+    return bool(np.any((data < 0x20) | (data == 0x22) | (data == 0x5C)))
+
+
 def json_string_bodies(values: pa.Array) -> pa.Array:
     """Each value escaped for use between JSON's double quotes."""
-    if not pc.any(pc.match_substring_regex(values, _NEEDS_ESCAPE)).as_py():
+    if not _needs_escape(values):
         return values  # the usual case: nothing to escape
     escaped = values
     for raw, escape in _SHORT_ESCAPES:  # backslash first: the others add backslashes

@@ -113,12 +113,16 @@ class Importer:
             run = _Run(self, request, session)
             try:
                 state = await run.execute()
+                await run.settle()
             except BadFile as exc:
+                await run.settle()
                 log.info("import failed", error=str(exc), rows_read=run.rows_read)
                 state = await session.fail(str(exc), run.rows_read, run.rows_rejected)
             except RETRYABLE:
+                await run.settle()
                 raise
             except Exception as exc:  # a bug must not redeliver the same request forever
+                await run.settle()
                 log.exception("import failed unexpectedly")
                 message = f"internal error while importing ({type(exc).__name__}); try again"
                 state = await session.fail(message, run.rows_read, run.rows_rejected)
@@ -147,6 +151,7 @@ class _Run:
         self.rows_read = 0
         self.rows_rejected = 0
         self._last_progress = 0.0
+        self._reporting: asyncio.Task[None] | None = None
 
     async def execute(self) -> JobState:
         if not await self.session.lock_list():
@@ -271,22 +276,38 @@ class _Run:
         return path
 
     async def _progress(self) -> None:
+        """Report rows processed so far, at most every `progress_interval_s`, without
+        holding up the load: the report runs beside it (a broker that takes 100 ms to
+        acknowledge would otherwise stall the COPY stream each time), one at a time."""
         now = time.monotonic()
         if now - self._last_progress < self.importer.settings.progress_interval_s:
             return
+        if self._reporting is not None and not self._reporting.done():
+            return
         self._last_progress = now
+        self._reporting = asyncio.create_task(self._report(self.rows_read, self.rows_rejected))
+
+    async def settle(self) -> None:
+        """Wait for a progress report still running (before the final state is told)."""
+        if self._reporting is not None:
+            await asyncio.wait([self._reporting])
+
+    async def _report(self, rows_read: int, rows_rejected: int) -> None:
         request = self.request
-        await self.importer.repository.record_progress(
-            request.import_id, self.rows_read, self.rows_rejected
-        )
-        event = ImportProgress(
-            import_id=request.import_id,
-            list_id=request.list_id,
-            status="running",
-            rows_total=self.rows_read,
-            rows_rejected=self.rows_rejected,
-        )
-        await self.importer.publish(event, False)
+        try:
+            await self.importer.repository.record_progress(
+                request.import_id, rows_read, rows_rejected
+            )
+            event = ImportProgress(
+                import_id=request.import_id,
+                list_id=request.list_id,
+                status="running",
+                rows_total=rows_read,
+                rows_rejected=rows_rejected,
+            )
+            await self.importer.publish(event, False)
+        except Exception:  # progress is informative: the import goes on without it
+            log.warning("progress report failed", rows_read=rows_read, exc_info=True)
 
 
 async def _one_ahead(produce: Callable[[], T | None]) -> AsyncGenerator[T, None]:

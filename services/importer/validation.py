@@ -242,7 +242,10 @@ def rejection_reasons(addresses: pa.Array) -> pa.Array:
 
 def _field_values(batch: pa.RecordBatch, column: FieldColumn) -> pa.Array:
     # PostgreSQL text cannot hold NUL characters; they never carry meaning in a CSV cell.
-    values = pc.utf8_trim_whitespace(pc.replace_substring(batch.column(column.index), "\x00", ""))
+    values = batch.column(column.index)
+    if pc.any(pc.match_substring(values, "\x00")).as_py():
+        values = pc.replace_substring(values, "\x00", "")
+    values = pc.utf8_trim_whitespace(values)
     if column.first_word:
         values = pc.struct_field(pc.extract_regex(values, r"^(?P<w>\S*)"), [0])
     return values

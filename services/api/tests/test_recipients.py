@@ -6,7 +6,9 @@ import uuid
 from typing import Any
 
 import asyncpg
+import pytest
 
+from services.api import recipients_repo
 from services.api.tests.support import Api
 
 PROBLEM = "application/problem+json"
@@ -185,3 +187,22 @@ async def test_recipient_of_another_list_is_not_found(api: Api) -> None:
     assert answer.status_code == 404
     missing_list = await _add(api, str(uuid.uuid4()), "x@example.com")
     assert missing_list.status_code == 404
+
+
+async def test_insert_into_a_list_deleted_meanwhile_is_refused(pool: asyncpg.Pool) -> None:
+    """`recipients` has no foreign key (migration 0008): the insert itself checks and
+    locks the list, so no recipient is ever left without one."""
+    list_id = uuid.uuid4()
+    with pytest.raises(recipients_repo.ListGone):
+        await recipients_repo.insert_recipient(pool, list_id, "orphan@example.com", {})
+    assert not await pool.fetchval("SELECT count(*) FROM recipients WHERE list_id = $1", list_id)
+
+    await pool.execute("INSERT INTO lists (id, name) VALUES ($1, 'r')", list_id)
+    async with pool.acquire() as adding, adding.transaction():
+        row = await recipients_repo.insert_recipient(adding, list_id, "ada@example.com", {})
+        assert row is not None
+        async with pool.acquire() as deleting:
+            await deleting.execute("SET lock_timeout = '200ms'")
+            with pytest.raises(asyncpg.LockNotAvailableError):
+                await deleting.execute("DELETE FROM lists WHERE id = $1", list_id)
+            await deleting.execute("RESET lock_timeout")

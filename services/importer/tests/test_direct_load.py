@@ -1,0 +1,138 @@
+"""The fast path into an empty list, against the real PostgreSQL: many batches, merge
+fields a later batch turns into text, a recipient added during the load, and the list
+lock that replaced the foreign key."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+
+from libs.common.blobs import BlobStore, blob_ref
+from libs.common.events import ImportProgress, ImportRequested
+from services.importer import reader
+from services.importer.job import Importer
+from services.importer.repository import ImportRepository, JobState, ListSession
+
+
+async def _new_list(pool: asyncpg.Pool) -> uuid.UUID:
+    return uuid.UUID(str(await pool.fetchval("INSERT INTO lists (name) VALUES ('t') RETURNING id")))
+
+
+async def _import(pool: asyncpg.Pool, list_id: uuid.UUID, data: bytes) -> JobState:
+    blobs = BlobStore(pool)
+
+    async def chunks() -> Any:
+        yield data
+
+    blob_id = await blobs.write("people.csv", "text/csv", chunks(), max_bytes=len(data) + 1)
+    published: list[ImportProgress] = []
+
+    async def publish(event: ImportProgress, final: bool) -> None:
+        published.append(event)
+
+    importer = Importer(ImportRepository(pool), blobs, publish)
+    request = ImportRequested(import_id=uuid.uuid4(), list_id=list_id, file_ref=blob_ref(blob_id))
+    state = await importer.handle(request)
+    assert published and published[-1].status == state.status
+    return state
+
+
+async def _fields(pool: asyncpg.Pool, list_id: uuid.UUID) -> dict[str, dict[str, Any]]:
+    rows = await pool.fetch("SELECT email, fields FROM recipients WHERE list_id = $1", list_id)
+    return {r["email"]: r["fields"] for r in rows}
+
+
+@pytest.fixture
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 2 KiB blocks: a file of a few thousand rows arrives in dozens of batches.
+    monkeypatch.setattr(reader, "CSV_BLOCK_BYTES", 2048)
+
+
+@pytest.mark.usefixtures("small_batches")
+async def test_many_batches_dedupe_across_batches_and_retype_late_text(pool: asyncpg.Pool) -> None:
+    rows = [f"user{i}@example.com,{i},true" for i in range(3000)]
+    rows += [f"USER{i}@Example.com,{i},false" for i in range(0, 3000, 10)]  # 300 duplicates
+    rows += ["late@example.com,n/a,maybe"]  # the codes and flags are text after all
+    list_id = await _new_list(pool)
+    state = await _import(pool, list_id, ("email,code,flag\n" + "\n".join(rows) + "\n").encode())
+
+    assert state.status == "completed", state.error
+    assert (state.rows_total, state.rows_imported, state.rows_duplicate) == (3301, 3001, 300)
+    stored = await _fields(pool, list_id)
+    assert len(stored) == 3001
+    assert stored["user7@example.com"] == {"code": "7", "flag": "true"}  # first row wins
+    assert stored["user10@example.com"] == {"code": "10", "flag": "true"}
+    assert stored["late@example.com"] == {"code": "n/a", "flag": "maybe"}
+    assert all(isinstance(f["code"], str) and isinstance(f["flag"], str) for f in stored.values())
+
+
+@pytest.mark.usefixtures("small_batches")
+async def test_numbers_stay_numbers_when_the_whole_file_agrees(pool: asyncpg.Pool) -> None:
+    rows = [f"n{i}@example.com,{i}" for i in range(2000)]
+    list_id = await _new_list(pool)
+    state = await _import(pool, list_id, ("email,age\n" + "\n".join(rows) + "\n").encode())
+    assert state.rows_imported == 2000
+    stored = await _fields(pool, list_id)
+    assert stored["n1999@example.com"] == {"age": 1999}
+
+
+async def test_a_recipient_added_during_the_load_falls_back_to_the_upsert(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    list_id = await _new_list(pool)
+    # The API adds bob (committed, on its own connection) just after the importer found
+    # the list empty: the COPY into `recipients` then meets bob's row.
+    original = ListSession.list_is_empty
+
+    async def empty_then_added(session: ListSession) -> bool:
+        empty = await original(session)
+        await pool.execute(
+            "INSERT INTO recipients (list_id, email, fields) VALUES ($1, 'bob@example.com', $2)",
+            list_id,
+            {"source": "api"},
+        )
+        return empty
+
+    monkeypatch.setattr(ListSession, "list_is_empty", empty_then_added)
+    data = b"email,first_name\nann@example.com,Ann\nbob@example.com,Bob\nann@example.com,A2\n"
+    state = await _import(pool, list_id, data)
+
+    assert state.status == "completed", state.error
+    assert (state.rows_imported, state.rows_updated, state.rows_duplicate) == (1, 1, 1)
+    assert await _fields(pool, list_id) == {
+        "ann@example.com": {"first_name": "Ann"},
+        "bob@example.com": {"source": "api", "first_name": "Bob"},
+    }
+
+
+async def test_a_list_being_imported_cannot_be_deleted_until_the_import_ends(
+    pool: asyncpg.Pool,
+) -> None:
+    list_id = await _new_list(pool)
+    await pool.execute(
+        "INSERT INTO recipients (list_id, email) VALUES ($1, 'kept@example.com')", list_id
+    )
+    repository = ImportRepository(pool)
+    import_id = uuid.uuid4()
+    await repository.open_job(import_id, list_id)
+    async with repository.list_locked(import_id, list_id) as session:
+        assert await session.lock_list()
+        async with pool.acquire() as other, other.transaction():
+            await other.execute("SET LOCAL lock_timeout = '200ms'")
+            with pytest.raises(asyncpg.LockNotAvailableError):
+                await other.execute("DELETE FROM lists WHERE id = $1", list_id)
+    # Once the import's transaction ends, the list goes, and its recipients with it.
+    await pool.execute("DELETE FROM lists WHERE id = $1", list_id)
+    assert await pool.fetchval("SELECT count(*) FROM recipients WHERE list_id = $1", list_id) == 0
+
+
+async def test_an_import_into_a_deleted_list_fails_clearly(pool: asyncpg.Pool) -> None:
+    list_id = await _new_list(pool)
+    await pool.execute("DELETE FROM lists WHERE id = $1", list_id)
+    state = await _import(pool, list_id, b"email\nann@example.com\n")
+    assert state.status == "failed"
+    assert state.error == f"list {list_id} does not exist"
+    assert await _fields(pool, list_id) == {}
