@@ -21,22 +21,18 @@ import asyncpg
 from libs.common.blobs import BlobStore, parse_ref
 from libs.common.events import ImportProgress, ImportRequested
 from libs.common.logging import bound_contextvars, get_logger
-from services.importer.direct import DirectLoadPlan
 from services.importer.metrics import IMPORT_ROWS, IMPORT_SECONDS, IMPORTS
-from services.importer.reader import BadFile, ReaderOptions, RowBatch, RowSource, open_rows
+from services.importer.prepare import RowPreparer
+from services.importer.reader import BadFile, ReaderOptions, RowSource, open_rows
 from services.importer.repository import (
     ImportRepository,
     JobState,
     ListSession,
     LoadCounts,
-    Loader,
 )
 from services.importer.validation import (
     ColumnPlan,
-    FieldKinds,
-    ValidatedBatch,
     plan_columns,
-    validate_batch,
 )
 
 log = get_logger(__name__)
@@ -161,9 +157,10 @@ class _Run:
             path = await self._download(folder)
             counts = None
             if await self.session.list_is_empty():
-                counts = await self._load_direct(path, folder)
+                counts = await self._load(path, folder, into_empty_list=True)
             if counts is None:
-                counts = await self._load_staged(path)
+                counts = await self._load(path, folder, into_empty_list=False)
+                assert counts is not None, "only a load into an empty list falls back"
         _count_rows(counts)
         return await self.session.finish(counts)
 
@@ -184,82 +181,56 @@ class _Run:
         )
         return source, plan
 
-    async def _load_direct(self, path: Path, folder: Path) -> LoadCounts | None:
-        """Into an empty list: COPY straight into `recipients` (see `direct`). None when a
-        recipient added meanwhile collides: nothing of it is kept, load by staging."""
+    async def _load(self, path: Path, folder: Path, *, into_empty_list: bool) -> LoadCounts | None:
+        """Read, prepare and load the whole file. Into an empty list, the rows are COPYed
+        straight into `recipients`; None when a recipient added meanwhile collides (nothing
+        of the attempt is kept: load again, with `into_empty_list` False)."""
+        self.rows_read = self.rows_rejected = 0
         source, plan = await self._open(path)
-        prepared = DirectLoadPlan(
-            source, plan, self.request.import_id, self.request.list_id, folder
-        )
-        chunks = self._prepared_chunks(prepared)
+        rows = RowPreparer(source, plan, self.request.import_id, self.request.list_id, folder)
+        chunks = self._prepared_chunks(rows)
+        columns = rows.recipients.columns
         try:
-            async with self.session.direct_load() as loader:
-                copied = await loader.copy_recipients(prepared.recipients.columns, chunks)
-                suppressed = await loader.remove_suppressed()
-                await loader.retype_as_text(prepared.retyped_keys())
-                await loader.add_rejections(
-                    prepared.rejections_path, source.header if self.rows_rejected else None
-                )
+            async with self.session.load() as loader:
+                if into_empty_list:
+                    copied = await loader.copy_recipients(columns, chunks)
+                    await loader.retype_as_text(rows.retyped_keys(), staged=False)
+                    suppressed = await loader.remove_suppressed()
+                    inserted, updated = copied - suppressed, 0
+                else:
+                    await loader.stage(columns, chunks)
+                    await loader.retype_as_text(rows.retyped_keys(), staged=True)
+                    inserted, updated, suppressed = await loader.upsert_staged()
+                header = source.header if self.rows_rejected else None
+                await loader.add_rejections(rows.rejections_path, header)
         except asyncpg.UniqueViolationError:
+            if not into_empty_list:
+                raise
             log.info("a recipient was added during the import; loading again by staging")
-            self.rows_read = self.rows_rejected = 0
             return None
         finally:
             await chunks.aclose()  # a COPY that failed: wait for the batch being prepared
-            prepared.close()
-        imported = copied - suppressed
+            rows.close()
         return LoadCounts(
             rows_total=self.rows_read,
-            rows_imported=imported,
-            rows_updated=0,
+            rows_imported=inserted,
+            rows_updated=updated,
             rows_rejected=self.rows_rejected,
-            rows_duplicate=prepared.rows_valid - imported - suppressed,
+            rows_duplicate=rows.rows_valid - inserted - updated - suppressed,
             rows_suppressed=suppressed,
         )
 
-    async def _prepared_chunks(self, prepared: DirectLoadPlan) -> AsyncGenerator[bytes, None]:
+    async def _prepared_chunks(self, rows: RowPreparer) -> AsyncGenerator[bytes, None]:
         """The COPY stream: each batch prepared in a thread while the last one is sent."""
-        yield prepared.recipients.header()
-        async with aclosing(_one_ahead(prepared.next_batch)) as batches:
+        yield rows.recipients.header()
+        async with aclosing(_one_ahead(rows.next_batch)) as batches:
             async for batch in batches:
                 self.rows_read += batch.rows_read
                 self.rows_rejected += batch.rows_rejected
                 if batch.copy_data:
                     yield batch.copy_data
                 await self._progress()
-        yield prepared.recipients.trailer()
-
-    async def _load_staged(self, path: Path) -> LoadCounts:
-        """Into a list with recipients: stage every row, then one upsert."""
-        source, plan = await self._open(path)
-        async with self.session.load(len(plan.fields)) as loader:
-            kinds = FieldKinds.for_plan(plan)
-            await self._stage(loader, source, plan, kinds)
-            if self.rows_rejected:
-                await loader.add_header(source.header)
-            return await loader.merge(
-                plan.keys,
-                kinds.result(self.rows_read - self.rows_rejected),
-                self.rows_read,
-                self.rows_rejected,
-            )
-
-    async def _stage(
-        self, loader: Loader, source: RowSource, plan: ColumnPlan, kinds: FieldKinds
-    ) -> None:
-        """COPY batch after batch, reading and validating the next one (in a thread)
-        while the database takes the current one: the two cores work at once."""
-
-        def next_validated() -> ValidatedBatch | None:
-            batch: RowBatch | None = next(source.batches, None)
-            return None if batch is None else validate_batch(batch, plan, kinds)
-
-        async with aclosing(_one_ahead(next_validated)) as batches:
-            async for batch in batches:
-                await loader.add(batch)
-                self.rows_read += batch.rows_read
-                self.rows_rejected += len(batch.rejections)
-                await self._progress()
+        yield rows.recipients.trailer()
 
     async def _download(self, folder: Path) -> Path:
         """Copy the claim-checked file to local disk: pyarrow and calamine read files."""

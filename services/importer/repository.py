@@ -1,11 +1,9 @@
 """PostgreSQL adapter of the importer: import jobs, and the one-transaction data load.
 
-The load COPYs every valid row into a temporary table (CSV written by pyarrow's C++
-writer: no Python object per cell), then merges it into `recipients` with one statement
-that dedupes within the file, skips suppressed addresses and inserts in address order
-(the unique index is then filled left to right instead of at random pages), counting
-each outcome server-side. Into a list with no recipients yet (the usual first import)
-it is a plain INSERT; otherwise, or when a recipient added meanwhile collides, an upsert.
+The rows arrive validated, deduplicated and encoded for binary COPY (`prepare`). Into a
+list with no recipients yet (the usual first import) they are COPYed straight into
+`recipients`; otherwise, or when a recipient added meanwhile collides, into a temporary
+table, merged by one upsert that skips suppressed addresses and counts each outcome.
 
 It runs in a savepoint inside a transaction holding the list's advisory lock: a failed
 load rolls back to the savepoint, the job is marked failed under the same lock, and the
@@ -18,26 +16,19 @@ API can return the rejected rows under their own columns.
 
 from __future__ import annotations
 
-import io
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from uuid import UUID
 
 import asyncpg
-import pyarrow as pa
-import pyarrow.csv as pcsv
 from asyncpg.pool import PoolConnectionProxy
 
 from services.importer.reader import csv_record
-from services.importer.validation import FieldKind, Rejection, ValidatedBatch
 
 # Advisory locks are two int4s: this class says "importer, per list" (objid: the list).
 _LIST_LOCK_CLASS = 0x494D50  # "IMP"
-# jsonb_build_object takes at most 100 arguments: build wide rows in slices.
-_FIELDS_PER_OBJECT = 40
 # A merge of millions of rows may run longer than the pool's default command timeout.
 _LOAD_TIMEOUT_S = 3600.0
 # Memory for sorting the staged rows by address (1M rows take ~100 MB), for the load's
@@ -180,18 +171,10 @@ class ListSession:
         )
 
     @asynccontextmanager
-    async def load(self, field_count: int) -> AsyncIterator[Loader]:
+    async def load(self) -> AsyncIterator[Loader]:
         """A savepoint around the data load: leaving by an exception undoes all of it."""
         async with self.conn.transaction():
-            loader = Loader(self.conn, self.import_id, self.list_id, field_count)
-            await loader.create_staging()
-            yield loader
-
-    @asynccontextmanager
-    async def direct_load(self) -> AsyncIterator[DirectLoader]:
-        """A savepoint around the fast path (see `DirectLoader`)."""
-        async with self.conn.transaction():
-            yield DirectLoader(self.conn, self.import_id, self.list_id)
+            yield Loader(self.conn, self.import_id, self.list_id)
 
     async def finish(self, counts: LoadCounts) -> JobState:
         record = await self.conn.fetchrow(
@@ -228,155 +211,21 @@ class ListSession:
 
 
 class Loader:
-    """Stages validated rows and rejections with COPY, then merges them in one statement."""
+    """The data load of one import, in the import's transaction.
 
-    def __init__(self, conn: Connection, import_id: UUID, list_id: UUID, field_count: int) -> None:
-        self.conn = conn
-        self.import_id = import_id
-        self.list_id = list_id
-        self.field_columns = [f"f{i}" for i in range(field_count)]
-        # Names of its own per import: asyncpg caches statements by their text, and a
-        # cached description of an earlier, differently shaped table would be stale.
-        self.rows_table = f"import_rows_{import_id.hex}"
-        self.refused_table = f"import_refused_{import_id.hex}"
-
-    async def create_staging(self) -> None:
-        fields = "".join(f", {name} text" for name in self.field_columns)
-        # Temporary tables are dropped with the transaction; nothing else can see them.
-        await self.conn.execute(
-            f"CREATE TEMP TABLE {self.rows_table} (line bigint, email text{fields})"
-            f" ON COMMIT DROP; CREATE TEMP TABLE {self.refused_table}"
-            " (line bigint, reason text, raw text) ON COMMIT DROP"
-        )
-
-    async def add(self, batch: ValidatedBatch) -> None:
-        if batch.rows.num_rows:
-            await self.conn.copy_to_table(
-                self.rows_table,
-                source=io.BytesIO(copy_csv(batch.rows)),
-                format="csv",
-                timeout=_LOAD_TIMEOUT_S,
-            )
-        if batch.rejections:
-            await self._add_rejections(batch.rejections)
-
-    async def add_header(self, header: list[str]) -> None:
-        """The file's header, kept with the rejections (see the module docstring)."""
-        await self._add_rejections([Rejection(HEADER_LINE, HEADER_REASON, csv_record(header))])
-
-    async def _add_rejections(self, rejections: list[Rejection]) -> None:
-        await self.conn.copy_records_to_table(
-            self.refused_table,
-            records=[(r.line, r.reason, r.raw.replace("\x00", "")) for r in rejections],
-            timeout=_LOAD_TIMEOUT_S,
-        )
-
-    def _fields_expression(self, keys: list[str], kinds: list[FieldKind]) -> tuple[str, list[Any]]:
-        """`jsonb_build_object('first_name', f0, 'age', f1::numeric, ...)`, keys as params."""
-        params: list[Any] = []
-        pairs: list[str] = []
-        for column, key, kind in zip(self.field_columns, keys, kinds, strict=True):
-            params.append(key)
-            pairs.append(f"${len(params) + 1}::text, {_typed(column, kind)}")
-        if not pairs:
-            return "'{}'::jsonb", params
-        objects = [
-            "jsonb_build_object(" + ", ".join(pairs[i : i + _FIELDS_PER_OBJECT]) + ")"
-            for i in range(0, len(pairs), _FIELDS_PER_OBJECT)
-        ]
-        return " || ".join(objects), params
-
-    async def merge(
-        self, keys: list[str], kinds: list[FieldKind], rows_total: int, rows_rejected: int
-    ) -> LoadCounts:
-        """Dedupe (first row of an address wins), skip suppressed, upsert; count each."""
-        fields_sql, key_params = self._fields_expression(keys, kinds)
-        refused = f"SELECT $1, line, reason, raw FROM {self.refused_table}"  # noqa: S608
-        await self.conn.execute(
-            "INSERT INTO import_rejections (import_id, line, reason, raw) "
-            + refused
-            + " ON CONFLICT (import_id, line) DO NOTHING",
-            self.import_id,
-        )
-        # Suppressed addresses are counted apart, so that the insert reads the staged
-        # rows once (a CTE read twice is materialised: a second copy of every row).
-        suppressed = await self.conn.fetchval(
-            f"SELECT count(DISTINCT email) FROM {self.rows_table} r"  # noqa: S608
-            " WHERE EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)",
-            timeout=_LOAD_TIMEOUT_S,
-        )
-        valid = await self.conn.fetchval(f"SELECT count(*) FROM {self.rows_table}")  # noqa: S608
-        record = None
-        if await self._list_is_empty():
-            try:
-                async with self.conn.transaction():
-                    record = await self._insert(fields_sql, key_params, upsert=False)
-            except asyncpg.UniqueViolationError:
-                record = None  # a recipient was added by the API meanwhile: upsert instead
-        if record is None:
-            record = await self._insert(fields_sql, key_params, upsert=True)
-        inserted, updated = int(record["inserted"]), int(record["updated"])
-        distinct = inserted + updated + int(suppressed)
-        return LoadCounts(
-            rows_total=rows_total,
-            rows_imported=inserted,
-            rows_updated=updated,
-            rows_rejected=rows_rejected,
-            rows_duplicate=int(valid) - distinct,
-            rows_suppressed=int(suppressed),
-        )
-
-    async def _list_is_empty(self) -> bool:
-        return not await self.conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM recipients WHERE list_id = $1)", self.list_id
-        )
-
-    async def _insert(self, fields_sql: str, key_params: list[Any], *, upsert: bool) -> Any:
-        """Insert the first row of each address not suppressed; count what happened."""
-        on_conflict = (
-            "ON CONFLICT (list_id, email) DO UPDATE"
-            " SET fields = recipients.fields || EXCLUDED.fields, updated_at = now()"
-            if upsert
-            else ""
-        )
-        # DISTINCT ON sorts by address, and the insert takes its rows in that order: the
-        # unique index is then filled page after page instead of at random pages.
-        # (work_mem: sort the staged rows in memory rather than in temporary files.)
-        await self.conn.execute(f"SET LOCAL work_mem = '{_SORT_MEMORY}'")
-        return await self.conn.fetchrow(
-            f"""
-            WITH merged AS (
-                INSERT INTO recipients (list_id, email, fields)
-                SELECT $1, email, {fields_sql} FROM (
-                    SELECT DISTINCT ON (email) * FROM {self.rows_table} r
-                    WHERE NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)
-                    ORDER BY email, line
-                ) AS firsts
-                ORDER BY email
-                {on_conflict}
-                RETURNING (xmax = 0) AS inserted
-            )
-            SELECT count(*) FILTER (WHERE inserted) AS inserted,
-                   count(*) FILTER (WHERE NOT inserted) AS updated
-            FROM merged
-            """,  # noqa: S608 - only generated column names and casts are interpolated
-            self.list_id,
-            *key_params,
-            timeout=_LOAD_TIMEOUT_S,
-        )
-
-
-class DirectLoader:
-    """Loads into an empty list: COPY straight into `recipients`, then what was set aside.
-
-    A recipient added by the API while the COPY runs, with an address of the file, makes
-    the COPY fail with a unique violation; the caller then loads again by the staging path.
+    Into an empty list, the prepared rows are COPYed straight into `recipients`
+    (`copy_recipients`); a recipient added by the API meanwhile, with an address of the
+    file, makes that COPY fail with a unique violation, and the caller loads again by
+    staging. Into a list with recipients, they are COPYed into a temporary table of the
+    same columns and merged by one upsert (`stage`, then `upsert_staged`).
     """
 
     def __init__(self, conn: Connection, import_id: UUID, list_id: UUID) -> None:
         self.conn = conn
         self.import_id = import_id
         self.list_id = list_id
+        # A name of its own per import: asyncpg caches statements by their text.
+        self.staged_table = f"import_rows_{import_id.hex}"
 
     async def copy_recipients(self, columns: list[str], data: AsyncIterable[bytes]) -> int:
         status = await self.conn.copy_to_table(
@@ -384,8 +233,24 @@ class DirectLoader:
         )
         return _copied(status)
 
+    async def stage(self, columns: list[str], data: AsyncIterable[bytes]) -> int:
+        # Temporary: dropped with the transaction, written without WAL, seen by no one else.
+        await self.conn.execute(
+            f"CREATE TEMP TABLE {self.staged_table}"
+            ' (list_id uuid, email text COLLATE "C", fields jsonb) ON COMMIT DROP'
+        )
+        status = await self.conn.copy_to_table(
+            self.staged_table,
+            source=data,
+            columns=columns,
+            format="binary",
+            timeout=_LOAD_TIMEOUT_S,
+        )
+        return _copied(status)
+
     async def remove_suppressed(self) -> int:
-        """Suppressed addresses are not kept; returns how many were loaded and removed."""
+        """After `copy_recipients`: suppressed addresses are not kept; returns how many
+        were loaded and removed."""
         removed = await self.conn.fetchval(
             """
             WITH gone AS (
@@ -402,17 +267,57 @@ class DirectLoader:
         )
         return int(removed)
 
-    async def retype_as_text(self, keys: list[str]) -> None:
-        """Fields loaded as numbers or booleans in early batches that the whole file makes
-        text (a later row was not a number): the JSON values become strings."""
-        for key in keys:
-            await self.conn.execute(
-                "UPDATE recipients SET fields = fields || jsonb_build_object($2::text, fields ->> $2)"
-                " WHERE list_id = $1 AND jsonb_typeof(fields -> $2) IN ('number', 'boolean')",
-                self.list_id,
-                key,
-                timeout=_LOAD_TIMEOUT_S,
+    async def upsert_staged(self) -> tuple[int, int, int]:
+        """After `stage`: (inserted, updated, suppressed). Existing recipients keep the
+        fields the file does not name; suppressed addresses are skipped."""
+        suppressed = await self.conn.fetchval(
+            f"SELECT count(*) FROM {self.staged_table} r"  # noqa: S608
+            " WHERE EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)",
+            timeout=_LOAD_TIMEOUT_S,
+        )
+        # In address order: the unique index is then visited page after page, not at
+        # random (work_mem: the sort stays in memory).
+        await self.conn.execute(f"SET LOCAL work_mem = '{_SORT_MEMORY}'")
+        record = await self.conn.fetchrow(
+            f"""
+            WITH merged AS (
+                INSERT INTO recipients (list_id, email, fields)
+                SELECT list_id, email, fields FROM {self.staged_table} r
+                WHERE NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)
+                ORDER BY email
+                ON CONFLICT (list_id, email) DO UPDATE
+                SET fields = recipients.fields || EXCLUDED.fields, updated_at = now()
+                RETURNING (xmax = 0) AS inserted
             )
+            SELECT count(*) FILTER (WHERE inserted) AS inserted,
+                   count(*) FILTER (WHERE NOT inserted) AS updated
+            FROM merged
+            """,  # noqa: S608 - the table name is generated
+            timeout=_LOAD_TIMEOUT_S,
+        )
+        assert record is not None
+        return int(record["inserted"]), int(record["updated"]), int(suppressed)
+
+    async def retype_as_text(self, keys: list[str], *, staged: bool) -> None:
+        """Fields loaded as numbers or booleans in early batches that the whole file makes
+        text (a later row was not a number): the JSON values become strings. In the staged
+        rows, or in the list (whose rows are all this import's: it was empty)."""
+        retyped = "fields = fields || jsonb_build_object($1::text, fields ->> $1)"
+        typed = "jsonb_typeof(fields -> $1) IN ('number', 'boolean')"
+        for key in keys:
+            if staged:
+                await self.conn.execute(
+                    f"UPDATE {self.staged_table} SET {retyped} WHERE {typed}",  # noqa: S608
+                    key,
+                    timeout=_LOAD_TIMEOUT_S,
+                )
+            else:
+                await self.conn.execute(
+                    f"UPDATE recipients SET {retyped} WHERE list_id = $2 AND {typed}",  # noqa: S608
+                    key,
+                    self.list_id,
+                    timeout=_LOAD_TIMEOUT_S,
+                )
 
     async def add_rejections(self, spool: Path, header: list[str] | None) -> None:
         """The spooled rejections (CSV: import_id, line, reason, raw) and, when there are
@@ -438,21 +343,3 @@ class DirectLoader:
 def _copied(status: str) -> int:
     """Rows from a COPY's status ("COPY 1000")."""
     return int(status.rsplit(" ", 1)[-1])
-
-
-def copy_csv(rows: pa.RecordBatch) -> bytes:
-    """Rows as CSV for COPY: every string quoted, so that only nulls are unquoted-empty."""
-    out = pa.BufferOutputStream()
-    pcsv.write_csv(
-        rows, out, write_options=pcsv.WriteOptions(include_header=False, quoting_style="needed")
-    )
-    return out.getvalue().to_pybytes()
-
-
-def _typed(column: str, kind: FieldKind) -> str:
-    if kind is FieldKind.NUMBER:
-        return f"{column}::numeric"
-    if kind is FieldKind.BOOL:
-        return f"{column}::boolean"
-    # Dates stay ISO text in JSON; validation made sure each one is a real date.
-    return column

@@ -1,9 +1,9 @@
-"""The fast path into an empty list: the file's batches as binary COPY data for `recipients`.
+"""The file's batches as binary COPY data for `recipients` (or a staging table like it).
 
 Each batch is validated, deduplicated (first row of an address wins), given its merge
-fields as JSON and encoded for `COPY recipients ... (FORMAT binary)`, so that PostgreSQL
-inserts straight into the table while the next batch is prepared (in a worker thread:
-pyarrow, numpy and pgpq release the GIL for the heavy part).
+fields as JSON and encoded for `COPY ... (list_id, email, fields) (FORMAT binary)`, so
+that PostgreSQL takes one batch while the next is prepared (in a worker thread: pyarrow,
+numpy and pgpq release the GIL for the heavy part).
 
 Rejected rows cannot go into that COPY: they are spooled to a local CSV file and loaded
 into `import_rejections` after it.
@@ -46,7 +46,7 @@ class PreparedBatch:
     rows_rejected: int
 
 
-class DirectLoadPlan:
+class RowPreparer:
     """Prepares batch after batch (`next_batch`, from one thread at a time)."""
 
     def __init__(
