@@ -8,7 +8,7 @@ own broker and a fresh database, runs the whole stack as processes (`start_stack
 `bench/e2e.py` does) and prints, from one run:
 
 - mailfleet end to end: the upload through the real API (HTTP multipart) until the
-  import's status is `completed`, into a new (empty) list, and again into the same list
+  importer's `import.completed` event arrives (published after its commit), into a new (empty) list, and again into the same list
   (every row an update: the upsert path);
 - the ceiling: a bare binary COPY of the same rows the import kept (valid, deduplicated)
   into a table like `recipients` (same columns, collations, defaults and indexes), in
@@ -38,11 +38,13 @@ from typing import Any
 
 import asyncpg
 import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.infra import BenchInfrastructure, machine  # noqa: E402
 from libs.common import db  # noqa: E402
+from libs.common.events import ImportProgress, Topic  # noqa: E402
 from tests.e2e.harness import RunningStack, start_stack  # noqa: E402
 
 HEADER = ["email", "first_name", "last_name", "city", "age"]
@@ -136,16 +138,54 @@ def kept_rows(rows: list[list[str]]) -> list[tuple[str, dict[str, Any]]]:
 # ----- mailfleet through the API -----
 
 
+class CompletionFeed:
+    """`import.completed` as the importer publishes it (after its commit): how a service
+    that imports by events learns the end, and no status polling to load the machine
+    while it is measured."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10
+        )
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        topic = Topic.IMPORT_COMPLETED.value
+        partitions = self.consumer.partitions_for_topic(topic)
+        if not partitions:
+            await self.consumer._client.force_metadata_update()  # noqa: SLF001
+            partitions = self.consumer.partitions_for_topic(topic) or set()
+        self.consumer.assign([TopicPartition(topic, p) for p in partitions])
+
+    async def skip_to_end(self) -> None:
+        await self.consumer.seek_to_end()
+        for partition in self.consumer.assignment():
+            await self.consumer.position(partition)  # resolve "end" now, not at first fetch
+
+    async def wait(self, import_id: str) -> ImportProgress:
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=1000)
+            for records in batches.values():
+                for record in records:
+                    event = ImportProgress.model_validate_json(record.value or b"")
+                    if str(event.import_id) == import_id:
+                        return event
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+
+
 async def api_import(
-    stack: RunningStack, list_id: str, content: bytes, filename: str
+    stack: RunningStack, feed: CompletionFeed, list_id: str, content: bytes, filename: str
 ) -> tuple[float, dict[str, Any]]:
-    """Seconds from the start of the upload to `completed`, and the final import (its
-    `upload_s`: seconds until the API answered 202, the file stored)."""
+    """Seconds from the start of the upload to `import.completed`, and the final import
+    (its `upload_s`: seconds until the API answered 202, the file stored)."""
     async with httpx.AsyncClient(
         base_url=f"{stack.api_url}/api/v1",
         headers={"Authorization": f"Bearer {stack.api_key}"},
         timeout=600,
     ) as http:
+        await feed.skip_to_end()
         started = time.perf_counter()
         answer = await http.post(
             f"/lists/{list_id}/imports", files={"file": (filename, content, "text/csv")}
@@ -153,12 +193,9 @@ async def api_import(
         assert answer.status_code == 202, answer.text
         uploaded = time.perf_counter() - started
         import_id = answer.json()["id"]
-        while True:
-            job = (await http.get(f"/imports/{import_id}")).json()
-            if job["status"] in ("completed", "failed"):
-                elapsed = time.perf_counter() - started
-                break
-            await asyncio.sleep(0.02)  # a remote status: nothing local to wait on
+        await asyncio.wait_for(feed.wait(import_id), 600)
+        elapsed = time.perf_counter() - started
+        job = (await http.get(f"/imports/{import_id}")).json()
     assert job["status"] == "completed", job
     job["upload_s"] = uploaded
     return elapsed, job
@@ -290,15 +327,19 @@ async def run(rows_n: int, xlsx_n: int, memory_n: int, work: Path) -> None:
     stack = await start_stack(dsn, bootstrap, work / "logs", env=env)
     conn = await asyncpg.connect(dsn)
     await db._init_connection(conn)  # noqa: SLF001 - the services' jsonb codec
+    feed = CompletionFeed(bootstrap)
+    await feed.start()
     try:
         # Warm up (first-import code paths, connections) with a small file.
-        await api_import(stack, await new_list(conn, "warm-up"), csv_bytes(rows[:1000]), "w.csv")
+        await api_import(
+            stack, feed, await new_list(conn, "warm-up"), csv_bytes(rows[:1000]), "w.csv"
+        )
 
         print(f"\nCSV, {rows_n:,} rows")
         timed("mailfleet, new list")
         list_id = await new_list(conn, "bench csv")
         await conn.execute("CHECKPOINT")
-        seconds, job = await api_import(stack, list_id, data, "people.csv")
+        seconds, job = await api_import(stack, feed, list_id, data, "people.csv")
         assert job["rows_imported"] == len(kept), (job, len(kept))
         stages = await import_stages(conn, job["id"])
         results = [
@@ -310,7 +351,7 @@ async def run(rows_n: int, xlsx_n: int, memory_n: int, work: Path) -> None:
         ]
         timed("mailfleet, same file again into the same list")
         await conn.execute("CHECKPOINT")
-        seconds, job = await api_import(stack, list_id, data, "people.csv")
+        seconds, job = await api_import(stack, feed, list_id, data, "people.csv")
         assert job["rows_imported"] == 0 and job["rows_updated"] == len(kept), job
         results.append(("mailfleet: same file again (every row an update)", seconds, ""))
         timed("bare COPY")
@@ -342,7 +383,7 @@ async def run(rows_n: int, xlsx_n: int, memory_n: int, work: Path) -> None:
         print(f"\nXLSX, {xlsx_n:,} rows")
         timed("mailfleet XLSX")
         seconds, job = await api_import(
-            stack, await new_list(conn, "bench xlsx"), xlsx, "people.xlsx"
+            stack, feed, await new_list(conn, "bench xlsx"), xlsx, "people.xlsx"
         )
         assert job["rows_imported"] == len(xlsx_kept), (job, len(xlsx_kept))
         xresults = [("mailfleet: upload -> completed, new list", seconds, "")]
@@ -370,7 +411,7 @@ async def run(rows_n: int, xlsx_n: int, memory_n: int, work: Path) -> None:
             big = csv_bytes(make_rows(memory_n, seed=3))
             timed(f"importing {len(big) / 2**20:.0f} MiB")
             seconds, job = await api_import(
-                stack, await new_list(conn, "bench memory"), big, "big.csv"
+                stack, feed, await new_list(conn, "bench memory"), big, "big.csv"
             )
             child = stack.supervisor.children["importer"]
             assert child.process is not None and child.starts == 1
@@ -378,6 +419,7 @@ async def run(rows_n: int, xlsx_n: int, memory_n: int, work: Path) -> None:
             line("mailfleet: upload -> completed, new list", memory_n, seconds)
             print(f"  importer peak RSS (VmHWM, whole process life): {peak:,.0f} MiB")
     finally:
+        await feed.stop()
         await conn.close()
         await stack.stop()
         infra.stop()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
+from services.importer import dedupe
 from services.importer.dedupe import FirstOccurrences, Int64s, PositionalHashes
 
 
@@ -78,3 +80,14 @@ def test_positional_hashes_tell_strings_apart_and_agree_on_equal_ones() -> None:
     # A slice (an offset into the buffers) hashes as the same strings do on their own.
     sliced_first, _ = hashes(strings.slice(3, 4))
     assert sliced_first.tolist() == first[3:7].tolist()
+
+
+def test_runs_merge_without_losing_or_repeating_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A small run of 64 fingerprints: the batches below merge it into the large one often.
+    monkeypatch.setattr(dedupe, "_SMALL_RUN", 64)
+    occurrences = FirstOccurrences()
+    for batch in range(30):
+        fresh = [f"r{batch}-{i}@x.io" for i in range(50)]
+        again = [f"r{old}-{i}@x.io" for old in range(batch) for i in (0, 49)]
+        assert _marks(occurrences, fresh + again) == [True] * 50 + [False] * len(again)
+    assert occurrences.distinct == 30 * 50
