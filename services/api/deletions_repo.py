@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from uuid import UUID
 
+import asyncpg
+
 from services.api.repository import Executor
 
 # A queued import the importer never picked up (e.g. its event was lost with the broker)
@@ -12,9 +14,19 @@ from services.api.repository import Executor
 _ABANDONED_QUEUED_IMPORT = timedelta(hours=1)
 
 
+class ListBusy(Exception):
+    """Another transaction holds the list (an import loading into it)."""
+
+
 async def lock_list(db: Executor, list_id: UUID) -> bool:
-    """Lock the list row for this transaction (campaign inserts wait on it); False if none."""
-    found = await db.fetchval("SELECT id FROM lists WHERE id = $1 FOR UPDATE", list_id)
+    """Lock the list row for this transaction (campaign inserts wait on it); False if none.
+
+    Raises ListBusy at once, instead of waiting, while another transaction holds the row:
+    an import holds it (FOR KEY SHARE) until its load commits, which may take minutes."""
+    try:
+        found = await db.fetchval("SELECT id FROM lists WHERE id = $1 FOR UPDATE NOWAIT", list_id)
+    except asyncpg.LockNotAvailableError as exc:
+        raise ListBusy(str(list_id)) from exc
     return found is not None
 
 

@@ -162,6 +162,9 @@ class _Run:
                 counts = await self._load(path, folder, into_empty_list=False)
                 assert counts is not None, "only a load into an empty list falls back"
         _count_rows(counts)
+        # A progress report still running would wait for this transaction's lock on the
+        # job's row (taken by `finish`) while the transaction waits for it: settle first.
+        await self.settle()
         return await self.session.finish(counts)
 
     async def _open(self, path: Path) -> tuple[RowSource, ColumnPlan]:
@@ -284,16 +287,17 @@ class _Run:
 async def _one_ahead(produce: Callable[[], T | None]) -> AsyncGenerator[T, None]:
     """`produce()` until it returns None, each call in a worker thread one step ahead of
     the consumer (pyarrow releases the GIL: the next batch is read while this one loads)."""
-    pending = asyncio.create_task(asyncio.to_thread(produce))
+    pending = asyncio.ensure_future(asyncio.to_thread(produce))
     try:
-        while (item := await pending) is not None:
-            pending = asyncio.create_task(asyncio.to_thread(produce))
+        # Shielded: a cancelled import must not stop waiting for a thread that still
+        # holds the file (the folder is removed after this returns).
+        while (item := await asyncio.shield(pending)) is not None:
+            pending = asyncio.ensure_future(asyncio.to_thread(produce))
             yield item
     finally:
-        # Leaving by an error: the thread still holds the file; let it finish first.
         if not pending.done():
             await asyncio.wait([pending])
-        if not pending.cancelled() and pending.done():
+        if not pending.cancelled():
             pending.exception()  # retrieved: an error of a read never used is moot
 
 

@@ -68,7 +68,11 @@ class RowPreparer:
         self.rows_rejected = 0
         self.rejections_path = folder / "rejections.csv"
         self._rejections: IO[str] = self.rejections_path.open("w", newline="", encoding="utf-8")
-        self._rejection_writer = csv.writer(self._rejections, lineterminator="\n")
+        # Every field quoted: PostgreSQL's CSV refuses a bare carriage return, and reads
+        # an unquoted empty field as NULL.
+        self._rejection_writer = csv.writer(
+            self._rejections, lineterminator="\n", quoting=csv.QUOTE_ALL
+        )
         self._used_kinds: list[set[FieldKind]] = [set() for _ in plan.fields]
 
     def next_batch(self) -> PreparedBatch | None:

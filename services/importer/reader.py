@@ -322,6 +322,11 @@ def _describe_csv_error(exc: Exception, file_format: FileFormat, encoding: str) 
             f"the file is not valid {encoding} text: save it as UTF-8, "
             "or choose its encoding (e.g. cp1252)"
         )
+    if "straddling" in message:
+        return (
+            f"a row is longer than {CSV_BLOCK_BYTES // 1024} KiB, or a quote is never"
+            " closed: check the quotes of the file"
+        )
     if file_format is FileFormat.CSV_GZIP:
         return f"the gzip file is corrupt or truncated ({message})"
     return f"the CSV cannot be parsed: {message}"

@@ -35,6 +35,10 @@ _LOAD_TIMEOUT_S = 3600.0
 # transaction only; beyond it PostgreSQL sorts in temporary files, slower but bounded.
 _SORT_MEMORY = "256MB"
 
+# Up to this many suppressed addresses, the list's index is probed once for each of them;
+# beyond, the list and the suppressions are joined.
+_SUPPRESSIONS_AS_ARRAY = 1_000_000
+
 FINAL_STATUSES = ("completed", "failed")
 HEADER_LINE = 1
 HEADER_REASON = "header"
@@ -251,17 +255,24 @@ class Loader:
     async def remove_suppressed(self) -> int:
         """After `copy_recipients`: suppressed addresses are not kept; returns how many
         were loaded and removed."""
-        removed = await self.conn.fetchval(
-            """
-            WITH gone AS (
-                -- The suppressed addresses as one array: the list's index is probed for
-                -- each (a join, planned on statistics from before the COPY, may sort it).
-                DELETE FROM recipients
-                WHERE list_id = $1 AND email = ANY (ARRAY(SELECT email FROM suppressions))
-                RETURNING 1
+        few = await self.conn.fetchval(
+            "SELECT count(*) <= $1 FROM (SELECT 1 FROM suppressions LIMIT $1 + 1) AS s",
+            _SUPPRESSIONS_AS_ARRAY,
+        )
+        if few:
+            # The suppressed addresses as one array: the list's index is probed for each
+            # (a join, planned on statistics from before the COPY, may sort the list).
+            statement = (
+                "DELETE FROM recipients WHERE list_id = $1"
+                " AND email = ANY (ARRAY(SELECT email FROM suppressions))"
             )
-            SELECT count(*) FROM gone
-            """,
+        else:
+            statement = (
+                "DELETE FROM recipients r USING suppressions s"
+                " WHERE r.list_id = $1 AND r.email = s.email"
+            )
+        removed = await self.conn.fetchval(
+            f"WITH gone AS ({statement} RETURNING 1) SELECT count(*) FROM gone",  # noqa: S608 - one of two constants
             self.list_id,
             timeout=_LOAD_TIMEOUT_S,
         )

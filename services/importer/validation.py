@@ -48,8 +48,14 @@ _KEY_ALIASES = {
     "familyname": "last_name",
     "fullname": "name",
 }
-_NUMBER = r"^-?(?:0|[1-9][0-9]{0,30})(?:\.[0-9]{1,30})?$"
-_BOOL = r"(?i)^(?:true|false)$"
+# Typed only where the JSON value gives the cell's text back exactly (`->>` and the CSV of
+# rejected rows show it as written): no negative zero, booleans in lower case only (a
+# spreadsheet's TRUE cells arrive as `true`; a CSV's `TRUE` stays text).
+_NUMBER = (
+    r"^(?:0(?:\.[0-9]{1,30})?|-?[1-9][0-9]{0,30}(?:\.[0-9]{1,30})?"
+    r"|-?0\.[0-9]{0,29}[1-9][0-9]{0,29})$"
+)
+_BOOL = r"^(?:true|false)$"
 _DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 
 

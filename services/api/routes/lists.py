@@ -108,8 +108,16 @@ async def delete_list(list_id: UUID, resources: Resources, _: CanEdit) -> Respon
     """Delete a list with its recipients and uploads. 409 while a campaign of the list is
     scheduled or sending, an import is running, or any campaign still uses the list."""
     async with resources.db.acquire() as conn, conn.transaction():
-        if not await deletions_repo.lock_list(conn, list_id):
-            raise not_found("list", list_id)
+        try:
+            if not await deletions_repo.lock_list(conn, list_id):
+                raise not_found("list", list_id)
+        except deletions_repo.ListBusy as exc:
+            raise ProblemError(
+                409,
+                "the list cannot be deleted now: it is being changed (an import is loading"
+                " into it); try again shortly",
+                kind="list-in-use",
+            ) from exc
         reason = why_list_is_kept(
             await deletions_repo.campaigns_by_status(conn, list_id),
             await deletions_repo.pending_imports(conn, list_id),

@@ -133,3 +133,19 @@ async def test_list_with_draft_is_kept_until_the_draft_goes(api: Api) -> None:
 async def test_unknown_campaign_is_404(api: Api) -> None:
     answer = await _delete(api, f"/api/v1/campaigns/{uuid.uuid4()}")
     assert answer.status_code == 404 and answer.headers["content-type"] == PROBLEM
+
+
+async def test_delete_list_while_an_import_holds_it_answers_409_at_once(
+    api: Api, pool: asyncpg.Pool
+) -> None:
+    list_id = await _new_list(api)
+    # What the importer holds while it loads: the list row FOR KEY SHARE, until it commits.
+    async with pool.acquire() as importer, importer.transaction():
+        await importer.execute(
+            "SELECT 1 FROM lists WHERE id = $1 FOR KEY SHARE", uuid.UUID(list_id)
+        )
+        busy = await _delete(api, f"/api/v1/lists/{list_id}")
+        assert busy.status_code == 409, busy.text
+        assert "import" in busy.json()["detail"]
+    deleted = await _delete(api, f"/api/v1/lists/{list_id}")
+    assert deleted.status_code == 204, deleted.text

@@ -12,7 +12,7 @@ import pytest
 
 from libs.common.blobs import BlobStore, blob_ref
 from libs.common.events import ImportProgress, ImportRequested
-from services.importer import reader
+from services.importer import reader, repository
 from services.importer.job import Importer
 from services.importer.repository import ImportRepository, JobState, ListSession
 
@@ -136,3 +136,28 @@ async def test_an_import_into_a_deleted_list_fails_clearly(pool: asyncpg.Pool) -
     assert state.status == "failed"
     assert state.error == f"list {list_id} does not exist"
     assert await _fields(pool, list_id) == {}
+
+
+@pytest.mark.parametrize("as_array", [True, False], ids=["few-suppressions", "many-suppressions"])
+async def test_suppressed_addresses_are_removed_either_way(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, as_array: bool
+) -> None:
+    if not as_array:  # as if the suppression list were too long for one array
+        monkeypatch.setattr(repository, "_SUPPRESSIONS_AS_ARRAY", 0)
+    gone = f"gone-{uuid.uuid4().hex[:8]}@example.com"
+    await pool.execute("INSERT INTO suppressions (email, reason) VALUES ($1, 'bounce')", gone)
+    list_id = await _new_list(pool)
+    state = await _import(pool, list_id, f"email\nkept@example.com\n{gone}\n{gone}\n".encode())
+    assert (state.rows_imported, state.rows_suppressed, state.rows_duplicate) == (1, 1, 1)
+    assert list(await _fields(pool, list_id)) == ["kept@example.com"]
+
+
+async def test_a_rejected_row_with_a_bare_carriage_return_is_kept(pool: asyncpg.Pool) -> None:
+    list_id = await _new_list(pool)
+    state = await _import(pool, list_id, b'email\n"bad\rvalue"\nok@example.com\n')
+    assert state.status == "completed", state.error
+    assert (state.rows_imported, state.rows_rejected) == (1, 1)
+    raw = await pool.fetchval(
+        "SELECT raw FROM import_rejections WHERE import_id = $1 AND line = 2", state.import_id
+    )
+    assert "\r" in raw

@@ -128,7 +128,7 @@ def test_field_kinds_need_every_value_to_agree() -> None:
     validate_batch(
         _batch(
             [
-                ["a@x.com", "01234", "1.5", "TRUE", "2024-02-29", "3"],
+                ["a@x.com", "01234", "1.5", "true", "2024-02-29", "3"],
                 ["b@x.com", "12345", "-2", "false", "2023-12-31", ""],
             ]
         ),
@@ -144,3 +144,24 @@ def test_field_kinds_need_every_value_to_agree() -> None:
     ]
     validate_batch(_batch([["c@x.com", "1", "2", "true", "2023-02-30", "4"]]), plan, kinds)
     assert kinds.result(3)[3] is FieldKind.TEXT  # 30 February is no date
+
+
+def test_only_values_that_read_back_exactly_are_typed() -> None:
+    plan = plan_columns(["email", "zero", "small", "shout", "quiet"])
+    kinds = FieldKinds.for_plan(plan)
+    validate_batch(
+        _batch(
+            [
+                ["a@x.com", "-0", "-0.05", "TRUE", "false"],
+                ["b@x.com", "0.0", "0", "FALSE", "true"],
+            ]
+        ),
+        plan,
+        kinds,
+    )
+    assert kinds.result(2) == [
+        FieldKind.TEXT,  # -0 would read back as 0
+        FieldKind.NUMBER,
+        FieldKind.TEXT,  # TRUE would read back as true
+        FieldKind.BOOL,
+    ]
