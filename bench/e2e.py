@@ -231,6 +231,7 @@ async def run(recipients: int, dispatchers: int, provider: str) -> None:
         await stack.stop()
         if controller is not None:
             controller.stop()
+        await infra.drop_database()
         infra.stop()
 
 

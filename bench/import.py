@@ -422,6 +422,7 @@ async def run(rows_n: int, xlsx_n: int, memory_n: int, work: Path) -> None:
         await feed.stop()
         await conn.close()
         await stack.stop()
+        await infra.drop_database()
         infra.stop()
 
 

@@ -7,6 +7,8 @@ import platform
 import uuid
 from pathlib import Path
 
+import asyncpg
+
 from libs.common import db
 from libs.common.embedded import EmbeddedBroker, EmbeddedPostgres, can_connect, create_database
 
@@ -32,6 +34,8 @@ class BenchInfrastructure:
         self.broker = EmbeddedBroker(log_path=work / "tansu.log")
         self.work = work
         self.postgres: EmbeddedPostgres | None = None
+        self._admin_dsn = ""
+        self._database: str | None = None
 
     async def start(self) -> tuple[str, str]:
         """Returns (Kafka bootstrap, database DSN)."""
@@ -42,9 +46,20 @@ class BenchInfrastructure:
         if not await can_connect(admin_dsn):
             self.postgres = EmbeddedPostgres(self.work / "pg")
             admin_dsn = self.postgres.start()
-        dsn = await create_database(admin_dsn, f"mailfleet_bench_{uuid.uuid4().hex[:8]}")
+        self._admin_dsn = admin_dsn
+        self._database = f"mailfleet_bench_{uuid.uuid4().hex[:8]}"
+        dsn = await create_database(admin_dsn, self._database)
         await db.migrate(dsn)
         return bootstrap, dsn
+
+    async def drop_database(self) -> None:
+        """Drop the run's database: a benchmark leaves none behind on the machine's server."""
+        if self.postgres is None and self._database is not None:
+            conn = await asyncpg.connect(self._admin_dsn)
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{self._database}" WITH (FORCE)')
+            finally:
+                await conn.close()
 
     def stop(self) -> None:
         self.broker.stop()
