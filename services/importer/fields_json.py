@@ -56,10 +56,8 @@ def json_objects(
     parts: list[pa.Array | str] = []
     for position, (column, key, kind) in enumerate(zip(columns, keys, kinds, strict=True)):
         _literal(parts, ("{" if position == 0 else ",") + json.dumps(key, ensure_ascii=False) + ":")
-        if kind is FieldKind.NUMBER:
-            parts.append(column)  # validation admits only JSON's number syntax
-        elif kind is FieldKind.BOOL:
-            parts.append(pc.ascii_lower(column))  # true/false in any case
+        if kind in (FieldKind.NUMBER, FieldKind.BOOL):
+            parts.append(column)  # validation admits only JSON's number syntax, true, false
         else:
             _literal(parts, '"')
             parts.append(json_string_bodies(column))

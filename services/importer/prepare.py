@@ -64,7 +64,6 @@ class RowPreparer:
         self.recipients = RecipientRows(list_id)
         self.first = FirstOccurrences()
         self.rows_valid = 0
-        self.rows_first = 0
         self.rows_rejected = 0
         self.rejections_path = folder / "rejections.csv"
         self._rejections: IO[str] = self.rejections_path.open("w", newline="", encoding="utf-8")
@@ -90,9 +89,7 @@ class RowPreparer:
             return PreparedBatch(b"", validated.rows_read, len(validated.rejections))
         fields = self._fields(rows)
         emails = rows.column("email")
-        marked = self.first.mark(emails)
-        self.rows_first += int(marked.sum())
-        first = pa.array(marked)
+        first = pa.array(self.first.mark(emails))
         data = self.recipients.encode(pc.filter(emails, first), pc.filter(fields, first))
         return PreparedBatch(data, validated.rows_read, len(validated.rejections))
 

@@ -32,7 +32,7 @@ def test_text_that_needs_escaping_round_trips() -> None:
 
 def test_numbers_booleans_and_dates_are_typed() -> None:
     objects = _objects(
-        [["31", "-2.50"], ["TRUE", "false"], ["2024-02-29", "1999-12-31"], ["x", "y"]],
+        [["31", "-2.50"], ["true", "false"], ["2024-02-29", "1999-12-31"], ["x", "y"]],
         ["age", "vip", "born", 'weird "key"'],
         [FieldKind.NUMBER, FieldKind.BOOL, FieldKind.DATE, FieldKind.TEXT],
     )
