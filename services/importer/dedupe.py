@@ -22,6 +22,8 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from services.importer.arrow_bytes import string_bytes
+
 Int64s = npt.NDArray[np.int64]
 Fingerprint = Callable[[pa.Array], tuple[Int64s, Int64s]]
 
@@ -36,15 +38,10 @@ class PositionalHashes:
         self._weights = np.empty((2, 0), np.uint64)
 
     def __call__(self, strings: pa.Array) -> tuple[Int64s, Int64s]:
-        if strings.type != pa.string():
-            strings = strings.cast(pa.string())
         count = len(strings)
-        offsets = np.frombuffer(
-            strings.buffers()[1], np.int32, count=count + 1, offset=strings.offset * 4
-        ).astype(np.int64)
+        offsets, data = string_bytes(strings)
         lengths = np.diff(offsets)
-        data = np.frombuffer(strings.buffers()[2] or b"", np.uint8)[offsets[0] : offsets[-1]]
-        starts = offsets[:-1] - offsets[0]
+        starts = offsets[:-1]
         positions = np.arange(len(data), dtype=np.int64) - np.repeat(starts, lengths)
         weights = self._weights_for(int(lengths.max()) if count else 0)
         values = data.astype(np.uint64) + np.uint64(1)  # a byte never counts as "absent"

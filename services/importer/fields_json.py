@@ -12,10 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from services.importer.arrow_bytes import string_bytes
 from services.importer.validation import FieldKind
 
-# What JSON does not allow raw inside a string (NUL never reaches here: validation drops it).
-_NEEDS_ESCAPE = r'[\\"\x00-\x1f]'
 _RARE_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"
 _SHORT_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
 
@@ -23,10 +22,7 @@ _SHORT_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("
 def _needs_escape(values: pa.Array) -> bool:
     """Whether any value holds a quote, a backslash or a control character: one numpy
     pass over the bytes (a regex per value costs ten times more)."""
-    if values.type != pa.string():
-        return bool(pc.any(pc.match_substring_regex(values, _NEEDS_ESCAPE)).as_py())
-    offsets = np.frombuffer(values.buffers()[1], np.int32, len(values) + 1, values.offset * 4)
-    data = np.frombuffer(values.buffers()[2] or b"", np.uint8)[offsets[0] : offsets[-1]]
+    _, data = string_bytes(values)
     return bool(np.any((data < 0x20) | (data == 0x22) | (data == 0x5C)))
 
 

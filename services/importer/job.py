@@ -108,8 +108,7 @@ class Importer:
             started = time.monotonic()
             run = _Run(self, request, session)
             try:
-                state = await run.execute()
-                await run.settle()
+                state = await run.execute()  # settles its progress reports itself
             except BadFile as exc:
                 await run.settle()
                 log.info("import failed", error=str(exc), rows_read=run.rows_read)

@@ -64,7 +64,6 @@ class RowPreparer:
         self.recipients = RecipientRows(list_id)
         self.first = FirstOccurrences()
         self.rows_valid = 0
-        self.rows_rejected = 0
         self.rejections_path = folder / "rejections.csv"
         self._rejections: IO[str] = self.rejections_path.open("w", newline="", encoding="utf-8")
         # Every field quoted: PostgreSQL's CSV refuses a bare carriage return, and reads
@@ -83,7 +82,6 @@ class RowPreparer:
         validated = validate_batch(batch, self.plan, self.kinds)
         rows = validated.rows
         self.rows_valid += rows.num_rows
-        self.rows_rejected += len(validated.rejections)
         self._spool_rejections(validated.rejections)
         if not rows.num_rows:
             return PreparedBatch(b"", validated.rows_read, len(validated.rejections))
@@ -106,15 +104,12 @@ class RowPreparer:
             (import_id, r.line, r.reason, r.raw.replace("\x00", "")) for r in rejections
         )
 
-    def final_kinds(self) -> list[FieldKind]:
-        return self.kinds.result(self.rows_valid)
-
     def retyped_keys(self) -> list[str]:
         """Fields some rows got as numbers or booleans that the whole file makes text."""
         return [
             key
             for key, used, final in zip(
-                self.plan.keys, self._used_kinds, self.final_kinds(), strict=True
+                self.plan.keys, self._used_kinds, self.kinds.result(self.rows_valid), strict=True
             )
             if final in _STRING_KINDS and used - _STRING_KINDS
         ]
