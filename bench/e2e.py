@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.infra import BenchInfrastructure, machine  # noqa: E402
 from libs.common.embedded import free_port  # noqa: E402
-from services.dispatcher.sink import start_sink  # noqa: E402
+from libs.mail.sink import start_sink  # noqa: E402
 from tests.e2e.harness import start_stack  # noqa: E402
 
 

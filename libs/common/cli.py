@@ -22,7 +22,7 @@ SERVICES = {
     "scheduler": "services.scheduler.app:run",
     "dispatcher": "services.dispatcher.app:run",
     "tracker": "services.tracker.app:run",
-    "sink": "services.dispatcher.sink:run_sink",
+    "sink": "libs.mail.sink:run_sink",
 }
 
 

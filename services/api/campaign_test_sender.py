@@ -17,11 +17,11 @@ import aiohttp
 
 from libs.common.events import BatchRecipient, RecipientOutcome
 from libs.common.settings import Settings
-from services.dispatcher.config import DispatcherSettings, get_dispatcher_settings
-from services.dispatcher.headers import HeaderPolicy
-from services.dispatcher.messages import Message, Outbox, Sender
-from services.dispatcher.providers.registry import build_providers
-from services.dispatcher.rendering import Content, render_message
+from libs.mail.config import DispatcherSettings, get_dispatcher_settings
+from libs.mail.headers import HeaderPolicy
+from libs.mail.messages import Message, Outbox, Sender
+from libs.mail.providers.registry import build_providers
+from libs.mail.rendering import Content, render_message
 
 MAX_TEST_ADDRESSES = 10
 # An admin waits for the answer: fail fast rather than retry for a minute as a batch would.

@@ -14,17 +14,17 @@ from libs.common.kafka import Consumed, EventConsumer
 from libs.common.logging import get_logger
 from libs.common.service import ServiceContext, run_service
 from libs.common.settings import Settings, get_settings
+from libs.mail.circuit_breaker import BreakerState
+from libs.mail.config import DispatcherSettings, get_dispatcher_settings
+from libs.mail.headers import HeaderPolicy
+from libs.mail.providers.base import Provider
+from libs.mail.providers.registry import build_providers
 from services.dispatcher.campaign_status import CampaignStatuses
-from services.dispatcher.circuit_breaker import BreakerState
-from services.dispatcher.config import DispatcherSettings, get_dispatcher_settings
 from services.dispatcher.content_store import ContentRepository
 from services.dispatcher.control_feed import follow_control_events
 from services.dispatcher.dispatch import BatchDispatcher, HandedBack
-from services.dispatcher.headers import HeaderPolicy
 from services.dispatcher.ledger_store import PostgresLedger
 from services.dispatcher.metrics import BREAKER_OPEN, RATE_LIMIT
-from services.dispatcher.providers.base import Provider
-from services.dispatcher.providers.registry import build_providers
 
 log = get_logger(__name__)
 

@@ -10,7 +10,7 @@ from uuid import UUID
 
 import asyncpg
 
-from services.dispatcher.rendering import Content
+from libs.mail.rendering import Content
 
 _CACHE_SIZE = 256
 

@@ -22,8 +22,10 @@ from uuid import UUID
 
 from libs.common.events import BatchReady, BatchRecipient, DeliveryResult, RecipientOutcome
 from libs.common.logging import bound_contextvars, get_logger
+from libs.mail.headers import HeaderPolicy
+from libs.mail.providers.base import Provider
+from libs.mail.rendering import Content, build_outbox
 from services.dispatcher.control import Verdict, cancelled_outcomes, verdict_for
-from services.dispatcher.headers import HeaderPolicy
 from services.dispatcher.ledger import (
     Decision,
     DeliveryMode,
@@ -33,8 +35,6 @@ from services.dispatcher.ledger import (
     unsettled,
 )
 from services.dispatcher.metrics import BATCHES, EMAILS, FAILOVERS, RATE_LIMIT_WAIT
-from services.dispatcher.providers.base import Provider
-from services.dispatcher.rendering import Content, build_outbox
 
 log = get_logger(__name__)
 

@@ -18,24 +18,15 @@ from enum import StrEnum
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from libs.common.addresses import (  # noqa: F401 - the importer's address rules
+    ASCII_EMAIL_PATTERN,
+    IDN_EMAIL,
+    MAX_ADDRESS_OCTETS,
+    MAX_LOCAL_OCTETS,
+    normalise_addresses,
+    rejection_reasons,
+)
 from services.importer.reader import BadFile, MalformedRow, RowBatch
-
-MAX_ADDRESS_OCTETS = 254
-MAX_LOCAL_OCTETS = 64
-
-_ATOM = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_ASCII_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_ASCII_TLD = r"(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})"
-# RE2 syntax (pyarrow.compute), matched against the normalised (lower-cased) address.
-ASCII_EMAIL_PATTERN = rf"^{_ATOM}(?:\.{_ATOM})*@(?:{_ASCII_LABEL}\.)+{_ASCII_TLD}$"
-# Internationalised (IDN) domains: labels of Unicode letters and digits. Python's `re`,
-# for the few non-ASCII addresses only: RE2 compiles Unicode classes anew on every call
-# (50 ms, once per batch: more than all the other checks of 1M rows together).
-_LETTER_OR_DIGIT = r"[^\W_]"
-_IDN_LABEL = rf"{_LETTER_OR_DIGIT}(?:(?:{_LETTER_OR_DIGIT}|-){{0,61}}{_LETTER_OR_DIGIT})?"
-_IDN_TLD = r"(?:[^\W\d_]{2,63}|xn--[a-z0-9-]{1,59})"
-IDN_EMAIL = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@(?:{_IDN_LABEL}\.)+{_IDN_TLD}")
-_LOCAL_TOO_LONG = rf"^[^@]{{{MAX_LOCAL_OCTETS + 1},}}@"
 
 # Header spellings of the address column, compared without case, spaces or punctuation.
 EMAIL_HEADERS = ("email", "emailaddress", "mail", "mailaddress", "emailadresse", "courriel")
@@ -207,43 +198,6 @@ def _all_of_kind(column: pa.Array, kind: FieldKind) -> bool:
     if parsed.null_count:
         return False
     return bool(pc.all(pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), column)).as_py())
-
-
-def normalise_addresses(raw: pa.Array) -> pa.Array:
-    return pc.utf8_lower(pc.utf8_trim_whitespace(raw))
-
-
-def _syntax_ok(addresses: pa.Array) -> pa.Array:
-    ok = pc.match_substring_regex(addresses, ASCII_EMAIL_PATTERN)
-    retry = pc.and_(pc.invert(ok), pc.invert(pc.string_is_ascii(addresses)))
-    if not pc.any(retry).as_py():
-        return ok
-    candidates = pc.filter(addresses, retry).to_pylist()
-    idn_ok = pa.array([IDN_EMAIL.fullmatch(a) is not None for a in candidates], pa.bool_())
-    return pc.replace_with_mask(ok, retry, idn_ok)
-
-
-def rejection_reasons(addresses: pa.Array) -> pa.Array:
-    """Why each normalised address is refused; null where it is valid."""
-    octets = pc.binary_length(addresses)
-    empty = pc.equal(octets, 0)
-    too_long = pc.greater(octets, MAX_ADDRESS_OCTETS)
-    local_too_long = pc.match_substring_regex(addresses, _LOCAL_TOO_LONG)
-    malformed = pc.invert(_syntax_ok(addresses))
-    none = pa.scalar(None, pa.string())
-    return pc.if_else(
-        empty,
-        "missing email address",
-        pc.if_else(
-            too_long,
-            f"email address longer than {MAX_ADDRESS_OCTETS} characters",
-            pc.if_else(
-                local_too_long,
-                f"part before @ longer than {MAX_LOCAL_OCTETS} characters",
-                pc.if_else(malformed, "invalid email address", none),
-            ),
-        ),
-    )
 
 
 def _field_values(batch: pa.RecordBatch, column: FieldColumn) -> pa.Array:

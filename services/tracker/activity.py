@@ -21,20 +21,6 @@ SUPPRESSING_EVENTS: dict[str, str] = {
     "group_unsubscribe": "unsubscribe",
 }
 
-# campaign_stats columns that provider events move.
-ACTIVITY_COUNTERS: tuple[str, ...] = (
-    "delivered",
-    "bounced",
-    "dropped",
-    "deferred",
-    "opens",
-    "unique_opens",
-    "clicks",
-    "unique_clicks",
-    "spam_reports",
-    "unsubscribes",
-)
-
 
 @dataclass
 class RecipientActivity:

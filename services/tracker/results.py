@@ -13,9 +13,6 @@ from uuid import UUID
 
 from libs.common.events import DeliveryResult
 
-# Every status a dispatcher reports for a recipient; each has a campaign_stats counter.
-OUTCOME_STATUSES: tuple[str, ...] = ("sent", "failed", "invalid", "unknown", "cancelled")
-
 # Provider error texts can be long; the delivery log keeps enough to explain the failure.
 MAX_ERROR_CHARS = 1000
 

@@ -18,8 +18,8 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from libs.common.events import DeliveryEvent, DeliveryResult
+from libs.stats.counters import ACTIVITY_COUNTERS, OUTCOME_STATUSES
 from services.tracker.activity import (
-    ACTIVITY_COUNTERS,
     RecipientActivity,
     apply_event,
     message_id_candidates,
@@ -27,7 +27,6 @@ from services.tracker.activity import (
 )
 from services.tracker.results import (
     DELIVERY_COLUMNS,
-    OUTCOME_STATUSES,
     CampaignTotals,
     Outcome,
     decide_outcome,

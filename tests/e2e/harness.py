@@ -19,7 +19,7 @@ import httpx
 from libs.common.cli import generate_key
 from libs.common.embedded import free_port, wait_for_port
 from libs.common.supervisor import ChildSpec, Supervisor
-from services.dispatcher.sink import SinkHandle, start_sink
+from libs.mail.sink import SinkHandle, start_sink
 
 TERMINAL = {"completed", "failed", "cancelled"}
 

@@ -6,10 +6,10 @@ from uuid import UUID
 
 from fastapi import APIRouter
 
+from libs.common.addresses import InvalidAddress, normalised_address
 from libs.common.events import RecipientOutcome
 from libs.common.logging import bound_contextvars, get_logger
 from services.api import recipients_repo, repository
-from services.api.addresses import InvalidAddress, normalised_address
 from services.api.campaign_test_schemas import SendTestOut, SendTestRequest, SendTestResult
 from services.api.campaign_test_sender import Addressee, send_test
 from services.api.deps import CanEdit, Resources

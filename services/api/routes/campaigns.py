@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query, Response
 from libs.common.events import CampaignControl, CampaignScheduled, Topic
 from libs.common.logging import bound_contextvars, get_logger
 from libs.common.templating import check_template, render
+from libs.stats import read_models
 from services.api import deletions_repo, repository
 from services.api.deletion_rules import why_campaign_is_kept
 from services.api.deps import ApiResources, CanEdit, CanRead, Resources
@@ -34,7 +35,6 @@ from services.api.schemas import (
 )
 from services.api.stats import campaign_stats
 from services.api.template_use import resolve_campaign_content
-from services.tracker import read_models
 
 log = get_logger(__name__)
 router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])

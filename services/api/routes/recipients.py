@@ -12,9 +12,9 @@ from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Response
 
+from libs.common.addresses import InvalidAddress, normalised_address
 from libs.common.logging import get_logger
 from services.api import recipients_repo, repository
-from services.api.addresses import InvalidAddress, normalised_address
 from services.api.deps import ApiResources, CanEdit, CanRead, Resources
 from services.api.pagination import BadCursor
 from services.api.problems import FieldError, ProblemError, problem_responses

@@ -12,12 +12,13 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field, field_validator
 
+from libs.common import suppressions
 from libs.common.logging import get_logger
+from libs.stats import read_models
 from services.api.deps import ApiResources, CanEdit, CanRead, Resources
 from services.api.problems import ProblemError, problem_responses
 from services.api.routes.common import DEFAULT_PAGE, Limit
 from services.api.schemas import Page, Strict, Text, _check_email
-from services.tracker import read_models
 
 log = get_logger(__name__)
 router = APIRouter(prefix="/api/v1/suppressions", tags=["suppressions"])
@@ -78,7 +79,7 @@ async def add_suppression(
     body: SuppressionCreate, response: Response, resources: Resources, caller: CanEdit
 ) -> SuppressionOut:
     """Never mail this address again. Repeating it changes nothing (answers 200)."""
-    added = await read_models.add_suppression(
+    added = await suppressions.add_suppression(
         resources.db, body.email, body.reason, source=f"api:{caller.name}"[:200]
     )
     if not added:
@@ -105,7 +106,7 @@ async def remove_suppression_by_query(
 
 
 async def _remove(resources: ApiResources, email: str, key_name: str) -> Response:
-    if not await read_models.remove_suppression(resources.db, email):
+    if not await suppressions.remove_suppression(resources.db, email):
         raise ProblemError(404, "this address is not suppressed", kind="not-found")
     # The address itself stays out of the log: it is personal data.
     log.warning("suppression removed", api_key=key_name)

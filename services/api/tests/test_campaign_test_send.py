@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from libs.common.settings import Settings
+from libs.mail.sink import SinkHandle, start_sink
 from services.api.app import create_app
 from services.api.tests.support import running
-from services.dispatcher.sink import SinkHandle, start_sink
 
 PROBLEM = "application/problem+json"
 

@@ -9,8 +9,8 @@ import asyncpg
 import pytest
 
 from libs.common.unsubscribe import BadToken, make_token, read_token
+from libs.mail.headers import HeaderPolicy
 from services.api.tests.support import Api, find_event
-from services.dispatcher.headers import HeaderPolicy
 
 PROBLEM = "application/problem+json"
 

@@ -10,15 +10,15 @@ import asyncpg
 import pytest
 
 from libs.common.embedded import free_port
-from services.dispatcher.circuit_breaker import BreakerState, CircuitBreaker
+from libs.mail.circuit_breaker import BreakerState, CircuitBreaker
+from libs.mail.headers import HeaderPolicy
+from libs.mail.providers.sendgrid import RetryPolicy, SendGridProvider
+from libs.mail.rate_limit import RateLimiter
+from libs.mail.sink import SinkHandle, start_sink
 from services.dispatcher.content_store import ContentRepository
 from services.dispatcher.dispatch import BatchDispatcher
-from services.dispatcher.headers import HeaderPolicy
 from services.dispatcher.ledger_store import PostgresLedger
 from services.dispatcher.metrics import FAILOVERS
-from services.dispatcher.providers.sendgrid import RetryPolicy, SendGridProvider
-from services.dispatcher.rate_limit import RateLimiter
-from services.dispatcher.sink import SinkHandle, start_sink
 from services.dispatcher.tests.support import insert_content, make_batch
 
 

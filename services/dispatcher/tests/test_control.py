@@ -16,14 +16,14 @@ import asyncpg
 import pytest
 
 from libs.common.events import BatchReady
+from libs.mail.headers import HeaderPolicy
+from libs.mail.providers.sendgrid import RetryPolicy, SendGridProvider
+from libs.mail.rate_limit import RateLimiter
+from libs.mail.sink import SinkHandle, start_sink
 from services.dispatcher.campaign_status import CampaignStatuses
 from services.dispatcher.content_store import ContentRepository
 from services.dispatcher.dispatch import BatchDispatcher, HandedBack
-from services.dispatcher.headers import HeaderPolicy
 from services.dispatcher.ledger_store import PostgresLedger
-from services.dispatcher.providers.sendgrid import RetryPolicy, SendGridProvider
-from services.dispatcher.rate_limit import RateLimiter
-from services.dispatcher.sink import SinkHandle, start_sink
 from services.dispatcher.tests.support import insert_content, make_batch
 
 pytestmark = pytest.mark.timeout(60)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 
 from libs.common.events import BatchRecipient
-from services.dispatcher.headers import HeaderPolicy
-from services.dispatcher.rendering import Content, build_outbox, inline_css
+from libs.mail.headers import HeaderPolicy
+from libs.mail.rendering import Content, build_outbox, inline_css
 
 POLICY = HeaderPolicy("https://mail.example.com", "s3cret")
 CAMPAIGN = uuid.uuid4()

@@ -23,10 +23,10 @@ from libs.common.events import DeliveryResult, Topic
 from libs.common.kafka import EventProducer, ensure_topics
 from libs.common.service import ServiceContext
 from libs.common.settings import Settings
+from libs.mail.config import DispatcherSettings
+from libs.mail.sink import SinkHandle, start_sink
 from services.dispatcher.app import main
-from services.dispatcher.config import DispatcherSettings
 from services.dispatcher.ledger_store import PostgresLedger
-from services.dispatcher.sink import SinkHandle, start_sink
 from services.dispatcher.tests.support import insert_content, make_batch
 
 pytestmark = pytest.mark.timeout(120)

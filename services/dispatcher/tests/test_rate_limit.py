@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.dispatcher.rate_limit import RateLimiter
+from libs.mail.rate_limit import RateLimiter
 
 
 class FakeClock:

@@ -20,9 +20,9 @@ from libs.common.embedded import EmbeddedBroker
 from libs.common.events import Topic
 from libs.common.kafka import EventProducer, ensure_topics
 from libs.common.service import ServiceContext
+from libs.mail.config import DispatcherSettings
+from libs.mail.sink import SinkHandle, start_sink
 from services.dispatcher.app import main
-from services.dispatcher.config import DispatcherSettings
-from services.dispatcher.sink import SinkHandle, start_sink
 from services.dispatcher.tests.support import insert_content, make_batch
 
 pytestmark = pytest.mark.timeout(90)

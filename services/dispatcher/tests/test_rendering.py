@@ -9,9 +9,9 @@ import pytest
 from libs.common.events import BatchRecipient
 from libs.common.templating import check_template, simple_template_pieces
 from libs.common.unsubscribe import BadToken, read_token
-from services.dispatcher.headers import HeaderPolicy
-from services.dispatcher.html_text import html_to_text
-from services.dispatcher.rendering import Content, build_outbox, render_message
+from libs.mail.headers import HeaderPolicy
+from libs.mail.html_text import html_to_text
+from libs.mail.rendering import Content, build_outbox, render_message
 
 POLICY = HeaderPolicy("https://mail.example.com", "s3cret", "unsub@example.com")
 CAMPAIGN = uuid.UUID("00000000-0000-4000-8000-000000000001")

@@ -8,15 +8,15 @@ from typing import Any
 from sendgrid.helpers.mail import CustomArg, Header, Personalization, Substitution, To
 
 from libs.common.events import BatchRecipient
-from services.dispatcher.headers import HeaderPolicy
-from services.dispatcher.messages import Sender
-from services.dispatcher.providers.sendgrid_payload import (
+from libs.mail.headers import HeaderPolicy
+from libs.mail.messages import Sender
+from libs.mail.providers.sendgrid_payload import (
     message_payload,
     personalization,
     templated_payloads,
 )
-from services.dispatcher.rendering import Content, build_outbox
-from services.dispatcher.sendgrid_limits import validate_mail_send
+from libs.mail.rendering import Content, build_outbox
+from libs.mail.sendgrid_limits import validate_mail_send
 
 POLICY = HeaderPolicy("https://mail.example.com", "k")
 CAMPAIGN = uuid.uuid4()

@@ -10,12 +10,12 @@ import aiohttp
 import pytest
 
 from libs.common.events import BatchRecipient, RecipientOutcome
-from services.dispatcher.headers import HeaderPolicy
-from services.dispatcher.messages import Outbox
-from services.dispatcher.providers.sendgrid import RetryPolicy, SendGridProvider
-from services.dispatcher.rate_limit import RateLimiter
-from services.dispatcher.rendering import Content, build_outbox
-from services.dispatcher.sink import SinkHandle, start_sink
+from libs.mail.headers import HeaderPolicy
+from libs.mail.messages import Outbox
+from libs.mail.providers.sendgrid import RetryPolicy, SendGridProvider
+from libs.mail.rate_limit import RateLimiter
+from libs.mail.rendering import Content, build_outbox
+from libs.mail.sink import SinkHandle, start_sink
 
 POLICY = HeaderPolicy("https://mail.example.com", "k")
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_s=0.01, max_wait_s=0.05)

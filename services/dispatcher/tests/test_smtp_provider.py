@@ -13,11 +13,11 @@ from aiosmtpd.controller import Controller
 
 from libs.common.embedded import free_port
 from libs.common.events import BatchRecipient, RecipientOutcome
-from services.dispatcher.headers import HeaderPolicy
-from services.dispatcher.providers.sendgrid import RetryPolicy
-from services.dispatcher.providers.smtp import SMTPProvider
-from services.dispatcher.rate_limit import RateLimiter
-from services.dispatcher.rendering import Content, build_outbox
+from libs.mail.headers import HeaderPolicy
+from libs.mail.providers.sendgrid import RetryPolicy
+from libs.mail.providers.smtp import SMTPProvider
+from libs.mail.rate_limit import RateLimiter
+from libs.mail.rendering import Content, build_outbox
 
 
 class RecordingHandler:

@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from libs.common.events import DeliveryEvent, DeliveryEventType
+from libs.stats.report import campaign_report, health
 from services.tracker.activity import (
     RecipientActivity,
     apply_event,
     message_id_candidates,
     suppression_reason,
 )
-from services.tracker.report import campaign_report, health
 from services.tracker.results import CampaignTotals, decide_outcome, first_of_each_batch
 from services.tracker.tests.support import make_results
 

@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
+from libs.common import suppressions
 from libs.common.events import DeliveryEvent, RecipientStatus
-from services.tracker import read_models
+from libs.stats import read_models
 from services.tracker.store import TrackerStore
 from services.tracker.tests.support import make_results, new_campaign
 
@@ -101,13 +102,13 @@ async def test_timeline_counts_sends_per_second(pool: asyncpg.Pool) -> None:
 
 async def test_suppression_list_add_list_remove(pool: asyncpg.Pool) -> None:
     email = f"Someone-{uuid.uuid4().hex[:8]}@Example.com"
-    assert await read_models.add_suppression(pool, email, source="admin")
-    assert not await read_models.add_suppression(pool, email.lower(), reason="bounce")
+    assert await suppressions.add_suppression(pool, email, source="admin")
+    assert not await suppressions.add_suppression(pool, email.lower(), reason="bounce")
     found = await read_models.list_suppressions(pool, email=email)
     assert [(i["email"], i["reason"]) for i in found.items] == [(email.lower(), "manual")]
     page = await read_models.list_suppressions(pool, limit=1)
     assert len(page.items) == 1 and page.next_cursor == page.items[0]["email"]
-    assert await read_models.remove_suppression(pool, email)
-    assert not await read_models.remove_suppression(pool, email)
+    assert await suppressions.remove_suppression(pool, email)
+    assert not await suppressions.remove_suppression(pool, email)
     with pytest.raises(ValueError):
-        await read_models.add_suppression(pool, email, reason="because")
+        await suppressions.add_suppression(pool, email, reason="because")

@@ -9,8 +9,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
-from services.tracker.activity import ACTIVITY_COUNTERS
-from services.tracker.results import OUTCOME_STATUSES
+from libs.stats.counters import ACTIVITY_COUNTERS, OUTCOME_STATUSES
 
 Health = Literal["green", "yellow", "red"]
 

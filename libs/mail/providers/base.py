@@ -6,9 +6,9 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from libs.common.events import RecipientOutcome
-from services.dispatcher.circuit_breaker import CircuitBreaker
-from services.dispatcher.messages import Outbox
-from services.dispatcher.rate_limit import RateLimiter
+from libs.mail.circuit_breaker import CircuitBreaker
+from libs.mail.messages import Outbox
+from libs.mail.rate_limit import RateLimiter
 
 # Called with the outcomes of each provider request as soon as it is answered, so the send
 # ledger can record progress finer than a whole batch.

@@ -12,7 +12,7 @@ from typing import Any
 
 from sendgrid.helpers.mail import Content, From, Mail, Subject
 
-from services.dispatcher.messages import Message, Sender, TemplatedGroup, TemplatedRecipient
+from libs.mail.messages import Message, Sender, TemplatedGroup, TemplatedRecipient
 
 MAX_PERSONALIZATIONS = 1000
 

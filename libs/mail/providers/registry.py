@@ -5,12 +5,12 @@ from __future__ import annotations
 import aiohttp
 
 from libs.common.settings import Settings
-from services.dispatcher.circuit_breaker import CircuitBreaker
-from services.dispatcher.config import DispatcherSettings
-from services.dispatcher.providers.base import Provider
-from services.dispatcher.providers.sendgrid import RetryPolicy, SendGridProvider
-from services.dispatcher.providers.smtp import SMTPProvider
-from services.dispatcher.rate_limit import RateLimiter
+from libs.mail.circuit_breaker import CircuitBreaker
+from libs.mail.config import DispatcherSettings
+from libs.mail.providers.base import Provider
+from libs.mail.providers.sendgrid import RetryPolicy, SendGridProvider
+from libs.mail.providers.smtp import SMTPProvider
+from libs.mail.rate_limit import RateLimiter
 
 
 def build_providers(

@@ -24,8 +24,8 @@ import orjson
 from aiohttp import web
 
 from libs.common.logging import configure, get_logger
-from services.dispatcher.messages import apply_substitutions
-from services.dispatcher.sendgrid_limits import MAX_REQUEST_BYTES, validate_mail_send
+from libs.mail.messages import apply_substitutions
+from libs.mail.sendgrid_limits import MAX_REQUEST_BYTES, validate_mail_send
 
 log = get_logger(__name__)
 

@@ -22,9 +22,9 @@ from libs.common.templating import (
     render,
     simple_template_pieces,
 )
-from services.dispatcher.headers import HeaderPolicy, custom_args
-from services.dispatcher.html_text import html_to_text
-from services.dispatcher.messages import (
+from libs.mail.headers import HeaderPolicy, custom_args
+from libs.mail.html_text import html_to_text
+from libs.mail.messages import (
     Message,
     Outbox,
     Sender,

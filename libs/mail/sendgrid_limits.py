@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from services.dispatcher.messages import is_valid_address
+from libs.mail.messages import is_valid_address
 
 MAX_REQUEST_BYTES = 30 * 1024 * 1024
 MAX_PERSONALIZATIONS = 1000

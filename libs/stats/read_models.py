@@ -7,13 +7,12 @@ hand through the functions at the end, the one write the design leaves to admins
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
-from services.tracker import report
+from libs.stats import report
 
 # `?status=` of the delivery log: a dispatcher outcome or a provider-reported state. The SQL
 # comes only from this table, never from the request.
@@ -162,27 +161,3 @@ async def list_suppressions(
     )
     items = [dict(r) for r in rows[:limit]]
     return SuppressionPage(items, items[-1]["email"] if len(rows) > limit else None)
-
-
-async def add_suppression(
-    pool: asyncpg.Pool, email: str, reason: str = "manual", source: str | None = None
-) -> bool:
-    """Suppress an address; False when it already was (its first reason is kept)."""
-    if reason not in ("unsubscribe", "bounce", "spamreport", "manual"):
-        raise ValueError(f"unknown suppression reason {reason!r}")
-    inserted: datetime | None = await pool.fetchval(
-        "INSERT INTO suppressions (email, reason, source) VALUES ($1, $2, $3)"
-        " ON CONFLICT (email) DO NOTHING RETURNING created_at",
-        email.strip().lower(),
-        reason,
-        source,
-    )
-    return inserted is not None
-
-
-async def remove_suppression(pool: asyncpg.Pool, email: str) -> bool:
-    """Mail this address again; False when it was not suppressed."""
-    removed = await pool.fetchval(
-        "DELETE FROM suppressions WHERE email = $1 RETURNING email", email.strip().lower()
-    )
-    return removed is not None

@@ -22,12 +22,12 @@ from tenacity import (
 
 from libs.common.events import RecipientOutcome
 from libs.common.logging import get_logger
-from services.dispatcher.circuit_breaker import CircuitBreaker
-from services.dispatcher.messages import Message, Outbox, Sender
-from services.dispatcher.metrics import PROVIDER_REQUEST_SECONDS, PROVIDER_RETRIES
-from services.dispatcher.providers.base import ProgressCallback, failed, sent
-from services.dispatcher.providers.sendgrid import RetryPolicy
-from services.dispatcher.rate_limit import RateLimiter
+from libs.mail.circuit_breaker import CircuitBreaker
+from libs.mail.messages import Message, Outbox, Sender
+from libs.mail.metrics import PROVIDER_REQUEST_SECONDS, PROVIDER_RETRIES
+from libs.mail.providers.base import ProgressCallback, failed, sent
+from libs.mail.providers.sendgrid import RetryPolicy
+from libs.mail.rate_limit import RateLimiter
 
 log = get_logger(__name__)
 

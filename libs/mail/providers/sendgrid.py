@@ -24,20 +24,20 @@ from tenacity import (
 
 from libs.common.events import RecipientOutcome
 from libs.common.logging import get_logger
-from services.dispatcher.circuit_breaker import CircuitBreaker
-from services.dispatcher.messages import Outbox
-from services.dispatcher.metrics import (
+from libs.mail.circuit_breaker import CircuitBreaker
+from libs.mail.messages import Outbox
+from libs.mail.metrics import (
     PROVIDER_REQUEST_SECONDS,
     PROVIDER_RETRIES,
     PROVIDER_THROTTLED,
 )
-from services.dispatcher.providers.base import ProgressCallback, failed, sent
-from services.dispatcher.providers.sendgrid_payload import (
+from libs.mail.providers.base import ProgressCallback, failed, sent
+from libs.mail.providers.sendgrid_payload import (
     Payload,
     message_payload,
     templated_payloads,
 )
-from services.dispatcher.rate_limit import RateLimiter
+from libs.mail.rate_limit import RateLimiter
 
 log = get_logger(__name__)
 
