@@ -24,7 +24,7 @@ from services.dispatcher.content_store import ContentRepository
 from services.dispatcher.control_feed import follow_control_events
 from services.dispatcher.dispatch import BatchDispatcher, HandedBack
 from services.dispatcher.ledger_store import PostgresLedger
-from services.dispatcher.metrics import BREAKER_OPEN, RATE_LIMIT
+from services.dispatcher.metrics import BREAKER_OPEN, RATE_LIMIT, start_failover_series
 
 log = get_logger(__name__)
 
@@ -104,6 +104,7 @@ async def main(
     connector = aiohttp.TCPConnector(limit=ctx.settings.provider_concurrency * 2)
     async with aiohttp.ClientSession(connector=connector) as session:
         providers = build_providers(ctx.settings, extra, session)
+        start_failover_series(list(providers))
         statuses = CampaignStatuses(ctx.pool, refresh_s=extra.campaign_status_refresh_s)
         dispatcher = BatchDispatcher(
             content=ContentRepository(ctx.pool),

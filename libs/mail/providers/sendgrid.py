@@ -35,6 +35,7 @@ from libs.mail.metrics import (
     PROVIDER_REQUEST_SECONDS,
     PROVIDER_RETRIES,
     PROVIDER_THROTTLED,
+    start_provider_series,
 )
 from libs.mail.providers.base import (
     AccountRefused,
@@ -137,6 +138,7 @@ class SendGridProvider:
         retry_ambiguous: bool = False,
     ) -> None:
         self.name = name
+        start_provider_series(name)
         self.breaker = breaker or CircuitBreaker()
         self.url = base_url.rstrip("/") + MAIL_SEND_PATH
         self._headers = {

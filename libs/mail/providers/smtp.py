@@ -33,7 +33,7 @@ from libs.common.events import RecipientOutcome
 from libs.common.logging import get_logger
 from libs.mail.circuit_breaker import CircuitBreaker
 from libs.mail.messages import Message, Outbox, Sender
-from libs.mail.metrics import PROVIDER_REQUEST_SECONDS, PROVIDER_RETRIES
+from libs.mail.metrics import PROVIDER_REQUEST_SECONDS, PROVIDER_RETRIES, start_provider_series
 from libs.mail.providers.base import (
     AccountRefused,
     ProgressCallback,
@@ -127,6 +127,7 @@ class SMTPProvider:
         ca_file: str = "",
         retry_ambiguous: bool = False,
     ) -> None:
+        start_provider_series(self.name)
         self.breaker = breaker or CircuitBreaker()
         self._host, self._port = host, port
         self._username, self._password = username or None, password or None
