@@ -124,3 +124,18 @@ def test_tls_is_implicit_on_465_and_starttls_elsewhere_by_default() -> None:
     assert tls_mode("auto", 587) == "starttls"
     assert tls_mode("auto", 25) == "starttls"
     assert tls_mode("none", 25) == "none"
+
+
+async def test_a_server_without_starttls_is_refused_not_sent_in_clear() -> None:
+    handler = TLSRecordingHandler()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())  # no TLS at all
+    controller.start()
+    try:
+        smtp = provider(controller.port, "starttls")
+        with pytest.raises(ProviderOutage) as raised:
+            await smtp.send(outbox(1), no_progress)
+        await smtp.close()
+    finally:
+        controller.stop()
+    assert "STARTTLS" in raised.value.reason
+    assert handler.received == []

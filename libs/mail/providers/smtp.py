@@ -82,12 +82,17 @@ class _Client(aiosmtplib.SMTP):
         return await super().data(*args, **kwargs)
 
 
+# A connection cut during the handshake: the network's fault, retried like any other.
+_TLS_CUT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
 def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
-    """The TLS error behind a connect failure, if any (aiosmtplib wraps it)."""
+    """The TLS configuration error behind a connect failure, if any (aiosmtplib wraps it):
+    a certificate that fails verification, a server that speaks no TLS on the port."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ssl.SSLError):
-            return seen
+            return None if isinstance(seen, _TLS_CUT) else seen
         seen = seen.__cause__ or seen.__context__
     return None
 
@@ -163,7 +168,7 @@ class SMTPProvider:
         except (aiosmtplib.SMTPException, OSError) as exc:
             if (tls_error := _tls_failure(exc)) is not None:
                 raise self._refused(f"TLS: {tls_error}") from exc
-            if "STARTTLS" in str(exc):
+            if "STARTTLS extension not supported" in str(exc):
                 raise self._refused(str(exc)) from exc
             raise
         return client

@@ -146,6 +146,7 @@ async def test_a_disconnect_after_data_is_unknown_and_never_resent() -> None:
     assert sorted(handler.received) == ["u0@example.com", "u1@example.com", "u2@example.com"]
 
 
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 async def test_a_refused_login_is_an_outage() -> None:
     from aiosmtpd.smtp import AuthResult
 
