@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from libs.common import db
 from libs.common.embedded import EmbeddedBroker, EmbeddedPostgres, can_connect, create_database
+from libs.common.events import Event, Topic
 from libs.common.kafka import ensure_topics
 from libs.common.settings import Settings
+
+EventT = TypeVar("EventT", bound=Event)
 
 MACHINE_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -82,3 +88,31 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent
+
+
+async def first_events(
+    bootstrap: str,
+    topic: Topic,
+    model: type[EventT],
+    matches: Callable[[EventT], bool],
+    timeout: float = 30.0,
+) -> list[EventT]:
+    """Read `topic` from its start (no group) until some events match; those of the first
+    fetch that had any (an empty list after `timeout`)."""
+    consumer = AIOKafkaConsumer(
+        topic.value, bootstrap_servers=bootstrap, group_id=None,
+        auto_offset_reset="earliest", fetch_max_wait_ms=50,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                found = [
+                    e for r in records if matches(e := model.model_validate_json(r.value or b""))
+                ]
+                if found:
+                    return found
+        return []
+    finally:
+        await consumer.stop()

@@ -181,7 +181,9 @@ async def run(recipients: int, dispatchers: int, provider: str) -> None:
         smtp_handler = CountingSmtpHandler()
         controller = Controller(smtp_handler, hostname="127.0.0.1", port=free_port())
         controller.start()
-        env.update({"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(controller.port)})
+        env.update(
+            {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(controller.port), "SMTP_TLS": "none"}
+        )
         baseline_n = min(recipients, 3000)
         baseline = await smtp_baseline(controller.port, baseline_n)
         smtp_handler.received.clear()

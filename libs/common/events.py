@@ -52,6 +52,11 @@ class CampaignControl(Event):
     campaign_id: UUID
     action: Literal["pause", "resume", "cancel", "unschedule"]
     revision: int = Field(1, ge=1)
+    # Who asks. `admin`: the API applied it before publishing. Any other origin (a
+    # dispatcher whose provider refused the account, the guard) asks the scheduler to
+    # apply the pause (see docs/design.md).
+    origin: Literal["admin", "provider", "guard"] = "admin"
+    reason: str | None = Field(None, max_length=1000)
 
 
 class ColumnMapping(BaseModel):
@@ -171,6 +176,7 @@ class CampaignStatus(Event):
     status: Literal["in_progress", "completed", "failed", "paused", "cancelled"]
     counts: dict[str, int] = Field(default_factory=dict)
     at: AwareDatetime
+    reason: str | None = Field(None, description="Why, for a pause that was not an admin's.")
 
 
 # Which model validates the records of which topic.

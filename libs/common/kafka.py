@@ -195,6 +195,9 @@ class EventConsumer(Generic[E]):
         # than at committed offsets (which may be stale ones from the lost logs).
         self._from_start_until = 0.0
         self.consumer = self._new_consumer()
+        # A series from the start (at 0), so that rate() and increase() see the first error.
+        HANDLER_ERRORS.labels(topic.value)
+        DLQ_EVENTS.labels(topic.value)
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(

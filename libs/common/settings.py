@@ -41,7 +41,10 @@ class Settings(BaseSettings):
     smtp_port: int = Field(25, alias="SMTP_PORT")
     smtp_username: str = Field("", alias="SMTP_USERNAME")
     smtp_password: str = Field("", alias="SMTP_PASSWORD")
-    smtp_starttls: bool = Field(False, alias="SMTP_STARTTLS")
+    # "auto": implicit TLS on port 465, STARTTLS on any other; "none" for a local relay
+    # only. The server's certificate is always verified (system CAs plus SMTP_CA_FILE).
+    smtp_tls: Literal["auto", "starttls", "implicit", "none"] = Field("auto", alias="SMTP_TLS")
+    smtp_ca_file: str = Field("", alias="SMTP_CA_FILE")
     provider_concurrency: int = Field(8, alias="MAILFLEET_PROVIDER_CONCURRENCY", ge=1, le=256)
     delivery_mode: Literal["at_most_once", "at_least_once"] = Field(
         "at_most_once", alias="MAILFLEET_DELIVERY"

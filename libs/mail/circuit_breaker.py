@@ -4,6 +4,9 @@ Closed: requests flow; `failure_threshold` consecutive failed requests (5xx, tim
 refused connections: the provider itself failing, not a rejected recipient) open it. Open:
 the dispatcher routes new batches to the fallback provider. After `cooldown_s` it lets
 traffic through again (half-open): one success closes it, one failure re-opens it.
+
+An auth or configuration error (a revoked key) `trip`s it at once, with its reason: no
+number of retries will mend that.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class CircuitBreaker:
         self._clock = clock
         self._failures = 0
         self._opened_at: float | None = None
+        self.outage_reason: str | None = None
 
     @property
     def state(self) -> BreakerState:
@@ -47,6 +51,13 @@ class CircuitBreaker:
     def record_success(self) -> None:
         self._failures = 0
         self._opened_at = None
+        self.outage_reason = None
+
+    def trip(self, reason: str) -> None:
+        """Open now: the provider refused the account itself."""
+        self._failures = max(self._failures, self.failure_threshold)
+        self._opened_at = self._clock()
+        self.outage_reason = reason
 
     def record_failure(self) -> None:
         self._failures += 1

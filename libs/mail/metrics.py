@@ -21,6 +21,18 @@ PROVIDER_THROTTLED = Counter(
     "mailfleet_provider_throttled_total", "429 answers from a provider.", ["provider"]
 )
 
+# The reasons a provider request is retried (the `reason` label of PROVIDER_RETRIES).
+RETRY_REASONS = ("throttled", "server_error", "timeout", "connection")
+
+
+def start_provider_series(provider: str) -> None:
+    """Create the provider's labelled series at 0, so that alerts built on rate() or
+    increase() see their first increase (Prometheus's advice for known label values)."""
+    for reason in RETRY_REASONS:
+        PROVIDER_RETRIES.labels(provider, reason)
+    PROVIDER_THROTTLED.labels(provider)
+
+
 BREAKER_OPEN = Gauge(
     "mailfleet_provider_circuit_open",
     "1 while a provider's circuit breaker is open (new batches go to the fallback).",

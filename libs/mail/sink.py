@@ -8,6 +8,10 @@ SendGrid-style errors). Faults can be injected (`POST /sink/faults`) to test ret
     GET    /sink/stats                                    counts, duplicates included
     POST   /sink/faults  {"status": 500, "count": 2, "delay_s": 0, "retry_after_s": null}
     DELETE /sink/faults | /sink/messages                  clear
+
+A fault with status 202 and a delay accepts and records the request first, then holds its
+answer for `delay_s`: a provider that took the mail but answered after the client's
+timeout. Any other fault waits `delay_s`, then answers its status without recording.
 """
 
 from __future__ import annotations
@@ -193,16 +197,20 @@ async def _mail_send(request: web.Request) -> web.Response:
         state.rejected_requests += 1
         return web.json_response(_UNAUTHORIZED, status=401)
     fault = state.next_fault()
-    if fault is not None:
+    if fault is not None and fault.status != 202:
         if fault.delay_s:
             await asyncio.sleep(fault.delay_s)
-        if fault.status != 202:
-            headers = {}
-            if fault.retry_after_s is not None:
-                headers["Retry-After"] = str(fault.retry_after_s)
-            response = _errors(fault.status, f"injected fault {fault.status}")
-            response.headers.update(headers)
-            return response
+        response = _errors(fault.status, f"injected fault {fault.status}")
+        if fault.retry_after_s is not None:
+            response.headers["Retry-After"] = str(fault.retry_after_s)
+        return response
+    response = await _accept(state, request)
+    if fault is not None and fault.delay_s:
+        await asyncio.sleep(fault.delay_s)  # accepted and recorded; the answer is late
+    return response
+
+
+async def _accept(state: SinkState, request: web.Request) -> web.Response:
     body = await request.read()
     if len(body) > MAX_REQUEST_BYTES:
         state.rejected_requests += 1

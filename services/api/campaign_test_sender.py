@@ -20,6 +20,7 @@ from libs.common.settings import Settings
 from libs.mail.config import DispatcherSettings, get_dispatcher_settings
 from libs.mail.headers import HeaderPolicy
 from libs.mail.messages import Message, Outbox, Sender
+from libs.mail.providers.base import ProviderOutage, failed
 from libs.mail.providers.registry import build_providers
 from libs.mail.rendering import Content, render_message
 
@@ -125,6 +126,15 @@ async def send_test(
         try:
             provider = providers[campaign["provider"]]
             outcomes = await provider.send(outbox, _ignore_progress)
+        except ProviderOutage as outage:
+            # A campaign would pause on this; a test send reports it to whoever asked.
+            answered = {o.recipient_id for o in outage.settled}
+            error = f"provider refused the account: {outage.reason}"
+            outcomes = outage.settled + [
+                failed(m.recipient_id, m.email, error)
+                for m in outbox.individual
+                if m.recipient_id not in answered
+            ]
         finally:
             for built in providers.values():
                 await built.close()

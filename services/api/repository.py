@@ -21,7 +21,7 @@ Row = dict[str, Any]
 CAMPAIGN_COLUMNS = (
     "id, name, subject, html, text, from_email, from_name, list_id, provider, status,"
     " send_at, timezone, schedule_revision, created_at, updated_at, started_at, finished_at,"
-    " template_id, template_version"
+    " template_id, template_version, pause_reason, paused_by"
 )
 EDITABLE_STATUSES = ("draft", "scheduled")
 

@@ -256,6 +256,12 @@ class CampaignOut(BaseModel):
     finished_at: datetime | None
     template_id: UUID | None = Field(None, description="The template its content was copied from.")
     template_version: int | None = None
+    pause_reason: str | None = Field(
+        None, description="Why a paused campaign was paused, when a service paused it."
+    )
+    paused_by: Literal["admin", "provider", "guard"] | None = Field(
+        None, description="Who paused it: an admin, or a service (a provider outage, the guard)."
+    )
     stats: StatsOut | None = Field(None, description="Shown when reading one campaign.")
 
 

@@ -9,7 +9,7 @@ import uuid
 
 import aiohttp
 
-from libs.common.events import BatchReady, DeliveryResult, Topic
+from libs.common.events import BatchReady, CampaignControl, DeliveryResult, Topic
 from libs.common.kafka import Consumed, EventConsumer
 from libs.common.logging import get_logger
 from libs.common.service import ServiceContext, run_service
@@ -24,11 +24,44 @@ from services.dispatcher.content_store import ContentRepository
 from services.dispatcher.control_feed import follow_control_events
 from services.dispatcher.dispatch import BatchDispatcher, HandedBack
 from services.dispatcher.ledger_store import PostgresLedger
-from services.dispatcher.metrics import BREAKER_OPEN, RATE_LIMIT
+from services.dispatcher.metrics import BREAKER_OPEN, RATE_LIMIT, start_failover_series
 
 log = get_logger(__name__)
 
 _SHARE_REFRESH_S = 1.0
+# A provider outage hands back every batch in flight; one pause request per campaign is
+# enough, repeated at most this often while batches keep coming back.
+_PAUSE_REQUEST_EVERY_S = 5.0
+
+
+class PauseRequests:
+    """Asks for a campaign to be paused when its provider refused the account: publishes
+    `campaign.control` pause (origin `provider`, with the reason). The scheduler applies it
+    to `campaigns.status`; a dispatcher owns only its ledger."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+        self._asked: dict[uuid.UUID, float] = {}
+
+    async def ask_for(self, settled: list[DeliveryResult | BaseException]) -> None:
+        now = asyncio.get_running_loop().time()
+        for outcome in settled:
+            if not (isinstance(outcome, HandedBack) and outcome.reason == "outage"):
+                continue
+            campaign_id = outcome.campaign_id
+            if (
+                campaign_id is None
+                or now - self._asked.get(campaign_id, -1e9) < _PAUSE_REQUEST_EVERY_S
+            ):
+                continue
+            self._asked[campaign_id] = now
+            event = CampaignControl(
+                campaign_id=campaign_id, action="pause", origin="provider",
+                reason=f"provider refused the account: {outcome.detail}"[:1000],
+            )  # fmt: skip
+            await self._ctx.producer.send(Topic.CAMPAIGN_CONTROL, str(campaign_id), event)
+            log.error("campaign pause requested: provider outage",
+                      campaign_id=str(campaign_id), reason=outcome.detail)  # fmt: skip
 
 
 def header_policy(settings: Settings, extra: DispatcherSettings) -> HeaderPolicy:
@@ -71,6 +104,7 @@ async def main(
     connector = aiohttp.TCPConnector(limit=ctx.settings.provider_concurrency * 2)
     async with aiohttp.ClientSession(connector=connector) as session:
         providers = build_providers(ctx.settings, extra, session)
+        start_failover_series(list(providers))
         statuses = CampaignStatuses(ctx.pool, refresh_s=extra.campaign_status_refresh_s)
         dispatcher = BatchDispatcher(
             content=ContentRepository(ctx.pool),
@@ -86,6 +120,7 @@ async def main(
         )
 
         in_flight = asyncio.Semaphore(extra.max_batches_in_flight)
+        pauses = PauseRequests(ctx)
 
         async def dispatch_bounded(event: BatchReady) -> DeliveryResult:
             async with in_flight:
@@ -100,6 +135,9 @@ async def main(
             await ctx.producer.send_many(
                 Topic.DELIVERY_RESULT, [(str(r.campaign_id), r) for r in results]
             )
+            # Before the commit: a lost pause request is asked again when the batch is read
+            # again.
+            await pauses.ask_for(settled)
             raise_unless_committable(settled)
 
         consumer: EventConsumer[BatchReady] = EventConsumer(
@@ -133,11 +171,12 @@ async def main(
 
 
 def raise_unless_committable(settled: list[DeliveryResult | BaseException]) -> None:
-    """Batches handed back for a pause may have their offsets committed (the scheduler
-    re-emits them on resume); a batch handed back because this instance is stopping, or one
-    that failed, must be read again: raising keeps the partition's offset uncommitted."""
+    """Batches handed back for a pause, or for a provider outage that pauses the campaign,
+    may have their offsets committed (the scheduler re-emits them on resume); a batch handed
+    back because this instance is stopping, or one that failed, must be read again: raising
+    keeps the partition's offset uncommitted."""
     for outcome in settled:
-        if isinstance(outcome, HandedBack) and outcome.reason == "paused":
+        if isinstance(outcome, HandedBack) and outcome.reason in ("paused", "outage"):
             continue
         if isinstance(outcome, BaseException):
             raise outcome

@@ -6,7 +6,10 @@ not in the ledger    -> render, wait for the rate limit, claim (`sending`, commi
                         send, store `done`
 
 Before the claim, the campaign's status decides (see `control`): a paused campaign's batch
-is handed back untouched, a cancelled one's recipients are reported `cancelled`. The rate
+is handed back untouched, a cancelled one's recipients are reported `cancelled`. A provider
+that refuses the account (a revoked key) hands the batch back too (`outage`): what it
+accepted before stays recorded, the ledger row is released, and the caller asks for the
+campaign to be paused. The rate
 limit is waited for before the claim too, so that a pause takes effect on batches queued
 behind the limit, and a dispatcher killed while they wait leaves no `sending` row behind.
 """
@@ -17,13 +20,13 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NoReturn, Protocol
 from uuid import UUID
 
 from libs.common.events import BatchReady, BatchRecipient, DeliveryResult, RecipientOutcome
 from libs.common.logging import bound_contextvars, get_logger
 from libs.mail.headers import HeaderPolicy
-from libs.mail.providers.base import Provider
+from libs.mail.providers.base import Provider, ProviderOutage
 from libs.mail.rendering import Content, build_outbox
 from services.dispatcher.control import Verdict, cancelled_outcomes, verdict_for
 from services.dispatcher.ledger import (
@@ -67,17 +70,28 @@ class _AlwaysSend:
 
 
 class HandedBack(Exception):  # noqa: N818 - an outcome, not an error
-    """The batch was not sent and its ledger row not touched.
+    """The batch was not sent (or only in part, its ledger row released).
 
     `paused`: its campaign is paused; the scheduler re-emits it on resume, so its offset may
-    be committed. `stopping`: this instance is shutting down; its offset must not be
-    committed, so that the partition's next owner reads it again.
+    be committed. `outage`: the provider refused the account (`detail` says how); the
+    campaign is to be paused, and the offset may be committed as for `paused`. `stopping`:
+    this instance is shutting down; its offset must not be committed, so that the
+    partition's next owner reads it again.
     """
 
-    def __init__(self, batch_id: str, reason: Literal["paused", "stopping"]) -> None:
-        super().__init__(f"batch {batch_id} handed back: {reason}")
+    def __init__(
+        self,
+        batch_id: str,
+        reason: Literal["paused", "outage", "stopping"],
+        *,
+        campaign_id: UUID | None = None,
+        detail: str = "",
+    ) -> None:
+        super().__init__(f"batch {batch_id} handed back: {reason}{': ' if detail else ''}{detail}")
         self.batch_id = batch_id
         self.reason = reason
+        self.campaign_id = campaign_id
+        self.detail = detail
 
 
 class ContentSource(Protocol):
@@ -89,6 +103,7 @@ class Ledger(Protocol):
     async def claim(self, batch_id: str, campaign_id: UUID, owner: str) -> bool: ...
     async def take_over(self, batch_id: str, previous_owner: str, owner: str) -> bool: ...
     async def add_progress(self, batch_id: str, outcomes: list[RecipientOutcome]) -> None: ...
+    async def release(self, batch_id: str, owner: str) -> None: ...
     async def finish(self, batch_id: str, campaign_id: UUID, owner: str, result: Any) -> None: ...
 
 
@@ -98,6 +113,7 @@ class _ProgressRecorder:
         self._batch_id = batch_id
         self._enabled = enabled
         self._pending: list[RecipientOutcome] = []
+        self._written: set[int] = set()
         self._last_flush = time.monotonic()
 
     async def __call__(self, outcomes: list[RecipientOutcome]) -> None:
@@ -105,9 +121,16 @@ class _ProgressRecorder:
             return
         self._pending.extend(outcomes)
         if time.monotonic() - self._last_flush >= _PROGRESS_FLUSH_S:
-            pending, self._pending = self._pending, []
-            self._last_flush = time.monotonic()
-            await self._ledger.add_progress(self._batch_id, pending)
+            await self.write(self._pending)
+
+    async def write(self, outcomes: list[RecipientOutcome]) -> None:
+        """Record `outcomes` now, less those already written."""
+        unwritten = [o for o in outcomes if o.recipient_id not in self._written]
+        self._pending = []
+        self._last_flush = time.monotonic()
+        if unwritten:
+            self._written.update(o.recipient_id for o in unwritten)
+            await self._ledger.add_progress(self._batch_id, unwritten)
 
 
 class BatchDispatcher:
@@ -273,10 +296,27 @@ class BatchDispatcher:
             return await self._dispatch(batch)
         requests = len(outbox.individual) + (1 if outbox.templated else 0)
         progress = _ProgressRecorder(self._ledger, batch.batch_id, enabled=requests > 1)
-        provider_outcomes = await provider.send(outbox, progress)
+        try:
+            provider_outcomes = await provider.send(outbox, progress)
+        except ProviderOutage as outage:
+            await self._release(batch, provider, progress, outage)
         BATCHES.labels(provider.name, "sent").inc()
         outcomes = recorded + outbox.settled + provider_outcomes
         return await self._finish(batch, started, outcomes, provider.name)
+
+    async def _release(
+        self, batch: BatchReady, provider: Provider, progress: _ProgressRecorder,
+        outage: ProviderOutage,
+    ) -> NoReturn:  # fmt: skip
+        """The provider refused the account: keep what it settled, release the rest."""
+        await progress.write(outage.settled)
+        await self._ledger.release(batch.batch_id, self.owner)
+        log.error("batch handed back: provider outage", provider=provider.name,
+                  reason=outage.reason, settled=len(outage.settled))  # fmt: skip
+        BATCHES.labels(provider.name, "handed_back").inc()
+        raise HandedBack(
+            batch.batch_id, "outage", campaign_id=batch.campaign_id, detail=outage.reason
+        ) from outage
 
     async def _finish(
         self,

@@ -34,6 +34,12 @@ class LedgerEntry:
     result: dict[str, Any] | None
     started_at: datetime
 
+    @property
+    def released(self) -> bool:
+        """Its sender stopped on a provider outage: what it did not record was proven
+        unsent (the provider refused the account), so it may be sent in any mode."""
+        return bool((self.result or {}).get("released"))
+
     def recorded_outcomes(self) -> list[RecipientOutcome]:
         """Outcomes a `sending` entry recorded as progress before its sender stopped."""
         partial = (self.result or {}).get("partial") or []
@@ -52,6 +58,8 @@ def decide(
         return Decision.SEND
     if entry.state == "done":
         return Decision.REPLAY
+    if entry.released:
+        return Decision.RESEND
     age = (now - entry.started_at).total_seconds()
     if entry.owner != me and age < takeover_wait_s:
         # After a rebalance the previous owner may still be finishing this very batch.

@@ -41,13 +41,24 @@ class PostgresLedger:
     async def take_over(self, batch_id: str, previous_owner: str, owner: str) -> bool:
         """Make a stale `sending` row ours (compare-and-set on its owner)."""
         updated = await self._pool.fetchval(
-            "UPDATE send_ledger SET owner = $3, started_at = now()"
+            "UPDATE send_ledger SET owner = $3, started_at = now(), result = result - 'released'"
             " WHERE batch_id = $1 AND state = 'sending' AND owner = $2 RETURNING 1",
             batch_id,
             previous_owner,
             owner,
         )
         return updated is not None
+
+    async def release(self, batch_id: str, owner: str) -> None:
+        """Hand our `sending` row back after a provider outage: its recorded outcomes stand,
+        the rest may be sent by whoever reads the batch next."""
+        await self._pool.execute(
+            "UPDATE send_ledger SET result = jsonb_set(coalesce(result, '{}'::jsonb),"
+            " '{released}', 'true'::jsonb) WHERE batch_id = $1 AND owner = $2"
+            " AND state = 'sending'",
+            batch_id,
+            owner,
+        )
 
     async def add_progress(self, batch_id: str, outcomes: list[RecipientOutcome]) -> None:
         await self._pool.execute(

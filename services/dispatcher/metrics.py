@@ -34,6 +34,16 @@ FAILOVERS = Counter(
     " breaker was open.",
     ["provider", "fallback"],
 )
+
+
+def start_failover_series(providers: list[str]) -> None:
+    """Every (provider, fallback) pair at 0 from the start (see `start_provider_series`)."""
+    for provider in providers:
+        for fallback in providers:
+            if fallback != provider:
+                FAILOVERS.labels(provider, fallback)
+
+
 RATE_LIMIT_WAIT = Counter(
     "mailfleet_dispatcher_rate_limit_wait_seconds_total",
     "Seconds batches waited for the sending rate limit before being sent.",

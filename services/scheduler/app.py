@@ -7,7 +7,14 @@ import asyncio
 import contextlib
 from datetime import UTC, datetime, timedelta
 
-from libs.common.events import BatchReady, BatchRecipient, CampaignControl, CampaignScheduled, Topic
+from libs.common.events import (
+    BatchReady,
+    BatchRecipient,
+    CampaignControl,
+    CampaignScheduled,
+    CampaignStatus,
+    Topic,
+)
 from libs.common.kafka import Consumed, EventConsumer, ensure_topics
 from libs.common.logging import bound_contextvars, get_logger
 from libs.common.service import ServiceContext, run_service
@@ -94,6 +101,8 @@ async def _consume_control(ctx: ServiceContext, repo: ScheduleRepository) -> Non
 
     async def handle(events: list[Consumed[CampaignControl]]) -> None:
         for item in events:
+            if item.event.action == "pause" and item.event.origin != "admin":
+                await _apply_requested_pause(ctx, repo, item.event)
             if item.event.action in ("unschedule", "cancel"):
                 await repo.drop_schedule(item.event.campaign_id, item.event.revision)
             if item.event.action in ("resume", "cancel"):
@@ -107,6 +116,22 @@ async def _consume_control(ctx: ServiceContext, repo: ScheduleRepository) -> Non
         await consumer.run(handle, ctx.stop)
     finally:
         await consumer.stop()
+
+
+async def _apply_requested_pause(
+    ctx: ServiceContext, repo: ScheduleRepository, event: CampaignControl
+) -> None:
+    """A pause asked for by a service (an admin's pause is applied by the API itself)."""
+    reason = event.reason or f"paused by {event.origin}"
+    with bound_contextvars(campaign_id=str(event.campaign_id)):
+        async with repo.pausing(event.campaign_id, event.origin, reason) as changed:
+            if changed:
+                status = CampaignStatus(
+                    campaign_id=event.campaign_id, status="paused", reason=reason,
+                    at=datetime.now(UTC),
+                )  # fmt: skip
+                await ctx.producer.send(Topic.CAMPAIGN_STATUS, str(event.campaign_id), status)
+        log.warning("campaign paused", origin=event.origin, reason=reason, changed=changed)
 
 
 async def _clock(ctx: ServiceContext, repo: ScheduleRepository, emitter: BatchEmitter) -> None:

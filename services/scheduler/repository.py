@@ -289,6 +289,26 @@ class ScheduleRepository:
                 [r["batch_id"] for r in rows],
             )
 
+    @asynccontextmanager
+    async def pausing(self, campaign_id: UUID, origin: str, reason: str) -> AsyncIterator[bool]:
+        """Pause a sending campaign on a service's request (a provider outage, the guard):
+        a compare-and-set from `in_progress`, with the reason. Yields whether it changed,
+        inside the transaction, so that its `campaign.status` is published before the
+        commit (a pause is never shown without its event)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            changed = await conn.fetchval(
+                """
+                UPDATE campaigns
+                   SET status = 'paused', pause_reason = $3, paused_by = $2, updated_at = now()
+                 WHERE id = $1 AND status = 'in_progress'
+                RETURNING true
+                """,
+                campaign_id,
+                origin,
+                reason,
+            )
+            yield bool(changed)
+
     async def reemit_unaccounted_now(self, campaign_id: UUID) -> int:
         """Make every emitted batch of the campaign not yet accounted for due at the next
         tick: on resume (dispatchers handed back a paused campaign's batches) and on cancel

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from prometheus_client import Counter, Histogram
+
+from libs.common.events import DeliveryEventType, Topic
 
 RECIPIENTS_FOLDED = Counter(
     "mailfleet_tracker_recipients_folded_total",
@@ -54,6 +58,17 @@ UNMATCHED_EVENTS = Counter(
     "mailfleet_tracker_unmatched_delivery_events_total",
     "Provider events for messages the delivery log does not know.",
 )
+
+
+def start_series() -> None:
+    """The labelled counters' known series at 0 from the start, so that rate() and
+    increase() see their first increase."""
+    for kind in get_args(DeliveryEventType):
+        DELIVERY_EVENTS.labels(kind)
+    for topic in (Topic.DELIVERY_RESULT, Topic.DELIVERY_EVENT):
+        REJECTED_EVENTS.labels(topic.value)
+
+
 SUPPRESSIONS_ADDED = Counter(
     "mailfleet_tracker_suppressions_added_total",
     "Addresses added to the suppression list, by reason.",

@@ -31,6 +31,7 @@ PRODUCTION: dict[str, Any] = {
     "secrets": {"existingSecret": "mailfleet-prod"},
     "config": {
         "publicUrl": "https://mail.example.com",
+        "smtpCaSecret": "smtp-relay-ca",
         "extraEnv": {"MAILFLEET_PROVIDER_CONCURRENCY": "32"},
     },
     "api": {"replicas": 3, "service": {"type": "LoadBalancer", "port": 443}},
@@ -148,6 +149,20 @@ def test_production_values_use_the_existing_secret_and_a_service_monitor() -> No
     config = by_kind(docs, "ConfigMap")["mf-mailfleet-config"]["data"]
     assert config["MAILFLEET_REPLICATION_FACTOR"] == "3"
     assert config["MAILFLEET_PROVIDER_CONCURRENCY"] == "32"
+
+
+def test_smtp_verifies_tls_and_mounts_a_private_ca_when_given() -> None:
+    default = by_kind(render(DEFAULT), "ConfigMap")["mf-mailfleet-config"]["data"]
+    assert default["SMTP_TLS"] == "auto" and "SMTP_CA_FILE" not in default
+    docs = render(PRODUCTION)
+    config = by_kind(docs, "ConfigMap")["mf-mailfleet-config"]["data"]
+    assert config["SMTP_CA_FILE"] == "/etc/mailfleet/smtp-ca/ca.crt"
+    for deployment in by_kind(docs, "Deployment").values():
+        pod = deployment["spec"]["template"]["spec"]
+        mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        assert mounts["smtp-ca"] == "/etc/mailfleet/smtp-ca"
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["smtp-ca"]["secret"]["secretName"] == "smtp-relay-ca"
 
 
 def test_more_dispatchers_than_partitions_is_refused() -> None:

@@ -134,6 +134,12 @@ class ApiClient:
     async def wait_campaign(self, campaign_id: str, timeout: float = 300) -> dict[str, Any]:
         return await self._wait(f"/campaigns/{campaign_id}", TERMINAL, timeout)
 
+    async def wait_campaign_status(
+        self, campaign_id: str, statuses: set[str], timeout: float = 300
+    ) -> dict[str, Any]:
+        """The campaign once its status is one of `statuses` (paused, say)."""
+        return await self._wait(f"/campaigns/{campaign_id}", statuses, timeout)
+
     async def _wait(self, url: str, done: set[str], timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:

@@ -141,3 +141,34 @@ async def test_every_dashboard_and_rule_metric_is_exported_during_a_campaign(
     assert len(owned[0] | owned[1]) == running_settings_partitions(), owned
     # Nothing left in flight once the campaign is done.
     assert sum(total(p, "mailfleet_events_in_flight") for p in pages.values()) == 0
+    # Every labelled counter has its series (at 0) after a clean campaign, so that alerts
+    # built on rate() or increase() see the first increase.
+    assert not_yet_counted(pages) == {}
+
+
+# The labelled counters whose known label values must have a series from the start, and
+# where: (service page, labels every such series must include).
+SERIES_FROM_THE_START: dict[str, tuple[str, dict[str, str]]] = {
+    "mailfleet_dispatcher_failovers_total": ("dispatcher-1", {"provider": "sendgrid"}),
+    "mailfleet_dlq_events_total": ("tracker", {"topic": "delivery.event"}),
+    "mailfleet_handler_errors_total": ("dispatcher-1", {"topic": "batch.ready"}),
+    "mailfleet_provider_retries_total": ("dispatcher-1", {"provider": "sink", "reason": "timeout"}),
+    "mailfleet_provider_throttled_total": ("dispatcher-1", {"provider": "sink"}),
+    "mailfleet_tracker_delivery_events_total": ("tracker", {"event": "bounce"}),
+    "mailfleet_tracker_rejected_events_total": ("tracker", {"topic": "delivery.result"}),
+}
+
+
+def not_yet_counted(pages: dict[str, str]) -> dict[str, str]:
+    """The metrics of SERIES_FROM_THE_START with no matching series on their page."""
+    missing = {}
+    for metric, (page, labels) in SERIES_FROM_THE_START.items():
+        samples = [
+            s
+            for family in text_string_to_metric_families(pages[page])
+            for s in family.samples
+            if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items())
+        ]
+        if not samples:
+            missing[metric] = f"no series with {labels} on {page}"
+    return missing

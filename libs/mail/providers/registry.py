@@ -9,7 +9,7 @@ from libs.mail.circuit_breaker import CircuitBreaker
 from libs.mail.config import DispatcherSettings
 from libs.mail.providers.base import Provider
 from libs.mail.providers.sendgrid import RetryPolicy, SendGridProvider
-from libs.mail.providers.smtp import SMTPProvider
+from libs.mail.providers.smtp import SMTPProvider, tls_mode
 from libs.mail.rate_limit import RateLimiter
 
 
@@ -21,6 +21,10 @@ def build_providers(
         initial_s=extra.provider_retry_initial_s,
         max_wait_s=extra.provider_retry_max_s,
     )
+
+    # At-least-once: a request that may have been accepted is sent again (duplicates
+    # allowed); at-most-once: its recipients end `unknown`.
+    retry_ambiguous = settings.delivery_mode == "at_least_once"
 
     def breaker() -> CircuitBreaker:
         return CircuitBreaker(extra.breaker_failures, extra.breaker_cooldown_s)
@@ -36,6 +40,7 @@ def build_providers(
             retry=retry,
             timeout_s=extra.provider_timeout_s,
             breaker=breaker(),
+            retry_ambiguous=retry_ambiguous,
         )
 
     providers: dict[str, Provider] = {
@@ -49,12 +54,14 @@ def build_providers(
             port=settings.smtp_port,
             username=settings.smtp_username,
             password=settings.smtp_password,
-            starttls=settings.smtp_starttls,
+            tls=tls_mode(settings.smtp_tls, settings.smtp_port),
+            ca_file=settings.smtp_ca_file,
             max_connections=extra.smtp_max_connections,
             timeout_s=extra.smtp_timeout_s,
             limiter=RateLimiter(extra.smtp_rate_per_sec),
             retry=retry,
             breaker=breaker(),
+            retry_ambiguous=retry_ambiguous,
         ),
     }
     return providers

@@ -1,8 +1,13 @@
 """SendGrid v3 over aiohttp with keep-alive: the `sendgrid` and `sink` providers.
 
-Retries (tenacity): 5xx, timeouts and connection errors back off exponentially with jitter;
-429 waits as the rate-limit headers say and slows the instance's rate limiter (AIMD). Any
-other 4xx fails the request's recipients with SendGrid's own error messages.
+Only what is proven unsent is retried (tenacity, exponential backoff with jitter): a
+connection that could not be opened, a 429 (waits as the rate-limit headers say and slows
+the instance's rate limiter, AIMD), and SendGrid's own 500 and 503 answers. An outcome that
+may have been accepted (a read timeout, a connection dropped once the request was written,
+a gateway's 502/504) makes the request's recipients `unknown`, and is retried only in
+at-least-once mode (`retry_ambiguous`). 401, 403 and 413 refuse the account, not the
+recipients: `AccountRefused`, which the send turns into a `ProviderOutage`. Any other 4xx
+fails the request's recipients with SendGrid's own error messages.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import orjson
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_exponential_jitter,
 )
@@ -30,8 +35,16 @@ from libs.mail.metrics import (
     PROVIDER_REQUEST_SECONDS,
     PROVIDER_RETRIES,
     PROVIDER_THROTTLED,
+    start_provider_series,
 )
-from libs.mail.providers.base import ProgressCallback, failed, sent
+from libs.mail.providers.base import (
+    AccountRefused,
+    ProgressCallback,
+    failed,
+    send_all,
+    sent,
+    unknown,
+)
 from libs.mail.providers.sendgrid_payload import (
     Payload,
     message_payload,
@@ -43,6 +56,13 @@ log = get_logger(__name__)
 
 MAIL_SEND_PATH = "/v3/mail/send"
 _MAX_ERROR_CHARS = 500
+# SendGrid's own "not processed" answers (500: an error on a SendGrid server, 503: the API is
+# not available). A 502 or 504 comes from a gateway that may have passed the request on.
+_UNSENT_SERVER_ERRORS = frozenset({500, 503})
+# The account, not the recipients: a bad or revoked key (401), a key without the mail.send
+# scope or a suspended account (403), a request over the account's size limit (413).
+_ACCOUNT_REFUSALS = frozenset({401, 403, 413})
+AMBIGUOUS_NOTE = "the provider may or may not have accepted it"
 
 
 @dataclass(frozen=True)
@@ -53,12 +73,16 @@ class RetryPolicy:
 
 
 class RetryableResponse(Exception):
-    """A provider answer worth retrying; `wait_s` when the provider said how long to wait."""
+    """A provider answer worth retrying; `wait_s` when the provider said how long to wait.
+    `ambiguous`: the request may have been accepted (retried only in at-least-once mode)."""
 
-    def __init__(self, reason: str, detail: str, wait_s: float | None = None) -> None:
+    def __init__(
+        self, reason: str, detail: str, wait_s: float | None = None, *, ambiguous: bool = False
+    ) -> None:
         super().__init__(detail)
         self.reason = reason
         self.wait_s = wait_s
+        self.ambiguous = ambiguous
 
 
 @dataclass(frozen=True)
@@ -111,8 +135,10 @@ class SendGridProvider:
         retry: RetryPolicy,
         timeout_s: float = 30.0,
         breaker: CircuitBreaker | None = None,
+        retry_ambiguous: bool = False,
     ) -> None:
         self.name = name
+        start_provider_series(name)
         self.breaker = breaker or CircuitBreaker()
         self.url = base_url.rstrip("/") + MAIL_SEND_PATH
         self._headers = {
@@ -123,7 +149,12 @@ class SendGridProvider:
         self._slots = asyncio.Semaphore(concurrency)
         self.limiter = limiter
         self._retry = retry
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._retry_ambiguous = retry_ambiguous
+        # No `total`: a timeout while waiting for or opening a connection (nothing sent) must
+        # stay apart from one while waiting for the answer (maybe accepted).
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s
+        )
 
     async def close(self) -> None:
         """The session belongs to the caller."""
@@ -141,33 +172,43 @@ class SendGridProvider:
                 )
             )
 
-        async def one(payload: Payload, recipients: list[Recipient]) -> list[RecipientOutcome]:
-            outcomes = await self.post(payload, recipients)
-            await on_progress(outcomes)
-            return outcomes
+        async def one(request: tuple[Payload, list[Recipient]]) -> list[RecipientOutcome]:
+            return await self.post(*request)
 
-        results = await asyncio.gather(*(one(p, r) for p, r in requests))
-        return [outcome for outcomes in results for outcome in outcomes]
+        return await send_all(self.name, requests, one, on_progress)
 
     async def post(
         self, payload: Payload, recipients: Sequence[Recipient]
     ) -> list[RecipientOutcome]:
-        """POST one payload, retrying what is worth retrying; outcomes for its recipients."""
+        """POST one payload, retrying what is proven unsent; outcomes for its recipients.
+        Raises `AccountRefused` on an auth or configuration error."""
         body = orjson.dumps(payload)
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(RetryableResponse),
+            retry=retry_if_exception(self._worth_retrying),
             stop=stop_after_attempt(self._retry.max_attempts),
             wait=self._wait,
             before_sleep=self._count_retry,
             reraise=True,
         )
+        ambiguous: list[RetryableResponse] = []
         try:
             async for attempt in retrying:
                 with attempt:
                     if attempt.retry_state.attempt_number > 1:
                         await self.limiter.acquire(len(recipients))
-                    status, message_id, error = await self._post_once(body)
+                    try:
+                        status, message_id, error = await self._post_once(body)
+                    except RetryableResponse as exc:
+                        if exc.ambiguous:
+                            ambiguous.append(exc)
+                        raise
         except RetryableResponse as exc:
+            if ambiguous:
+                # Once one attempt may have been accepted, no later failure proves otherwise.
+                error = f"{ambiguous[0].reason}: {ambiguous[0]}; {AMBIGUOUS_NOTE}"
+                log.warning("provider outcome ambiguous", provider=self.name, error=error,
+                            recipients=len(recipients))  # fmt: skip
+                return [unknown(r.recipient_id, r.email, error) for r in recipients]
             error = f"gave up after {self._retry.max_attempts} attempts: {exc}"
             return [failed(r.recipient_id, r.email, error) for r in recipients]
         if status == 202:
@@ -182,14 +223,28 @@ class SendGridProvider:
                     self.url, data=body, headers=self._headers, timeout=self._timeout
                 ) as response:
                     answer = await response.read()
-            except TimeoutError as exc:
-                self.breaker.record_failure()
-                raise RetryableResponse("timeout", "request timed out") from exc
-            except aiohttp.ClientError as exc:
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                # The connection was never opened: nothing was sent.
                 self.breaker.record_failure()
                 raise RetryableResponse("connection", f"connection error: {exc!r}") from exc
+            except TimeoutError as exc:
+                self.breaker.record_failure()
+                raise RetryableResponse(
+                    "timeout", "no answer within the timeout", ambiguous=True
+                ) from exc
+            except aiohttp.ClientError as exc:
+                # Reset or closed once the request was (maybe) written.
+                self.breaker.record_failure()
+                raise RetryableResponse(
+                    "connection", f"connection lost: {exc!r}", ambiguous=True
+                ) from exc
             finally:
                 PROVIDER_REQUEST_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        if response.status in _ACCOUNT_REFUSALS:
+            reason = f"{response.status}: {provider_errors(answer)}"
+            self.breaker.trip(reason)
+            log.error("provider refused the account", provider=self.name, reason=reason)
+            raise AccountRefused(reason)
         if response.status == 429:
             PROVIDER_THROTTLED.labels(self.name).inc()
             self.limiter.throttled()
@@ -197,13 +252,22 @@ class SendGridProvider:
             raise RetryableResponse("throttled", "429: " + provider_errors(answer), wait)
         if response.status >= 500:
             self.breaker.record_failure()
-            raise RetryableResponse("server_error", f"{response.status}: {provider_errors(answer)}")
+            raise RetryableResponse(
+                "server_error",
+                f"{response.status}: {provider_errors(answer)}",
+                ambiguous=response.status not in _UNSENT_SERVER_ERRORS,
+            )
         # Any answer below 500 (a 429, a rejected payload) shows a working provider.
         self.breaker.record_success()
         if response.status == 202:
             self.limiter.succeeded()
             return 202, response.headers.get("X-Message-Id"), ""
         return response.status, None, provider_errors(answer)
+
+    def _worth_retrying(self, exc: BaseException) -> bool:
+        if not isinstance(exc, RetryableResponse):
+            return False
+        return self._retry_ambiguous or not exc.ambiguous
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None

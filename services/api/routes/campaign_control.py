@@ -48,7 +48,12 @@ async def _control(
                 """
                 UPDATE campaigns
                    SET status = $2, schedule_revision = $3, updated_at = now(),
-                       finished_at = CASE WHEN $2 = 'cancelled' THEN now() ELSE finished_at END
+                       finished_at = CASE WHEN $2 = 'cancelled' THEN now() ELSE finished_at END,
+                       -- a repeated pause keeps who paused it first, and why
+                       paused_by = CASE WHEN $2 <> 'paused' THEN NULL
+                                        WHEN status = 'paused' THEN paused_by ELSE 'admin' END,
+                       pause_reason = CASE WHEN $2 = 'paused' AND status = 'paused'
+                                           THEN pause_reason END
                  WHERE id = $1
                 RETURNING *
                 """,

@@ -65,3 +65,25 @@ async def test_viewer_may_not_and_unknown_campaign_is_404(api: Api, pool: asyncp
     assert status == 403
     status, _ = await _post(api, str(uuid.uuid4()), "cancel")
     assert status == 404
+
+
+async def test_a_pause_by_a_provider_outage_shows_its_reason_until_resumed(
+    api: Api, pool: asyncpg.Pool
+) -> None:
+    campaign_id = await _in_progress(api, pool)
+    # What the scheduler writes when a dispatcher asks for a pause (origin `provider`).
+    await pool.execute(
+        "UPDATE campaigns SET status = 'paused', paused_by = 'provider',"
+        " pause_reason = 'provider refused the account: 401: invalid key' WHERE id = $1",
+        uuid.UUID(campaign_id),
+    )
+    answer = await api.client.get(f"/api/v1/campaigns/{campaign_id}", headers=api.auth("viewer"))
+    shown = answer.json()
+    assert shown["status"] == "paused" and shown["paused_by"] == "provider"
+    assert shown["pause_reason"] == "provider refused the account: 401: invalid key"
+    _, again = await _post(api, campaign_id, "pause")  # an admin's repeat keeps the reason
+    assert again["paused_by"] == "provider" and again["pause_reason"] == shown["pause_reason"]
+    _, resumed = await _post(api, campaign_id, "resume")
+    assert resumed["status"] == "in_progress" and resumed["pause_reason"] is None
+    _, paused = await _post(api, campaign_id, "pause")
+    assert paused["paused_by"] == "admin" and paused["pause_reason"] is None

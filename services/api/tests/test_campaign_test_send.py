@@ -127,6 +127,25 @@ async def test_provider_refusal_is_a_failed_outcome(
     assert result["status"] == "failed" and "400" in result["error"]
 
 
+async def test_a_refused_api_key_is_reported_not_a_server_error(
+    client: httpx.AsyncClient, api_settings: Settings, sink: SinkHandle
+) -> None:
+    campaign = await _campaign(client, api_settings)
+    sink.inject_fault(401, count=10)
+    try:
+        answer = await client.post(
+            f"/api/v1/campaigns/{campaign['id']}/test",
+            json={"emails": ["a@example.com", "b@example.com"]},
+            headers=_admin(api_settings),
+        )
+    finally:
+        sink.state.faults.clear()
+    assert answer.status_code == 200
+    results = answer.json()["results"]
+    assert [r["status"] for r in results] == ["failed", "failed"]
+    assert all(r["error"].startswith("provider refused the account: 401") for r in results)
+
+
 async def test_runtime_template_error_fails_that_address(
     client: httpx.AsyncClient, api_settings: Settings
 ) -> None:

@@ -17,9 +17,9 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from conftest import make_settings
+from conftest import first_events, make_settings
 from libs.common.embedded import EmbeddedBroker
-from libs.common.events import DeliveryResult, Topic
+from libs.common.events import CampaignControl, DeliveryResult, Topic
 from libs.common.kafka import EventProducer, ensure_topics
 from libs.common.service import ServiceContext
 from libs.common.settings import Settings
@@ -217,3 +217,36 @@ async def test_server_errors_are_retried_and_rejections_fail_with_the_providers_
     assert {o.status for o in failed.outcomes} == {"failed"}
     assert failed.outcomes[0].error == "400: injected fault 400"
     assert len(sink_messages_of(sink, campaign)) == 20
+
+
+async def test_a_refused_api_key_hands_the_batch_back_and_asks_for_a_pause(
+    running_dispatcher: None,
+    dispatcher_settings: Settings,
+    pool: asyncpg.Pool,
+    producer: EventProducer,
+    results: Results,
+    sink: SinkHandle,
+) -> None:
+    campaign = uuid.uuid4()
+    batch = make_batch(campaign, await insert_content(pool, campaign), 0, 40)
+    sink.inject_fault(401, count=1000)
+    try:
+        await producer.send(Topic.BATCH_READY, batch.batch_id, batch)
+        (pause,) = await first_events(
+            dispatcher_settings.kafka_bootstrap_servers,
+            Topic.CAMPAIGN_CONTROL,
+            CampaignControl,
+            lambda e: e.campaign_id == campaign,
+        )
+    finally:
+        sink.state.faults.clear()
+    assert pause.action == "pause" and pause.origin == "provider"
+    assert pause.reason is not None and "401" in pause.reason
+    entry = await PostgresLedger(pool).get(batch.batch_id)
+    assert entry is not None and entry.released and entry.recorded_outcomes() == []
+    assert results.by_campaign[campaign] == []  # nobody failed
+    # Resumed: the scheduler emits the batch again, and it is sent once.
+    await producer.send(Topic.BATCH_READY, batch.batch_id, batch.model_copy(update={"emitted": 2}))
+    (result,) = await results.wait_for(campaign, lambda rs: len(rs) == 1)
+    assert {o.status for o in result.outcomes} == {"sent"}
+    assert len(sink_messages_of(sink, campaign)) == 40

@@ -17,7 +17,7 @@ from libs.mail.providers.sendgrid import RetryPolicy, SendGridProvider
 from libs.mail.rate_limit import RateLimiter
 from libs.mail.sink import SinkHandle, start_sink
 from services.dispatcher.content_store import ContentRepository
-from services.dispatcher.dispatch import BatchDispatcher
+from services.dispatcher.dispatch import BatchDispatcher, HandedBack
 from services.dispatcher.ledger import DeliveryMode
 from services.dispatcher.ledger_store import PostgresLedger
 from services.dispatcher.tests.support import insert_content, make_batch
@@ -44,13 +44,14 @@ def dispatcher(
     mode: DeliveryMode = "at_most_once",
     owner: str = "test-owner",
     takeover_wait_s: float = 0.0,
+    concurrency: int = 4,
 ) -> BatchDispatcher:
     provider = SendGridProvider(
         "sink",
         sink.url,
         "k",
         session,
-        concurrency=4,
+        concurrency=concurrency,
         limiter=RateLimiter(0),
         retry=RetryPolicy(3, 0.01, 0.05),
     )
@@ -185,3 +186,23 @@ async def test_missing_content_and_unknown_provider_fail_with_a_reason(
     result = await dispatcher(pool, sink, session).dispatch(unknown)
     assert "unknown provider 'pigeon'" in (result.outcomes[0].error or "")
     assert sink.stats()["messages"] == 0
+
+
+async def test_a_batch_released_on_an_outage_sends_only_what_was_not_accepted(
+    pool: asyncpg.Pool, sink: SinkHandle, session: aiohttp.ClientSession
+) -> None:
+    campaign = uuid.uuid4()
+    # 1,200 recipients as individual messages would be many requests; a templated batch of
+    # 1,200 is two requests: the first accepted, the second refused (a key revoked between).
+    batch = make_batch(campaign, await insert_content(pool, campaign), 0, 1200)
+    sink.inject_fault(202, count=1)
+    sink.inject_fault(401, count=1)
+    with pytest.raises(HandedBack) as handed:  # one request at a time: in order
+        await dispatcher(pool, sink, session, concurrency=1).dispatch(batch)
+    assert handed.value.reason == "outage" and "401" in handed.value.detail
+    accepted = {m.email for m in sink.messages}
+    assert len(accepted) == 1000
+    # At-most-once still sends the rest: the refusal proved them unsent.
+    result = await dispatcher(pool, sink, session, owner="next-owner").dispatch(batch)
+    assert [o.status for o in result.outcomes] == ["sent"] * 1200
+    assert sink.stats()["messages"] == 1200 and sink.stats()["duplicates"] == 0

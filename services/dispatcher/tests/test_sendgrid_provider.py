@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from libs.common.events import BatchRecipient, RecipientOutcome
 from libs.mail.headers import HeaderPolicy
 from libs.mail.messages import Outbox
+from libs.mail.providers.base import ProviderOutage
 from libs.mail.providers.sendgrid import RetryPolicy, SendGridProvider
 from libs.mail.rate_limit import RateLimiter
 from libs.mail.rendering import Content, build_outbox
@@ -86,15 +88,93 @@ async def test_templated_batch_is_accepted_in_thousand_recipient_requests(
     assert by_email["user42@example.com"].custom_args["recipient_id"] == "42"
 
 
-async def test_server_errors_and_timeouts_are_retried(
+async def test_answers_that_prove_nothing_was_sent_are_retried(
     sink: SinkHandle, session: aiohttp.ClientSession
 ) -> None:
     sink.inject_fault(500, count=1)
-    sink.inject_fault(202, count=1, delay_s=1.0)  # slower than the client's timeout
-    outcomes, _ = await send(provider(sink, session, timeout_s=0.3), outbox(10))
+    sink.inject_fault(503, count=1)
+    outcomes, _ = await send(provider(sink, session), outbox(10))
     assert {o.status for o in outcomes} == {"sent"}
     assert sink.stats()["faults_served"] == 2
-    assert sink.stats()["messages"] == 10
+    assert sink.stats()["messages"] == 10 and sink.stats()["duplicates"] == 0
+
+
+async def test_a_refused_connection_is_retried_then_fails(
+    session: aiohttp.ClientSession,
+) -> None:
+    closed = await start_sink("127.0.0.1", 0)
+    await closed.stop()  # nothing listens on its port any more
+    outcomes, _ = await send(provider(closed, session), outbox(2))
+    assert {o.status for o in outcomes} == {"failed"}
+    assert "gave up after 3 attempts" in (outcomes[0].error or "")
+
+
+async def test_an_answer_held_past_the_client_timeout_is_unknown_and_never_resent(
+    sink: SinkHandle, session: aiohttp.ClientSession
+) -> None:
+    # The sink accepts the request, then answers only after the client gave up waiting.
+    sink.inject_fault(202, count=1, delay_s=2.0)
+    outcomes, _ = await send(provider(sink, session, timeout_s=0.3), outbox(10))
+    assert {o.status for o in outcomes} == {"unknown"}
+    assert "may or may not have accepted" in (outcomes[0].error or "")
+    assert sink.stats()["requests"] == 1
+    assert sink.stats()["messages"] == 10 and sink.stats()["duplicates"] == 0
+
+
+@pytest.mark.parametrize("status", [502, 504])
+async def test_a_gateway_error_is_ambiguous(
+    sink: SinkHandle, session: aiohttp.ClientSession, status: int
+) -> None:
+    sink.inject_fault(status, count=1)
+    outcomes, _ = await send(provider(sink, session), outbox(3))
+    assert {o.status for o in outcomes} == {"unknown"}
+    assert sink.stats()["requests"] == 1
+
+
+async def test_at_least_once_sends_an_ambiguous_request_again(
+    sink: SinkHandle, session: aiohttp.ClientSession
+) -> None:
+    sink.inject_fault(202, count=1, delay_s=2.0)
+    p = provider(sink, session, timeout_s=0.3, retry_ambiguous=True)
+    outcomes, _ = await send(p, outbox(4))
+    assert {o.status for o in outcomes} == {"sent"}
+    assert sink.stats()["duplicates"] == 4  # the price of at-least-once
+
+
+@pytest.mark.parametrize("status", [401, 403, 413])
+async def test_an_account_refusal_is_an_outage_not_a_recipient_failure(
+    sink: SinkHandle, session: aiohttp.ClientSession, status: int
+) -> None:
+    sink.inject_fault(status, count=100)
+    p = provider(sink, session)
+    with pytest.raises(ProviderOutage) as raised:
+        await send(p, outbox(2100))
+    assert raised.value.reason.startswith(f"{status}: injected fault")
+    assert raised.value.settled == []
+    assert not p.breaker.allows() and p.breaker.outage_reason == raised.value.reason
+    assert sink.stats()["requests"] <= 3  # never retried
+    assert sink.stats()["messages"] == 0
+
+
+async def test_a_failing_request_leaves_no_sibling_request_running(
+    sink: SinkHandle, session: aiohttp.ClientSession
+) -> None:
+    # Three requests; the first answered makes its progress callback raise, the other two
+    # are still held by the sink.
+    sink.inject_fault(202, count=1)
+    sink.inject_fault(202, count=2, delay_s=2.0)
+
+    async def explode(outcomes: list[RecipientOutcome]) -> None:
+        raise RuntimeError("ledger write failed")
+
+    with pytest.raises(RuntimeError):
+        await provider(sink, session).send(outbox(2100), explode)
+    orphans = [
+        t
+        for t in asyncio.all_tasks()
+        if not t.done() and t.get_coro().__qualname__.endswith(".one")  # type: ignore[union-attr]
+    ]
+    assert orphans == []
 
 
 async def test_throttling_waits_as_told_and_slows_the_rate(

@@ -14,6 +14,7 @@ from aiosmtpd.controller import Controller
 from libs.common.embedded import free_port
 from libs.common.events import BatchRecipient, RecipientOutcome
 from libs.mail.headers import HeaderPolicy
+from libs.mail.providers.base import ProviderOutage
 from libs.mail.providers.sendgrid import RetryPolicy
 from libs.mail.providers.smtp import SMTPProvider
 from libs.mail.rate_limit import RateLimiter
@@ -53,7 +54,7 @@ async def test_smtp_sends_correct_mime_and_fails_only_refused_recipients(
 ) -> None:
     port, handler = smtp_server
     provider = SMTPProvider(
-        host="127.0.0.1", port=port, username="", password="", starttls=False,
+        host="127.0.0.1", port=port, username="", password="", tls="none",
         max_connections=3, timeout_s=5, limiter=RateLimiter(0), retry=RetryPolicy(2, 0.01, 0.05),
     )  # fmt: skip
     campaign = uuid.uuid4()
@@ -95,3 +96,76 @@ async def test_smtp_sends_correct_mime_and_fails_only_refused_recipients(
     assert mail["X-Mailfleet-Campaign-Id"] == str(campaign)
     assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert mail["Message-ID"] == by_id[3].message_id
+
+
+class HangUpAfterData:
+    """Takes the message, then drops the connection instead of answering `DATA`."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.received.extend(envelope.rcpt_tos)
+        server.transport.close()
+        return "250 never heard"
+
+
+def smtp_provider(port: int, **kw: Any) -> SMTPProvider:
+    return SMTPProvider(
+        host="127.0.0.1", port=port, username=kw.pop("username", ""),
+        password=kw.pop("password", ""), tls=kw.pop("tls", "none"), max_connections=2,
+        timeout_s=5, limiter=RateLimiter(0), retry=RetryPolicy(3, 0.01, 0.05), **kw,
+    )  # fmt: skip
+
+
+def one_campaign(n: int) -> Any:
+    campaign = uuid.uuid4()
+    content = Content(uuid.uuid4(), campaign, "S", "<p>B</p>", None, "news@example.com", None)
+    people = [
+        BatchRecipient(recipient_id=i, email=f"u{i}@example.com", fields={}) for i in range(n)
+    ]
+    return build_outbox(content, campaign, f"{campaign}:0", people, HeaderPolicy("http://a", "k"))
+
+
+async def no_progress(outcomes: list[RecipientOutcome]) -> None:
+    return None
+
+
+async def test_a_disconnect_after_data_is_unknown_and_never_resent() -> None:
+    handler = HangUpAfterData()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        provider = smtp_provider(controller.port)
+        outcomes = await provider.send(one_campaign(3), no_progress)
+        await provider.close()
+    finally:
+        controller.stop()
+    assert {o.status for o in outcomes} == {"unknown"}
+    assert "after DATA" in (outcomes[0].error or "")
+    assert sorted(handler.received) == ["u0@example.com", "u1@example.com", "u2@example.com"]
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+async def test_a_refused_login_is_an_outage() -> None:
+    from aiosmtpd.smtp import AuthResult
+
+    def refuse(*args: Any) -> AuthResult:
+        return AuthResult(success=False, handled=False)
+
+    handler = RecordingHandler()
+    controller = Controller(
+        handler, hostname="127.0.0.1", port=free_port(),
+        authenticator=refuse, auth_require_tls=False, auth_required=True,
+    )  # fmt: skip
+    controller.start()
+    try:
+        provider = smtp_provider(controller.port, username="u", password="rotated")
+        with pytest.raises(ProviderOutage) as raised:
+            await provider.send(one_campaign(5), no_progress)
+        await provider.close()
+    finally:
+        controller.stop()
+    assert raised.value.reason.startswith("535")
+    assert not provider.breaker.allows()
+    assert handler.messages == []

@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from conftest import make_settings
-from libs.common.events import BatchReady, CampaignScheduled, Topic
+from conftest import first_events, make_settings
+from libs.common.events import BatchReady, CampaignControl, CampaignScheduled, CampaignStatus, Topic
 from libs.common.kafka import EventProducer
 from libs.common.service import ServiceContext
 from libs.common.settings import Settings
@@ -224,3 +224,28 @@ async def test_unschedule_older_than_the_schedule_is_ignored(pool: asyncpg.Pool)
         await pool.fetchval("SELECT count(*) FROM schedules WHERE campaign_id = $1", campaign_id)
         == 0
     )
+
+
+async def test_a_pause_asked_for_by_a_provider_is_applied_with_its_reason(
+    pool: asyncpg.Pool, settings: Settings, running_scheduler: ServiceContext
+) -> None:
+    campaign_id = await seed_campaign(pool, recipients=5, status="in_progress")
+    ask = CampaignControl(
+        campaign_id=campaign_id, action="pause", origin="provider", reason="401: bad key"
+    )
+    await running_scheduler.producer.send(Topic.CAMPAIGN_CONTROL, str(campaign_id), ask)
+    statuses = await first_events(
+        settings.kafka_bootstrap_servers,
+        Topic.CAMPAIGN_STATUS,
+        CampaignStatus,
+        lambda e: e.campaign_id == campaign_id,
+    )
+    assert [(s.status, s.reason) for s in statuses] == [("paused", "401: bad key")]
+    row = await pool.fetchrow(
+        "SELECT status, pause_reason, paused_by FROM campaigns WHERE id = $1", campaign_id
+    )
+    assert dict(row) == {
+        "status": "paused",
+        "pause_reason": "401: bad key",
+        "paused_by": "provider",
+    }
