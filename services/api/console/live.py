@@ -1,0 +1,91 @@
+"""A campaign's progress pushed to its page with server-sent events.
+
+One read of the campaign row and the tracker's counters a second per open page (no
+COUNT over deliveries); an event goes out only when the rendered fragment changed. The
+htmx SSE extension reconnects on its own, so a page survives an API restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+from uuid import UUID
+
+from fastapi import APIRouter, Request
+from sse_starlette import EventSourceResponse
+
+from libs.stats import read_models
+from services.api import repository
+from services.api.console import queries, sessions
+from services.api.console.auth import Session, Viewer, console_state
+from services.api.console.web import ConsoleRoute
+from services.api.keys import Role
+from services.api.problems import ProblemError
+
+router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
+
+UPDATE_EVERY_S = 1.0
+# The emails/s shown is the average over this many seconds (samples are a second apart).
+RATE_WINDOW = 5
+
+
+class RateMeter:
+    """Emails/s from successive `sent` counts. Pure."""
+
+    def __init__(self, window: int = RATE_WINDOW) -> None:
+        self.samples: deque[tuple[float, int]] = deque(maxlen=window + 1)
+
+    def add(self, at: float, sent: int) -> float | None:
+        self.samples.append((at, sent))
+        (t0, s0), (t1, s1) = self.samples[0], self.samples[-1]
+        return round((s1 - s0) / (t1 - t0), 1) if t1 > t0 else None
+
+
+async def _fragment(
+    request: Request,
+    session: Session,
+    campaign_id: UUID,
+    counters: Any,
+    rate: float | None,
+    compact: bool,
+) -> str:
+    row = await repository.get_campaign(request.app.state.resources.db, campaign_id)
+    state = console_state(request)
+    template = state.templates.env.get_template("_progress.html")
+    return template.render(
+        campaign=row,
+        progress=queries.progress_of(counters),
+        rate=rate,
+        session=session,
+        can_edit=session.may(Role.EDITOR) and not compact,
+        compact=compact,
+        csrf=sessions.csrf_token(state.secret, session.token),
+        timezone=session.timezone,
+    )
+
+
+@router.get("/campaigns/{campaign_id}/live")
+async def live(
+    request: Request, session: Viewer, campaign_id: UUID, compact: bool = False
+) -> EventSourceResponse:
+    if not await repository.campaign_exists(request.app.state.resources.db, campaign_id):
+        raise ProblemError(404, "There is no such campaign.")
+
+    async def updates() -> AsyncIterator[dict[str, str]]:
+        meter = RateMeter()
+        last = ""
+        while True:
+            counters = await read_models.campaign_counters(
+                request.app.state.resources.db, campaign_id
+            )
+            rate = meter.add(time.monotonic(), int(counters["sent"]) if counters else 0)
+            html = await _fragment(request, session, campaign_id, counters, rate, compact)
+            if html != last:
+                last = html
+                yield {"event": "progress", "data": html}
+            await asyncio.sleep(UPDATE_EVERY_S)
+
+    return EventSourceResponse(updates(), ping=15)

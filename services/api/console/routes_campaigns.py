@@ -1,0 +1,289 @@
+"""Campaign pages: dashboard, list, editor, detail with live progress, scheduling, control."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time
+from typing import Annotated, Any
+from uuid import UUID
+from zoneinfo import ZoneInfo, available_timezones
+
+from fastapi import APIRouter, Form, Query, Request, Response
+from fastapi.responses import JSONResponse, RedirectResponse
+from pydantic import ValidationError
+
+from libs.stats import read_models
+from services.api import repository
+from services.api.console import queries
+from services.api.console.auth import EditorPost, Viewer
+from services.api.console.forms import field_errors_from_problem, field_errors_from_validation
+from services.api.console.web import STATUS_LABELS, ConsoleRoute, render
+from services.api.pagination import BadCursor
+from services.api.problems import ProblemError
+from services.api.routes import campaign_control, campaigns
+from services.api.scheduling import UnknownTimezone, resolve_send_at, zone
+from services.api.schemas import CampaignCreate, ScheduleRequest
+
+router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
+
+PAGE_SIZE = 25
+ZONES = sorted(available_timezones())
+FormText = Annotated[str, Form(max_length=2_000_000)]
+ShortText = Annotated[str, Form(max_length=1000)]
+
+
+@router.get("")
+async def dashboard(request: Request, session: Viewer) -> Response:
+    db = request.app.state.resources.db
+    running = await queries.running_campaigns(db)
+    progress = await queries.progress_by_campaign(db, [c["id"] for c in running])
+    midnight = datetime.combine(
+        datetime.now(ZoneInfo(session.timezone)).date(), time(), ZoneInfo(session.timezone)
+    )
+    return render(
+        request,
+        "dashboard.html",
+        session,
+        running=running,
+        progress=progress,
+        today=await queries.today_totals(db, midnight),
+        failures=await queries.recent_failures(db),
+    )
+
+
+@router.get("/campaigns")
+async def campaign_list(
+    request: Request,
+    session: Viewer,
+    status: Annotated[str | None, Query(max_length=20)] = None,
+    q: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    db = request.app.state.resources.db
+    status = status if status in STATUS_LABELS else None
+    try:
+        rows, next_cursor = await repository.page_campaigns(
+            db, status, cursor, PAGE_SIZE, name_contains=(q or "").strip() or None
+        )
+    except BadCursor:
+        rows, next_cursor = await repository.page_campaigns(db, status, None, PAGE_SIZE)
+    progress = await queries.progress_by_campaign(db, [r["id"] for r in rows])
+    template = "_campaign_rows.html" if request.headers.get("hx-request") else "campaigns.html"
+    return render(
+        request,
+        template,
+        session,
+        campaigns=rows,
+        progress=progress,
+        status=status,
+        q=q or "",
+        next_cursor=next_cursor,
+    )
+
+
+async def _editor_choices(request: Request) -> dict[str, Any]:
+    db = request.app.state.resources.db
+    return {"lists": await queries.list_names(db), "templates": await queries.template_names(db)}
+
+
+@router.get("/campaigns/new")
+async def new_campaign_form(request: Request, session: Viewer) -> Response:
+    return render(
+        request,
+        "campaign_new.html",
+        session,
+        values={},
+        errors={},
+        **await _editor_choices(request),
+    )
+
+
+@router.post("/campaigns/new")
+async def create_campaign(
+    request: Request,
+    session: EditorPost,
+    name: ShortText = "",
+    subject: ShortText = "",
+    from_email: ShortText = "",
+    from_name: ShortText = "",
+    list_id: ShortText = "",
+    template_id: ShortText = "",
+    html: FormText = "",
+    text: FormText = "",
+) -> Response:
+    values = {
+        "name": name,
+        "subject": subject,
+        "from_email": from_email,
+        "from_name": from_name,
+        "list_id": list_id,
+        "template_id": template_id,
+        "html": html,
+        "text": text,
+    }
+    # Empty fields are "not given"; with a template, its content replaces subject and html.
+    given = {k: v for k, v in values.items() if v.strip()}
+    if "template_id" in given:
+        for part in ("subject", "html", "text"):
+            given.pop(part, None)
+    resources = request.app.state.resources
+    try:
+        body = CampaignCreate.model_validate(given)
+        created = await campaigns.create_campaign(body, resources, session.as_caller())
+    except ValidationError as exc:
+        errors = field_errors_from_validation(exc)
+    except ProblemError as exc:
+        if exc.status != 422:
+            raise
+        errors = field_errors_from_problem(exc)
+    else:
+        return RedirectResponse(f"/console/campaigns/{created.id}", status_code=303)
+    return render(
+        request,
+        "campaign_new.html",
+        session,
+        422,
+        values=values,
+        errors=errors,
+        **await _editor_choices(request),
+    )
+
+
+async def _campaign_or_404(request: Request, campaign_id: UUID) -> dict[str, Any]:
+    row = await repository.get_campaign(request.app.state.resources.db, campaign_id)
+    if row is None:
+        raise ProblemError(404, "There is no such campaign.")
+    return row
+
+
+@router.get("/campaigns/{campaign_id}")
+async def campaign_detail(
+    request: Request,
+    session: Viewer,
+    campaign_id: UUID,
+    delivery_status: Annotated[str | None, Query(max_length=40)] = None,
+    cursor: Annotated[str | None, Query(max_length=40)] = None,
+) -> Response:
+    db = request.app.state.resources.db
+    row = await _campaign_or_404(request, campaign_id)
+    progress = (await queries.progress_by_campaign(db, [campaign_id]))[campaign_id]
+    if delivery_status not in read_models.DELIVERY_FILTERS:
+        delivery_status = None
+    try:
+        deliveries = await read_models.delivery_page(
+            db, campaign_id, status=delivery_status, cursor=cursor, limit=50
+        )
+    except ValueError:
+        deliveries = await read_models.delivery_page(db, campaign_id, limit=50)
+    return render(
+        request,
+        "campaign.html",
+        session,
+        campaign=row,
+        progress=progress,
+        rate=None,
+        deliveries=deliveries,
+        delivery_status=delivery_status,
+        delivery_filters=list(read_models.DELIVERY_FILTERS),
+        zones=ZONES,
+        today=datetime.now(ZoneInfo(session.timezone)).date().isoformat(),
+    )
+
+
+@router.get("/campaigns/{campaign_id}/timeline.json")
+async def campaign_timeline(request: Request, session: Viewer, campaign_id: UUID) -> Response:
+    points = await read_models.timeline(request.app.state.resources.db, campaign_id, 1)
+    return JSONResponse(
+        {
+            "t": [p["at"].timestamp() for p in points],
+            "per_second": [p["per_second"] for p in points],
+        }
+    )
+
+
+@router.get("/campaigns/{campaign_id}/preview")
+async def campaign_preview(
+    request: Request,
+    session: Viewer,
+    campaign_id: UUID,
+    recipient: Annotated[str | None, Query(max_length=320)] = None,
+) -> Response:
+    """The rendered message for one recipient, shown in a sandboxed iframe (srcdoc)."""
+    resources = request.app.state.resources
+    error = None
+    preview = None
+    try:
+        preview = await campaigns.preview_campaign(
+            campaign_id, resources, session.as_caller(), recipient or None
+        )
+    except ProblemError as exc:
+        error = exc.detail
+    return render(request, "_preview.html", session, preview=preview, error=error)
+
+
+def _when(day: str, at: str, timezone: str, now: datetime) -> tuple[datetime | None, str | None]:
+    """The UTC instant of a date + time in an IANA zone, or an error to show."""
+    try:
+        zone(timezone)
+    except UnknownTimezone as exc:
+        return None, str(exc)
+    if not day and not at:
+        return now, None
+    try:
+        wall = datetime.combine(date.fromisoformat(day), time.fromisoformat(at or "00:00"))
+    except ValueError:
+        return None, "Give a date (YYYY-MM-DD) and a time (HH:MM)."
+    return resolve_send_at(wall, timezone, now), None
+
+
+@router.get("/schedule-preview")
+async def schedule_preview(
+    request: Request,
+    session: Viewer,
+    day: Annotated[str, Query(max_length=20)] = "",
+    at: Annotated[str, Query(max_length=20)] = "",
+    timezone: Annotated[str, Query(max_length=64)] = "UTC",
+) -> Response:
+    """What the chosen date, time and zone mean: the UTC instant and the person's own time."""
+    instant, error = _when(day, at, timezone, datetime.now(UTC))
+    return render(request, "_schedule_preview.html", session, instant=instant, error=error)
+
+
+@router.post("/campaigns/{campaign_id}/schedule")
+async def schedule(
+    request: Request,
+    session: EditorPost,
+    campaign_id: UUID,
+    day: Annotated[str, Form(max_length=20)] = "",
+    at: Annotated[str, Form(max_length=20)] = "",
+    timezone: Annotated[str, Form(max_length=64)] = "UTC",
+) -> Response:
+    resources = request.app.state.resources
+    instant, error = _when(day, at, timezone, datetime.now(UTC))
+    if error is None and instant is not None:
+        body = ScheduleRequest(send_at=instant if day or at else None, timezone=timezone)
+        await campaigns.schedule_campaign(campaign_id, resources, session.as_caller(), body)
+        return RedirectResponse(f"/console/campaigns/{campaign_id}", status_code=303)
+    return render(request, "error.html", session, 422, message=error)
+
+
+_ACTIONS = {
+    "pause": campaign_control.pause_campaign,
+    "resume": campaign_control.resume_campaign,
+    "cancel": campaign_control.cancel_campaign,
+    "unschedule": campaigns.unschedule_campaign,
+}
+
+
+@router.post("/campaigns/{campaign_id}/{action}")
+async def control(
+    request: Request, session: EditorPost, campaign_id: UUID, action: str
+) -> Response:
+    resources = request.app.state.resources
+    if action == "duplicate":
+        copy = await campaigns.duplicate_campaign(campaign_id, resources, session.as_caller())
+        return RedirectResponse(f"/console/campaigns/{copy.id}", status_code=303)
+    act = _ACTIONS.get(action)
+    if act is None:
+        raise ProblemError(404, "There is no such action.")
+    await act(campaign_id, resources, session.as_caller())
+    return RedirectResponse(f"/console/campaigns/{campaign_id}", status_code=303)

@@ -1,0 +1,169 @@
+"""The console's security rules over HTTP, in process: sign-in, CSRF, roles, sessions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from services.api.console import sessions
+from services.api.console.auth import ConsoleState
+from tests.console.conftest import Console
+from tests.console.support import ADMIN_EMAIL, PASSWORD, csrf_in, page_csrf, sign_in
+
+
+async def test_root_redirects_to_console_and_pages_need_sign_in(console: Console) -> None:
+    async with console.client() as client:
+        root = await client.get("/")
+        assert root.status_code == 307 and root.headers["location"] == "/console"
+        page = await client.get("/console/campaigns")
+        assert page.status_code == 303
+        assert page.headers["location"].startswith("/console/login")
+
+
+async def test_sign_in_sets_a_strict_cookie_and_sign_out_ends_the_session(
+    console: Console,
+) -> None:
+    async with console.client() as client:
+        answer = await sign_in(client, ADMIN_EMAIL)
+        assert answer.status_code == 303, answer.text
+        cookie = answer.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=lax" in cookie
+        token = client.cookies[sessions.SESSION_COOKIE]
+        assert (await client.get("/console/campaigns")).status_code == 200
+        csrf = await page_csrf(client)
+        out = await client.post("/console/logout", data={"csrf_token": csrf})
+        assert out.status_code == 303
+        client.cookies.set(sessions.SESSION_COOKIE, token)  # replaying the old cookie
+        assert (await client.get("/console/campaigns")).status_code == 303
+
+
+async def test_secure_cookie_over_https(console: Console) -> None:
+    async with console.client() as client:
+        client.base_url = "https://console.test"
+        answer = await sign_in(client, ADMIN_EMAIL)
+        assert "Secure" in answer.headers["set-cookie"]
+
+
+async def test_wrong_password_keeps_the_email_and_logins_are_throttled(console: Console) -> None:
+    state: ConsoleState = console.app.state.console
+    async with console.client() as client:
+        wrong = await sign_in(client, "throttle@example.com", "not the password")
+        assert wrong.status_code == 400
+        assert 'value="throttle@example.com"' in wrong.text
+        for _ in range(state.login_failures.limit):
+            last = await sign_in(client, "throttle@example.com", "not the password")
+        assert last.status_code == 429
+        assert "Too many failed sign-ins" in last.text
+    state.login_failures._failures.clear()  # the other tests sign in from the same address
+
+
+async def test_a_post_without_csrf_token_is_refused(console: Console) -> None:
+    async with console.client() as client:
+        await sign_in(client, ADMIN_EMAIL)
+        refused = await client.post("/console/lists", data={"name": "no token"})
+        assert refused.status_code == 403
+        forged = await client.post("/console/lists", data={"name": "x", "csrf_token": "0" * 64})
+        assert forged.status_code == 403
+        csrf = await page_csrf(client)
+        made = await client.post("/console/lists", data={"name": "with token", "csrf_token": csrf})
+        assert made.status_code == 303
+
+
+async def test_login_form_needs_its_csrf_token(console: Console) -> None:
+    async with console.client() as client:
+        answer = await client.post(
+            "/console/login", data={"email": ADMIN_EMAIL, "password": PASSWORD}
+        )
+        assert answer.status_code == 403
+        assert sessions.SESSION_COOKIE not in client.cookies
+
+
+async def test_viewer_sees_no_write_control_and_a_forged_post_gets_403(console: Console) -> None:
+    async with console.client() as client:
+        await sign_in(client, "viewer@example.com")
+        lists_page = await client.get("/console/lists")
+        assert "Create list" not in lists_page.text
+        campaigns_page = await client.get("/console/campaigns")
+        assert "New campaign" not in campaigns_page.text
+        csrf = csrf_in(campaigns_page.text)  # the viewer's own, valid token
+        forged = await client.post("/console/lists", data={"name": "viewer", "csrf_token": csrf})
+        assert forged.status_code == 403
+        admin_only = await client.get("/console/settings/users")
+        assert admin_only.status_code == 403
+
+
+async def test_a_tampered_session_cookie_is_refused(console: Console) -> None:
+    async with console.client() as client:
+        await sign_in(client, ADMIN_EMAIL)
+        token = client.cookies[sessions.SESSION_COOKIE]
+        flipped = token[:-1] + ("A" if token[-1] != "A" else "B")
+        client.cookies.set(sessions.SESSION_COOKIE, flipped)
+        assert (await client.get("/console/campaigns")).status_code == 303
+
+
+async def test_sessions_expire_when_idle_and_after_the_absolute_limit(console: Console) -> None:
+    state: ConsoleState = console.app.state.console
+    now = datetime.now(UTC)
+    state.clock = lambda: now
+    try:
+        async with console.client() as client:
+            await sign_in(client, ADMIN_EMAIL)
+            # Active every 9 minutes (idle limit 10): still signed in after 54 minutes.
+            for step in range(1, 7):
+                moment = now + timedelta(minutes=9 * step)
+                state.clock = lambda moment=moment: moment
+                assert (await client.get("/console/campaigns")).status_code == 200
+            # Past the absolute limit of an hour, however active.
+            state.clock = lambda: now + timedelta(minutes=61)
+            expired = await client.get("/console/campaigns")
+            assert expired.status_code == 303 and "expired=1" in expired.headers["location"]
+
+            state.clock = lambda: now
+            await sign_in(client, ADMIN_EMAIL)
+            state.clock = lambda: now + timedelta(minutes=11)  # idle too long
+            idle = await client.get("/console/campaigns")
+            assert idle.status_code == 303 and "expired=1" in idle.headers["location"]
+    finally:
+        state.clock = lambda: datetime.now(UTC)
+
+
+async def test_static_assets_are_served_with_cache_headers(console: Console) -> None:
+    async with console.client() as client:
+        await sign_in(client, ADMIN_EMAIL)
+        page = await client.get("/console/campaigns")
+        for name in ("htmx-2.0.11.min.js", "htmx-ext-sse-2.2.4.min.js", "console.css"):
+            assert name in page.text
+        asset = await client.get("/console/static/vendor/htmx-2.0.11.min.js")
+        assert asset.status_code == 200
+        assert "immutable" in asset.headers["cache-control"]
+
+
+async def test_wrong_campaign_input_is_shown_next_to_its_field(console: Console) -> None:
+    async with console.client() as client:
+        await sign_in(client, ADMIN_EMAIL)
+        csrf = await page_csrf(client)
+        await client.post("/console/lists", data={"name": "for campaigns", "csrf_token": csrf})
+        form = await client.get("/console/campaigns/new")
+        list_id = form.text.split('<option value="', 2)[2].split('"', 1)[0]
+        answer = await client.post(
+            "/console/campaigns/new",
+            data={
+                "csrf_token": csrf,
+                "name": "Broken",
+                "from_email": "news@example.com",
+                "list_id": list_id,
+                "subject": "Hi",
+                "html": "<p>line one</p>\n<p>{{ unclosed </p>",
+            },
+        )
+        assert answer.status_code == 422
+        assert 'id="html-error"' in answer.text and "line 2" in answer.text
+        assert "line one" in answer.text  # what the person typed is kept
+        assert 'value="Broken"' in answer.text
+
+
+async def test_an_unknown_page_is_a_friendly_page_with_the_request_id(console: Console) -> None:
+    async with console.client() as client:
+        await sign_in(client, ADMIN_EMAIL)
+        answer = await client.get("/console/campaigns/not-a-uuid")
+        assert answer.status_code == 404
+        assert "Request id" in answer.text and "Traceback" not in answer.text
