@@ -13,13 +13,14 @@ from pydantic import ValidationError
 
 from libs.stats import read_models
 from services.api import repository
+from services.api.campaign_test_schemas import SendTestRequest
 from services.api.console import queries
 from services.api.console.auth import EditorPost, Viewer
 from services.api.console.forms import field_errors_from_problem, field_errors_from_validation
 from services.api.console.web import STATUS_LABELS, ConsoleRoute, render
 from services.api.pagination import BadCursor
 from services.api.problems import ProblemError
-from services.api.routes import campaign_control, campaigns
+from services.api.routes import campaign_control, campaign_test_sends, campaigns
 from services.api.scheduling import UnknownTimezone, resolve_send_at, zone
 from services.api.schemas import CampaignCreate, ScheduleRequest
 
@@ -218,6 +219,27 @@ async def campaign_preview(
     except ProblemError as exc:
         error = exc.detail
     return render(request, "_preview.html", session, preview=preview, error=error)
+
+
+@router.post("/campaigns/{campaign_id}/test")
+async def test_send(
+    request: Request,
+    session: EditorPost,
+    campaign_id: UUID,
+    emails: Annotated[str, Form(max_length=4000)] = "",
+) -> Response:
+    """Send the campaign now to a few addresses (comma or space separated)."""
+    addresses = [a for a in emails.replace(",", " ").split() if a]
+    try:
+        body = SendTestRequest(emails=addresses)
+        sent = await campaign_test_sends.send_test_mail(
+            campaign_id, body, request.app.state.resources, session.as_caller()
+        )
+    except ValidationError:
+        return render(request, "_test_send.html", session, error="Give one to ten addresses.")
+    except ProblemError as exc:
+        return render(request, "_test_send.html", session, error=exc.detail)
+    return render(request, "_test_send.html", session, results=sent.results)
 
 
 def _when(day: str, at: str, timezone: str, now: datetime) -> tuple[datetime | None, str | None]:
