@@ -167,3 +167,56 @@ async def test_an_unknown_page_is_a_friendly_page_with_the_request_id(console: C
         answer = await client.get("/console/campaigns/not-a-uuid")
         assert answer.status_code == 404
         assert "Request id" in answer.text and "Traceback" not in answer.text
+
+
+async def _campaign_with_log(console: Console) -> tuple[str, str]:
+    """A list of three and a campaign whose log the tracker would have written."""
+    db = console.app.state.resources.db
+    list_id = await db.fetchval("INSERT INTO lists (name) VALUES ('log list') RETURNING id")
+    ids = [
+        await db.fetchval(
+            "INSERT INTO recipients (list_id, email, fields) VALUES ($1, $2, $3) RETURNING id",
+            list_id,
+            f"log{i}@example.com",
+            {"first_name": "Ann", "city": "Oslo"},
+        )
+        for i in range(3)
+    ]
+    campaign_id = await db.fetchval(
+        "INSERT INTO campaigns (name, subject, html, from_email, list_id, provider, status)"
+        " VALUES ('logged', 'Hi', '<p>Hi</p>', 'a@example.com', $1, 'sink', 'completed')"
+        " RETURNING id",
+        list_id,
+    )
+    for n, recipient_id in enumerate(ids):
+        await db.execute(
+            "INSERT INTO deliveries (campaign_id, recipient_id, email, status, batch_id, error)"
+            " VALUES ($1, $2, $3, $4, 'b1', $5)",
+            campaign_id,
+            recipient_id,
+            f"log{n}@example.com",
+            "failed" if n == 2 else "sent",
+            "=HYPERLINK(1)" if n == 2 else None,
+        )
+    return str(list_id), str(campaign_id)
+
+
+async def test_delivery_log_search_and_csv_export(console: Console) -> None:
+    list_id, campaign_id = await _campaign_with_log(console)
+    async with console.client() as client:
+        await sign_in(client, "viewer@example.com")
+        found = await client.get(
+            f"/console/campaigns/{campaign_id}", params={"address": "LOG1@example.com"}
+        )
+        assert "log1@example.com" in found.text and "log0@example.com" not in found.text
+        export = await client.get(
+            f"/console/campaigns/{campaign_id}/deliveries.csv",
+            params={"delivery_status": "failed"},
+        )
+        assert export.status_code == 200
+        lines = export.text.lstrip("\ufeff").splitlines()
+        assert lines[0].startswith("recipient_id,email,status")
+        assert len(lines) == 2 and "log2@example.com" in lines[1]
+        assert "'=HYPERLINK(1)" in lines[1]  # a formula stays text in a spreadsheet
+        fields = await client.get("/console/merge-fields", params={"list_id": list_id})
+        assert all(f"{{{{ {name} }}}}" in fields.text for name in ("email", "first_name", "city"))

@@ -98,3 +98,32 @@ async def list_names(db: Executor, limit: int = 500) -> list[dict[str, Any]]:
 async def template_names(db: Executor, limit: int = 500) -> list[dict[str, Any]]:
     rows = await db.fetch("SELECT id, name FROM templates ORDER BY created_at DESC LIMIT $1", limit)
     return [dict(r) for r in rows]
+
+
+async def list_columns(db: Executor, list_id: UUID, sample: int = 200) -> list[str]:
+    """The merge fields a list offers: the keys of a sample of its recipients (the importer
+    gives every row of a file the same columns), plus `email`."""
+    rows = await db.fetch(
+        "SELECT DISTINCT jsonb_object_keys(fields) AS key FROM"
+        " (SELECT fields FROM recipients WHERE list_id = $1 AND jsonb_typeof(fields) = 'object'"
+        " LIMIT $2) AS sample ORDER BY 1",
+        list_id,
+        sample,
+    )
+    return ["email", *(r["key"] for r in rows if r["key"] != "email")]
+
+
+async def delivery_for_email(
+    db: Executor, campaign_id: UUID, list_id: UUID, email: str
+) -> list[dict[str, Any]]:
+    """The log row of one address: found through the list's (list_id, email) index and the
+    log's primary key, not by scanning a campaign's millions of rows for the address."""
+    rows = await db.fetch(
+        "SELECT d.recipient_id, d.email, d.status, d.error, d.last_event FROM recipients r"
+        " JOIN deliveries d ON d.campaign_id = $1 AND d.recipient_id = r.id"
+        " WHERE r.list_id = $2 AND r.email = $3",
+        campaign_id,
+        list_id,
+        email.strip().lower(),
+    )
+    return [dict(r) for r in rows]

@@ -8,7 +8,7 @@ from uuid import UUID
 from zoneinfo import ZoneInfo, available_timezones
 
 from fastapi import APIRouter, Form, Query, Request, Response
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import ValidationError
 
 from libs.stats import read_models
@@ -16,6 +16,7 @@ from services.api import repository
 from services.api.campaign_test_schemas import SendTestRequest
 from services.api.console import queries
 from services.api.console.auth import EditorPost, Viewer
+from services.api.console.delivery_export import delivery_csv
 from services.api.console.forms import field_errors_from_problem, field_errors_from_validation
 from services.api.console.web import STATUS_LABELS, ConsoleRoute, render
 from services.api.pagination import BadCursor
@@ -98,6 +99,18 @@ async def new_campaign_form(request: Request, session: Viewer) -> Response:
     )
 
 
+@router.get("/merge-fields")
+async def merge_fields(
+    request: Request, session: Viewer, list_id: Annotated[str, Query(max_length=40)] = ""
+) -> Response:
+    """The merge-field picker of the editor: the chosen list's columns."""
+    try:
+        columns = await queries.list_columns(request.app.state.resources.db, UUID(list_id))
+    except ValueError:
+        columns = []
+    return render(request, "_merge_fields.html", session, columns=columns)
+
+
 @router.post("/campaigns/new")
 async def create_campaign(
     request: Request,
@@ -162,6 +175,7 @@ async def campaign_detail(
     session: Viewer,
     campaign_id: UUID,
     delivery_status: Annotated[str | None, Query(max_length=40)] = None,
+    address: Annotated[str | None, Query(max_length=320)] = None,
     cursor: Annotated[str | None, Query(max_length=40)] = None,
 ) -> Response:
     db = request.app.state.resources.db
@@ -169,12 +183,16 @@ async def campaign_detail(
     progress = (await queries.progress_by_campaign(db, [campaign_id]))[campaign_id]
     if delivery_status not in read_models.DELIVERY_FILTERS:
         delivery_status = None
-    try:
-        deliveries = await read_models.delivery_page(
-            db, campaign_id, status=delivery_status, cursor=cursor, limit=50
-        )
-    except ValueError:
-        deliveries = await read_models.delivery_page(db, campaign_id, limit=50)
+    if address and address.strip():
+        found = await queries.delivery_for_email(db, campaign_id, row["list_id"], address)
+        deliveries = read_models.DeliveryPage(found, None)
+    else:
+        try:
+            deliveries = await read_models.delivery_page(
+                db, campaign_id, status=delivery_status, cursor=cursor, limit=PAGE_SIZE
+            )
+        except ValueError:
+            deliveries = await read_models.delivery_page(db, campaign_id, limit=PAGE_SIZE)
     return render(
         request,
         "campaign.html",
@@ -184,9 +202,28 @@ async def campaign_detail(
         rate=None,
         deliveries=deliveries,
         delivery_status=delivery_status,
+        address=address or "",
         delivery_filters=list(read_models.DELIVERY_FILTERS),
         zones=ZONES,
         today=datetime.now(ZoneInfo(session.timezone)).date().isoformat(),
+    )
+
+
+@router.get("/campaigns/{campaign_id}/deliveries.csv")
+async def delivery_log_csv(
+    request: Request,
+    session: Viewer,
+    campaign_id: UUID,
+    delivery_status: Annotated[str | None, Query(max_length=40)] = None,
+) -> Response:
+    await _campaign_or_404(request, campaign_id)
+    status = delivery_status if delivery_status in read_models.DELIVERY_FILTERS else None
+    return StreamingResponse(
+        delivery_csv(request.app.state.resources.db, campaign_id, status),
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Disposition": f'attachment; filename="campaign-{campaign_id}-deliveries.csv"'
+        },
     )
 
 

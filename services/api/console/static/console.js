@@ -18,6 +18,18 @@
     }
   });
 
+  // Merge-field picker: insert `{{ field }}` at the cursor of the HTML editor.
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest && event.target.closest("[data-insert]");
+    if (!button) { return; }
+    var area = document.getElementById(button.getAttribute("data-target"));
+    var text = button.getAttribute("data-insert");
+    var start = area.selectionStart, end = area.selectionEnd;
+    area.value = area.value.slice(0, start) + text + area.value.slice(end);
+    area.focus();
+    area.selectionStart = area.selectionEnd = start + text.length;
+  });
+
   function setUpDropzone(zone) {
     var input = zone.querySelector("input[type=file]");
     ["dragenter", "dragover"].forEach(function (name) {
