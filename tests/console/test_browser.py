@@ -149,6 +149,10 @@ async def create_campaign(page: Page, base: str) -> str:
     await page.fill("#name", "Browser campaign")
     await page.fill("#from_email", "news@example.com")
     await page.select_option("#list_id", label="Browser list")
+    # The merge-field picker offers the list's columns and types into the HTML editor.
+    await page.click("[data-insert='{{ first_name }}']")
+    assert await page.input_value("#html") == "{{ first_name }}"
+    await page.fill("#html", "")
     await page.select_option("#template_id", label="Welcome")
     await page.click("button:has-text('Create draft')")
     await page.wait_for_url(CAMPAIGN_URL)
@@ -203,6 +207,17 @@ async def test_a_marketers_whole_path(browser: Browser, stack: RunningStack) -> 
     await page.goto(base + "/console/campaigns?status=completed")
     await page.wait_for_selector("text=Browser campaign")
     await check_screen(page, "campaigns")
+    await page.click("nav >> text=Templates")
+    await page.click("main >> text=Welcome")
+    await page.wait_for_selector("iframe.preview")
+    await check_screen(page, "template")
+    await page.click("nav >> text=Suppressions")
+    await page.fill("#add-email", "gone@example.com")
+    await page.click("button:has-text('Suppress')")
+    await page.wait_for_selector("td:has-text('gone@example.com')")
+    await check_screen(page, "suppressions")
+    await page.click("nav >> text=Settings")
+    await check_screen(page, "settings")
     await page.click("button:has-text('Sign out')")
     await page.wait_for_url("**/console/login")
     await page.goto(base + "/console/campaigns")
@@ -253,7 +268,7 @@ async def test_a_viewer_sees_no_write_control(browser: Browser, stack: RunningSt
         forms: list[Any] = await viewer.query_selector_all("main form[method=post]")
         assert forms == [], f"{path} shows a write control to a viewer"
         assert await viewer.evaluate("document.documentElement.scrollWidth <= 390")
-    await check_screen(viewer, "campaigns-390px")
+        await check_screen(viewer, path.rsplit("/", 1)[-1] + "-390px")
     forged = await viewer.evaluate(
         """async () => {
             const csrf = document.querySelector('input[name=csrf_token]').value;

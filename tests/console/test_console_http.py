@@ -220,3 +220,61 @@ async def test_delivery_log_search_and_csv_export(console: Console) -> None:
         assert "'=HYPERLINK(1)" in lines[1]  # a formula stays text in a spreadsheet
         fields = await client.get("/console/merge-fields", params={"list_id": list_id})
         assert all(f"{{{{ {name} }}}}" in fields.text for name in ("email", "first_name", "city"))
+
+
+async def test_suppressions_follow_the_role_rules(console: Console) -> None:
+    async with console.client() as viewer, console.client() as editor:
+        await sign_in(viewer, "viewer@example.com")
+        page = await viewer.get("/console/suppressions")
+        assert "Suppress an address" not in page.text
+        refused = await viewer.post(
+            "/console/suppressions",
+            data={"email": "nope@example.com", "csrf_token": csrf_in(page.text)},
+        )
+        assert refused.status_code == 403
+
+        await sign_in(editor, "editor@example.com")
+        csrf = await page_csrf(editor, "/console/suppressions")
+        bad = await editor.post(
+            "/console/suppressions", data={"email": "not an address", "csrf_token": csrf}
+        )
+        assert bad.status_code == 422 and 'id="email-error"' in bad.text
+        assert 'value="not an address"' in bad.text
+        added = await editor.post(
+            "/console/suppressions", data={"email": "Gone@Example.com", "csrf_token": csrf}
+        )
+        assert added.status_code == 303
+        found = await viewer.get("/console/suppressions", params={"email": "gone@example.com"})
+        assert "gone@example.com" in found.text and "manual" in found.text
+        removed = await editor.post(
+            "/console/suppressions/remove",
+            data={"email": "gone@example.com", "csrf_token": csrf},
+        )
+        assert removed.status_code == 303
+        again = await viewer.get("/console/suppressions", params={"email": "gone@example.com"})
+        assert "is not suppressed" in again.text
+
+
+async def test_template_versions_and_preview(console: Console) -> None:
+    db = console.app.state.resources.db
+    template_id = await db.fetchval(
+        "WITH t AS (INSERT INTO templates (name, latest_version) VALUES ('Promo', 2) RETURNING id)"
+        " INSERT INTO template_versions (template_id, version, subject, html, text)"
+        " SELECT id, v, 'Sale v' || v, '<p>Version ' || v || '</p>', NULL"
+        " FROM t, generate_series(1, 2) v RETURNING template_id"
+    )
+    async with console.client() as client:
+        await sign_in(client, "viewer@example.com")
+        latest = await client.get(f"/console/templates/{template_id}")
+        assert "Sale v2" in latest.text and "&lt;p&gt;Version 2&lt;/p&gt;" in latest.text
+        first = await client.get(f"/console/templates/{template_id}", params={"version": 1})
+        assert "Sale v1" in first.text
+        assert 'sandbox=""' in first.text
+
+
+async def test_an_edited_page_link_shows_the_first_page(console: Console) -> None:
+    async with console.client() as client:
+        await sign_in(client, "viewer@example.com")
+        for path in ("/console/campaigns", "/console/lists", "/console/templates"):
+            answer = await client.get(path, params={"cursor": "not-a-cursor"})
+            assert answer.status_code == 200, path

@@ -13,7 +13,14 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from libs.common.settings import Settings
-from services.api.console import live, routes_auth, routes_campaigns, routes_lists, routes_settings
+from services.api.console import (
+    live,
+    routes_auth,
+    routes_campaigns,
+    routes_library,
+    routes_lists,
+    routes_settings,
+)
 from services.api.console.auth import ConsoleState, derive_secret
 from services.api.console.sessions import Timeouts
 from services.api.console.web import make_templates
@@ -54,7 +61,8 @@ def install_console(app: FastAPI, settings: Settings) -> None:
         default_timezone=settings.default_timezone,
     )
     app.mount("/console/static", CachedStatic(directory=STATIC_DIR), name="console-static")
-    for module in (routes_auth, routes_campaigns, live, routes_lists, routes_settings):
+    pages = (routes_auth, routes_campaigns, live, routes_lists, routes_library, routes_settings)
+    for module in pages:
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False)

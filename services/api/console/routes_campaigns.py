@@ -18,8 +18,7 @@ from services.api.console import queries
 from services.api.console.auth import EditorPost, Viewer
 from services.api.console.delivery_export import delivery_csv
 from services.api.console.forms import field_errors_from_problem, field_errors_from_validation
-from services.api.console.web import STATUS_LABELS, ConsoleRoute, render
-from services.api.pagination import BadCursor
+from services.api.console.web import STATUS_LABELS, ConsoleRoute, page_or_first, render
 from services.api.problems import ProblemError
 from services.api.routes import campaign_control, campaign_test_sends, campaigns
 from services.api.scheduling import UnknownTimezone, resolve_send_at, zone
@@ -62,12 +61,10 @@ async def campaign_list(
 ) -> Response:
     db = request.app.state.resources.db
     status = status if status in STATUS_LABELS else None
-    try:
-        rows, next_cursor = await repository.page_campaigns(
-            db, status, cursor, PAGE_SIZE, name_contains=(q or "").strip() or None
-        )
-    except BadCursor:
-        rows, next_cursor = await repository.page_campaigns(db, status, None, PAGE_SIZE)
+    name = (q or "").strip() or None
+    rows, next_cursor = await page_or_first(
+        lambda c: repository.page_campaigns(db, status, c, PAGE_SIZE, name_contains=name), cursor
+    )
     progress = await queries.progress_by_campaign(db, [r["id"] for r in rows])
     template = "_campaign_rows.html" if request.headers.get("hx-request") else "campaigns.html"
     return render(

@@ -12,8 +12,7 @@ from pydantic import ValidationError
 from services.api import recipients_repo, repository
 from services.api.console.auth import EditorPost, EditorUpload, Viewer
 from services.api.console.forms import field_errors_from_validation
-from services.api.console.web import ConsoleRoute, render
-from services.api.pagination import BadCursor
+from services.api.console.web import ConsoleRoute, page_or_first, render
 from services.api.problems import ProblemError
 from services.api.routes import import_rejections, lists
 from services.api.schemas import ListCreate
@@ -28,10 +27,9 @@ async def _lists_page(
     request: Request, session: Viewer, cursor: str | None, **extra: Any
 ) -> Response:
     db = request.app.state.resources.db
-    try:
-        rows, next_cursor = await repository.page_lists(db, cursor, PAGE_SIZE)
-    except BadCursor:
-        rows, next_cursor = await repository.page_lists(db, None, PAGE_SIZE)
+    rows, next_cursor = await page_or_first(
+        lambda c: repository.page_lists(db, c, PAGE_SIZE), cursor
+    )
     extra.setdefault("values", {})
     extra.setdefault("errors", {})
     return render(request, "lists.html", session, lists=rows, next_cursor=next_cursor, **extra)
@@ -78,14 +76,9 @@ async def list_detail(
     if row is None:
         raise ProblemError(404, "There is no such list.")
     wanted = (email or "").strip().lower() or None
-    try:
-        recipients, next_cursor = await recipients_repo.page_recipients(
-            db, list_id, wanted, cursor, PAGE_SIZE
-        )
-    except BadCursor:
-        recipients, next_cursor = await recipients_repo.page_recipients(
-            db, list_id, wanted, None, PAGE_SIZE
-        )
+    recipients, next_cursor = await page_or_first(
+        lambda c: recipients_repo.page_recipients(db, list_id, wanted, c, PAGE_SIZE), cursor
+    )
     imports, _ = await repository.page_imports(db, list_id, None, 10)
     return render(
         request,

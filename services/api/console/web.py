@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
@@ -19,6 +19,7 @@ from libs.common.logging import get_logger
 from services.api.console import sessions
 from services.api.console.auth import Forbidden, Session, SignInNeeded, console_state
 from services.api.keys import Role
+from services.api.pagination import BadCursor
 from services.api.problems import ProblemError
 
 log = get_logger(__name__)
@@ -34,6 +35,17 @@ STATUS_LABELS = {
     "cancelled": "Cancelled",
 }
 HEALTH_LABELS = {"green": "Healthy", "yellow": "Degraded", "red": "Poor", None: "No data yet"}
+
+
+T = TypeVar("T")
+
+
+async def page_or_first(fetch: Callable[[str | None], Awaitable[T]], cursor: str | None) -> T:
+    """A keyset page; a stale or edited cursor in a link shows the first page, not an error."""
+    try:
+        return await fetch(cursor)
+    except BadCursor:
+        return await fetch(None)
 
 
 def local_time(value: datetime | None, timezone: str) -> str:
