@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 from services.api.console import sessions
@@ -278,3 +279,35 @@ async def test_an_edited_page_link_shows_the_first_page(console: Console) -> Non
         for path in ("/console/campaigns", "/console/lists", "/console/templates"):
             answer = await client.get(path, params={"cursor": "not-a-cursor"})
             assert answer.status_code == 200, path
+
+
+async def test_edit_and_remove_a_recipient(console: Console) -> None:
+    list_id, _ = await _campaign_with_log(console)
+    db = console.app.state.resources.db
+    recipient_id = await db.fetchval(
+        "SELECT id FROM recipients WHERE list_id = $1 AND email = 'log0@example.com'",
+        uuid.UUID(list_id),
+    )
+    path = f"/console/lists/{list_id}/recipients/{recipient_id}"
+    async with console.client() as client:
+        await sign_in(client, "editor@example.com")
+        csrf = await page_csrf(client, path)
+        bad = await client.post(path, data={"csrf_token": csrf, "email": "nonsense"})
+        assert bad.status_code == 422 and 'id="email-error"' in bad.text
+        saved = await client.post(
+            path,
+            data={
+                "csrf_token": csrf,
+                "email": "log0@example.com",
+                "field:first_name": "Bea",
+                "field:city": "",
+                "new_field_name": "plan",
+                "new_field_value": "pro",
+            },
+        )
+        assert saved.status_code == 303, saved.text
+        fields = await db.fetchval("SELECT fields FROM recipients WHERE id = $1", recipient_id)
+        assert fields == {"first_name": "Bea", "plan": "pro"}
+        gone = await client.post(path + "/delete", data={"csrf_token": csrf})
+        assert gone.status_code == 303
+        assert (await client.get(path)).status_code == 404

@@ -11,10 +11,11 @@ from pydantic import ValidationError
 
 from services.api import recipients_repo, repository
 from services.api.console.auth import EditorPost, EditorUpload, Viewer
-from services.api.console.forms import field_errors_from_validation
+from services.api.console.forms import field_errors_from_problem, field_errors_from_validation
 from services.api.console.web import ConsoleRoute, page_or_first, render
 from services.api.problems import ProblemError
-from services.api.routes import import_rejections, lists
+from services.api.recipient_schemas import RecipientUpdate
+from services.api.routes import import_rejections, lists, recipients
 from services.api.schemas import ListCreate
 
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
@@ -121,3 +122,72 @@ async def rejected_rows(request: Request, session: Viewer, import_id: UUID) -> R
     return await import_rejections.rejected_rows(
         import_id, request.app.state.resources, session.as_caller()
     )
+
+
+FIELD_PREFIX = "field:"
+MAX_FIELDS = 100
+
+
+async def _recipient_page(
+    request: Request,
+    session: Viewer,
+    list_id: UUID,
+    recipient_id: int,
+    status_code: int = 200,
+    **extra: Any,
+) -> Response:
+    db = request.app.state.resources.db
+    row = await recipients_repo.get_recipient(db, list_id, recipient_id)
+    if row is None:
+        raise ProblemError(404, "There is no such recipient on this list.")
+    extra.setdefault("errors", {})
+    return render(
+        request, "recipient.html", session, status_code, list_id=list_id, recipient=row, **extra
+    )
+
+
+@router.get("/lists/{list_id}/recipients/{recipient_id}")
+async def recipient_form(
+    request: Request, session: Viewer, list_id: UUID, recipient_id: int
+) -> Response:
+    return await _recipient_page(request, session, list_id, recipient_id)
+
+
+@router.post("/lists/{list_id}/recipients/{recipient_id}")
+async def edit_recipient(
+    request: Request, session: EditorPost, list_id: UUID, recipient_id: int
+) -> Response:
+    """Address and merge fields; an emptied field is removed, a new name/value is added."""
+    form = await request.form()
+    fields: dict[str, str | None] = {
+        key.removeprefix(FIELD_PREFIX): (str(value).strip() or None)
+        for key, value in list(form.items())[:MAX_FIELDS]
+        if key.startswith(FIELD_PREFIX)
+    }
+    new_name = str(form.get("new_field_name", "")).strip()
+    if new_name:
+        fields[new_name] = str(form.get("new_field_value", "")).strip() or None
+    try:
+        body = RecipientUpdate(email=str(form.get("email", "")).strip(), fields=fields)
+        await recipients.update_recipient(
+            list_id, recipient_id, body, request.app.state.resources, session.as_caller()
+        )
+    except ValidationError as exc:
+        errors = field_errors_from_validation(exc)
+    except ProblemError as exc:
+        if exc.status not in (409, 422):
+            raise
+        errors = field_errors_from_problem(exc)
+    else:
+        return RedirectResponse(f"/console/lists/{list_id}/recipients/{recipient_id}", 303)
+    return await _recipient_page(request, session, list_id, recipient_id, 422, errors=errors)
+
+
+@router.post("/lists/{list_id}/recipients/{recipient_id}/delete")
+async def delete_recipient(
+    request: Request, session: EditorPost, list_id: UUID, recipient_id: int
+) -> Response:
+    await recipients.remove_recipient(
+        list_id, recipient_id, request.app.state.resources, session.as_caller()
+    )
+    return RedirectResponse(f"/console/lists/{list_id}", status_code=303)
