@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import Browser, Page, async_playwright
 
+from libs.common.embedded import wait_for_port
 from libs.common.settings import Settings
 from tests.console.browser import SCREENSHOTS, ensure_chromium
 from tests.console.support import ADMIN_EMAIL, PASSWORD
@@ -235,13 +237,25 @@ async def pause_and_resume_a_copy(page: Page, stack: RunningStack) -> None:
     await page.wait_for_url(CAMPAIGN_URL)
     await wait_status(page, "paused")
     await check_screen(page, "campaign-paused")
-    stack.sink.state.faults.clear()
     await page.click("#controls button:has-text('Resume')")
     await page.wait_for_url(CAMPAIGN_URL)
     await mark_page(page)
+    await restart_api(stack)  # the open page reconnects its event stream by itself
+    stack.sink.state.faults.clear()
     await wait_status(page, "completed")
     assert await page.get_attribute("#live progress", "value") == "100"
     assert await still_same_page(page)
+
+
+async def restart_api(stack: RunningStack) -> None:
+    starts = stack.supervisor.children["api"].starts
+    stack.supervisor.kill("api")
+    port = int(stack.api_url.rsplit(":", 1)[1])
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while stack.supervisor.children["api"].starts == starts:
+        assert time.monotonic() < deadline, "the API was not restarted"
+        await asyncio.sleep(0.1)
+    await asyncio.to_thread(wait_for_port, "127.0.0.1", port, WAIT_MS / 1000)
 
 
 async def test_a_viewer_sees_no_write_control(browser: Browser, stack: RunningStack) -> None:

@@ -28,6 +28,9 @@ from services.api.problems import ProblemError
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
 
 UPDATE_EVERY_S = 1.0
+# A campaign that has ended changes only through provider events (opens, bounces): slower.
+ENDED_EVERY_S = 5.0
+ENDED = ("completed", "failed", "cancelled")
 # The emails/s shown is the average over this many seconds (samples are a second apart).
 RATE_WINDOW = 5
 
@@ -44,15 +47,14 @@ class RateMeter:
         return round((s1 - s0) / (t1 - t0), 1) if t1 > t0 else None
 
 
-async def _fragment(
+def _fragment(
     request: Request,
     session: Session,
-    campaign_id: UUID,
+    row: dict[str, Any] | None,
     counters: Any,
     rate: float | None,
     compact: bool,
 ) -> str:
-    row = await repository.get_campaign(request.app.state.resources.db, campaign_id)
     state = console_state(request)
     template = state.templates.env.get_template("_progress.html")
     return template.render(
@@ -77,15 +79,16 @@ async def live(
     async def updates() -> AsyncIterator[dict[str, str]]:
         meter = RateMeter()
         last = ""
+        db = request.app.state.resources.db
         while True:
-            counters = await read_models.campaign_counters(
-                request.app.state.resources.db, campaign_id
-            )
+            row = await repository.get_campaign(db, campaign_id)
+            counters = await read_models.campaign_counters(db, campaign_id)
             rate = meter.add(time.monotonic(), int(counters["sent"]) if counters else 0)
-            html = await _fragment(request, session, campaign_id, counters, rate, compact)
+            html = _fragment(request, session, row, counters, rate, compact)
             if html != last:
                 last = html
                 yield {"event": "progress", "data": html}
-            await asyncio.sleep(UPDATE_EVERY_S)
+            ended = row is None or row["status"] in ENDED
+            await asyncio.sleep(ENDED_EVERY_S if ended else UPDATE_EVERY_S)
 
     return EventSourceResponse(updates(), ping=15)
