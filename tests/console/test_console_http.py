@@ -311,3 +311,32 @@ async def test_edit_and_remove_a_recipient(console: Console) -> None:
         gone = await client.post(path + "/delete", data={"csrf_token": csrf})
         assert gone.status_code == 303
         assert (await client.get(path)).status_code == 404
+
+
+async def test_edit_a_draft_and_not_a_completed_campaign(console: Console) -> None:
+    list_id, completed_id = await _campaign_with_log(console)
+    async with console.client() as client:
+        await sign_in(client, "editor@example.com")
+        csrf = await page_csrf(client)
+        fields = {
+            "csrf_token": csrf,
+            "name": "Draft one",
+            "from_email": "news@example.com",
+            "list_id": list_id,
+            "subject": "Hi {{ first_name }}",
+            "html": "<p>Hi</p>",
+        }
+        created = await client.post("/console/campaigns/new", data=fields)
+        assert created.status_code == 303
+        edit_path = created.headers["location"] + "/edit"
+        form = await client.get(edit_path)
+        assert 'value="Draft one"' in form.text and "Save changes" in form.text
+        broken = await client.post(edit_path, data={**fields, "html": "{% if %}"})
+        assert broken.status_code == 422 and 'id="html-error"' in broken.text
+        saved = await client.post(edit_path, data={**fields, "name": "Draft two"})
+        assert saved.status_code == 303
+        page = await client.get(created.headers["location"])
+        assert "Draft two" in page.text
+        refused = await client.post(f"/console/campaigns/{completed_id}/edit", data=fields)
+        assert refused.status_code == 422
+        assert "cannot edit a campaign that is completed" in refused.text

@@ -22,14 +22,12 @@ from services.api.console.web import STATUS_LABELS, ConsoleRoute, page_or_first,
 from services.api.problems import ProblemError
 from services.api.routes import campaign_control, campaign_test_sends, campaigns
 from services.api.scheduling import UnknownTimezone, resolve_send_at, zone
-from services.api.schemas import CampaignCreate, ScheduleRequest
+from services.api.schemas import CampaignCreate, CampaignUpdate, ScheduleRequest
 
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
 
 PAGE_SIZE = 25
 ZONES = sorted(available_timezones())
-FormText = Annotated[str, Form(max_length=2_000_000)]
-ShortText = Annotated[str, Form(max_length=1000)]
 
 
 @router.get("")
@@ -79,21 +77,61 @@ async def campaign_list(
     )
 
 
-async def _editor_choices(request: Request) -> dict[str, Any]:
+CAMPAIGN_FIELDS = (
+    "name",
+    "subject",
+    "from_email",
+    "from_name",
+    "list_id",
+    "template_id",
+    "html",
+    "text",
+)
+# What an edit may change (content, once copied from a template, is the campaign's own).
+EDITABLE = ("name", "subject", "from_email", "from_name", "list_id", "html", "text")
+OPTIONAL = ("from_name", "text")
+
+
+async def _campaign_form(request: Request) -> dict[str, str]:
+    """The editor's fields as typed (already parsed by the CSRF check; each is bounded by
+    the schema below and the whole body by the API's body limit)."""
+    form = await request.form()
+    return {name: str(form.get(name, "")) for name in CAMPAIGN_FIELDS}
+
+
+async def _editor(
+    request: Request,
+    session: Viewer,
+    values: dict[str, Any],
+    errors: dict[str, str],
+    campaign: dict[str, Any] | None = None,
+    status_code: int = 200,
+) -> Response:
     db = request.app.state.resources.db
-    return {"lists": await queries.list_names(db), "templates": await queries.template_names(db)}
-
-
-@router.get("/campaigns/new")
-async def new_campaign_form(request: Request, session: Viewer) -> Response:
     return render(
         request,
         "campaign_new.html",
         session,
-        values={},
-        errors={},
-        **await _editor_choices(request),
+        status_code,
+        values=values,
+        errors=errors,
+        campaign=campaign,
+        lists=await queries.list_names(db),
+        templates=await queries.template_names(db),
     )
+
+
+def _errors_of(exc: Exception) -> dict[str, str]:
+    if isinstance(exc, ValidationError):
+        return field_errors_from_validation(exc)
+    if isinstance(exc, ProblemError) and exc.status in (409, 422):
+        return field_errors_from_problem(exc)
+    raise exc
+
+
+@router.get("/campaigns/new")
+async def new_campaign_form(request: Request, session: Viewer) -> Response:
+    return await _editor(request, session, {}, {})
 
 
 @router.get("/merge-fields")
@@ -109,54 +147,47 @@ async def merge_fields(
 
 
 @router.post("/campaigns/new")
-async def create_campaign(
-    request: Request,
-    session: EditorPost,
-    name: ShortText = "",
-    subject: ShortText = "",
-    from_email: ShortText = "",
-    from_name: ShortText = "",
-    list_id: ShortText = "",
-    template_id: ShortText = "",
-    html: FormText = "",
-    text: FormText = "",
-) -> Response:
-    values = {
-        "name": name,
-        "subject": subject,
-        "from_email": from_email,
-        "from_name": from_name,
-        "list_id": list_id,
-        "template_id": template_id,
-        "html": html,
-        "text": text,
-    }
+async def create_campaign(request: Request, session: EditorPost) -> Response:
+    values = await _campaign_form(request)
     # Empty fields are "not given"; with a template, its content replaces subject and html.
     given = {k: v for k, v in values.items() if v.strip()}
     if "template_id" in given:
         for part in ("subject", "html", "text"):
             given.pop(part, None)
-    resources = request.app.state.resources
     try:
         body = CampaignCreate.model_validate(given)
-        created = await campaigns.create_campaign(body, resources, session.as_caller())
-    except ValidationError as exc:
-        errors = field_errors_from_validation(exc)
-    except ProblemError as exc:
-        if exc.status != 422:
-            raise
-        errors = field_errors_from_problem(exc)
-    else:
-        return RedirectResponse(f"/console/campaigns/{created.id}", status_code=303)
-    return render(
-        request,
-        "campaign_new.html",
-        session,
-        422,
-        values=values,
-        errors=errors,
-        **await _editor_choices(request),
-    )
+        created = await campaigns.create_campaign(
+            body, request.app.state.resources, session.as_caller()
+        )
+    except (ValidationError, ProblemError) as exc:
+        return await _editor(request, session, values, _errors_of(exc), status_code=422)
+    return RedirectResponse(f"/console/campaigns/{created.id}", status_code=303)
+
+
+@router.get("/campaigns/{campaign_id}/edit")
+async def edit_campaign_form(request: Request, session: Viewer, campaign_id: UUID) -> Response:
+    row = await _campaign_or_404(request, campaign_id)
+    values = {k: "" if row[k] is None else str(row[k]) for k in EDITABLE}
+    return await _editor(request, session, values, {}, campaign=row)
+
+
+@router.post("/campaigns/{campaign_id}/edit")
+async def edit_campaign(request: Request, session: EditorPost, campaign_id: UUID) -> Response:
+    """Only while draft or scheduled (the REST rule: a 409 otherwise, shown on the form)."""
+    row = await _campaign_or_404(request, campaign_id)
+    values = await _campaign_form(request)
+    changes: dict[str, Any] = {k: values[k] for k in EDITABLE}
+    for name in OPTIONAL:
+        changes[name] = changes[name] if changes[name].strip() else None
+    try:
+        body = CampaignUpdate.model_validate(changes)
+        await campaigns.update_campaign(
+            campaign_id, body, request.app.state.resources, session.as_caller()
+        )
+    except (ValidationError, ProblemError) as exc:
+        errors = _errors_of(exc)
+        return await _editor(request, session, values, errors, campaign=row, status_code=422)
+    return RedirectResponse(f"/console/campaigns/{campaign_id}", status_code=303)
 
 
 async def _campaign_or_404(request: Request, campaign_id: UUID) -> dict[str, Any]:
