@@ -133,6 +133,7 @@ async def test_static_assets_are_served_with_cache_headers(console: Console) -> 
         page = await client.get("/console/campaigns")
         for name in ("htmx-2.0.11.min.js", "htmx-ext-sse-2.2.4.min.js", "console.css"):
             assert name in page.text
+        assert page.headers["cache-control"] == "no-store"
         asset = await client.get("/console/static/vendor/htmx-2.0.11.min.js")
         assert asset.status_code == 200
         assert "immutable" in asset.headers["cache-control"]

@@ -72,7 +72,7 @@ def render(
 ) -> Response:
     state = console_state(request)
     csrf = sessions.csrf_token(state.secret, session.token) if session else ""
-    return state.templates.TemplateResponse(
+    response = state.templates.TemplateResponse(
         request,
         template,
         {
@@ -86,6 +86,9 @@ def render(
         },
         status_code=status_code,
     )
+    # Pages carry a CSRF token and personal data: never kept by a cache or a shared proxy.
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _is_htmx(request: Request) -> bool:
