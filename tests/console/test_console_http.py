@@ -5,7 +5,9 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from services.api.console import sessions
+import pytest
+
+from services.api.console import queries, sessions
 from services.api.console.auth import ConsoleState
 from tests.console.conftest import Console
 from tests.console.support import ADMIN_EMAIL, PASSWORD, csrf_in, page_csrf, sign_in
@@ -341,3 +343,41 @@ async def test_edit_a_draft_and_not_a_completed_campaign(console: Console) -> No
         refused = await client.post(f"/console/campaigns/{completed_id}/edit", data=fields)
         assert refused.status_code == 422
         assert "cannot edit a campaign that is completed" in refused.text
+
+
+async def test_a_server_error_is_a_friendly_page_with_the_request_id(
+    console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*_: object) -> None:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(queries, "running_campaigns", broken)
+    async with console.client() as client:
+        await sign_in(client, ADMIN_EMAIL)
+        answer = await client.get("/console", headers={"x-request-id": "req-123"})
+        assert answer.status_code == 500
+        assert "req-123" in answer.text and "Something went wrong" in answer.text
+        assert "secret internals" not in answer.text and "Traceback" not in answer.text
+
+
+async def test_an_admin_creates_an_api_key_shown_once_and_revokes_it(console: Console) -> None:
+    async with console.client() as client:
+        await sign_in(client, ADMIN_EMAIL)
+        csrf = await page_csrf(client, "/console/settings/users")
+        created = await client.post(
+            "/console/settings/keys",
+            data={"name": "from the console", "role": "viewer", "csrf_token": csrf},
+        )
+        assert created.status_code == 200
+        key = created.text.split('id="new-key">', 1)[1].split("<", 1)[0]
+        assert key.startswith("mf_")
+        works = await client.get("/api/v1/lists", headers={"Authorization": f"Bearer {key}"})
+        assert works.status_code == 200
+        later = await client.get("/console/settings/users")
+        assert key not in later.text and "from the console" in later.text
+        forms = later.text.split('action="/console/settings/keys/')[1:]
+        revoke = next(f.split('"', 1)[0] for f in forms if "Revoke from the console" in f)
+        revoked = await client.post(f"/console/settings/keys/{revoke}", data={"csrf_token": csrf})
+        assert revoked.status_code == 303
+        refused = await client.get("/api/v1/lists", headers={"Authorization": f"Bearer {key}"})
+        assert refused.status_code == 401
