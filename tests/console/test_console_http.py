@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.api.console import queries, sessions
+from services.api.console import live, queries, sessions
 from services.api.console.auth import ConsoleState
 from tests.console.conftest import Console
 from tests.console.support import ADMIN_EMAIL, PASSWORD, csrf_in, page_csrf, sign_in
@@ -381,3 +382,22 @@ async def test_an_admin_creates_an_api_key_shown_once_and_revokes_it(console: Co
         assert revoked.status_code == 303
         refused = await client.get("/api/v1/lists", headers={"Authorization": f"Bearer {key}"})
         assert refused.status_code == 401
+
+
+async def test_an_open_event_stream_ends_with_its_session(
+    console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, campaign_id = await _campaign_with_log(console)
+    state: ConsoleState = console.app.state.console
+    monkeypatch.setattr(live, "RECHECK_SESSION_S", -1.0)  # re-check before every update
+    async with console.client() as client:
+        await sign_in(client, ADMIN_EMAIL)
+        start = datetime.now(UTC)
+        moments = iter([start])  # the connect sees now; every later check, two hours on
+        monkeypatch.setattr(state, "clock", lambda: next(moments, start + timedelta(hours=2)))
+        # The in-process transport returns only when the stream ends: it must end.
+        answer = await asyncio.wait_for(
+            client.get(f"/console/campaigns/{campaign_id}/live"), timeout=30
+        )
+        assert answer.status_code == 200
+        assert "event: progress" not in answer.text

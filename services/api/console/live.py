@@ -19,7 +19,7 @@ from sse_starlette import EventSourceResponse
 
 from libs.stats import read_models
 from services.api import repository
-from services.api.console import queries, sessions
+from services.api.console import queries, sessions, users_repo
 from services.api.console.auth import Session, Viewer, console_state
 from services.api.console.web import ConsoleRoute
 from services.api.keys import Role
@@ -31,6 +31,9 @@ UPDATE_EVERY_S = 1.0
 # A campaign that has ended changes only through provider events (opens, bounces): slower.
 ENDED_EVERY_S = 5.0
 ENDED = ("completed", "failed", "cancelled")
+# An open stream re-checks its session this often: signing out, disabling the user or the
+# session's timeouts end the stream too (watching is not activity: it does not extend it).
+RECHECK_SESSION_S = 30.0
 # The emails/s shown is the average over this many seconds (samples are a second apart).
 RATE_WINDOW = 5
 
@@ -69,6 +72,16 @@ def _fragment(
     )
 
 
+async def _session_valid(request: Request, session: Session) -> bool:
+    state = console_state(request)
+    found = await users_repo.find_session(
+        request.app.state.resources.db, sessions.token_hash(session.token)
+    )
+    return found is not None and not sessions.expired(
+        found["created_at"], found["last_seen_at"], state.clock(), state.timeouts
+    )
+
+
 @router.get("/campaigns/{campaign_id}/live")
 async def live(
     request: Request, session: Viewer, campaign_id: UUID, compact: bool = False
@@ -80,7 +93,12 @@ async def live(
         meter = RateMeter()
         last = ""
         db = request.app.state.resources.db
+        checked = time.monotonic()
         while True:
+            if time.monotonic() - checked > RECHECK_SESSION_S:
+                if not await _session_valid(request, session):
+                    return
+                checked = time.monotonic()
             row = await repository.get_campaign(db, campaign_id)
             counters = await read_models.campaign_counters(db, campaign_id)
             rate = meter.add(time.monotonic(), int(counters["sent"]) if counters else 0)
