@@ -19,8 +19,9 @@ dev: install
 	$(BIN)/mailfleet dev
 
 ## Debian tools the deployment tests run (tests/deploy): promtool (package `prometheus`)
-## and docker-compose. Installed only when missing; needs root or sudo, quiet otherwise.
-DEBIAN_TOOLS := promtool:prometheus docker-compose:docker-compose
+## and docker-compose; the console's browser tests (tests/console) run Debian's chromium.
+## Installed only when missing; needs root or sudo, quiet otherwise.
+DEBIAN_TOOLS := promtool:prometheus docker-compose:docker-compose chromium:chromium
 tools:
 	@missing=""; for pair in $(DEBIAN_TOOLS); do \
 	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import socket
 from pathlib import Path
@@ -39,6 +40,24 @@ def _persistent_secret(path: Path, make: str) -> str:
     path.write_text(make + "\n")
     path.chmod(0o600)
     return make
+
+
+DEV_ADMIN_EMAIL = "admin@mailfleet.local"
+
+
+def _console_admin(settings: Settings, data_dir: Path, env: dict[str, str]) -> str:
+    """The console's first admin for the children's environment; what to tell the person.
+
+    Without MAILFLEET_ADMIN_EMAIL/PASSWORD a password is generated once and kept (mode
+    0600) beside the generated API key, so that a restart signs in with the same one.
+    """
+    email = settings.admin_email or DEV_ADMIN_EMAIL
+    env["MAILFLEET_ADMIN_EMAIL"] = email
+    if settings.admin_password:
+        return f"{email} (password from MAILFLEET_ADMIN_PASSWORD)"
+    password = _persistent_secret(data_dir / "admin-password", secrets.token_urlsafe(18))
+    env["MAILFLEET_ADMIN_PASSWORD"] = password
+    return f"{email} / password {password}"
 
 
 def child_specs(dispatchers: int, with_sink: bool) -> list[ChildSpec]:
@@ -87,6 +106,7 @@ async def run_dev_stack(dispatchers: int, data_dir: Path) -> None:
         data_dir / "admin-key", generate_key()
     )
     env["MAILFLEET_BOOTSTRAP_API_KEY"] = api_key
+    console_login = _console_admin(settings, data_dir, env)
     if not settings.secret_key:
         env["MAILFLEET_SECRET_KEY"] = _persistent_secret(data_dir / "secret-key", generate_key())
     with_sink = settings.default_provider == "sink" and "MAILFLEET_SINK_URL" not in os.environ
@@ -105,7 +125,10 @@ async def run_dev_stack(dispatchers: int, data_dir: Path) -> None:
         await asyncio.to_thread(wait_for_port, settings.api_host, settings.api_port, 60)
     except TimeoutError:
         console.print(f"[red]the API did not start; see {data_dir / 'logs' / 'api.log'}[/red]")
-    _print_banner(api_url, api_key, bootstrap, database_url, with_sink, data_dir, supervisor)
+    # The console password goes to this terminal only (the banner), never into a log line.
+    _print_banner(
+        api_url, api_key, console_login, bootstrap, database_url, with_sink, data_dir, supervisor
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -124,6 +147,7 @@ async def run_dev_stack(dispatchers: int, data_dir: Path) -> None:
 def _print_banner(
     api_url: str,
     api_key: str,
+    console_login: str,
     bootstrap: str,
     database_url: str,
     with_sink: bool,
@@ -133,6 +157,8 @@ def _print_banner(
     table = Table(title="mailfleet is running", show_header=False)
     table.add_row("API", api_url)
     table.add_row("API docs", f"{api_url}/docs")
+    table.add_row("Console", f"{api_url}/console")
+    table.add_row("Console sign-in", console_login)
     table.add_row("Admin API key", api_key)
     table.add_row("Kafka", bootstrap)
     table.add_row("PostgreSQL", database_url)

@@ -29,6 +29,16 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(200 * 1024 * 1024, alias="MAILFLEET_MAX_UPLOAD_BYTES", gt=0)
     secret_key: str = Field("", alias="MAILFLEET_SECRET_KEY")
 
+    # Admin console (services/api/console): the first admin, and how long a sign-in lasts.
+    admin_email: str = Field("", alias="MAILFLEET_ADMIN_EMAIL", max_length=320)
+    admin_password: str = Field("", alias="MAILFLEET_ADMIN_PASSWORD", max_length=1024)
+    console_idle_timeout_seconds: int = Field(
+        1800, alias="MAILFLEET_CONSOLE_IDLE_TIMEOUT_SECONDS", ge=60
+    )
+    console_absolute_timeout_seconds: int = Field(
+        12 * 3600, alias="MAILFLEET_CONSOLE_ABSOLUTE_TIMEOUT_SECONDS", ge=60
+    )
+
     # Sending.
     default_provider: ProviderName = Field("sink", alias="MAILFLEET_DEFAULT_PROVIDER")
     sendgrid_api_key: str = Field("", alias="SENDGRID_API_KEY")

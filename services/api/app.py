@@ -13,6 +13,8 @@ from libs.common.kafka import EventProducer, wait_for_broker
 from libs.common.logging import configure, get_logger
 from libs.common.settings import Settings, get_settings
 from services.api.bootstrap import ensure_admin_key
+from services.api.console.bootstrap import ensure_first_admin
+from services.api.console.install import install_console
 from services.api.deps import ApiResources
 from services.api.middleware import RequestContextMiddleware
 from services.api.openapi_docs import document_problems
@@ -60,6 +62,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         generated = await ensure_admin_key(pool, settings.bootstrap_api_key)
         if generated:
             _announce(generated)
+        await ensure_first_admin(pool, settings.admin_email, settings.admin_password)
         resources.pool, resources.producer = pool, producer
         log.info("api started")
         yield
@@ -96,6 +99,7 @@ def create_app(
     for module in (suppressions, webhooks, templates, recipients, campaign_test_sends):
         app.include_router(module.router)
     app.include_router(import_rejections.router)
+    install_console(app, settings)
     document_problems(app)
     return app
 

@@ -247,12 +247,24 @@ async def campaign_exists(db: Executor, campaign_id: UUID) -> bool:
 
 
 async def page_campaigns(
-    db: Executor, status: str | None, cursor: str | None, limit: int
+    db: Executor,
+    status: str | None,
+    cursor: str | None,
+    limit: int,
+    name_contains: str | None = None,
 ) -> tuple[list[Row], str | None]:
     select = f"SELECT {CAMPAIGN_COLUMNS} FROM campaigns"  # noqa: S608
+    where: list[str] = []
+    args: list[Any] = []
     if status:
-        return await _page(db, select, ["status = $1"], [status], cursor, limit)
-    return await _page(db, select, [], [], cursor, limit)
+        args.append(status)
+        where.append(f"status = ${len(args)}")
+    if name_contains:
+        # The console's name search: a substring, with LIKE's wildcards taken literally.
+        escaped = name_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        args.append(f"%{escaped}%")
+        where.append(f"name ILIKE ${len(args)}")
+    return await _page(db, select, where, args, cursor, limit)
 
 
 async def update_campaign_content(db: Executor, campaign_id: UUID, changes: Row) -> Row | None:
