@@ -22,6 +22,7 @@ from libs.web.problems import ProblemError, problem_responses
 from services.edge.deps import Resources
 from services.edge.metrics import WEBHOOK_EVENTS, WEBHOOK_POSTS_REFUSED
 from services.edge.sendgrid_events import (
+    MAX_EVENTS_PER_POST,
     MAX_REPORTED,
     PROVIDER,
     NotABatch,
@@ -37,6 +38,23 @@ router = APIRouter(tags=["webhooks"])
 
 # SendGrid posts a batch when it reaches 768 KB (or every 30 s); twice that leaves room.
 WEBHOOK_BODY_LIMIT = 2 * 1024 * 1024
+
+
+_BODY_DOC = {
+    "required": True,
+    "description": "SendGrid's events, as it posts them: an array (a lone event object is "
+    "tolerated). An item that is not an event is skipped and reported in the receipt.",
+    "content": {
+        "application/json": {
+            "schema": {
+                "anyOf": [
+                    {"type": "array", "items": {}, "maxItems": MAX_EVENTS_PER_POST},
+                    {"type": "object"},
+                ]
+            }
+        }
+    },
+}
 
 
 class SkippedOut(BaseModel):
@@ -56,6 +74,8 @@ class WebhookReceipt(BaseModel):
     "/webhooks/sendgrid",
     response_model=WebhookReceipt,
     responses=problem_responses(400, 401, 413, 503),
+    # Read raw (the signature covers the exact bytes), so described here rather than parsed.
+    openapi_extra={"requestBody": _BODY_DOC},
 )
 # Where the admin API served it before the edge existed: a SendGrid setting that still
 # names this path keeps working once the host points at the edge.
