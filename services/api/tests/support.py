@@ -15,6 +15,7 @@ import orjson
 import uvicorn
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi import FastAPI
+from hypothesis import HealthCheck, settings
 
 from libs.common.settings import Settings
 
@@ -106,3 +107,14 @@ def live_server(app: FastAPI, what: str = "the app") -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+def fuzz_settings(max_examples: int) -> settings:
+    """Hypothesis settings of the schemathesis runs: bounded, repeatable, no example store."""
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )

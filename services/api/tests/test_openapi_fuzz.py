@@ -12,12 +12,11 @@ from collections.abc import Iterator
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 
 from libs.common.settings import Settings
 from services.api.app import create_app
-from services.api.tests.support import live_server
+from services.api.tests.support import fuzz_settings, live_server
 
 # Per operation (~45 operations), plus schemathesis' coverage cases; ~30 s in all here.
 EXAMPLES_PER_OPERATION = 25
@@ -48,13 +47,7 @@ def live_api(api_settings: Settings) -> Iterator[LiveApi]:
 
 
 @schema.parametrize()
-@settings(
-    max_examples=EXAMPLES_PER_OPERATION,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+@fuzz_settings(EXAMPLES_PER_OPERATION)
 def test_api_conforms_to_its_openapi(case: schemathesis.Case, live_api: LiveApi) -> None:
     case.call_and_validate(
         base_url=live_api.base_url,

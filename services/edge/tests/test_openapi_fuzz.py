@@ -12,11 +12,10 @@ from collections.abc import Iterator
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 
 from libs.common.settings import Settings
-from services.api.tests.support import live_server
+from services.api.tests.support import fuzz_settings, live_server
 from services.edge.app import create_app
 
 # The edge has few operations: more examples each, still a few seconds in all.
@@ -35,13 +34,7 @@ def live_edge(settings: Settings) -> Iterator[tuple[str, requests.Session]]:
 
 
 @schema.parametrize()
-@settings(
-    max_examples=EXAMPLES_PER_OPERATION,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+@fuzz_settings(EXAMPLES_PER_OPERATION)
 def test_edge_conforms_to_its_openapi(
     case: schemathesis.Case, live_edge: tuple[str, requests.Session]
 ) -> None:
