@@ -54,6 +54,7 @@ def test_every_component_runs_with_health_checks_and_restart_policies(
         "postgres",
         "init",
         "api",
+        "edge",
         "importer",
         "scheduler",
         "dispatcher",
@@ -76,7 +77,7 @@ def test_services_get_time_to_shut_down_and_wait_for_the_init_job(
     init = services["init"]
     assert "mailfleet migrate" in " ".join(init["entrypoint"])
     assert "mailfleet create-topics" in " ".join(init["entrypoint"])
-    for name in ("api", "importer", "scheduler", "dispatcher", "tracker"):
+    for name in ("api", "edge", "importer", "scheduler", "dispatcher", "tracker"):
         assert services[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
         # 30 s of graceful shutdown needs more than Docker's default 10 s before SIGKILL.
         assert services[name]["stop_grace_period"] in ("40s", "45s", "60s"), name
@@ -115,3 +116,13 @@ def test_compose_refuses_to_start_without_secrets(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "POSTGRES_PASSWORD" in done.stderr
+
+
+def test_only_the_edge_is_published_beyond_the_host(resolved: dict[str, Any]) -> None:
+    """The admin API needs no public exposure (issue 12): loopback only; the edge is public."""
+    services = resolved["services"]
+    api_ports = services["api"]["ports"]
+    assert all(str(p.get("host_ip", "")) == "127.0.0.1" for p in api_ports), api_ports
+    edge_ports = services["edge"]["ports"]
+    assert [int(p["target"]) for p in edge_ports] == [8001]
+    assert services["edge"]["command"] == ["run", "edge"]
