@@ -121,8 +121,18 @@ def test_compose_refuses_to_start_without_secrets(tmp_path: Path) -> None:
 def test_only_the_edge_is_published_beyond_the_host(resolved: dict[str, Any]) -> None:
     """The admin API needs no public exposure (issue 12): loopback only; the edge is public."""
     services = resolved["services"]
-    api_ports = services["api"]["ports"]
-    assert all(str(p.get("host_ip", "")) == "127.0.0.1" for p in api_ports), api_ports
-    edge_ports = services["edge"]["ports"]
-    assert [int(p["target"]) for p in edge_ports] == [8001]
+
+    def published(service: str) -> list[tuple[str, int]]:
+        """(host address, container port) of each published port, long or short syntax."""
+        found = []
+        for port in services[service]["ports"]:
+            if isinstance(port, dict):
+                found.append((str(port.get("host_ip", "")), int(port["target"])))
+            else:
+                *host, _, target = str(port).split(":")
+                found.append((host[0] if host else "", int(target.split("/")[0])))
+        return found
+
+    assert published("api") == [("127.0.0.1", 8000)]
+    assert published("edge") == [("", 8001)]
     assert services["edge"]["command"] == ["run", "edge"]
