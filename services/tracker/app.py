@@ -89,23 +89,30 @@ class Tracker:
             log.warning("outcomes for recipients already logged were ignored", count=fold.conflicts)
 
     async def fold_events(self, items: list[Consumed[DeliveryEvent]]) -> None:
-        await self._fold_delivery_events(Topic.DELIVERY_EVENT, [i.event for i in items])
+        events = [i.event for i in items]
+        await self._fold_delivery_events(Topic.DELIVERY_EVENT, events, {})
 
     async def fold_contacts(self, items: list[Consumed[ContactEvent]]) -> None:
         """Unsubscribes from links (published by the edge), folded like provider events."""
+        originals: dict[str, Event] = {i.event.event_id: i.event for i in items}
         events = [as_delivery_event(i.event) for i in items]
-        await self._fold_delivery_events(Topic.CONTACT_EVENT, events)
+        await self._fold_delivery_events(Topic.CONTACT_EVENT, events, originals)
 
-    async def _fold_delivery_events(self, topic: Topic, events: list[DeliveryEvent]) -> None:
+    async def _fold_delivery_events(
+        self, topic: Topic, events: list[DeliveryEvent], originals: dict[str, Event]
+    ) -> None:
+        """`originals`: what was read from `topic`, by event id, when the events folded are
+        translations of it (a dead letter keeps the record as it was published)."""
         started = time.perf_counter()
         fold = EventsFold()
 
         async def fold_batch(batch: list[DeliveryEvent]) -> None:
             fold.merge(await self.store.fold_events(batch))
 
-        await _fold_isolating_bad_events(
-            events, fold_batch, lambda event, reason: self._dead_letter(topic, event, reason)
-        )
+        async def dead_letter(event: DeliveryEvent, reason: str) -> None:
+            await self._dead_letter(topic, originals.get(event.event_id, event), reason)
+
+        await _fold_isolating_bad_events(events, fold_batch, dead_letter)
         metrics.FOLD_SECONDS.labels(topic.value).observe(time.perf_counter() - started)
         for kind, count in fold.folded.items():
             metrics.DELIVERY_EVENTS.labels(kind).inc(count)
