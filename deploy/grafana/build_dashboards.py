@@ -19,7 +19,7 @@ from typing import Any
 
 DASHBOARDS_DIR = Path(__file__).parent / "dashboards"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-SERVICES = "api|importer|scheduler|dispatcher|tracker"
+SERVICES = "api|edge|importer|scheduler|dispatcher|tracker"
 RATE = "$__rate_interval"
 
 
@@ -271,11 +271,12 @@ def overview() -> dict[str, Any]:
                         [(f'sum by (service) (up{{service=~"{SERVICES}"}})', "{{service}}")],
                     ),
                     Panel(
-                        "API requests/s by status",
+                        "HTTP requests/s by service (api, edge) and status",
                         [
                             (
-                                f"sum by (status) (rate(mailfleet_api_requests_total[{RATE}]))",
-                                "{{status}}",
+                                "sum by (service, status) "
+                                f"(rate(mailfleet_api_requests_total[{RATE}]))",
+                                "{{service}} {{status}}",
                             )
                         ],
                         unit="reqps",

@@ -18,6 +18,7 @@ app = typer.Typer(help="mailfleet: bulk email campaigns over Kafka.", no_args_is
 # Service name -> "module:function" that runs it in the foreground.
 SERVICES = {
     "api": "services.api.app:run",
+    "edge": "services.edge.app:run",
     "importer": "services.importer.app:run",
     "scheduler": "services.scheduler.app:run",
     "dispatcher": "services.dispatcher.app:run",

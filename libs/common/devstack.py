@@ -61,7 +61,7 @@ def _console_admin(settings: Settings, data_dir: Path, env: dict[str, str]) -> s
 
 
 def child_specs(dispatchers: int, with_sink: bool) -> list[ChildSpec]:
-    specs = [ChildSpec("api", "api")]
+    specs = [ChildSpec("api", "api"), ChildSpec("edge", "edge")]
     for service in ("importer", "scheduler", "tracker"):
         specs.append(
             ChildSpec(service, service, {"MAILFLEET_METRICS_PORT": str(METRICS_PORTS[service])})
@@ -121,13 +121,27 @@ async def run_dev_stack(dispatchers: int, data_dir: Path) -> None:
     supervisor = Supervisor(env, data_dir / "logs")
     await supervisor.start(child_specs(dispatchers, with_sink))
     api_url = f"http://{settings.api_host}:{settings.api_port}"
-    try:
-        await asyncio.to_thread(wait_for_port, settings.api_host, settings.api_port, 60)
-    except TimeoutError:
-        console.print(f"[red]the API did not start; see {data_dir / 'logs' / 'api.log'}[/red]")
+    edge_url = f"http://{settings.edge_host}:{settings.edge_port}"
+    for name, host, port in (
+        ("API", settings.api_host, settings.api_port),
+        ("edge", settings.edge_host, settings.edge_port),
+    ):
+        try:
+            await asyncio.to_thread(wait_for_port, host, port, 60)
+        except TimeoutError:
+            log_file = data_dir / "logs" / f"{name.lower()}.log"
+            console.print(f"[red]the {name} did not start; see {log_file}[/red]")
     # The console password goes to this terminal only (the banner), never into a log line.
     _print_banner(
-        api_url, api_key, console_login, bootstrap, database_url, with_sink, data_dir, supervisor
+        api_url,
+        edge_url,
+        api_key,
+        console_login,
+        bootstrap,
+        database_url,
+        with_sink,
+        data_dir,
+        supervisor,
     )
 
     stop = asyncio.Event()
@@ -146,6 +160,7 @@ async def run_dev_stack(dispatchers: int, data_dir: Path) -> None:
 
 def _print_banner(
     api_url: str,
+    edge_url: str,
     api_key: str,
     console_login: str,
     bootstrap: str,
@@ -159,6 +174,7 @@ def _print_banner(
     table.add_row("API docs", f"{api_url}/docs")
     table.add_row("Console", f"{api_url}/console")
     table.add_row("Console sign-in", console_login)
+    table.add_row("Edge (public: unsubscribe, webhooks)", edge_url)
     table.add_row("Admin API key", api_key)
     table.add_row("Kafka", bootstrap)
     table.add_row("PostgreSQL", database_url)

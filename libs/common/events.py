@@ -25,6 +25,7 @@ class Topic(StrEnum):
     BATCH_READY = "batch.ready"
     DELIVERY_RESULT = "delivery.result"
     DELIVERY_EVENT = "delivery.event"
+    CONTACT_EVENT = "contact.event"
     CAMPAIGN_STATUS = "campaign.status"
 
     @property
@@ -171,6 +172,26 @@ class DeliveryEvent(Event):
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
+class ContactEvent(Event):
+    """A recipient acted on a link of a message we sent (published by the edge).
+
+    It names the delivery (campaign and recipient ids, from the signed link), never an
+    address: the tracker resolves the address that was mailed from the delivery log, so an
+    old link still works after the recipient's row is edited or deleted.
+    """
+
+    event_id: str = Field(
+        max_length=255, description="Stable for one action on one link: the tracker dedupes."
+    )
+    action: Literal["unsubscribe"]
+    campaign_id: UUID
+    recipient_id: int = Field(ge=0, le=2**63 - 1)
+    occurred_at: AwareDatetime
+    source: Literal["one-click", "page"] = Field(
+        description="`one-click`: the RFC 8058 POST a mail client sends; `page`: the form."
+    )
+
+
 class CampaignStatus(Event):
     campaign_id: UUID
     status: Literal["in_progress", "completed", "failed", "paused", "cancelled"]
@@ -189,6 +210,7 @@ TOPIC_MODELS: dict[Topic, type[Event]] = {
     Topic.BATCH_READY: BatchReady,
     Topic.DELIVERY_RESULT: DeliveryResult,
     Topic.DELIVERY_EVENT: DeliveryEvent,
+    Topic.CONTACT_EVENT: ContactEvent,
     Topic.CAMPAIGN_STATUS: CampaignStatus,
 }
 

@@ -43,8 +43,8 @@ class Settings(BaseSettings):
     default_provider: ProviderName = Field("sink", alias="MAILFLEET_DEFAULT_PROVIDER")
     sendgrid_api_key: str = Field("", alias="SENDGRID_API_KEY")
     sendgrid_api_url: str = Field("https://api.sendgrid.com", alias="SENDGRID_API_URL")
-    # Base64 public key of the signed Event Webhook, as SendGrid shows it. Empty: unsigned
-    # webhook posts are accepted (local and test setups only).
+    # Base64 public key of the signed Event Webhook, as SendGrid shows it. Empty: webhook
+    # posts are refused (see MAILFLEET_ALLOW_UNSIGNED_WEBHOOKS for local setups).
     sendgrid_webhook_verification_key: str = Field("", alias="SENDGRID_WEBHOOK_VERIFICATION_KEY")
     sink_url: str = Field("http://127.0.0.1:8025", alias="MAILFLEET_SINK_URL")
     smtp_host: str = Field("localhost", alias="SMTP_HOST")
@@ -81,6 +81,17 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(6000, alias="MAILFLEET_KAFKA_SESSION_TIMEOUT_MS")
     kafka_heartbeat_interval_ms: int = Field(1000, alias="MAILFLEET_KAFKA_HEARTBEAT_MS")
 
+    # Public edge (services/edge): unsubscribe links and provider webhooks, the only part
+    # that faces the internet. MAILFLEET_PUBLIC_URL is the edge's public URL.
+    edge_host: str = Field("127.0.0.1", alias="MAILFLEET_EDGE_HOST")
+    edge_port: int = Field(8001, alias="MAILFLEET_EDGE_PORT", ge=1, le=65535)
+    # Accept webhook posts without a signature when no verification key is set. Local and
+    # test setups only: refused in production, warned about at start.
+    allow_unsigned_webhooks: bool = Field(False, alias="MAILFLEET_ALLOW_UNSIGNED_WEBHOOKS")
+    # "production" refuses insecure settings (the production profile owns the full list;
+    # on merge keep ONE field for MAILFLEET_ENV).
+    env: Literal["development", "production"] = Field("development", alias="MAILFLEET_ENV")
+
     # Logging.
     log_level: str = Field("INFO", alias="MAILFLEET_LOG_LEVEL")
 
@@ -92,6 +103,10 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown IANA time zone {value!r}, e.g. 'Europe/Berlin'") from exc
         return value
+
+    def public_base_url(self) -> str:
+        """Where unsubscribe links point: the edge, at its public URL when one is set."""
+        return self.public_url or f"http://{self.edge_host}:{self.edge_port}"
 
     def require_infrastructure(self) -> None:
         """Fail with a clear message when a service is started without broker or database."""

@@ -34,6 +34,8 @@ class Child:
     log_path: Path
     process: asyncio.subprocess.Process | None = None
     starts: int = 0
+    # Cleared while the child is held stopped (an outage on purpose, see `hold`).
+    allowed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Supervisor:
@@ -49,6 +51,7 @@ class Supervisor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for spec in specs:
             child = Child(spec, self.log_dir / f"{spec.name}.log")
+            child.allowed.set()
             self.children[spec.name] = child
             await self._spawn(child)
             self._watchers.append(asyncio.create_task(self._watch(child)))
@@ -76,6 +79,13 @@ class Supervisor:
             code = await child.process.wait()
             if self._stopping or not self.restart:
                 return
+            if not child.allowed.is_set():
+                await child.allowed.wait()  # held: restarted by `release`, not before
+                if self._stopping:
+                    return
+                delay = 0.5
+                await self._spawn(child)
+                continue
             log.warning("service exited; restarting", child=child.spec.name, code=code)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10)
@@ -89,6 +99,21 @@ class Supervisor:
         assert process is not None
         process.send_signal(sig)
         return process.pid
+
+    async def hold(self, name: str) -> None:
+        """Stop a child gracefully and keep it stopped until `release` (a planned outage)."""
+        child = self.children[name]
+        child.allowed.clear()
+        process = child.process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(GRACE_SECONDS):
+                await process.wait()
+
+    def release(self, name: str) -> None:
+        """Start a held child again (its watcher spawns it)."""
+        self.children[name].allowed.set()
 
     def alive(self) -> dict[str, bool]:
         return {

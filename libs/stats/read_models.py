@@ -126,7 +126,8 @@ async def recipient_history(
     """The provider events of one recipient, oldest first."""
     rows = await pool.fetch(
         "SELECT event_id, event, provider, occurred_at, detail FROM delivery_events"
-        " WHERE campaign_id = $1 AND recipient_id = $2 ORDER BY occurred_at, event_id",
+        " WHERE campaign_id = $1 AND recipient_id = $2 AND matched"
+        " ORDER BY occurred_at, event_id",
         campaign_id,
         recipient_id,
     )

@@ -12,13 +12,15 @@ from libs.common.broker_epoch import BrokerEpoch
 from libs.common.kafka import EventProducer, wait_for_broker
 from libs.common.logging import configure, get_logger
 from libs.common.settings import Settings, get_settings
+from libs.web.middleware import RequestContextMiddleware
+from libs.web.problems import install_problem_handlers
+from libs.web.security_headers import DOCS_HTML_POLICY, SecurityHeadersMiddleware
+from libs.web.server import serve
 from services.api.bootstrap import ensure_admin_key
 from services.api.console.bootstrap import ensure_first_admin
 from services.api.console.install import install_console
 from services.api.deps import ApiResources
-from services.api.middleware import RequestContextMiddleware
 from services.api.openapi_docs import document_problems
-from services.api.problems import install_problem_handlers
 from services.api.ratelimit import FailureLimiter
 from services.api.routes import (
     api_keys,
@@ -31,8 +33,6 @@ from services.api.routes import (
     recipients,
     suppressions,
     templates,
-    unsubscribe,
-    webhooks,
 )
 
 log = get_logger(__name__)
@@ -94,9 +94,17 @@ def create_app(
         json_body_limit=JSON_BODY_LIMIT,
         streaming_suffixes=("/imports",),
     )
-    for module in (ops, lists, campaigns, campaign_control, api_keys, unsubscribe):
+    # Outermost, so that problems answered by the layers inside carry the headers too.
+    app.add_middleware(
+        SecurityHeadersMiddleware,
+        html_policies={
+            app.docs_url or "/docs": DOCS_HTML_POLICY,
+            app.redoc_url or "/redoc": DOCS_HTML_POLICY,
+        },
+    )
+    for module in (ops, lists, campaigns, campaign_control, api_keys):
         app.include_router(module.router)
-    for module in (suppressions, webhooks, templates, recipients, campaign_test_sends):
+    for module in (suppressions, templates, recipients, campaign_test_sends):
         app.include_router(module.router)
     app.include_router(import_rejections.router)
     install_console(app, settings)
@@ -105,15 +113,6 @@ def create_app(
 
 
 def run() -> None:
-    import uvicorn
-
     settings = get_settings()
     configure("api", settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.api_host,
-        port=settings.api_port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
-    )
+    serve(create_app(settings), settings.api_host, settings.api_port)

@@ -59,7 +59,7 @@ def _headers(
     from_email = str(campaign["from_email"])
     headers: dict[str, str] = {}
     if target.recipient_id is not None and settings.secret_key:
-        base = settings.public_url or f"http://{settings.api_host}:{settings.api_port}"
+        base = settings.public_base_url()
         policy = HeaderPolicy(base, settings.secret_key)
         headers = policy.headers(campaign["id"], target.recipient_id, from_email)
     domain = from_email.rsplit("@", 1)[-1] or "mailfleet.invalid"

@@ -15,9 +15,9 @@ from libs.common.blobs import BlobStore
 from libs.common.kafka import EventProducer
 from libs.common.logging import bind_contextvars
 from libs.common.settings import Settings
+from libs.web.problems import ProblemError
 from services.api import repository
 from services.api.keys import Role, hash_key, role_allows
-from services.api.problems import ProblemError
 from services.api.ratelimit import FailureLimiter
 
 

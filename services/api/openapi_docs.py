@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from services.api.problems import PROBLEM_MEDIA_TYPE, problem_description
+from libs.web.problems import PROBLEM_MEDIA_TYPE, problem_description
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 _AUTH_PROBLEMS = (401, 403, 429, 503)

@@ -158,11 +158,6 @@ async def find_recipient(db: Executor, list_id: UUID, email_or_id: str) -> Row |
     return _row(record)
 
 
-async def recipient_email(db: Executor, recipient_id: int) -> str | None:
-    value = await db.fetchval("SELECT email FROM recipients WHERE id = $1", recipient_id)
-    return str(value) if value is not None else None
-
-
 # ----- imports -----
 
 _IMPORT_SELECT = (

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from libs.web.problems import FieldError, ProblemError
 from services.api import templates_repo
-from services.api.problems import FieldError, ProblemError
 from services.api.repository import Executor
 
 

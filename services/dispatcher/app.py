@@ -65,7 +65,7 @@ class PauseRequests:
 
 
 def header_policy(settings: Settings, extra: DispatcherSettings) -> HeaderPolicy:
-    base = settings.public_url or f"http://{settings.api_host}:{settings.api_port}"
+    base = settings.public_base_url()
     if not settings.secret_key:
         # Every message must carry a working one-click unsubscribe link (RFC 8058).
         raise SystemExit("MAILFLEET_SECRET_KEY is not set: it signs the unsubscribe links")

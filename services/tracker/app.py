@@ -1,5 +1,5 @@
-"""Tracker wiring: fold `delivery.result` and `delivery.event` into PostgreSQL, publish each
-campaign's final `campaign.status` once its fold has committed."""
+"""Tracker wiring: fold `delivery.result`, `delivery.event` and `contact.event` into
+PostgreSQL, publish each campaign's final `campaign.status` once its fold has committed."""
 
 from __future__ import annotations
 
@@ -12,12 +12,21 @@ from typing import TypeVar
 
 import asyncpg
 
-from libs.common.events import CampaignStatus, DeliveryEvent, DeliveryResult, Event, Topic, encode
+from libs.common.events import (
+    CampaignStatus,
+    ContactEvent,
+    DeliveryEvent,
+    DeliveryResult,
+    Event,
+    Topic,
+    encode,
+)
 from libs.common.kafka import Consumed, EventConsumer
 from libs.common.logging import bound_contextvars, get_logger
 from libs.common.service import ServiceContext, run_service
 from libs.common.settings import get_settings
 from services.tracker import metrics
+from services.tracker.contacts import as_delivery_event
 from services.tracker.store import EventsFold, FinishedCampaign, ResultsFold, TrackerStore
 
 log = get_logger(__name__)
@@ -80,20 +89,31 @@ class Tracker:
             log.warning("outcomes for recipients already logged were ignored", count=fold.conflicts)
 
     async def fold_events(self, items: list[Consumed[DeliveryEvent]]) -> None:
+        events = [i.event for i in items]
+        await self._fold_delivery_events(Topic.DELIVERY_EVENT, events, {})
+
+    async def fold_contacts(self, items: list[Consumed[ContactEvent]]) -> None:
+        """Unsubscribes from links (published by the edge), folded like provider events."""
+        originals: dict[str, Event] = {i.event.event_id: i.event for i in items}
+        events = [as_delivery_event(i.event) for i in items]
+        await self._fold_delivery_events(Topic.CONTACT_EVENT, events, originals)
+
+    async def _fold_delivery_events(
+        self, topic: Topic, events: list[DeliveryEvent], originals: dict[str, Event]
+    ) -> None:
+        """`originals`: what was read from `topic`, by event id, when the events folded are
+        translations of it (a dead letter keeps the record as it was published)."""
         started = time.perf_counter()
         fold = EventsFold()
 
         async def fold_batch(batch: list[DeliveryEvent]) -> None:
             fold.merge(await self.store.fold_events(batch))
 
-        await _fold_isolating_bad_events(
-            [i.event for i in items],
-            fold_batch,
-            lambda event, reason: self._dead_letter(Topic.DELIVERY_EVENT, event, reason),
-        )
-        metrics.FOLD_SECONDS.labels(Topic.DELIVERY_EVENT.value).observe(
-            time.perf_counter() - started
-        )
+        async def dead_letter(event: DeliveryEvent, reason: str) -> None:
+            await self._dead_letter(topic, originals.get(event.event_id, event), reason)
+
+        await _fold_isolating_bad_events(events, fold_batch, dead_letter)
+        metrics.FOLD_SECONDS.labels(topic.value).observe(time.perf_counter() - started)
         for kind, count in fold.folded.items():
             metrics.DELIVERY_EVENTS.labels(kind).inc(count)
         metrics.DUPLICATE_EVENTS.inc(fold.duplicates)
@@ -191,6 +211,13 @@ async def main(ctx: ServiceContext, group_id: str = "tracker") -> None:
         _consume(ctx, Topic.DELIVERY_RESULT, group_id, RESULTS_PER_FOLD, tracker.fold_results),
         _consume(
             ctx, Topic.DELIVERY_EVENT, f"{group_id}.events", EVENTS_PER_FOLD, tracker.fold_events
+        ),
+        _consume(
+            ctx,
+            Topic.CONTACT_EVENT,
+            f"{group_id}.contacts",
+            EVENTS_PER_FOLD,
+            tracker.fold_contacts,
         ),
         tracker.publish_outbox(),
     )

@@ -36,6 +36,7 @@ from services.tracker.results import (
 )
 
 RecipientKey = tuple[UUID, int]
+_NO_DELIVERY: RecipientKey = (UUID(int=0), -1)
 Conn = asyncpg.Connection | PoolConnectionProxy
 
 # Staging for the delivery log: COPY lands here, then one INSERT ... ON CONFLICT moves the
@@ -301,8 +302,8 @@ class TrackerStore:
         fold = EventsFold(duplicates=len(events) - len(unique))
         async with self.pool.acquire() as conn, conn.transaction():
             targets = await self._resolve_recipients(conn, unique)
-            activities = await self._lock_activities(conn, set(targets.values()))
-            new_ids = await self._gate_events(conn, unique, targets, activities)
+            activities, mailed = await self._lock_activities(conn, set(targets.values()))
+            new_ids = await self._gate_events(conn, unique, targets, mailed)
             fresh = [e for e in unique if e.event_id in new_ids]
             fold.duplicates += len(unique) - len(fresh)
             added: dict[UUID, Counter[str]] = defaultdict(Counter)
@@ -318,7 +319,7 @@ class TrackerStore:
             await self._write_activities(conn, {k: activities[k] for k in changed})
             for campaign_id in sorted(added):
                 await self._add_activity_to_stats(conn, campaign_id, added[campaign_id])
-            fold.suppressed = await self._suppress(conn, fresh)
+            fold.suppressed = await self._suppress(conn, fresh, targets, mailed)
         return fold
 
     async def _resolve_recipients(
@@ -353,13 +354,16 @@ class TrackerStore:
 
     async def _lock_activities(
         self, conn: Conn, keys: set[RecipientKey]
-    ) -> dict[RecipientKey, RecipientActivity]:
+    ) -> tuple[dict[RecipientKey, RecipientActivity], dict[RecipientKey, str]]:
+        """The deliveries the events are about, locked: their activity, and the address
+        each was mailed to (what an unsubscribe or a complaint suppresses)."""
         if not keys:
-            return {}
+            return {}, {}
         ordered = sorted(keys)
         rows = await conn.fetch(
             f"""
-            SELECT campaign_id, recipient_id, {", ".join(_ACTIVITY_COLUMNS)} FROM deliveries
+            SELECT campaign_id, recipient_id, email, {", ".join(_ACTIVITY_COLUMNS)}
+              FROM deliveries
              WHERE (campaign_id, recipient_id) IN
                    (SELECT * FROM unnest($1::uuid[], $2::bigint[]))
              ORDER BY campaign_id, recipient_id
@@ -368,15 +372,20 @@ class TrackerStore:
             [k[0] for k in ordered],
             [k[1] for k in ordered],
         )
-        return {(r["campaign_id"], r["recipient_id"]): RecipientActivity.from_row(r) for r in rows}
+        activities = {
+            (r["campaign_id"], r["recipient_id"]): RecipientActivity.from_row(r) for r in rows
+        }
+        return activities, {(r["campaign_id"], r["recipient_id"]): r["email"] for r in rows}
 
     async def _gate_events(
         self,
         conn: Conn,
         events: list[DeliveryEvent],
         targets: dict[str, RecipientKey],
-        activities: dict[RecipientKey, RecipientActivity],
+        mailed: dict[RecipientKey, str],
     ) -> set[str]:
+        """Insert the events not seen before; unmatched ones are stored with matched=false.
+        An event without an address (our own, from a link) gets the address mailed."""
         if not events:
             return set()
         keys = [targets.get(e.event_id) for e in events]
@@ -394,12 +403,15 @@ class TrackerStore:
             [e.event_id for e in events],
             [k[0] if k else e.campaign_id for k, e in zip(keys, events, strict=True)],
             [k[1] if k else e.recipient_id for k, e in zip(keys, events, strict=True)],
-            [e.email for e in events],
+            [
+                e.email or mailed.get(k, "") if k else e.email
+                for k, e in zip(keys, events, strict=True)
+            ],
             [e.event for e in events],
             [e.provider for e in events],
             [e.provider_message_id for e in events],
             [e.occurred_at for e in events],
-            [k is not None and k in activities for k in keys],
+            [k is not None and k in mailed for k in keys],
             [e.detail for e in events],
         )
         return {row["event_id"] for row in rows}
@@ -443,13 +455,22 @@ class TrackerStore:
             *(added[name] for name in ACTIVITY_COUNTERS),
         )
 
-    async def _suppress(self, conn: Conn, events: list[DeliveryEvent]) -> Counter[str]:
+    async def _suppress(
+        self,
+        conn: Conn,
+        events: list[DeliveryEvent],
+        targets: dict[str, RecipientKey],
+        mailed: dict[RecipientKey, str],
+    ) -> Counter[str]:
+        """Suppress the address each matched event's delivery was mailed to. An event that
+        matches no delivery suppresses nobody: anyone can name any address in a post."""
         wanted: dict[str, tuple[str, str]] = {}
         for event in events:
             reason = suppression_reason(event)
-            if reason is not None:
+            email = mailed.get(targets.get(event.event_id) or _NO_DELIVERY)
+            if reason is not None and email is not None:
                 wanted.setdefault(
-                    event.email.strip().lower(), (reason, f"{event.provider}:{event.event}")
+                    email.strip().lower(), (reason, f"{event.provider}:{event.event}")
                 )
         if not wanted:
             return Counter()

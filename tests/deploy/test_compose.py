@@ -54,6 +54,7 @@ def test_every_component_runs_with_health_checks_and_restart_policies(
         "postgres",
         "init",
         "api",
+        "edge",
         "importer",
         "scheduler",
         "dispatcher",
@@ -76,7 +77,7 @@ def test_services_get_time_to_shut_down_and_wait_for_the_init_job(
     init = services["init"]
     assert "mailfleet migrate" in " ".join(init["entrypoint"])
     assert "mailfleet create-topics" in " ".join(init["entrypoint"])
-    for name in ("api", "importer", "scheduler", "dispatcher", "tracker"):
+    for name in ("api", "edge", "importer", "scheduler", "dispatcher", "tracker"):
         assert services[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
         # 30 s of graceful shutdown needs more than Docker's default 10 s before SIGKILL.
         assert services[name]["stop_grace_period"] in ("40s", "45s", "60s"), name
@@ -115,3 +116,23 @@ def test_compose_refuses_to_start_without_secrets(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "POSTGRES_PASSWORD" in done.stderr
+
+
+def test_only_the_edge_is_published_beyond_the_host(resolved: dict[str, Any]) -> None:
+    """The admin API needs no public exposure (issue 12): loopback only; the edge is public."""
+    services = resolved["services"]
+
+    def published(service: str) -> list[tuple[str, int]]:
+        """(host address, container port) of each published port, long or short syntax."""
+        found = []
+        for port in services[service]["ports"]:
+            if isinstance(port, dict):
+                found.append((str(port.get("host_ip", "")), int(port["target"])))
+            else:
+                *host, _, target = str(port).split(":")
+                found.append((host[0] if host else "", int(target.split("/")[0])))
+        return found
+
+    assert published("api") == [("127.0.0.1", 8000)]
+    assert published("edge") == [("", 8001)]
+    assert services["edge"]["command"] == ["run", "edge"]

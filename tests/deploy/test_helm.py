@@ -17,7 +17,8 @@ kubernetes_validate = pytest.importorskip(
 
 CHART = ROOT / "deploy" / "helm" / "mailfleet"
 KUBERNETES = "1.31"
-SERVICES = ["api", "importer", "scheduler", "dispatcher", "tracker"]
+SERVICES = ["api", "edge", "importer", "scheduler", "dispatcher", "tracker"]
+HTTP_PORTS = {"api": 8000, "edge": 8001}
 CRDS = {"monitoring.coreos.com/v1"}  # not in the Kubernetes schemas; checked by hand
 
 PRODUCTION: dict[str, Any] = {
@@ -34,7 +35,15 @@ PRODUCTION: dict[str, Any] = {
         "smtpCaSecret": "smtp-relay-ca",
         "extraEnv": {"MAILFLEET_PROVIDER_CONCURRENCY": "32"},
     },
-    "api": {"replicas": 3, "service": {"type": "LoadBalancer", "port": 443}},
+    "api": {"replicas": 3, "service": {"type": "ClusterIP", "port": 443}},
+    "edge": {
+        "replicas": 4,
+        "ingress": {
+            "className": "nginx",
+            "host": "mail.example.com",
+            "tls": [{"hosts": ["mail.example.com"], "secretName": "mail-tls"}],
+        },
+    },
     "scheduler": {"replicas": 2},
     "tracker": {"replicas": 3},
     "dispatcher": {"autoscaling": {"minReplicas": 4, "maxReplicas": 24}},
@@ -121,13 +130,14 @@ def test_pods_probe_health_and_shut_down_gracefully() -> None:
     for name, deployment in by_kind(render(DEFAULT), "Deployment").items():
         pod = deployment["spec"]["template"]["spec"]
         (container,) = pod["containers"]
-        port = 8000 if name.endswith("-api") else 9100
+        component = name.removeprefix("mf-mailfleet-")
+        port = HTTP_PORTS.get(component, 9100)
         assert container["ports"][0]["containerPort"] == port, name
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", name
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", name
         assert pod["terminationGracePeriodSeconds"] > 30, name
         env = {e["name"]: e["value"] for e in container["env"]}
-        if not name.endswith("-api"):
+        if component not in HTTP_PORTS:
             assert env["MAILFLEET_METRICS_PORT"] == "9100", name
 
 
@@ -181,3 +191,19 @@ def test_every_top_level_value_is_documented() -> None:
         if not above.startswith("#") and not any("#" in line for line in lines[start:end]):
             undocumented.append(lines[start].split(":")[0])
     assert undocumented == []
+
+
+@pytest.mark.parametrize("values", [DEFAULT, PRODUCTION], ids=["default", "production"])
+def test_only_the_edge_gets_an_ingress(values: dict[str, Any]) -> None:
+    """Two separate Services, and an Ingress for the edge's public paths only (issue 12)."""
+    docs = render(values)
+    (ingress,) = by_kind(docs, "Ingress").values()
+    backends = {
+        (p["path"], p["backend"]["service"]["name"])
+        for rule in ingress["spec"]["rules"]
+        for p in rule["http"]["paths"]
+    }
+    assert backends == {(p, "mf-mailfleet-edge") for p in ("/u/", "/unsubscribe/", "/webhooks/")}
+    services = by_kind(docs, "Service")
+    assert services["mf-mailfleet-api"]["spec"]["type"] == "ClusterIP"
+    assert services["mf-mailfleet-edge"]["spec"]["ports"][0]["name"] == "http"

@@ -64,7 +64,7 @@ def test_every_service_is_scraped_with_a_service_label() -> None:
         for relabel in job.get("relabel_configs", []):
             if relabel.get("target_label") == "service":
                 labelled.add(relabel["replacement"])
-    assert {"api", "importer", "scheduler", "dispatcher", "tracker"} <= labelled
+    assert {"api", "edge", "importer", "scheduler", "dispatcher", "tracker"} <= labelled
 
 
 def test_every_alert_the_issue_asks_for_exists_and_is_unit_tested() -> None:

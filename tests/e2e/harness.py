@@ -1,6 +1,6 @@
 """The whole system as separate processes, for end-to-end tests and benchmarks.
 
-`start_stack` runs api, importer, scheduler, dispatcher(s) and tracker with the
+`start_stack` runs api, edge, importer, scheduler, dispatcher(s) and tracker with the
 supervisor that `mailfleet dev` uses, against a given broker and database, sending to an
 in-process sink (a SendGrid v3-compatible server) so that tests can count what arrived.
 """
@@ -30,6 +30,7 @@ class RunningStack:
     sink: SinkHandle
     api_url: str
     api_key: str
+    edge_url: str = ""
 
     def client(self) -> ApiClient:
         return ApiClient(self.api_url, self.api_key)
@@ -52,12 +53,13 @@ async def start_stack(
     """`metrics_ports` maps child names ("importer", "dispatcher-1", ...) to the
     MAILFLEET_METRICS_PORT each serves /metrics on (none by default)."""
     sink = await start_sink(keep_messages=keep_messages)
-    api_port = free_port()
+    api_port, edge_port = free_port(), free_port()
     api_key = generate_key()
     base_env = {
         "DATABASE_URL": database_url,
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "MAILFLEET_API_PORT": str(api_port),
+        "MAILFLEET_EDGE_PORT": str(edge_port),
         "MAILFLEET_BOOTSTRAP_API_KEY": api_key,
         "MAILFLEET_SECRET_KEY": "e2e-secret",
         "MAILFLEET_DEFAULT_PROVIDER": "sink",
@@ -66,7 +68,8 @@ async def start_stack(
         "MAILFLEET_CHILD": "1",
         **(env or {}),
     }
-    specs = [ChildSpec(name, name) for name in ("api", "importer", "scheduler", "tracker")]
+    services = ("api", "edge", "importer", "scheduler", "tracker")
+    specs = [ChildSpec(name, name) for name in services]
     specs += [ChildSpec(f"dispatcher-{n + 1}", "dispatcher") for n in range(dispatchers)]
     for spec in specs:
         if metrics_ports and spec.name in metrics_ports:
@@ -74,12 +77,19 @@ async def start_stack(
     supervisor = Supervisor(base_env, log_dir)
     await supervisor.start(specs)
     try:
-        await asyncio.to_thread(wait_for_port, "127.0.0.1", api_port, 60)
+        for port in (api_port, edge_port):
+            await asyncio.to_thread(wait_for_port, "127.0.0.1", port, 60)
     except TimeoutError:
         await supervisor.stop()
         await sink.stop()
-        raise RuntimeError("API did not start:\n" + supervisor.tail_logs()) from None
-    return RunningStack(supervisor, sink, f"http://127.0.0.1:{api_port}", api_key)
+        raise RuntimeError("API or edge did not start:\n" + supervisor.tail_logs()) from None
+    return RunningStack(
+        supervisor,
+        sink,
+        f"http://127.0.0.1:{api_port}",
+        api_key,
+        edge_url=f"http://127.0.0.1:{edge_port}",
+    )
 
 
 class ApiClient:

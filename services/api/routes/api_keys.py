@@ -7,11 +7,11 @@ from uuid import UUID
 from fastapi import APIRouter
 
 from libs.common.logging import get_logger
+from libs.web.problems import ProblemError, problem_responses
 from services.api import repository
 from services.api.deps import IsAdmin, Resources
 from services.api.keys import display_prefix, generate_key, hash_key
 from services.api.pagination import BadCursor
-from services.api.problems import ProblemError, problem_responses
 from services.api.routes.common import DEFAULT_PAGE, Cursor, Limit, bad_cursor, not_found
 from services.api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, Page
 

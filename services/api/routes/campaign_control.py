@@ -15,8 +15,8 @@ from fastapi import APIRouter
 from libs.common.campaign_control import ControlAction, ControlRefused, transition
 from libs.common.events import CampaignControl, Topic
 from libs.common.logging import bound_contextvars, get_logger
+from libs.web.problems import ProblemError, problem_responses
 from services.api.deps import ApiResources, CanEdit, Resources
-from services.api.problems import ProblemError, problem_responses
 from services.api.routes.campaigns import campaign_with_stats, publish_or_503
 from services.api.routes.common import not_found
 from services.api.schemas import CampaignOut

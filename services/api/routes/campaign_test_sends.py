@@ -9,11 +9,11 @@ from fastapi import APIRouter
 from libs.common.addresses import InvalidAddress, normalised_address
 from libs.common.events import RecipientOutcome
 from libs.common.logging import bound_contextvars, get_logger
+from libs.web.problems import FieldError, ProblemError, problem_responses
 from services.api import recipients_repo, repository
 from services.api.campaign_test_schemas import SendTestOut, SendTestRequest, SendTestResult
 from services.api.campaign_test_sender import Addressee, send_test
 from services.api.deps import CanEdit, Resources
-from services.api.problems import FieldError, ProblemError, problem_responses
 from services.api.routes.common import not_found
 
 log = get_logger(__name__)

@@ -13,11 +13,11 @@ from libs.common.events import CampaignControl, CampaignScheduled, Topic
 from libs.common.logging import bound_contextvars, get_logger
 from libs.common.templating import check_template, render
 from libs.stats import read_models
+from libs.web.problems import FieldError, ProblemError, problem_responses
 from services.api import deletions_repo, repository
 from services.api.deletion_rules import why_campaign_is_kept
 from services.api.deps import ApiResources, CanEdit, CanRead, Resources
 from services.api.pagination import BadCursor
-from services.api.problems import FieldError, ProblemError, problem_responses
 from services.api.routes.common import DEFAULT_PAGE, Cursor, Limit, bad_cursor, not_found
 from services.api.scheduling import UnrepresentableTime, resolve_send_at
 from services.api.schemas import (

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import Query
 
+from libs.web.problems import FieldError, ProblemError
 from services.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, BadCursor
-from services.api.problems import FieldError, ProblemError
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page.")]
 Cursor = Annotated[

@@ -21,9 +21,9 @@ import asyncpg
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
+from libs.web.problems import problem_responses
 from services.api import repository
 from services.api.deps import CanRead, Resources
-from services.api.problems import problem_responses
 from services.api.routes.common import not_found
 
 router = APIRouter(prefix="/api/v1", tags=["imports"])

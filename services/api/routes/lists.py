@@ -11,12 +11,12 @@ from fastapi import APIRouter, Request, Response
 from libs.common.blobs import UploadTooLarge, blob_ref
 from libs.common.events import ColumnMapping, ImportRequested, Topic
 from libs.common.logging import bound_contextvars, get_logger
+from libs.web.problems import FieldError, ProblemError, problem_responses
 from services.api import deletions_repo, repository
 from services.api.deletion_rules import why_list_is_kept
 from services.api.deps import CanEdit, CanRead, Resources
 from services.api.multipart_stream import BadMultipart, MissingFilePart, StreamingUpload
 from services.api.pagination import BadCursor
-from services.api.problems import FieldError, ProblemError, problem_responses
 from services.api.routes.common import DEFAULT_PAGE, Cursor, Limit, bad_cursor, not_found
 from services.api.schemas import ImportAccepted, ImportOut, ListCreate, ListOut, Page
 

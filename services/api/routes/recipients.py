@@ -14,10 +14,10 @@ from fastapi import APIRouter, Path, Query, Response
 
 from libs.common.addresses import InvalidAddress, normalised_address
 from libs.common.logging import get_logger
+from libs.web.problems import FieldError, ProblemError, problem_responses
 from services.api import recipients_repo, repository
 from services.api.deps import ApiResources, CanEdit, CanRead, Resources
 from services.api.pagination import BadCursor
-from services.api.problems import FieldError, ProblemError, problem_responses
 from services.api.recipient_schemas import RecipientCreate, RecipientOut, RecipientUpdate
 from services.api.recipients_repo import AddressTaken
 from services.api.routes.common import DEFAULT_PAGE, Cursor, Limit, bad_cursor, not_found

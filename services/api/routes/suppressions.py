@@ -15,8 +15,8 @@ from pydantic import BaseModel, Field, field_validator
 from libs.common import suppressions
 from libs.common.logging import get_logger
 from libs.stats import read_models
+from libs.web.problems import ProblemError, problem_responses
 from services.api.deps import ApiResources, CanEdit, CanRead, Resources
-from services.api.problems import ProblemError, problem_responses
 from services.api.routes.common import DEFAULT_PAGE, Limit
 from services.api.schemas import Page, Strict, Text, _check_email
 

@@ -8,10 +8,10 @@ from uuid import UUID
 from fastapi import APIRouter, Path, Query, Response
 
 from libs.common.logging import get_logger
+from libs.web.problems import FieldError, ProblemError, problem_responses
 from services.api import templates_repo
 from services.api.deps import ApiResources, CanEdit, CanRead, Resources
 from services.api.pagination import BadCursor
-from services.api.problems import FieldError, ProblemError, problem_responses
 from services.api.routes.campaigns import check_templates
 from services.api.routes.common import DEFAULT_PAGE, Cursor, Limit, bad_cursor, not_found
 from services.api.schemas import Page

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import orjson
+import uvicorn
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi import FastAPI
+from hypothesis import HealthCheck, settings
 
 from libs.common.settings import Settings
 
@@ -77,3 +81,40 @@ async def find_event(
         raise AssertionError(f"no matching event on {topic} within {timeout} s")
     finally:
         await consumer.stop()
+
+
+@contextmanager
+def live_server(app: FastAPI, what: str = "the app") -> Iterator[str]:
+    """`app` served by uvicorn on a free port in a thread (for tools that speak HTTP, like
+    schemathesis); yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Without it, each keep-alive request waits ~40 ms for a delayed ACK (Nagle).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive(), f"{what} did not start"
+        assert time.monotonic() < deadline, f"{what} did not start within 30 s"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def fuzz_settings(max_examples: int) -> settings:
+    """Hypothesis settings of the schemathesis runs: bounded, repeatable, no example store."""
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )

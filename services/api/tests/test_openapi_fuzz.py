@@ -7,20 +7,16 @@ documented schema and content type (schemathesis' default checks).
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 import requests
 import schemathesis
-import uvicorn
-from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 
 from libs.common.settings import Settings
 from services.api.app import create_app
+from services.api.tests.support import fuzz_settings, live_server
 
 # Per operation (~45 operations), plus schemathesis' coverage cases; ~30 s in all here.
 EXAMPLES_PER_OPERATION = 25
@@ -44,36 +40,14 @@ class LiveApi:
 def live_api(api_settings: Settings) -> Iterator[LiveApi]:
     # Generated requests include many without a key: do not let them lock the client out.
     app = create_app(api_settings, auth_failures_per_minute=1_000_000)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Without it, each keep-alive request waits ~40 ms for a delayed ACK (Nagle).
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive(), "the API did not start"
-        assert time.monotonic() < deadline, "the API did not start within 30 s"
-        time.sleep(0.05)
-    live = LiveApi(f"http://127.0.0.1:{port}", api_settings.bootstrap_api_key)
-    yield live
-    live.session.close()
-    server.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
+    with live_server(app, "the API") as base_url:
+        live = LiveApi(base_url, api_settings.bootstrap_api_key)
+        yield live
+        live.session.close()
 
 
 @schema.parametrize()
-@settings(
-    max_examples=EXAMPLES_PER_OPERATION,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+@fuzz_settings(EXAMPLES_PER_OPERATION)
 def test_api_conforms_to_its_openapi(case: schemathesis.Case, live_api: LiveApi) -> None:
     case.call_and_validate(
         base_url=live_api.base_url,

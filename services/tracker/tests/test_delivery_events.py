@@ -149,7 +149,7 @@ async def test_provider_events_fold_once_into_counters_and_suppressions(
             "r3@example.com": "spamreport",
             "r4@example.com": "unsubscribe",
             "r9@example.com": "bounce",
-            stranger: "unsubscribe",
+            # The stranger's unsubscribe matched no delivery: it suppresses nobody.
         }
 
         # The provider retries its webhook: every event again, nothing changes.

@@ -48,6 +48,8 @@ MAX_ID_CHARS = 255
 MAX_RECIPIENT_ID = 2**63 - 1  # a bigint
 # How many skipped events a receipt describes one by one.
 MAX_REPORTED = 20
+# SendGrid posts at most 768 KB per batch, a few thousand events; more is not SendGrid.
+MAX_EVENTS_PER_POST = 10_000
 
 SkipKind = Literal["malformed", "unsupported"]
 
@@ -89,6 +91,8 @@ def parse_batch(body: bytes) -> list[Any]:
         return [decoded]  # tolerated: a single event not wrapped in an array
     if not isinstance(decoded, list):
         raise NotABatch("the body must be a JSON array of events")
+    if len(decoded) > MAX_EVENTS_PER_POST:
+        raise NotABatch(f"a post holds at most {MAX_EVENTS_PER_POST} events")
     return decoded
 
 

@@ -1,8 +1,10 @@
 """Provider webhooks: SendGrid's Event Webhook, published to `delivery.event`.
 
-No API key here (SendGrid cannot send one): when SENDGRID_WEBHOOK_VERIFICATION_KEY is set,
-a post must carry SendGrid's signature instead. Events are handed to the tracker as they
-are; it dedupes them by `sg_event_id`, so SendGrid's retries of a post count once.
+No API key here (SendGrid cannot send one): a post must carry SendGrid's signature, checked
+with SENDGRID_WEBHOOK_VERIFICATION_KEY (see webhook_policy for the only exception). Events
+are handed to the tracker as they are; it dedupes them by `sg_event_id`, so SendGrid's
+retries of a post count once, and it stores an event that matches no delivery of ours as
+unmatched.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ from collections.abc import Mapping
 
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Request
-from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
 from libs.common.events import Topic
 from libs.common.logging import get_logger
-from services.api.deps import ApiResources, Resources
-from services.api.problems import ProblemError, problem_responses
-from services.api.sendgrid_events import (
+from libs.web.problems import ProblemError, problem_responses
+from services.edge.deps import Resources
+from services.edge.metrics import WEBHOOK_EVENTS, WEBHOOK_POSTS_REFUSED
+from services.edge.sendgrid_events import (
+    MAX_EVENTS_PER_POST,
     MAX_REPORTED,
     PROVIDER,
     NotABatch,
@@ -27,32 +30,31 @@ from services.api.sendgrid_events import (
     partition_key,
     translate,
 )
-from services.api.webhook_signature import (
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
-    BadVerificationKey,
-    SignatureRefused,
-    WebhookVerifier,
-)
+from services.edge.webhook_policy import WebhookPolicy
+from services.edge.webhook_signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureRefused
 
 log = get_logger(__name__)
-router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"])
+router = APIRouter(tags=["webhooks"])
 
 # SendGrid posts a batch when it reaches 768 KB (or every 30 s); twice that leaves room.
 WEBHOOK_BODY_LIMIT = 2 * 1024 * 1024
 
-WEBHOOK_EVENTS = Counter(
-    "mailfleet_webhook_events_total",
-    "Provider webhook events received, by provider and outcome.",
-    ["provider", "outcome"],  # outcome: published, malformed, unsupported
-)
-WEBHOOK_POSTS_REFUSED = Counter(
-    "mailfleet_webhook_posts_refused_total",
-    "Provider webhook posts refused, by provider and reason.",
-    ["provider", "reason"],  # reason: signature, too_large, not_json
-)
 
-_VERIFIER = "sendgrid_webhook_verifier"
+_BODY_DOC = {
+    "required": True,
+    "description": "SendGrid's events, as it posts them: an array (a lone event object is "
+    "tolerated). An item that is not an event is skipped and reported in the receipt.",
+    "content": {
+        "application/json": {
+            "schema": {
+                "anyOf": [
+                    {"type": "array", "items": {}, "maxItems": MAX_EVENTS_PER_POST},
+                    {"type": "object"},
+                ]
+            }
+        }
+    },
+}
 
 
 class SkippedOut(BaseModel):
@@ -69,27 +71,21 @@ class WebhookReceipt(BaseModel):
 
 
 @router.post(
-    "/sendgrid",
+    "/webhooks/sendgrid",
     response_model=WebhookReceipt,
     responses=problem_responses(400, 401, 413, 503),
+    # Read raw (the signature covers the exact bytes), so described here rather than parsed.
+    openapi_extra={"requestBody": _BODY_DOC},
 )
+# Where the admin API served it before the edge existed: a SendGrid setting that still
+# names this path keeps working once the host points at the edge.
+@router.post("/api/v1/webhooks/sendgrid", response_model=WebhookReceipt, include_in_schema=False)
 async def sendgrid_events(request: Request, resources: Resources) -> WebhookReceipt:
-    """SendGrid's Event Webhook: a JSON array of events. Odd events are skipped and counted;
-    the answer is 200 once the good ones are on the broker (a 5xx makes SendGrid retry)."""
+    """SendGrid's Event Webhook: a signed JSON array of events. Odd events are skipped and
+    counted; the answer is 200 once the good ones are on the broker (a 5xx makes SendGrid
+    retry)."""
     body = await _read_body(request, WEBHOOK_BODY_LIMIT)
-    verifier = _verifier(resources)
-    if verifier is not None:
-        try:
-            verifier.check(
-                body,
-                request.headers.get(SIGNATURE_HEADER),
-                request.headers.get(TIMESTAMP_HEADER),
-                now=time.time(),
-            )
-        except SignatureRefused as exc:
-            WEBHOOK_POSTS_REFUSED.labels(PROVIDER, "signature").inc()
-            log.warning("webhook post refused", provider=PROVIDER, reason=str(exc))
-            raise ProblemError(401, str(exc), kind="bad-signature") from exc
+    _check_signature(resources.webhooks, request, body)
     try:
         items = parse_batch(body)
     except NotABatch as exc:
@@ -147,24 +143,29 @@ def _too_large(limit: int) -> ProblemError:
     )
 
 
-def _verifier(resources: ApiResources) -> WebhookVerifier | None:
-    """The configured key, loaded once; None when posts are accepted unsigned."""
-    key = resources.settings.sendgrid_webhook_verification_key
-    if not key:
-        return None
-    cached = resources.extra.get(_VERIFIER)
-    if isinstance(cached, WebhookVerifier) and cached.key == key:
-        return cached
-    try:
-        verifier = WebhookVerifier.from_key(key)
-    except BadVerificationKey as exc:
+def _check_signature(policy: WebhookPolicy, request: Request, body: bytes) -> None:
+    """Return when the post may be read; else the problem that refuses it."""
+    if policy.verifier is None:
+        if policy.accept_unsigned:
+            return
+        WEBHOOK_POSTS_REFUSED.labels(PROVIDER, "unsigned").inc()
         # 503, not 401: the fault is ours, and SendGrid retries posts refused with a 5xx.
-        log.error("webhook verification key unusable", error=str(exc))
         raise ProblemError(
-            503, f"SENDGRID_WEBHOOK_VERIFICATION_KEY: {exc}", kind="misconfigured"
-        ) from exc
-    resources.extra[_VERIFIER] = verifier
-    return verifier
+            503,
+            "webhook posts are refused: SENDGRID_WEBHOOK_VERIFICATION_KEY is not set",
+            kind="misconfigured",
+        )
+    try:
+        policy.verifier.check(
+            body,
+            request.headers.get(SIGNATURE_HEADER),
+            request.headers.get(TIMESTAMP_HEADER),
+            now=time.time(),
+        )
+    except SignatureRefused as exc:
+        WEBHOOK_POSTS_REFUSED.labels(PROVIDER, "signature").inc()
+        log.warning("webhook post refused", provider=PROVIDER, reason=str(exc))
+        raise ProblemError(401, str(exc), kind="bad-signature") from exc
 
 
 def _count(published: int, skipped: Mapping[str, int]) -> None:

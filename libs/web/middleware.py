@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from libs.common.logging import bound_contextvars, get_logger
-from services.api.problems import PROBLEM_MEDIA_TYPE, problem_body
+from libs.web.problems import PROBLEM_MEDIA_TYPE, problem_body
 
 log = get_logger(__name__)
 

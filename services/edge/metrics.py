@@ -1,0 +1,21 @@
+"""Prometheus metrics of the edge (its HTTP requests are counted by libs.web.middleware)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+WEBHOOK_EVENTS = Counter(
+    "mailfleet_webhook_events_total",
+    "Provider webhook events received, by provider and outcome.",
+    ["provider", "outcome"],  # outcome: published, malformed, unsupported
+)
+WEBHOOK_POSTS_REFUSED = Counter(
+    "mailfleet_webhook_posts_refused_total",
+    "Provider webhook posts refused, by provider and reason.",
+    ["provider", "reason"],  # reason: signature, unsigned, too_large, not_json
+)
+UNSUBSCRIBES = Counter(
+    "mailfleet_edge_unsubscribes_total",
+    "Unsubscribe requests published to contact.event, by source (one-click, page).",
+    ["source"],
+)
