@@ -53,17 +53,27 @@ async def _campaign(client: httpx.AsyncClient, settings: Settings, **overrides: 
     return answer.json()
 
 
+async def _add_member(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    campaign: Any,
+    email: str,
+    fields: dict[str, str],
+) -> None:
+    member = await client.post(
+        f"/api/v1/lists/{campaign['list_id']}/recipients",
+        json={"email": email, "fields": fields},
+        headers=auth,
+    )
+    assert member.status_code == 201, member.text
+
+
 async def test_sends_rendered_mail_to_member_and_stranger(
     client: httpx.AsyncClient, api_settings: Settings, sink: SinkHandle
 ) -> None:
     auth = _admin(api_settings)
     campaign = await _campaign(client, api_settings)
-    member = await client.post(
-        f"/api/v1/lists/{campaign['list_id']}/recipients",
-        json={"email": "ada@example.com", "fields": {"first_name": "Ada"}},
-        headers=auth,
-    )
-    assert member.status_code == 201
+    await _add_member(client, auth, campaign, "ada@example.com", {"first_name": "Ada"})
     answer = await client.post(
         f"/api/v1/campaigns/{campaign['id']}/test",
         json={"emails": ["Ada@Example.com", "bob@example.com", "bob@example.com "]},
@@ -192,12 +202,8 @@ async def test_a_line_break_from_a_merge_field_fails_that_address_alone(
 ) -> None:
     auth = _admin(api_settings)
     campaign = await _campaign(client, api_settings)
-    member = await client.post(
-        f"/api/v1/lists/{campaign['list_id']}/recipients",
-        json={"email": "eve@example.com", "fields": {"first_name": "Eve\r\nBcc: all@example.com"}},
-        headers=auth,
-    )
-    assert member.status_code == 201, member.text
+    fields = {"first_name": "Eve\r\nBcc: all@example.com"}
+    await _add_member(client, auth, campaign, "eve@example.com", fields)
     answer = await client.post(
         f"/api/v1/campaigns/{campaign['id']}/test",
         json={"emails": ["eve@example.com", "bob@example.com"]},
