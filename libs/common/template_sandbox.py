@@ -104,8 +104,8 @@ class RenderBudget:
 
     def add_output(self, chars: int) -> None:
         self.written += chars
-        self.check_size(self.written, "the message")
-        self.tick()
+        if self.written > self.max_chars:
+            self.check_size(self.written, "the message")
 
 
 # Outside a render (Jinja folds constant expressions while compiling): sizes are bounded
@@ -315,6 +315,10 @@ _NOT_PRINTING = frozenset(
 )
 
 
+_AMPLIFYING_FILTERS = frozenset(["center", "indent", "wordwrap", "replace", "format"])
+_PRECHECKED = _AMPLIFYING_FILTERS | {"join", "sum"}
+
+
 def _filter_precheck(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
     """Refuses a filter call whose result would be too large; returns its (possibly
     materialised) arguments."""
@@ -342,6 +346,8 @@ def _filter_precheck(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -
 def _filter_size(
     name: str, value: Any, rest: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> int | None:
+    if name not in _AMPLIFYING_FILTERS:
+        return None
     text = value if isinstance(value, str) else str(value) if value is not None else ""
     arg = rest[0] if rest else None
     if name == "center":
@@ -374,7 +380,10 @@ def _guarded_filter(name: str, function: Callable[..., Any]) -> Callable[..., An
         budget = active_budget()
         budget.tick()
         head, values = (args[:1], args[1:]) if passes else ((), args)
-        values = _filter_precheck(name, values, kwargs)
+        # A filter that does not amplify, on a string or a number, cannot pass the limits.
+        first = values[0] if values else None
+        if name in _PRECHECKED or not isinstance(first, str | int | float | None):
+            values = _filter_precheck(name, values, kwargs)
         result = function(*head, *values, **kwargs)
         if isinstance(result, str | bytes):
             budget.check_size(len(result), f"the result of |{name}")
