@@ -281,4 +281,4 @@ async def test_a_runaway_template_fails_its_recipients_alone_and_the_loop_stays_
         r.email for r in batch.recipients if r.recipient_id in sent
     }
     # Six renders of 100 ms each ran meanwhile; the loop was never held for long.
-    assert lag.worst < 1.0, f"event loop held for {lag.worst:.2f} s"
+    assert lag.worst < 2.0, f"event loop held for {lag.worst:.2f} s"  # session timeout: 6 s
