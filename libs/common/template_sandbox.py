@@ -5,13 +5,13 @@ spending unbounded time or memory: `{% for i in range(10**5) %}{% for j in range
 loops for hours, `{{ 'x' * 10**9 }}` allocates a gigabyte. A render runs in a worker
 thread, and a thread cannot be killed, so every bound is enforced inside the render:
 
-- time: a CPU-time budget of the rendering thread, looked at on every call, attribute
-  access, filter, operator and loop iteration (a Python-level loop cannot escape it);
+- time: a CPU-time budget of the rendering thread, looked at on calls, filters, operators
+  and every loop iteration (a Python-level loop cannot escape it);
 - size: operations that amplify (`*`, `**`, `+`, `%`, `~`, `format`, `join`, `replace`,
   `center`, `indent`, `wordwrap`, …) are refused *before* they run when their result would
   exceed the output limit. One C-level call such as `'x' * 10**9` holds the GIL, and so the
   service's event loop, for as long as it runs: checking afterwards would be too late;
-- output: what the template writes is counted as it is produced.
+- output: a template's output and every block's are measured before they are joined.
 
 A refused render raises `TemplateTooCostly`, whose message names the limit.
 """
@@ -185,10 +185,16 @@ _PERCENT_FIELD = re.compile(
     r"[hlL]?(?P<conversion>[diouxXeEfFgGcrsa%])"
 )
 _DIGITS = re.compile(r"\d+")
+_LONG_NUMBER = re.compile(r"\d{5}")
 
 
 def percent_format_size(template: str, values: Any, cap: int) -> int:
     """Characters of `template % values`, estimated from its fields' widths and values."""
+    if not _LONG_NUMBER.search(template):
+        # Every width and precision has at most 4 digits: a quick upper bound will do.
+        quick = len(template) + template.count("%") * (20_000 + weight(values, cap))
+        if quick <= cap:
+            return quick
     total = len(template)
     position = 0
     for field in _PERCENT_FIELD.finditer(template):
@@ -317,6 +323,7 @@ _NOT_PRINTING = frozenset(
 
 _AMPLIFYING_FILTERS = frozenset(["center", "indent", "wordwrap", "replace", "format"])
 _PRECHECKED = _AMPLIFYING_FILTERS | {"join", "sum"}
+_SCALARS = (str, int, float, type(None))
 
 
 def _filter_precheck(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
@@ -379,13 +386,13 @@ def _guarded_filter(name: str, function: Callable[..., Any]) -> Callable[..., An
     def guarded(*args: Any, **kwargs: Any) -> Any:
         budget = active_budget()
         budget.tick()
-        head, values = (args[:1], args[1:]) if passes else ((), args)
+        values = args[1:] if passes else args
         # A filter that does not amplify, on a string or a number, cannot pass the limits.
-        first = values[0] if values else None
-        if name in _PRECHECKED or not isinstance(first, str | int | float | None):
-            values = _filter_precheck(name, values, kwargs)
-        result = function(*head, *values, **kwargs)
-        if isinstance(result, str | bytes):
+        if name in _PRECHECKED or (values and not isinstance(values[0], _SCALARS)):
+            checked = _filter_precheck(name, values, kwargs)
+            args = (*args[:1], *checked) if passes else checked
+        result = function(*args, **kwargs)
+        if isinstance(result, str | bytes) and len(result) > budget.max_chars:
             budget.check_size(len(result), f"the result of |{name}")
         return result
 
@@ -433,10 +440,11 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         self.globals["lipsum"] = bounded_lipsum
         self.filters = {name: _guarded_filter(name, f) for name, f in self.filters.items()}
 
-    # `concat` joins the buffers of macros, call blocks and `{% set %}` blocks.
+    # `concat` joins a template's output, and the buffers of macros, call blocks and
+    # `{% set %}` blocks: the total is checked before the (C-level) join.
     def concat(self, pieces: Iterable[str]) -> str:
         pieces = list(pieces)
-        active_budget().check_size(sum(map(len, pieces)), "a block's output")
+        active_budget().check_size(sum(map(len, pieces)), "the output")
         return "".join(pieces)
 
     def checked_pieces(self, pieces: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -448,15 +456,19 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
 
     def iterate(self, iterable: Any) -> Iterator[Any]:
         budget = active_budget()
-        budget.check_time()
+        budget.tick()
         for item in iterable:
             budget.tick()
             yield item
 
     def _finalize(self, value: Any) -> Any:
+        # Printing a string or a number amplifies nothing (the total is checked when the
+        # output is joined); a container prints every element, however often it repeats.
+        if isinstance(value, str | int | float) or value is None:
+            return value
         budget = active_budget()
         budget.tick()
-        budget.check_size(budget.written + weight(value, budget.max_chars), "the message")
+        budget.check_size(weight(value, budget.max_chars), "a printed value")
         return value
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
@@ -464,17 +476,9 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         _check_binop(operator, left, right)
         return super().call_binop(context, operator, left, right)
 
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        active_budget().tick()
-        return super().getattr(obj, attribute)
-
-    def getitem(self, obj: Any, argument: Any) -> Any:
-        active_budget().tick()
-        return super().getitem(obj, argument)
-
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
         budget = active_budget()
-        budget.check_time()
+        budget.tick()
         args = _check_call(__obj, args, budget)
         result = super().call(__context, __obj, *args, **kwargs)
         if isinstance(result, str | bytes):
