@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     # A campaign ends `failed` when more than this share of its audience failed.
     failure_threshold: float = Field(0.2, alias="MAILFLEET_FAILURE_THRESHOLD", ge=0, le=1)
 
+    # User templates, per message: CPU time of its render, and bytes of its subject, HTML
+    # and text together. Past either the message fails alone (preview/schedule: 422).
+    render_timeout_ms: int = Field(100, alias="MAILFLEET_RENDER_TIMEOUT_MS", ge=1, le=60_000)
+    render_max_bytes: int = Field(
+        2 * 1024 * 1024, alias="MAILFLEET_RENDER_MAX_BYTES", ge=1024, le=64 * 1024 * 1024
+    )
+
     # Planning.
     batch_size: int = Field(500, alias="MAILFLEET_BATCH_SIZE", ge=1, le=1000)
     default_timezone: str = Field("UTC", alias="MAILFLEET_DEFAULT_TIMEZONE")

@@ -1,6 +1,8 @@
 """Campaign templates: Jinja2 in its sandbox, checked when a campaign is created or started.
 
-The API validates with `check_template` (an error names the line), the dispatcher renders.
+The API validates with `check_template` (an error names the line) and `costly_problem` (a
+template too costly to render is refused), the dispatcher renders. Every render is bounded
+in time and size (see `template_sandbox`).
 """
 
 from __future__ import annotations
@@ -10,15 +12,27 @@ from functools import lru_cache
 from typing import Any
 
 from jinja2 import Template, TemplateSyntaxError, meta, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import escape
+
+from libs.common.settings import Settings
+from libs.common.template_sandbox import (
+    BoundedSandbox,
+    RenderBudget,
+    RenderLimits,
+    TemplateTooCostly,
+    budget_active,
+)
 
 
 @lru_cache(maxsize=2)
-def environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
-    # Sandboxed: templates come from users and must not reach Python internals.
-    # Undefined merge fields render empty rather than failing a send.
-    return ImmutableSandboxedEnvironment(autoescape=autoescape, keep_trailing_newline=True)
+def environment(autoescape: bool) -> BoundedSandbox:
+    # Sandboxed: templates come from users and must not reach Python internals, nor spend
+    # unbounded time or memory. Undefined merge fields render empty rather than failing a send.
+    return BoundedSandbox(autoescape=autoescape, keep_trailing_newline=True)
+
+
+def render_limits(settings: Settings) -> RenderLimits:
+    return RenderLimits.from_settings(settings.render_timeout_ms, settings.render_max_bytes)
 
 
 @dataclass(frozen=True)
@@ -51,8 +65,39 @@ def compile_template(source: str, *, html: bool) -> Template:
     return environment(autoescape=html).from_string(source)
 
 
-def render(source: str, context: dict[str, Any], *, html: bool) -> str:
-    return compile_template(source, html=html).render(context)
+def render(
+    source: str, context: dict[str, Any], *, html: bool, budget: RenderBudget | None = None
+) -> str:
+    """`source` rendered with `context`. Charges `budget` (one per message: its parts share
+    it), or a budget of the default limits; raises `TemplateTooCostly` past it."""
+    template = compile_template(source, html=html)  # compiling is not charged
+    budget = budget or RenderBudget(RenderLimits())
+    with budget_active(budget):
+        # The sandbox's `concat` measures the output before joining it.
+        output = template.render(context)
+        budget.add_output(len(output))
+    return output
+
+
+_PARTS = ("subject", "html", "text")
+
+
+def costly_problem(parts: dict[str, str | None], limits: RenderLimits) -> TemplateProblem | None:
+    """Render the given parts with no merge fields, as one message; say which part goes past
+    `limits`, or None. Other failures are not problems here: a template may need its merge
+    fields (`{{ price * 2 }}`), and then fails only for a recipient without them."""
+    budget = RenderBudget(limits)
+    for part in _PARTS:
+        source = parts.get(part)
+        if source is None or check_template(part, source) is not None:
+            continue
+        try:
+            render(source, {}, html=part == "html", budget=budget)
+        except TemplateTooCostly as exc:
+            return TemplateProblem(part, None, str(exc))
+        except Exception:  # noqa: S112 - user code may fail in any way without its fields
+            continue
+    return None
 
 
 @dataclass(frozen=True)
@@ -97,6 +142,11 @@ def format_value(value: Any, *, html: bool) -> str:
 
 __all__ = [
     "Placeholder",
+    "RenderBudget",
+    "RenderLimits",
+    "TemplateTooCostly",
+    "costly_problem",
+    "render_limits",
     "TemplatePiece",
     "TemplateProblem",
     "check_template",

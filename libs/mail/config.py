@@ -50,6 +50,9 @@ class DispatcherSettings(BaseSettings):
     # hundreds of batches; without a bound they are all rendered at once (memory) and
     # each waits longer for its turn.
     max_batches_in_flight: int = Field(24, alias="MAILFLEET_MAX_BATCHES_IN_FLIGHT", ge=1, le=1000)
+    # Threads that render batches (user templates) off the event loop. Rendering holds the
+    # GIL: more threads than cores only share the same CPU.
+    render_threads: int = Field(2, alias="MAILFLEET_RENDER_THREADS", ge=1, le=32)
 
 
 @lru_cache(maxsize=1)

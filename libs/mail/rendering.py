@@ -2,7 +2,10 @@
 
 Merge fields are the recipient's `fields` plus `email`. A template made only of text and
 `{{ name }}` placeholders is sent as one shared body with per-recipient substitutions (HTML
-values escaped, text and subject values raw); anything richer is rendered per recipient.
+values escaped, text and subject values raw); anything richer is rendered per recipient,
+each message within `RenderLimits` (time and size). A message that cannot be built (its
+template fails or goes past the limits, a merge field puts a line break in its subject)
+fails alone: its recipient is settled `failed` with the reason, the others go out.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ import css_inline
 from libs.common.events import BatchRecipient, RecipientOutcome
 from libs.common.templating import (
     Placeholder,
+    RenderBudget,
+    RenderLimits,
     TemplatePiece,
+    TemplateTooCostly,
     format_value,
     render,
     simple_template_pieces,
@@ -81,22 +87,62 @@ def text_tag(name: str) -> str:
     return f"{{{{t:{name}}}}}"
 
 
+class UnsafeHeader(ValueError):
+    """A header value with a line break: it would end the header and start another."""
+
+
+def line_break_problem(name: str, value: str | None) -> str | None:
+    if value is not None and ("\r" in value or "\n" in value):
+        return f"{name} contains a line break (CR or LF), which would inject mail headers"
+    return None
+
+
+def check_header_values(subject: str, headers: dict[str, str]) -> None:
+    for name, value in (("subject", subject), *headers.items()):
+        if (problem := line_break_problem(name, value)) is not None:
+            raise UnsafeHeader(problem)
+
+
 def render_message(
-    content: Content, recipient: BatchRecipient, headers: dict[str, str], args: dict[str, str]
+    content: Content,
+    recipient: BatchRecipient,
+    headers: dict[str, str],
+    args: dict[str, str],
+    limits: RenderLimits | None = None,
 ) -> Message:
+    """Raises `TemplateTooCostly` past `limits`, `UnsafeHeader`, or whatever the user's
+    template raises."""
     context = merge_fields(recipient)
-    html = render(content.html, context, html=True)
-    text = render(content.text, context, html=False) if content.text else html_to_text(html)
+    budget = RenderBudget(limits or RenderLimits())
+    subject = render(content.subject, context, html=False, budget=budget)
+    check_header_values(subject, headers)
+    html = render(content.html, context, html=True, budget=budget)
+    text = (
+        render(content.text, context, html=False, budget=budget)
+        if content.text
+        else html_to_text(html)
+    )
     html = inline_css(html)
+    size = sum(len(part.encode()) for part in (subject, html, text))
+    budget.check_size(size, "the message")
     return Message(
         recipient_id=recipient.recipient_id,
         email=recipient.email,
-        subject=render(content.subject, context, html=False),
+        subject=subject,
         html=html,
         text=text,
         headers=headers,
         custom_args=args,
     )
+
+
+def render_failure(exc: Exception) -> str:
+    """The reason a recipient whose message could not be built is `failed`."""
+    if isinstance(exc, TemplateTooCostly):
+        return f"template too costly: {exc}"
+    if isinstance(exc, UnsafeHeader):
+        return str(exc)
+    return f"template error: {exc}"
 
 
 @dataclass(frozen=True)
@@ -108,6 +154,7 @@ class _SubstitutionTemplate:
     text: str
     text_fields: frozenset[str]
     html_fields: frozenset[str]
+    subject_fields: frozenset[str]
 
 
 def _join(pieces: list[TemplatePiece], tag: Any) -> str:
@@ -146,6 +193,7 @@ def substitution_template(content: Content) -> _SubstitutionTemplate | None:
         text=text_body,
         text_fields=frozenset(text_names | _names(subject)),
         html_fields=frozenset(_names(html)),
+        subject_fields=frozenset(_names(subject)),
     )
 
 
@@ -159,6 +207,9 @@ def _substitutions(
     for name in template.html_fields:
         values[html_tag(name)] = format_value(fields[name], html=True) if name in fields else ""
     if any(_TAG_PREFIX in v for v in values.values()):
+        return None
+    # A line break in the subject is refused per recipient (by `render_message`).
+    if any(line_break_problem(n, values[text_tag(n)]) for n in template.subject_fields):
         return None
     # A UTF-8 character takes at most 4 bytes: count bytes only when that bound is too high.
     chars = sum(len(k) + len(v) for k, v in values.items())
@@ -175,8 +226,14 @@ def build_outbox(
     batch_id: str,
     recipients: list[BatchRecipient],
     policy: HeaderPolicy,
+    limits: RenderLimits | None = None,
 ) -> Outbox:
+    """CPU-bound (user templates): call it off the event loop, see `render_pool`."""
     outbox = Outbox(sender=Sender(content.from_email, content.from_name))
+    sender_problem = line_break_problem("from_name", content.from_name)
+    if sender_problem is not None:  # content frozen before the API refused such names
+        outbox.settled.extend(_failed(r, sender_problem) for r in recipients)
+        return outbox
     template = substitution_template(content)
     templated: list[TemplatedRecipient] = []
     for recipient in recipients:
@@ -192,9 +249,11 @@ def build_outbox(
             )
         else:
             try:
-                outbox.individual.append(render_message(content, recipient, headers, args))
+                message = render_message(content, recipient, headers, args, limits)
             except Exception as exc:  # a user template may fail at runtime in any way
-                outbox.settled.append(_failed(recipient, f"template error: {exc}"))
+                outbox.settled.append(_failed(recipient, render_failure(exc)))
+                continue
+            outbox.individual.append(message)
     if template is not None and templated:
         outbox.templated = TemplatedGroup(template.subject, template.html, template.text, templated)
     return outbox

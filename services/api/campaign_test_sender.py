@@ -9,6 +9,7 @@ campaign's stats), and an `X-Mailfleet-Test` header.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,12 +18,13 @@ import aiohttp
 
 from libs.common.events import BatchRecipient, RecipientOutcome
 from libs.common.settings import Settings
+from libs.common.templating import render_limits
 from libs.mail.config import DispatcherSettings, get_dispatcher_settings
 from libs.mail.headers import HeaderPolicy
 from libs.mail.messages import Message, Outbox, Sender
 from libs.mail.providers.base import ProviderOutage, failed
 from libs.mail.providers.registry import build_providers
-from libs.mail.rendering import Content, render_message
+from libs.mail.rendering import Content, line_break_problem, render_failure, render_message
 
 MAX_TEST_ADDRESSES = 10
 # An admin waits for the answer: fail fast rather than retry for a minute as a batch would.
@@ -83,6 +85,8 @@ def build_test_messages(
     )
     outbox = Outbox(sender=Sender(content.from_email, content.from_name))
     settled: list[RecipientOutcome] = []
+    limits = render_limits(settings)
+    sender_problem = line_break_problem("from_name", content.from_name)
     for target in targets:
         recipient = BatchRecipient(
             recipient_id=target.recipient_id or NOT_A_MEMBER,
@@ -91,16 +95,17 @@ def build_test_messages(
         )
         args = {"mailfleet_test_send": test_id}
         try:
-            message: Message = render_message(
-                content, recipient, _headers(settings, campaign, target, test_id), args
-            )
+            if sender_problem is not None:
+                raise ValueError(sender_problem)
+            headers = _headers(settings, campaign, target, test_id)
+            message: Message = render_message(content, recipient, headers, args, limits)
         except Exception as exc:  # a user template may fail at runtime in any way
             settled.append(
                 RecipientOutcome(
                     recipient_id=recipient.recipient_id,
                     email=target.email,
                     status="failed",
-                    error=f"template error: {exc}",
+                    error=render_failure(exc),
                 )
             )
             continue
@@ -117,7 +122,10 @@ async def send_test(
 ) -> list[RecipientOutcome]:
     """One outcome per target, in no particular order; never raises for a provider failure."""
     test_id = uuid.uuid4().hex
-    outbox, settled = build_test_messages(settings, campaign, targets, test_id)
+    # Off the event loop: rendering runs the campaign's templates (user code).
+    outbox, settled = await asyncio.to_thread(
+        build_test_messages, settings, campaign, targets, test_id
+    )
     if not outbox.individual:
         return settled
     extra = settings_for_test_sends(get_dispatcher_settings())

@@ -28,6 +28,17 @@ def _no_nul(value: str) -> str:
 
 Text = Annotated[str, AfterValidator(_no_nul)]
 
+
+def _no_line_break(value: str) -> str:
+    # A subject or sender name becomes a mail header: a line break would end it and let
+    # the rest of the value add headers of its own (header injection).
+    if "\r" in value or "\n" in value:
+        raise ValueError("must not contain a line break (CR or LF): it becomes a mail header")
+    return value
+
+
+HeaderText = Annotated[Text, AfterValidator(_no_line_break)]
+
 CampaignStatusName = Literal[
     "draft", "scheduled", "in_progress", "paused", "completed", "failed", "cancelled"
 ]
@@ -98,7 +109,7 @@ class CampaignCreate(Strict):
     whose content is copied into the campaign."""
 
     name: Text = Field(min_length=1, max_length=200, examples=["March newsletter"])
-    subject: Text | None = Field(
+    subject: HeaderText | None = Field(
         None, min_length=1, max_length=998, examples=["Hello {{ first_name }}"]
     )
     html: Text | None = Field(
@@ -110,7 +121,7 @@ class CampaignCreate(Strict):
         None, ge=1, le=2**31 - 1, description="With template_id; default: its latest version."
     )
     from_email: Text = Field(max_length=320, examples=["news@example.com"])
-    from_name: Text | None = Field(None, max_length=200)
+    from_name: HeaderText | None = Field(None, max_length=200)
     list_id: UUID
     provider: ProviderName | None = Field(None, description="Default: MAILFLEET_DEFAULT_PROVIDER.")
 
@@ -121,11 +132,11 @@ class CampaignUpdate(Strict):
     """Only the fields given change. Allowed while the campaign is draft or scheduled."""
 
     name: Text | None = Field(None, min_length=1, max_length=200)
-    subject: Text | None = Field(None, min_length=1, max_length=998)
+    subject: HeaderText | None = Field(None, min_length=1, max_length=998)
     html: Text | None = Field(None, min_length=1, max_length=2_000_000)
     text: Text | None = Field(None, max_length=2_000_000)
     from_email: Text | None = Field(None, max_length=320)
-    from_name: Text | None = Field(None, max_length=200)
+    from_name: HeaderText | None = Field(None, max_length=200)
     list_id: UUID | None = None
     provider: ProviderName | None = None
 

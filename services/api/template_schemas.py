@@ -7,7 +7,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, Field
 
-from services.api.schemas import Strict, Text
+from services.api.schemas import HeaderText, Strict, Text
 
 MAX_VERSION = 2**31 - 1  # template_versions.version is an int
 
@@ -15,7 +15,9 @@ MAX_VERSION = 2**31 - 1  # template_versions.version is an int
 class TemplateCreate(Strict):
     name: Text = Field(min_length=1, max_length=200, examples=["Monthly newsletter"])
     description: Text | None = Field(None, max_length=2000)
-    subject: Text = Field(min_length=1, max_length=998, examples=["News for {{ first_name }}"])
+    subject: HeaderText = Field(
+        min_length=1, max_length=998, examples=["News for {{ first_name }}"]
+    )
     html: Text = Field(min_length=1, max_length=2_000_000, examples=["<p>Hi {{ first_name }}</p>"])
     text: Text | None = Field(None, max_length=2_000_000, examples=["Hi {{ first_name }}"])
 
@@ -26,7 +28,7 @@ class TemplateUpdate(Strict):
 
     name: Text | None = Field(None, min_length=1, max_length=200)
     description: Text | None = Field(None, max_length=2000)
-    subject: Text | None = Field(None, min_length=1, max_length=998)
+    subject: HeaderText | None = Field(None, min_length=1, max_length=998)
     html: Text | None = Field(None, min_length=1, max_length=2_000_000)
     text: Text | None = Field(None, max_length=2_000_000)
 

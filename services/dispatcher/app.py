@@ -14,11 +14,13 @@ from libs.common.kafka import Consumed, EventConsumer
 from libs.common.logging import get_logger
 from libs.common.service import ServiceContext, run_service
 from libs.common.settings import Settings, get_settings
+from libs.common.templating import render_limits
 from libs.mail.circuit_breaker import BreakerState
 from libs.mail.config import DispatcherSettings, get_dispatcher_settings
 from libs.mail.headers import HeaderPolicy
 from libs.mail.providers.base import Provider
 from libs.mail.providers.registry import build_providers
+from libs.mail.render_pool import RenderPool
 from services.dispatcher.campaign_status import CampaignStatuses
 from services.dispatcher.content_store import ContentRepository
 from services.dispatcher.control_feed import follow_control_events
@@ -117,6 +119,7 @@ async def main(
             gate=statuses,
             fallback=extra.fallback_provider or None,
             stopping=ctx.stop.is_set,
+            renderer=RenderPool(extra.render_threads, render_limits(ctx.settings)),
         )
 
         in_flight = asyncio.Semaphore(extra.max_batches_in_flight)

@@ -26,8 +26,10 @@ from uuid import UUID
 from libs.common.events import BatchReady, BatchRecipient, DeliveryResult, RecipientOutcome
 from libs.common.logging import bound_contextvars, get_logger
 from libs.mail.headers import HeaderPolicy
+from libs.mail.messages import Outbox, Sender
 from libs.mail.providers.base import Provider, ProviderOutage
-from libs.mail.rendering import Content, build_outbox
+from libs.mail.render_pool import RenderPool
+from libs.mail.rendering import Content
 from services.dispatcher.control import Verdict, cancelled_outcomes, verdict_for
 from services.dispatcher.ledger import (
     Decision,
@@ -148,7 +150,9 @@ class BatchDispatcher:
         fallback: str | None = None,
         stopping: Callable[[], bool] = lambda: False,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        renderer: RenderPool | None = None,
     ) -> None:
+        self._renderer = renderer or RenderPool()
         self._gate: CampaignGate = gate or _AlwaysSend()
         self._fallback = fallback or None
         self._stopping = stopping
@@ -275,8 +279,16 @@ class BatchDispatcher:
             # Bad data inside a valid event: record the reason; nothing was sent.
             log.error("batch cannot be sent", reason=problem)
             return await self._finish(batch, started, recorded + _failed(pending, problem or ""))
-        outbox = build_outbox(content, batch.campaign_id, batch.batch_id, pending, self._headers)
-        verdict = await self._wait_for_turn(batch, provider, outbox.recipient_count)
+        # The campaign's status is looked at before rendering (a cancelled campaign renders
+        # nothing); rendering runs off the event loop, each message within its limits.
+        status = await self._gate.current(batch.campaign_id)
+        verdict = await self._verdict(batch.campaign_id, status)
+        outbox = Outbox(sender=Sender(content.from_email, content.from_name))
+        if verdict is Verdict.SEND:
+            outbox = await self._renderer.outbox(
+                content, batch.campaign_id, batch.batch_id, pending, self._headers
+            )
+            verdict = await self._wait_for_turn(batch, provider, outbox.recipient_count)
         if verdict is Verdict.HAND_BACK:
             log.info("batch handed back: campaign paused")
             BATCHES.labels(provider.name, "handed_back").inc()

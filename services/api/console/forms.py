@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from services.api.problems import ProblemError
+from libs.web.problems import ProblemError
 
 
 def _message(text: str, line: int | None) -> str:

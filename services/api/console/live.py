@@ -18,12 +18,12 @@ from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 
 from libs.stats import read_models
+from libs.web.problems import ProblemError
 from services.api import repository
 from services.api.console import queries, sessions, users_repo
 from services.api.console.auth import Session, Viewer, console_state
 from services.api.console.web import ConsoleRoute
 from services.api.keys import Role
-from services.api.problems import ProblemError
 
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
 

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import ValidationError
 
 from libs.stats import read_models
+from libs.web.problems import ProblemError
 from services.api import repository
 from services.api.campaign_test_schemas import SendTestRequest
 from services.api.console import queries
@@ -19,7 +20,6 @@ from services.api.console.auth import EditorPost, Viewer
 from services.api.console.delivery_export import delivery_csv
 from services.api.console.forms import field_errors_from_problem, field_errors_from_validation
 from services.api.console.web import STATUS_LABELS, ConsoleRoute, page_or_first, render
-from services.api.problems import ProblemError
 from services.api.routes import campaign_control, campaign_test_sends, campaigns
 from services.api.scheduling import UnknownTimezone, resolve_send_at, zone
 from services.api.schemas import CampaignCreate, CampaignUpdate, ScheduleRequest

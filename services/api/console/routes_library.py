@@ -11,11 +11,11 @@ from pydantic import ValidationError
 
 from libs.common.templating import render as render_template
 from libs.stats import read_models
+from libs.web.problems import ProblemError
 from services.api import templates_repo
 from services.api.console.auth import EditorPost, Session, Viewer
 from services.api.console.forms import field_errors_from_validation
 from services.api.console.web import ConsoleRoute, page_or_first, render
-from services.api.problems import ProblemError
 from services.api.routes import suppressions
 
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)

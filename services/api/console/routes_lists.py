@@ -9,11 +9,11 @@ from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from pydantic import ValidationError
 
+from libs.web.problems import ProblemError
 from services.api import recipients_repo, repository
 from services.api.console.auth import EditorPost, EditorUpload, Viewer
 from services.api.console.forms import field_errors_from_problem, field_errors_from_validation
 from services.api.console.web import ConsoleRoute, page_or_first, render
-from services.api.problems import ProblemError
 from services.api.recipient_schemas import RecipientUpdate
 from services.api.routes import import_rejections, lists, recipients
 from services.api.schemas import ListCreate

@@ -16,11 +16,11 @@ from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 
 from libs.common.logging import get_logger
+from libs.web.problems import ProblemError
 from services.api.console import sessions
 from services.api.console.auth import Forbidden, Session, SignInNeeded, console_state
 from services.api.keys import Role
 from services.api.pagination import BadCursor
-from services.api.problems import ProblemError
 
 log = get_logger(__name__)
 

@@ -14,6 +14,7 @@ from services.api import recipients_repo, repository
 from services.api.campaign_test_schemas import SendTestOut, SendTestRequest, SendTestResult
 from services.api.campaign_test_sender import Addressee, send_test
 from services.api.deps import CanEdit, Resources
+from services.api.routes.campaigns import refuse_costly_templates
 from services.api.routes.common import not_found
 
 log = get_logger(__name__)
@@ -58,6 +59,7 @@ async def send_test_mail(
     campaign = await repository.get_campaign(resources.db, campaign_id)
     if campaign is None:
         raise not_found("campaign", campaign_id)
+    await refuse_costly_templates(resources, campaign, where="campaign")
     members = await recipients_repo.find_many(resources.db, campaign["list_id"], emails)
     suppressed = await recipients_repo.suppression_reasons(resources.db, emails)
     targets = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -11,7 +12,14 @@ from fastapi import APIRouter, Query, Response
 
 from libs.common.events import CampaignControl, CampaignScheduled, Topic
 from libs.common.logging import bound_contextvars, get_logger
-from libs.common.templating import check_template, render
+from libs.common.templating import (
+    RenderBudget,
+    TemplateTooCostly,
+    check_template,
+    costly_problem,
+    render,
+    render_limits,
+)
 from libs.stats import read_models
 from libs.web.problems import FieldError, ProblemError, problem_responses
 from services.api import deletions_repo, repository
@@ -61,6 +69,23 @@ def check_templates(values: dict[str, Any]) -> None:
         )
 
 
+async def refuse_costly_templates(
+    resources: ApiResources, values: dict[str, Any], where: str = "body"
+) -> None:
+    """422 when the content, rendered without merge fields, goes past the render limits
+    (time, size): such a template would fail every recipient, or stall a dispatcher."""
+    parts = {part: values.get(part) for part in _TEMPLATE_PARTS}
+    limits = render_limits(resources.settings)
+    problem = await asyncio.to_thread(costly_problem, parts, limits)
+    if problem is not None:
+        raise ProblemError(
+            422,
+            f"template too costly: {problem}",
+            kind="template-too-costly",
+            errors=[FieldError(field=f"{where}.{problem.part}", message=problem.message)],
+        )
+
+
 async def _require_list(resources: ApiResources, list_id: UUID) -> None:
     if not await repository.list_exists(resources.db, list_id):
         raise ProblemError(
@@ -102,6 +127,7 @@ async def create_campaign(body: CampaignCreate, resources: Resources, _: CanEdit
     """Content inline (subject, html, text) or copied from a template (template_id)."""
     values = await resolve_campaign_content(resources.db, body.model_dump())
     check_templates(values)
+    await refuse_costly_templates(resources, values)
     await _require_list(resources, body.list_id)
     values["provider"] = body.provider or resources.settings.default_provider
     row = await repository.insert_campaign(resources.db, values)
@@ -153,6 +179,7 @@ async def update_campaign(
                 errors=[FieldError(field=f"body.{required}", message="cannot be null")],
             )
     check_templates(changes)
+    await refuse_costly_templates(resources, changes)
     if changes.get("list_id") is not None:
         await _require_list(resources, changes["list_id"])
     if not changes:
@@ -189,6 +216,9 @@ async def schedule_campaign(
             errors=[FieldError(field="body.send_at", message=str(exc))],
         ) from exc
     with bound_contextvars(campaign_id=str(campaign_id)):
+        current = await repository.get_campaign(resources.db, campaign_id)
+        if current is not None:
+            await refuse_costly_templates(resources, current, where="campaign")
         async with resources.db.acquire() as conn, conn.transaction():
             row = await repository.mark_scheduled(conn, campaign_id, send_at, timezone)
             if row is None:
@@ -278,19 +308,29 @@ async def preview_campaign(
             )
         email = found["email"]
         context = {**(found["fields"] or {}), "email": email}
+    limits = render_limits(resources.settings)
     try:
-        return PreviewOut(
-            recipient=email,
-            subject=render(row["subject"], context, html=False),
-            html=render(row["html"], context, html=True),
-            text=render(row["text"], context, html=False) if row["text"] else None,
-        )
+        return await asyncio.to_thread(_preview, row, context, email, RenderBudget(limits))
+    except TemplateTooCostly as exc:
+        raise ProblemError(422, f"template too costly: {exc}", kind="template-too-costly") from exc
     except Exception as exc:
         # Templates are user code: they parse, yet may fail for this recipient in any way
         # (a filter on a missing field, a division by zero). That is the user's to fix.
         raise ProblemError(
             422, f"the template fails to render for this recipient: {exc}", kind="render-error"
         ) from exc
+
+
+def _preview(
+    row: dict[str, Any], context: dict[str, Any], email: str | None, budget: RenderBudget
+) -> PreviewOut:
+    # Off the event loop (user code); subject, HTML and text share one message's budget.
+    return PreviewOut(
+        recipient=email,
+        subject=render(row["subject"], context, html=False, budget=budget),
+        html=render(row["html"], context, html=True, budget=budget),
+        text=render(row["text"], context, html=False, budget=budget) if row["text"] else None,
+    )
 
 
 async def publish_or_503(

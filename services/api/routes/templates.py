@@ -12,7 +12,7 @@ from libs.web.problems import FieldError, ProblemError, problem_responses
 from services.api import templates_repo
 from services.api.deps import ApiResources, CanEdit, CanRead, Resources
 from services.api.pagination import BadCursor
-from services.api.routes.campaigns import check_templates
+from services.api.routes.campaigns import check_templates, refuse_costly_templates
 from services.api.routes.common import DEFAULT_PAGE, Cursor, Limit, bad_cursor, not_found
 from services.api.schemas import Page
 from services.api.template_schemas import (
@@ -41,6 +41,7 @@ async def create_template(body: TemplateCreate, resources: Resources, _: CanEdit
     """Store a template as its version 1. Every part must parse (errors name part and line)."""
     values = body.model_dump()
     check_templates(values)
+    await refuse_costly_templates(resources, values)
     row = await templates_repo.insert_template(resources.db, body.name, body.description, values)
     log.info("template created", template_id=str(row["id"]))
     return TemplateOut(**row)
@@ -97,6 +98,7 @@ async def update_template(
                 errors=[FieldError(field=f"body.{required}", message="cannot be null")],
             )
     check_templates(changes)
+    await refuse_costly_templates(resources, changes)
     async with resources.db.acquire() as conn, conn.transaction():
         row = await templates_repo.update_template(conn, template_id, changes)
     if row is None:

@@ -53,17 +53,27 @@ async def _campaign(client: httpx.AsyncClient, settings: Settings, **overrides: 
     return answer.json()
 
 
+async def _add_member(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    campaign: Any,
+    email: str,
+    fields: dict[str, str],
+) -> None:
+    member = await client.post(
+        f"/api/v1/lists/{campaign['list_id']}/recipients",
+        json={"email": email, "fields": fields},
+        headers=auth,
+    )
+    assert member.status_code == 201, member.text
+
+
 async def test_sends_rendered_mail_to_member_and_stranger(
     client: httpx.AsyncClient, api_settings: Settings, sink: SinkHandle
 ) -> None:
     auth = _admin(api_settings)
     campaign = await _campaign(client, api_settings)
-    member = await client.post(
-        f"/api/v1/lists/{campaign['list_id']}/recipients",
-        json={"email": "ada@example.com", "fields": {"first_name": "Ada"}},
-        headers=auth,
-    )
-    assert member.status_code == 201
+    await _add_member(client, auth, campaign, "ada@example.com", {"first_name": "Ada"})
     answer = await client.post(
         f"/api/v1/campaigns/{campaign['id']}/test",
         json={"emails": ["Ada@Example.com", "bob@example.com", "bob@example.com "]},
@@ -176,3 +186,51 @@ async def test_validation(client: httpx.AsyncClient, api_settings: Settings) -> 
         f"/api/v1/campaigns/{uuid.uuid4()}/test", json={"emails": ["a@example.com"]}, headers=auth
     )
     assert missing.status_code == 404
+
+
+# ----- issue 11: costly templates and header injection -----
+
+_RUNAWAY = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+
+
+@pytest.mark.timeout(60)  # the previous code rendered this for hours
+async def test_a_template_too_costly_to_render_is_refused_with_a_422(
+    client: httpx.AsyncClient, api_settings: Settings, sink: SinkHandle, pool: asyncpg.Pool
+) -> None:
+    campaign = await _campaign(client, api_settings)
+    # Stored before the API refused such templates at create.
+    await pool.execute(
+        "UPDATE campaigns SET html = $2 WHERE id = $1", uuid.UUID(campaign["id"]), _RUNAWAY
+    )
+    answer = await client.post(
+        f"/api/v1/campaigns/{campaign['id']}/test",
+        json={"emails": ["a@example.com"]},
+        headers=_admin(api_settings),
+    )
+    assert answer.status_code == 422, answer.text
+    assert answer.headers["content-type"] == PROBLEM
+    problem = answer.json()
+    assert problem["type"].endswith("/template-too-costly")
+    assert "MAILFLEET_RENDER_TIMEOUT_MS" in problem["detail"]
+    assert problem["errors"][0]["field"] == "campaign.html"
+    assert sink.messages == []
+
+
+async def test_a_line_break_from_a_merge_field_fails_that_address_alone(
+    client: httpx.AsyncClient, api_settings: Settings, sink: SinkHandle
+) -> None:
+    auth = _admin(api_settings)
+    campaign = await _campaign(client, api_settings)
+    fields = {"first_name": "Eve\r\nBcc: all@example.com"}
+    await _add_member(client, auth, campaign, "eve@example.com", fields)
+    answer = await client.post(
+        f"/api/v1/campaigns/{campaign['id']}/test",
+        json={"emails": ["eve@example.com", "bob@example.com"]},
+        headers=auth,
+    )
+    assert answer.status_code == 200, answer.text
+    results = {r["email"]: r for r in answer.json()["results"]}
+    assert results["eve@example.com"]["status"] == "failed"
+    assert "line break" in results["eve@example.com"]["error"]
+    assert results["bob@example.com"]["status"] == "sent"
+    assert [m.email for m in sink.messages] == ["bob@example.com"]

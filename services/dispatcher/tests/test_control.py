@@ -158,3 +158,19 @@ async def test_batches_queued_behind_the_rate_limit_stop_within_two_seconds_of_a
     # Handed-back batches left no trace in the ledger; the sent ones all arrived.
     assert await ledger_rows(pool, campaign) == len(sent)
     assert received(sink, campaign) == 50 * len(sent)
+
+
+async def test_a_cancelled_campaigns_batch_is_not_rendered(
+    pool: asyncpg.Pool, sink: SinkHandle, statuses: CampaignStatuses
+) -> None:
+    """Issue 11, item 7: the status is looked at before rendering, so cancelling a campaign
+    whose template is slow stops its batches at once (500 renders of 100 ms otherwise)."""
+    campaign = await new_campaign(pool, "cancelled")
+    slow = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    batch = make_batch(campaign, await insert_content(pool, campaign, html=slow), 0, 500)
+    async with aiohttp.ClientSession() as session:
+        started = time.monotonic()
+        result = await dispatcher(pool, sink, session, statuses).dispatch(batch)
+    assert time.monotonic() - started < 10
+    assert {o.status for o in result.outcomes} == {"cancelled"}
+    assert received(sink, campaign) == 0

@@ -250,3 +250,68 @@ async def test_a_refused_api_key_hands_the_batch_back_and_asks_for_a_pause(
     (result,) = await results.wait_for(campaign, lambda rs: len(rs) == 1)
     assert {o.status for o in result.outcomes} == {"sent"}
     assert len(sink_messages_of(sink, campaign)) == 40
+
+
+class LoopLag:
+    """The longest the event loop went without running this task (heartbeats, consumers
+    and every other batch run on the same loop)."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._task = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.02)
+            self.worst = max(self.worst, time.monotonic() - before - 0.02)
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+# Runs for hours unbounded: 10^10 loop iterations, for the recipients with `bomb` set.
+RUNAWAY_HTML = (
+    "{% if bomb %}{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+    "{% endfor %}{% endif %}<p>Hi {{ first_name }}</p>"
+)
+
+
+@pytest.mark.timeout(90)  # today's code never comes back: the red run ends here
+async def test_a_runaway_template_fails_its_recipients_alone_and_the_loop_stays_free(
+    running_dispatcher: None,
+    pool: asyncpg.Pool,
+    producer: EventProducer,
+    results: Results,
+    sink: SinkHandle,
+) -> None:
+    lag = LoopLag()
+    campaign, other = uuid.uuid4(), uuid.uuid4()
+    batch = make_batch(campaign, await insert_content(pool, campaign, html=RUNAWAY_HTML), 0, 12)
+    bombs = {r.recipient_id for r in batch.recipients[::2]}
+    for r in batch.recipients:
+        r.fields["bomb"] = r.recipient_id in bombs
+    injected = batch.recipients[1]
+    injected.fields["first_name"] = "Eve\r\nBcc: everyone@example.com"
+    await producer.send(Topic.BATCH_READY, batch.batch_id, batch)
+    normal = make_batch(other, await insert_content(pool, other), 0, 20)
+    await producer.send(Topic.BATCH_READY, normal.batch_id, normal)
+    try:
+        (done,) = await results.wait_for(other, lambda rs: len(rs) == 1, timeout=60)
+        (result,) = await results.wait_for(campaign, lambda rs: len(rs) == 1, timeout=60)
+    finally:
+        lag.stop()
+    assert {o.status for o in done.outcomes} == {"sent"}
+    by_id = {o.recipient_id: o for o in result.outcomes}
+    for recipient_id in bombs:
+        assert by_id[recipient_id].status == "failed"
+        assert "MAILFLEET_RENDER_TIMEOUT_MS" in (by_id[recipient_id].error or "")
+    assert by_id[injected.recipient_id].status == "failed"
+    assert "line break" in (by_id[injected.recipient_id].error or "")
+    sent = {o.recipient_id for o in result.outcomes if o.status == "sent"}
+    assert sent == {r.recipient_id for r in batch.recipients} - bombs - {injected.recipient_id}
+    assert {m.email for m in sink_messages_of(sink, campaign)} == {  # type: ignore[attr-defined]
+        r.email for r in batch.recipients if r.recipient_id in sent
+    }
+    # Six renders of 100 ms each ran meanwhile; the loop was never held for long.
+    assert lag.worst < 2.0, f"event loop held for {lag.worst:.2f} s"  # session timeout: 6 s

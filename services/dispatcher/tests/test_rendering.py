@@ -167,3 +167,47 @@ def test_template_checks_still_name_the_line_and_simple_pieces_reject_rich_synta
     assert simple_template_pieces("a {{ x.y }}") is None
     assert simple_template_pieces("a {{ range }}") is None
     assert simple_template_pieces("{% raw %}{{x}}{% endraw %}") == ["{{x}}"]
+
+
+# ----- a message that cannot be built fails alone (issue 11, items 3 and 7) -----
+
+
+@pytest.mark.parametrize(
+    "subject",
+    ["Hi {{ name }}", "{% if name %}Hi {{ name|trim }}{% endif %}"],
+    ids=["simple", "rich"],
+)
+def test_a_line_break_from_a_merge_field_fails_that_recipient_alone(subject: str) -> None:
+    c = content(subject, "<p>{{ name }}</p>")
+    people = [
+        recipient(1, "a@x.org", name="Ann"),
+        recipient(2, "b@x.org", name="Eve\r\nBcc: all@x.org"),
+        recipient(3, "c@x.org", name="Bo\nX-Spam: yes"),
+        recipient(4, "d@x.org", name="Al"),
+    ]
+    outbox = build_outbox(c, CAMPAIGN, "b:0", people, POLICY)
+    failed = {o.recipient_id: o for o in outbox.settled}
+    assert set(failed) == {2, 3}
+    assert {o.status for o in failed.values()} == {"failed"}
+    assert all("line break" in (o.error or "") for o in failed.values())
+    assert outbox.recipient_count == 2
+
+
+def test_a_sender_name_with_a_line_break_fails_every_recipient() -> None:
+    c = Content(
+        uuid.uuid4(), CAMPAIGN, "Hi", "<p>x</p>", None, "news@x.org", "News\r\nBcc: a@x.org"
+    )
+    outbox = build_outbox(c, CAMPAIGN, "b:0", [recipient(1, "a@x.org")], POLICY)
+    assert outbox.recipient_count == 0
+    assert outbox.settled[0].status == "failed" and "from_name" in (outbox.settled[0].error or "")
+
+
+def test_a_message_past_its_limits_fails_alone_with_the_reason() -> None:
+    c = content("Hi", "{{ 'x' * n }}")
+    people = [recipient(1, "a@x.org", n=10), recipient(2, "b@x.org", n=10**9)]
+    outbox = build_outbox(c, CAMPAIGN, "b:0", people, POLICY)
+    assert [m.recipient_id for m in outbox.individual] == [1]
+    (failed,) = outbox.settled
+    assert failed.recipient_id == 2 and failed.status == "failed"
+    assert (failed.error or "").startswith("template too costly:")
+    assert "MAILFLEET_RENDER_MAX_BYTES" in (failed.error or "")
