@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, TextIO
 from uuid import UUID
 
 import asyncpg
@@ -29,6 +29,8 @@ class ApiResources:
     auth_failures: FailureLimiter
     pool: asyncpg.Pool | None = None
     producer: EventProducer | None = None
+    # Where a generated admin key may be shown (see bootstrap.operator_terminal).
+    terminal: TextIO | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
