@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from typing import Literal
 from urllib.parse import urlsplit
@@ -11,6 +12,20 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ProviderName = Literal["sink", "sendgrid", "smtp"]
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str) -> tuple[IpNetwork, ...]:
+    """Comma-separated addresses or CIDRs (MAILFLEET_TRUSTED_PROXIES); ValueError if bad."""
+    networks = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"{item!r} is not an IP address or CIDR, e.g. 10.0.0.0/8") from exc
+    return tuple(networks)
 
 
 class Settings(BaseSettings):
@@ -100,6 +115,15 @@ class Settings(BaseSettings):
         30, alias="MAILFLEET_IMPORT_REJECTIONS_RETENTION_DAYS", ge=1, le=3650
     )
     # --- end of security settings ---
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    def trusted_proxy_networks(self) -> tuple[IpNetwork, ...]:
+        return parse_networks(self.trusted_proxies)
 
     @field_validator("default_timezone")
     @classmethod

@@ -118,5 +118,7 @@ def run() -> None:
         port=settings.api_port,
         log_config=None,
         access_log=False,
-        proxy_headers=True,
+        # The client address comes from MAILFLEET_TRUSTED_PROXIES (deps.client_of), not
+        # from uvicorn's FORWARDED_ALLOW_IPS, so that one setting decides whom to believe.
+        proxy_headers=False,
     )
