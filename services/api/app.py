@@ -21,6 +21,7 @@ from services.api.problems import install_problem_handlers
 from services.api.ratelimit import FailureLimiter
 from services.api.routes import (
     api_keys,
+    audit,
     campaign_control,
     campaign_test_sends,
     campaigns,
@@ -103,6 +104,7 @@ def create_app(
     for module in (suppressions, webhooks, templates, recipients, campaign_test_sends):
         app.include_router(module.router)
     app.include_router(import_rejections.router)
+    app.include_router(audit.router)
     document_problems(app)
     return app
 

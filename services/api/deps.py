@@ -16,6 +16,7 @@ from libs.common.kafka import EventProducer
 from libs.common.logging import bind_contextvars
 from libs.common.settings import Settings
 from services.api import repository
+from services.api.audit import Actor
 from services.api.keys import Role, display_prefix, hash_key, role_allows
 from services.api.problems import ProblemError
 from services.api.ratelimit import FailureLimiter, client_address
@@ -69,6 +70,11 @@ class Caller:
     key_id: UUID
     name: str
     role: Role
+
+    @property
+    def actor(self) -> Actor:
+        """Who this caller is in the audit log."""
+        return Actor("api_key", str(self.key_id), self.name)
 
 
 def client_of(request: Request, resources: ApiResources) -> str:
