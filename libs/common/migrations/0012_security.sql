@@ -36,3 +36,15 @@ CREATE TRIGGER audit_log_append_only
 CREATE TRIGGER audit_log_no_truncate
     BEFORE TRUNCATE ON audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION audit_log_refuse_change();
+
+-- Issue 12 item 9: an uploaded file is deleted when its import finishes (only the
+-- rejected rows stay, for MAILFLEET_IMPORT_REJECTIONS_RETENTION_DAYS). The import request
+-- outlives its file: the reference is cleared rather than blocking the delete.
+ALTER TABLE import_requests ALTER COLUMN blob_id DROP NOT NULL;
+ALTER TABLE import_requests DROP CONSTRAINT import_requests_blob_id_fkey;
+ALTER TABLE import_requests ADD CONSTRAINT import_requests_blob_id_fkey
+    FOREIGN KEY (blob_id) REFERENCES blobs (id) ON DELETE SET NULL;
+-- The retention sweep finds old finished imports, and abandoned uploads, by time.
+CREATE INDEX IF NOT EXISTS import_jobs_finished_at ON import_jobs (finished_at)
+    WHERE finished_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS blobs_incomplete ON blobs (created_at) WHERE NOT complete;
