@@ -188,10 +188,9 @@ def production_problems(settings: Settings) -> list[str]:
             "SENDGRID_WEBHOOK_VERIFICATION_KEY is empty with the sendgrid provider: unsigned "
             "webhook posts could suppress any address"
         )
-    if settings.default_provider == "smtp" and _smtp_without_tls(settings):
-        problems.append(
-            "SMTP_TLS (SMTP_STARTTLS) is off with the smtp provider: mail would leave in clear"
-        )
+    # Whatever the default provider: a campaign may name smtp as its own.
+    if _smtp_without_tls(settings):
+        problems.append("SMTP_TLS (SMTP_STARTTLS) is off: mail through SMTP would leave in clear")
     if not _has_admin_credentials(settings):
         problems.append(
             "MAILFLEET_BOOTSTRAP_API_KEY is empty: give the first admin key (a generated key "

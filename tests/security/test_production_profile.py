@@ -69,9 +69,14 @@ def test_refuses_sendgrid_without_webhook_verification_key() -> None:
     assert "SENDGRID_WEBHOOK_VERIFICATION_KEY" in message
 
 
-def test_refuses_smtp_without_tls() -> None:
+@pytest.mark.parametrize("default_provider", ["smtp", "sendgrid"])
+def test_refuses_smtp_without_tls(default_provider: str) -> None:
+    """Also when SMTP is not the default: a campaign may name it as its provider."""
     insecure = production(
-        MAILFLEET_DEFAULT_PROVIDER="smtp", SMTP_STARTTLS=False, SMTP_TLS="none", SMTP_PORT=25
+        MAILFLEET_DEFAULT_PROVIDER=default_provider,
+        SMTP_STARTTLS=False,
+        SMTP_TLS="none",
+        SMTP_PORT=25,
     )
     assert "SMTP_TLS" in refusal(insecure)
 
