@@ -6,14 +6,17 @@ import io
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 import structlog
+from rich.console import Console
 
-from libs.common import db
+from libs.common import db, devstack
 from libs.common.embedded import create_database
 from libs.common.settings import Settings
+from libs.common.supervisor import Supervisor
 from services.api.app import create_app
 from services.api.tests.support import running
 
@@ -94,3 +97,26 @@ async def test_without_a_terminal_no_key_is_generated(
         assert await check.fetchval("SELECT count(*) FROM api_keys") == 0
     finally:
         await check.close()
+
+
+def test_dev_banner_shows_the_key_only_on_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = "mf_" + "d" * 43
+    (tmp_path / "admin-key").write_text(key + "\n")
+
+    def banner(terminal: bool) -> str:
+        out = io.StringIO()
+        monkeypatch.setattr(
+            devstack, "console", Console(file=out, force_terminal=terminal, width=200)
+        )
+        supervisor = Supervisor({}, tmp_path / "logs")
+        devstack._print_banner(
+            "http://127.0.0.1:8000", key, "k:9092", "pg", False, tmp_path, supervisor
+        )
+        return out.getvalue()
+
+    redirected = banner(terminal=False)  # `make dev > dev.log`
+    assert key not in redirected
+    assert str(tmp_path / "admin-key") in redirected
+    assert key in banner(terminal=True)
