@@ -5,6 +5,7 @@ A file is stored as 1 MiB chunks; `import.requested` carries `blob:<uuid>`, neve
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 
@@ -43,41 +44,50 @@ class BlobStore:
     ) -> uuid.UUID:
         """Store a stream chunk by chunk (never the whole file in memory).
 
-        Raises UploadTooLarge, and keeps nothing, when the stream passes `max_bytes`.
+        No connection is held while the client is sending: each 1 MiB chunk is written
+        with a connection taken for that insert only, so a slow upload cannot pin one of
+        the pool's connections for minutes. The blob becomes `complete` at the end (readers
+        ignore it before). Raises UploadTooLarge, and keeps nothing, when the stream passes
+        `max_bytes`; a failed or cut-off upload is deleted too, and one a dying process
+        left behind is deleted by the importer's retention sweep.
         """
         blob_id = uuid.uuid4()
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO blobs (id, filename, content_type) VALUES ($1, $2, $3)",
-                blob_id,
-                filename,
-                content_type,
-            )
-            size, seq, pending = 0, 0, bytearray()
-            async for piece in data:
-                size += len(piece)
-                if size > max_bytes:
-                    raise UploadTooLarge(max_bytes)  # the transaction rolls back
-                pending += piece
-                while len(pending) >= CHUNK_BYTES:
-                    await self._put(conn, blob_id, seq, bytes(pending[:CHUNK_BYTES]))
-                    del pending[:CHUNK_BYTES]
-                    seq += 1
-            if pending:
-                await self._put(conn, blob_id, seq, bytes(pending))
-            await conn.execute(
+        await self.pool.execute(
+            "INSERT INTO blobs (id, filename, content_type) VALUES ($1, $2, $3)",
+            blob_id,
+            filename,
+            content_type,
+        )
+        try:
+            size = await self._write_chunks(blob_id, data, max_bytes)
+            await self.pool.execute(
                 "UPDATE blobs SET size_bytes = $2, complete = true WHERE id = $1", blob_id, size
             )
+        except BaseException:
+            # Shielded: a client that disconnects cancels the request, not this clean-up.
+            await asyncio.shield(self.delete(blob_id))
+            raise
         return blob_id
 
-    @staticmethod
-    async def _put(
-        conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
-        blob_id: uuid.UUID,
-        seq: int,
-        data: bytes,
-    ) -> None:
-        await conn.execute(
+    async def _write_chunks(
+        self, blob_id: uuid.UUID, data: AsyncIterable[bytes], max_bytes: int
+    ) -> int:
+        size, seq, pending = 0, 0, bytearray()
+        async for piece in data:
+            size += len(piece)
+            if size > max_bytes:
+                raise UploadTooLarge(max_bytes)
+            pending += piece
+            while len(pending) >= CHUNK_BYTES:
+                await self._put(blob_id, seq, bytes(pending[:CHUNK_BYTES]))
+                del pending[:CHUNK_BYTES]
+                seq += 1
+        if pending:
+            await self._put(blob_id, seq, bytes(pending))
+        return size
+
+    async def _put(self, blob_id: uuid.UUID, seq: int, data: bytes) -> None:
+        await self.pool.execute(
             "INSERT INTO blob_chunks (blob_id, seq, data) VALUES ($1, $2, $3)", blob_id, seq, data
         )
 

@@ -158,6 +158,16 @@ async def run_dev_stack(dispatchers: int, data_dir: Path) -> None:
     console.print("stopped.")
 
 
+def _shown_key(api_key: str, data_dir: Path) -> str:
+    """The key itself only on a terminal: redirected output is a log file."""
+    if console.is_terminal:
+        return api_key
+    stored = data_dir / "admin-key"
+    if stored.exists() and stored.read_text().strip() == api_key:
+        return f"in {stored} (not shown: the output is not a terminal)"
+    return "MAILFLEET_BOOTSTRAP_API_KEY (not shown: the output is not a terminal)"
+
+
 def _print_banner(
     api_url: str,
     edge_url: str,
@@ -175,7 +185,7 @@ def _print_banner(
     table.add_row("Console", f"{api_url}/console")
     table.add_row("Console sign-in", console_login)
     table.add_row("Edge (public: unsubscribe, webhooks)", edge_url)
-    table.add_row("Admin API key", api_key)
+    table.add_row("Admin API key", _shown_key(api_key, data_dir))
     table.add_row("Kafka", bootstrap)
     table.add_row("PostgreSQL", database_url)
     if with_sink:

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from libs.common.broker_epoch import BrokerEpoch
 from libs.common.events import TOPIC_MODELS, Event, Topic, encode
+from libs.common.kafka_security import kafka_connection_options
 from libs.common.logging import get_logger
 from libs.common.metrics import (
     CONSUMER_LAG,
@@ -73,7 +74,7 @@ async def ensure_topics(settings: Settings, epoch: BrokerEpoch | None = None) ->
     Creating a topic means the broker is new or lost its state: `epoch` is bumped so that
     every consumer re-reads from the start of the new logs.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(**kafka_connection_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -115,7 +116,7 @@ class EventProducer:
 
     def __init__(self, settings: Settings) -> None:
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
+            **kafka_connection_options(settings),
             linger_ms=5,
             max_batch_size=256 * 1024,
             max_request_size=2 * 1024 * 1024,
@@ -201,7 +202,7 @@ class EventConsumer(Generic[E]):
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            **kafka_connection_options(self.settings),
             group_id=self.group_id,
             enable_auto_commit=False,
             # Tansu's end-offset answers undercount, so "latest" is unreliable there; every

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from typing import Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ProviderName = Literal["sink", "sendgrid", "smtp"]
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str) -> tuple[IpNetwork, ...]:
+    """Comma-separated addresses or CIDRs (MAILFLEET_TRUSTED_PROXIES); ValueError if bad."""
+    networks = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"{item!r} is not an IP address or CIDR, e.g. 10.0.0.0/8") from exc
+    return tuple(networks)
 
 
 class Settings(BaseSettings):
@@ -102,6 +118,44 @@ class Settings(BaseSettings):
     # Logging.
     log_level: str = Field("INFO", alias="MAILFLEET_LOG_LEVEL")
 
+    # --- Security (issue 12 items 4, 5, 6, 9; see "Production profile" in README.md) ---
+    # "production" makes every service refuse to start on an insecure setting
+    # (`check_production`); compose and Helm set it. `mailfleet dev` keeps the default.
+    environment: Literal["development", "production"] = Field("development", alias="MAILFLEET_ENV")
+    # Comma-separated addresses or CIDRs of the reverse proxies in front of the API: only
+    # their X-Forwarded-For is believed. Empty: forwarded headers are ignored.
+    trusted_proxies: str = Field("", alias="MAILFLEET_TRUSTED_PROXIES", max_length=4000)
+    # Kafka transport security, applied to every producer, consumer and admin client
+    # (`libs/common/kafka_security.py`).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = Field(
+        "PLAINTEXT", alias="KAFKA_SECURITY_PROTOCOL"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", alias="KAFKA_SASL_MECHANISM"
+    )
+    kafka_sasl_username: str = Field("", alias="KAFKA_SASL_USERNAME")
+    kafka_sasl_password: str = Field("", alias="KAFKA_SASL_PASSWORD")
+    # Production refuses PLAINTEXT unless this says the broker is on a private network
+    # nobody else reaches (compose's own broker).
+    kafka_allow_plaintext: bool = Field(False, alias="MAILFLEET_KAFKA_ALLOW_PLAINTEXT")
+    # PEM bundle of the CA that signed the brokers' certificates; empty: the system CAs.
+    kafka_ssl_cafile: str = Field("", alias="KAFKA_SSL_CAFILE")
+    # Rejected import rows (they hold personal data) are deleted this many days after
+    # their import finished.
+    import_rejections_retention_days: int = Field(
+        30, alias="MAILFLEET_IMPORT_REJECTIONS_RETENTION_DAYS", ge=1, le=3650
+    )
+    # --- end of security settings ---
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    def trusted_proxy_networks(self) -> tuple[IpNetwork, ...]:
+        return parse_networks(self.trusted_proxies)
+
     @field_validator("default_timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
@@ -130,6 +184,70 @@ class Settings(BaseSettings):
                 f"{', '.join(missing)} not set: run the whole stack with `mailfleet dev` "
                 "(embedded broker and database) or set them to your servers."
             )
+        check_production(self)
+
+
+def _smtp_without_tls(settings: Settings) -> bool:
+    # Read by name: the SMTP TLS setting is `SMTP_TLS` (auto|starttls|implicit|none) where
+    # the providers work landed, `SMTP_STARTTLS` before it.
+    mode = getattr(settings, "smtp_tls", None)
+    if mode is not None:
+        return bool(mode == "none")
+    return not getattr(settings, "smtp_starttls", False) and settings.smtp_port != 465
+
+
+def _has_admin_credentials(settings: Settings) -> bool:
+    # The console's first admin (e-mail and password) counts as much as a bootstrap key.
+    console_admin = getattr(settings, "admin_email", "") and getattr(settings, "admin_password", "")
+    return bool(settings.bootstrap_api_key or console_admin)
+
+
+def production_problems(settings: Settings) -> list[str]:
+    """What makes these settings unfit for production, each naming the variable to fix."""
+    if settings.environment != "production":
+        return []
+    problems: list[str] = []
+    if len(settings.secret_key) < 32:
+        problems.append(
+            "MAILFLEET_SECRET_KEY is missing or shorter than 32 characters: it signs "
+            "unsubscribe links (e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+        )
+    url = urlsplit(settings.public_url)
+    if url.scheme != "https" or not url.hostname:
+        problems.append(
+            f"MAILFLEET_PUBLIC_URL must be an absolute https:// URL (got {settings.public_url!r}): "
+            "unsubscribe links are built on it"
+        )
+    if settings.default_provider == "sendgrid" and not settings.sendgrid_webhook_verification_key:
+        problems.append(
+            "SENDGRID_WEBHOOK_VERIFICATION_KEY is empty with the sendgrid provider: unsigned "
+            "webhook posts could suppress any address"
+        )
+    # Whatever the default provider: a campaign may name smtp as its own.
+    if _smtp_without_tls(settings):
+        problems.append("SMTP_TLS (SMTP_STARTTLS) is off: mail through SMTP would leave in clear")
+    if not _has_admin_credentials(settings):
+        problems.append(
+            "MAILFLEET_BOOTSTRAP_API_KEY is empty: give the first admin key (a generated key "
+            "would have to be shown on a terminal a server does not have)"
+        )
+    if settings.kafka_security_protocol == "PLAINTEXT" and not settings.kafka_allow_plaintext:
+        problems.append(
+            "KAFKA_SECURITY_PROTOCOL is PLAINTEXT: use SSL or SASL_SSL (events carry addresses), "
+            "or set MAILFLEET_KAFKA_ALLOW_PLAINTEXT=true for a broker on a private network"
+        )
+    if settings.kafka_security_protocol == "SASL_SSL" and not settings.kafka_sasl_username:
+        problems.append("KAFKA_SASL_USERNAME is empty with KAFKA_SECURITY_PROTOCOL=SASL_SSL")
+    return problems
+
+
+def check_production(settings: Settings) -> None:
+    """Called by every service at start: refuse to run production on an insecure setting."""
+    problems = production_problems(settings)
+    if problems:
+        raise SystemExit(
+            "MAILFLEET_ENV=production refuses to start:\n" + "\n".join(f"- {p}" for p in problems)
+        )
 
 
 @lru_cache(maxsize=1)

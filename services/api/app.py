@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TextIO
 
 from fastapi import FastAPI
 
@@ -16,7 +17,7 @@ from libs.web.middleware import RequestContextMiddleware
 from libs.web.problems import install_problem_handlers
 from libs.web.security_headers import DOCS_HTML_POLICY, SecurityHeadersMiddleware
 from libs.web.server import serve
-from services.api.bootstrap import ensure_admin_key
+from services.api.bootstrap import ensure_admin_key, operator_terminal, show_generated_key
 from services.api.console.bootstrap import ensure_first_admin
 from services.api.console.install import install_console
 from services.api.deps import ApiResources
@@ -24,6 +25,7 @@ from services.api.openapi_docs import document_problems
 from services.api.ratelimit import FailureLimiter
 from services.api.routes import (
     api_keys,
+    audit,
     campaign_control,
     campaign_test_sends,
     campaigns,
@@ -42,11 +44,6 @@ JSON_BODY_LIMIT = 4 * 1024 * 1024
 AUTH_FAILURES_PER_MINUTE = 30
 
 
-def _announce(key: str) -> None:
-    log.warning("generated admin API key; it is shown only now", api_key=key)
-    print(f"\nmailfleet admin API key (shown once): {key}\n", flush=True)  # noqa: T201
-
-
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     resources: ApiResources = app.state.resources
@@ -59,9 +56,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await wait_for_broker(settings, BrokerEpoch(pool))
         producer = EventProducer(settings)
         await producer.start()
-        generated = await ensure_admin_key(pool, settings.bootstrap_api_key)
-        if generated:
-            _announce(generated)
+        terminal = resources.terminal
+        generated = await ensure_admin_key(
+            pool, settings.bootstrap_api_key, may_generate=terminal is not None
+        )
+        if generated and terminal is not None:
+            show_generated_key(generated, terminal)
+            # The key itself never goes into a log line.
+            log.warning("generated an admin API key; shown on the terminal only")
         await ensure_first_admin(pool, settings.admin_email, settings.admin_password)
         resources.pool, resources.producer = pool, producer
         log.info("api started")
@@ -75,8 +77,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(
-    settings: Settings, *, auth_failures_per_minute: int = AUTH_FAILURES_PER_MINUTE
+    settings: Settings,
+    *,
+    auth_failures_per_minute: int = AUTH_FAILURES_PER_MINUTE,
+    terminal: TextIO | None = None,
 ) -> FastAPI:
+    """`terminal`: where a generated admin key is shown (default: stderr if it is a tty)."""
     app = FastAPI(
         title="mailfleet",
         version="1",
@@ -86,7 +92,9 @@ def create_app(
         lifespan=_lifespan,
     )
     app.state.resources = ApiResources(
-        settings=settings, auth_failures=FailureLimiter(auth_failures_per_minute, 60.0)
+        settings=settings,
+        auth_failures=FailureLimiter(auth_failures_per_minute, 60.0),
+        terminal=terminal if terminal is not None else operator_terminal(),
     )
     install_problem_handlers(app)
     app.add_middleware(
@@ -108,6 +116,7 @@ def create_app(
         app.include_router(module.router)
     app.include_router(import_rejections.router)
     install_console(app, settings)
+    app.include_router(audit.router)
     document_problems(app)
     return app
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, TextIO
 from uuid import UUID
 
 import asyncpg
@@ -17,8 +17,9 @@ from libs.common.logging import bind_contextvars
 from libs.common.settings import Settings
 from libs.web.problems import ProblemError
 from services.api import repository
-from services.api.keys import Role, hash_key, role_allows
-from services.api.ratelimit import FailureLimiter
+from services.api.audit import Actor
+from services.api.keys import Role, display_prefix, hash_key, role_allows
+from services.api.ratelimit import FailureLimiter, client_address
 
 
 @dataclass
@@ -26,9 +27,12 @@ class ApiResources:
     """Set up by the lifespan; the pool and producer exist only while the app runs."""
 
     settings: Settings
+    # Failed authentications per client address and per key prefix (see ratelimit.py).
     auth_failures: FailureLimiter
     pool: asyncpg.Pool | None = None
     producer: EventProducer | None = None
+    # Where a generated admin key may be shown (see bootstrap.operator_terminal).
+    terminal: TextIO | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -67,9 +71,30 @@ class Caller:
     name: str
     role: Role
 
+    @property
+    def actor(self) -> Actor:
+        """Who this caller is in the audit log."""
+        return Actor("api_key", str(self.key_id), self.name)
 
-def _client(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+
+def client_of(request: Request, resources: ApiResources) -> str:
+    """The caller's address; X-Forwarded-For counts only from MAILFLEET_TRUSTED_PROXIES."""
+    peer = request.client.host if request.client else "unknown"
+    return client_address(
+        peer, request.headers.get("x-forwarded-for"), resources.settings.trusted_proxy_networks()
+    )
+
+
+def _refuse_when_limited(limiter: FailureLimiter, buckets: list[str]) -> None:
+    waits = [w for w in (limiter.retry_after(b) for b in buckets) if w is not None]
+    if waits:
+        wait = max(1, math.ceil(max(waits)))
+        raise ProblemError(
+            429,
+            f"too many failed authentication attempts; retry in {wait} s",
+            kind="too-many-auth-failures",
+            headers={"Retry-After": str(wait)},
+        )
 
 
 async def authenticate(
@@ -77,21 +102,19 @@ async def authenticate(
     resources: Resources,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
-    client = _client(request)
-    wait = resources.auth_failures.retry_after(client)
-    if wait is not None:
-        raise ProblemError(
-            429,
-            f"too many failed authentication attempts; retry in {math.ceil(wait)} s",
-            kind="too-many-auth-failures",
-            headers={"Retry-After": str(max(1, math.ceil(wait)))},
-        )
     key = (
         credentials.credentials if credentials and credentials.scheme.lower() == "bearer" else None
     )
+    # The key is checked first: one that validates is never refused, however many wrong
+    # keys came from the same address (an ingress, an office) before it.
     found = await repository.find_active_key(resources.db, hash_key(key)) if key else None
     if found is None:
-        resources.auth_failures.record_failure(client)
+        buckets = [f"client:{client_of(request, resources)}"]
+        if key:
+            buckets.append(f"prefix:{display_prefix(key)}")
+        _refuse_when_limited(resources.auth_failures, buckets)
+        for bucket in buckets:
+            resources.auth_failures.record_failure(bucket)
         raise ProblemError(
             401,
             "send a valid API key as 'Authorization: Bearer <key>'"

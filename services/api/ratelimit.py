@@ -1,10 +1,43 @@
-"""Counting failed authentication attempts per client, to slow down key guessing. Pure."""
+"""Counting failed authentication attempts, to slow down key guessing; who the client is.
+
+Pure. Failures are counted per client address and, separately, per key prefix (the part
+shown in key listings: someone who read it cannot try the rest from many addresses).
+A key that validates is never refused (see `deps.authenticate`), so these limits can slow a
+guesser but never lock out a user, even when many users share one address.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+from libs.common.settings import IpNetwork
+
+
+def _trusted(address: str, proxies: Sequence[IpNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return False
+    return any(ip in network for network in proxies)
+
+
+def client_address(peer: str, forwarded_for: str | None, proxies: Sequence[IpNetwork]) -> str:
+    """The client's address: the peer's, unless the peer is a trusted proxy.
+
+    Behind trusted proxies, X-Forwarded-For is read from the right (what our proxies
+    appended) and the first address that is not a trusted proxy is the client; anything
+    to its left was written by the client and is not believed.
+    """
+    if not forwarded_for or not _trusted(peer, proxies):
+        return peer
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, proxies):
+            return hop[:64]
+    return hops[0][:64] if hops else peer
 
 
 class FailureLimiter:

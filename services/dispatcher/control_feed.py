@@ -15,6 +15,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from libs.common.events import CampaignControl, Topic
+from libs.common.kafka_security import kafka_connection_options
 from libs.common.logging import get_logger
 from libs.common.settings import Settings
 from services.dispatcher.campaign_status import CampaignStatuses
@@ -27,7 +28,7 @@ async def follow_control_events(
 ) -> None:
     consumer = AIOKafkaConsumer(
         Topic.CAMPAIGN_CONTROL.value,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **kafka_connection_options(settings),
         group_id=None,  # every instance sees every event
         enable_auto_commit=False,
         auto_offset_reset="earliest",

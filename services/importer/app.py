@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from libs.common.blobs import BlobStore
 from libs.common.events import ImportProgress, ImportRequested, Topic
@@ -11,6 +12,7 @@ from libs.common.service import ServiceContext, run_service
 from libs.common.settings import get_settings
 from services.importer.job import Importer
 from services.importer.repository import ImportRepository
+from services.importer.retention import sweep_periodically
 
 GROUP_ID = "importer"
 
@@ -31,11 +33,15 @@ async def main(ctx: ServiceContext, *, group_id: str = GROUP_ID) -> None:
     consumer: EventConsumer[ImportRequested] = EventConsumer(
         ctx.settings, Topic.IMPORT_REQUESTED, group_id, ctx.producer, max_records=1, epoch=ctx.epoch
     )
+    retention = timedelta(days=ctx.settings.import_rejections_retention_days)
+    sweeper = asyncio.create_task(sweep_periodically(ctx.pool, retention, ctx.stop))
     await consumer.start()
     try:
         await consumer.run(handle, ctx.stop)
     finally:
         await consumer.stop()
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
 
 
 def run() -> None:

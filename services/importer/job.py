@@ -95,9 +95,21 @@ class Importer:
             state = await self.repository.open_job(request.import_id, request.list_id)
             if not state.finished:
                 state = await self._run_locked(request)
+            if state.finished:
+                await self._discard_upload(request)
             # Published again on redelivery: the first run may have died before publishing.
             await self.publish(state_event(state), True)
             return state
+
+    async def _discard_upload(self, request: ImportRequested) -> None:
+        """Once an import finished, the uploaded file (personal data) goes: only the
+        rejected rows stay, for the retention period. Again on redelivery, in case the
+        first run died in between; the retention sweep catches any left over."""
+        try:
+            blob_id = parse_ref(request.file_ref)
+        except ValueError:
+            return
+        await self.blobs.delete(blob_id)
 
     async def _run_locked(self, request: ImportRequested) -> JobState:
         async with self.repository.list_locked(request.import_id, request.list_id) as session:

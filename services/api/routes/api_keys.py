@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from libs.common.logging import get_logger
 from libs.web.problems import ProblemError, problem_responses
 from services.api import repository
+from services.api.audit import Target, record_audit
 from services.api.deps import IsAdmin, Resources
 from services.api.keys import display_prefix, generate_key, hash_key
 from services.api.pagination import BadCursor
@@ -27,10 +28,18 @@ router = APIRouter(prefix="/api/v1/api-keys", tags=["api keys"])
 )
 async def create_key(body: ApiKeyCreate, resources: Resources, caller: IsAdmin) -> ApiKeyCreated:
     key = generate_key()
-    row = await repository.insert_key(
-        resources.db, body.name, body.role.value, display_prefix(key), hash_key(key)
-    )
-    assert row is not None  # 256 random bits do not collide
+    async with resources.db.acquire() as conn, conn.transaction():
+        row = await repository.insert_key(
+            conn, body.name, body.role.value, display_prefix(key), hash_key(key)
+        )
+        assert row is not None  # 256 random bits do not collide
+        await record_audit(
+            conn,
+            caller.actor,
+            "api_key.create",
+            Target("api_key", str(row["id"])),
+            {"name": body.name, "role": body.role.value, "key_prefix": row["key_prefix"]},
+        )
     log.info("api key created", key_id=str(row["id"]), role=body.role.value, by=str(caller.key_id))
     return ApiKeyCreated(**row, key=key)
 
@@ -57,8 +66,16 @@ async def revoke_key(key_id: UUID, resources: Resources, caller: IsAdmin) -> Api
             "this is the key making the request; revoke it with another admin key",
             kind="own-key",
         )
-    row = await repository.revoke_key(resources.db, key_id)
-    if row is None:
-        raise not_found("api key", key_id)
+    async with resources.db.acquire() as conn, conn.transaction():
+        row = await repository.revoke_key(conn, key_id)
+        if row is None:
+            raise not_found("api key", key_id)
+        await record_audit(
+            conn,
+            caller.actor,
+            "api_key.revoke",
+            Target("api_key", str(key_id)),
+            {"name": row["name"], "role": row["role"]},
+        )
     log.info("api key revoked", key_id=str(key_id), by=str(caller.key_id))
     return ApiKeyOut(**row)

@@ -16,7 +16,8 @@ from libs.common.campaign_control import ControlAction, ControlRefused, transiti
 from libs.common.events import CampaignControl, Topic
 from libs.common.logging import bound_contextvars, get_logger
 from libs.web.problems import ProblemError, problem_responses
-from services.api.deps import ApiResources, CanEdit, Resources
+from services.api.audit import Target, record_audit
+from services.api.deps import ApiResources, Caller, CanEdit, Resources
 from services.api.routes.campaigns import campaign_with_stats, publish_or_503
 from services.api.routes.common import not_found
 from services.api.schemas import CampaignOut
@@ -27,7 +28,7 @@ router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
 
 
 async def _control(
-    campaign_id: UUID, action: ControlAction, resources: ApiResources
+    campaign_id: UUID, action: ControlAction, resources: ApiResources, caller: Caller
 ) -> CampaignOut:
     with bound_contextvars(campaign_id=str(campaign_id)):
         async with resources.db.acquire() as conn, conn.transaction():
@@ -67,6 +68,9 @@ async def _control(
                     campaign_id=campaign_id, action=action, revision=max(revision, 1)
                 )
                 await publish_or_503(resources, Topic.CAMPAIGN_CONTROL, campaign_id, event)
+                await record_audit(
+                    conn, caller.actor, f"campaign.{action}", Target("campaign", str(campaign_id))
+                )
         log.info("campaign control", action=action, status=step.status, changed=step.changed)
     return await campaign_with_stats(resources, dict(row))
 
@@ -75,18 +79,18 @@ _RESPONSES = problem_responses(401, 403, 404, 409, 503)
 
 
 @router.post("/{campaign_id}/pause", response_model=CampaignOut, responses=_RESPONSES)
-async def pause_campaign(campaign_id: UUID, resources: Resources, _: CanEdit) -> CampaignOut:
+async def pause_campaign(campaign_id: UUID, resources: Resources, caller: CanEdit) -> CampaignOut:
     """Stop sending within 2 s; batches not yet sent wait. Only an `in_progress` campaign."""
-    return await _control(campaign_id, "pause", resources)
+    return await _control(campaign_id, "pause", resources, caller)
 
 
 @router.post("/{campaign_id}/resume", response_model=CampaignOut, responses=_RESPONSES)
-async def resume_campaign(campaign_id: UUID, resources: Resources, _: CanEdit) -> CampaignOut:
+async def resume_campaign(campaign_id: UUID, resources: Resources, caller: CanEdit) -> CampaignOut:
     """Carry on where a paused campaign stopped; nobody is mailed twice."""
-    return await _control(campaign_id, "resume", resources)
+    return await _control(campaign_id, "resume", resources, caller)
 
 
 @router.post("/{campaign_id}/cancel", response_model=CampaignOut, responses=_RESPONSES)
-async def cancel_campaign(campaign_id: UUID, resources: Resources, _: CanEdit) -> CampaignOut:
+async def cancel_campaign(campaign_id: UUID, resources: Resources, caller: CanEdit) -> CampaignOut:
     """End a scheduled, sending or paused campaign; unsent recipients end `cancelled`."""
-    return await _control(campaign_id, "cancel", resources)
+    return await _control(campaign_id, "cancel", resources, caller)

@@ -11,6 +11,7 @@ from libs.common.events import RecipientOutcome
 from libs.common.logging import bound_contextvars, get_logger
 from libs.web.problems import FieldError, ProblemError, problem_responses
 from services.api import recipients_repo, repository
+from services.api.audit import Target, record_audit
 from services.api.campaign_test_schemas import SendTestOut, SendTestRequest, SendTestResult
 from services.api.campaign_test_sender import Addressee, send_test
 from services.api.deps import CanEdit, Resources
@@ -50,7 +51,7 @@ def _addresses(raw: list[str]) -> list[str]:
     responses=problem_responses(401, 403, 404, 413, 422),
 )
 async def send_test_mail(
-    campaign_id: UUID, body: SendTestRequest, resources: Resources, _: CanEdit
+    campaign_id: UUID, body: SendTestRequest, resources: Resources, caller: CanEdit
 ) -> SendTestOut:
     """Render the campaign for each address (merge fields of the list member with that
     address, else just `email`) and send it now through the campaign's provider. Suppressed
@@ -75,6 +76,13 @@ async def send_test_mail(
             _result(email, email in members, suppressed.get(email), outcomes.get(email))
             for email in emails
         ]
+        await record_audit(
+            resources.db,
+            caller.actor,
+            "campaign.test_send",
+            Target("campaign", str(campaign_id)),
+            {"emails": [r.email for r in results], "statuses": [r.status for r in results]},
+        )
         log.info(
             "test mail sent",
             provider=campaign["provider"],

@@ -23,6 +23,7 @@ from libs.common.templating import (
 from libs.stats import read_models
 from libs.web.problems import FieldError, ProblemError, problem_responses
 from services.api import deletions_repo, repository
+from services.api.audit import Target, record_audit
 from services.api.deletion_rules import why_campaign_is_kept
 from services.api.deps import ApiResources, CanEdit, CanRead, Resources
 from services.api.pagination import BadCursor
@@ -201,7 +202,7 @@ async def update_campaign(
     responses=problem_responses(401, 403, 404, 409, 413, 422, 503),
 )
 async def schedule_campaign(
-    campaign_id: UUID, resources: Resources, _: CanEdit, body: ScheduleRequest | None = None
+    campaign_id: UUID, resources: Resources, caller: CanEdit, body: ScheduleRequest | None = None
 ) -> CampaignOut:
     """Schedule or re-schedule. A `send_at` without offset is wall time in `timezone`."""
     request = body or ScheduleRequest()
@@ -233,6 +234,13 @@ async def schedule_campaign(
             # Published before the commit: if the broker refuses, the status change rolls
             # back, so a campaign never shows `scheduled` without its event.
             await publish_or_503(resources, Topic.CAMPAIGN_SCHEDULED, campaign_id, event)
+            await record_audit(
+                conn,
+                caller.actor,
+                "campaign.schedule",
+                Target("campaign", str(campaign_id)),
+                {"send_at": send_at.isoformat(), "timezone": timezone},
+            )
         log.info(
             "campaign scheduled",
             send_at=send_at.isoformat(),
@@ -247,7 +255,9 @@ async def schedule_campaign(
     response_model=CampaignOut,
     responses=problem_responses(401, 403, 404, 409, 503),
 )
-async def unschedule_campaign(campaign_id: UUID, resources: Resources, _: CanEdit) -> CampaignOut:
+async def unschedule_campaign(
+    campaign_id: UUID, resources: Resources, caller: CanEdit
+) -> CampaignOut:
     """Back to draft before it starts; the scheduler drops the earlier schedule."""
     with bound_contextvars(campaign_id=str(campaign_id)):
         async with resources.db.acquire() as conn, conn.transaction():
@@ -259,6 +269,9 @@ async def unschedule_campaign(campaign_id: UUID, resources: Resources, _: CanEdi
                 campaign_id=campaign_id, action="unschedule", revision=row["schedule_revision"]
             )
             await publish_or_503(resources, Topic.CAMPAIGN_CONTROL, campaign_id, event)
+            await record_audit(
+                conn, caller.actor, "campaign.unschedule", Target("campaign", str(campaign_id))
+            )
         log.info("campaign unscheduled", revision=row["schedule_revision"])
     return await campaign_with_stats(resources, row)
 

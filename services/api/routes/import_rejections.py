@@ -4,7 +4,7 @@ The importer writes `import_rejections` for reading: one row per rejected line w
 reason and the original cells (`raw`, one CSV record), and line 1 holding the file's
 header (reason `header`), so that the rejected rows come back under their own columns.
 
-The answer is streamed from a server-side cursor, and made safe to open in a
+The answer is streamed page by page (keyset, no connection held between pages), and made safe to open in a
 spreadsheet: a cell that starts with `=`, `+`, `-`, `@` (or a tab / carriage return) would
 be run as a formula by Excel or LibreOffice, so it is prefixed with `'` (OWASP's advice
 against CSV injection).
@@ -31,7 +31,7 @@ router = APIRouter(prefix="/api/v1", tags=["imports"])
 HEADER_LINE = 1
 HEADER_REASON = "header"
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-# Rows fetched from the cursor per round trip, and written per chunk of the answer.
+# Rows fetched per query, and written per chunk of the answer.
 _CHUNK_ROWS = 2000
 # A UTF-8 BOM, so that Excel reads the file as UTF-8 (names are rarely plain ASCII).
 _BOM = "\ufeff"
@@ -58,29 +58,31 @@ def csv_rows(rows: Iterable[list[str]]) -> str:
 
 
 async def _rejected_csv(pool: asyncpg.Pool, import_id: UUID) -> AsyncIterator[str]:
-    async with pool.acquire() as conn, conn.transaction(readonly=True):
-        header = await conn.fetchval(
-            "SELECT raw FROM import_rejections WHERE import_id = $1 AND line = $2",
-            import_id,
-            HEADER_LINE,
-        )
-        columns = parse_raw(header) if header is not None else []
-        yield _BOM + csv_rows([["line", "reason", *columns]])
-        chunk: list[list[str]] = []
-        cursor = conn.cursor(
+    """The CSV in chunks. Each chunk is one short keyset query: no connection (and no
+    transaction) is held while a slow client reads, so slow downloads cannot drain the
+    pool. The rows of an import do not change once it finished, so pages agree."""
+    header = await pool.fetchval(
+        "SELECT raw FROM import_rejections WHERE import_id = $1 AND line = $2",
+        import_id,
+        HEADER_LINE,
+    )
+    columns = parse_raw(header) if header is not None else []
+    yield _BOM + csv_rows([["line", "reason", *columns]])
+    after = HEADER_LINE
+    while True:
+        records = await pool.fetch(
             "SELECT line, reason, raw FROM import_rejections"
-            " WHERE import_id = $1 AND line > $2 ORDER BY line",
+            " WHERE import_id = $1 AND line > $2 ORDER BY line LIMIT $3",
             import_id,
-            HEADER_LINE,
-            prefetch=_CHUNK_ROWS,
+            after,
+            _CHUNK_ROWS,
         )
-        async for record in cursor:
-            chunk.append([str(record["line"]), record["reason"], *parse_raw(record["raw"])])
-            if len(chunk) >= _CHUNK_ROWS:
-                yield csv_rows(chunk)
-                chunk = []
-        if chunk:
-            yield csv_rows(chunk)
+        if not records:
+            return
+        yield csv_rows([[str(r["line"]), r["reason"], *parse_raw(r["raw"])] for r in records])
+        if len(records) < _CHUNK_ROWS:
+            return
+        after = records[-1]["line"]
 
 
 @router.get(

@@ -13,6 +13,7 @@ from libs.common.events import ColumnMapping, ImportRequested, Topic
 from libs.common.logging import bound_contextvars, get_logger
 from libs.web.problems import FieldError, ProblemError, problem_responses
 from services.api import deletions_repo, repository
+from services.api.audit import Target, record_audit
 from services.api.deletion_rules import why_list_is_kept
 from services.api.deps import CanEdit, CanRead, Resources
 from services.api.multipart_stream import BadMultipart, MissingFilePart, StreamingUpload
@@ -104,7 +105,7 @@ async def get_list(list_id: UUID, resources: Resources, _: CanRead) -> ListOut:
     response_class=Response,
     responses=problem_responses(401, 403, 404, 409, 422),
 )
-async def delete_list(list_id: UUID, resources: Resources, _: CanEdit) -> Response:
+async def delete_list(list_id: UUID, resources: Resources, caller: CanEdit) -> Response:
     """Delete a list with its recipients and uploads. 409 while a campaign of the list is
     scheduled or sending, an import is running, or any campaign still uses the list."""
     async with resources.db.acquire() as conn, conn.transaction():
@@ -125,6 +126,7 @@ async def delete_list(list_id: UUID, resources: Resources, _: CanEdit) -> Respon
         if reason is not None:
             raise ProblemError(409, f"the list cannot be deleted now: {reason}", kind="list-in-use")
         await deletions_repo.delete_list(conn, list_id)
+        await record_audit(conn, caller.actor, "list.delete", Target("list", str(list_id)))
     log.info("list deleted", list_id=str(list_id))
     return Response(status_code=204)
 

@@ -1,7 +1,8 @@
 """The suppression list: addresses no campaign mails (read by viewers, edited by editors).
 
-The tracker owns the list and adds to it from bounces, spam reports and unsubscribes; the
-API reads and edits it only through the tracker's read-model functions.
+The tracker adds to it from bounces, spam reports and unsubscribes; the API writes it only
+through `libs/common/suppressions.py` (which says who may remove what), and records each
+add and removal in the audit log.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from pydantic import BaseModel, Field, field_validator
 from libs.common import suppressions
 from libs.common.logging import get_logger
 from libs.stats import read_models
-from libs.web.problems import ProblemError, problem_responses
-from services.api.deps import ApiResources, CanEdit, CanRead, Resources
+from libs.web.problems import FieldError, ProblemError, problem_responses
+from services.api.audit import Target, record_audit
+from services.api.deps import ApiResources, Caller, CanEdit, CanRead, Resources
+from services.api.keys import Role, role_allows
 from services.api.routes.common import DEFAULT_PAGE, Limit
 from services.api.schemas import Page, Strict, Text, _check_email
 
@@ -79,9 +82,18 @@ async def add_suppression(
     body: SuppressionCreate, response: Response, resources: Resources, caller: CanEdit
 ) -> SuppressionOut:
     """Never mail this address again. Repeating it changes nothing (answers 200)."""
-    added = await suppressions.add_suppression(
-        resources.db, body.email, body.reason, source=f"api:{caller.name}"[:200]
-    )
+    async with resources.db.acquire() as conn, conn.transaction():
+        added = await suppressions.add_suppression(
+            conn, body.email, body.reason, source=f"api:{caller.name}"[:200]
+        )
+        if added:
+            await record_audit(
+                conn,
+                caller.actor,
+                "suppression.add",
+                Target("suppression", body.email.strip().lower()),
+                {"reason": body.reason},
+            )
     if not added:
         response.status_code = 200
     page = await read_models.list_suppressions(resources.db, email=body.email)
@@ -91,23 +103,65 @@ async def add_suppression(
     return SuppressionOut(**page.items[0])
 
 
-@router.delete("/{email}", status_code=204, responses=problem_responses(401, 403, 404))
-async def remove_suppression(email: EmailPath, resources: Resources, caller: CanEdit) -> Response:
-    """Mail this address again (any case). 404 when it is not suppressed."""
-    return await _remove(resources, email, caller.name)
+RemovalReason = Annotated[
+    str | None,
+    Query(
+        max_length=suppressions.MAX_JUSTIFICATION,
+        description="Why the address may be mailed again. Required (and an admin key) to"
+        " remove an `unsubscribe`, `spamreport` or `bounce` suppression.",
+    ),
+]
+_REMOVE_RESPONSES = problem_responses(401, 403, 404, 422)
 
 
-@router.delete("", status_code=204, responses=problem_responses(401, 403, 404, 422))
+@router.delete("/{email}", status_code=204, responses=_REMOVE_RESPONSES)
+async def remove_suppression(
+    email: EmailPath, resources: Resources, caller: CanEdit, removal_reason: RemovalReason = None
+) -> Response:
+    """Mail this address again (any case). 404 when it is not suppressed. Editors may remove
+    manual suppressions; an unsubscribe, spam report or bounce needs an admin and a
+    `removal_reason`. Recorded in the audit log."""
+    return await _remove(resources, email, caller, removal_reason)
+
+
+@router.delete("", status_code=204, responses=_REMOVE_RESPONSES)
 async def remove_suppression_by_query(
-    email: EmailQuery, resources: Resources, caller: CanEdit
+    email: EmailQuery, resources: Resources, caller: CanEdit, removal_reason: RemovalReason = None
 ) -> Response:
     """The same as `DELETE /api/v1/suppressions/{email}`, for clients that prefer a query."""
-    return await _remove(resources, email, caller.name)
+    return await _remove(resources, email, caller, removal_reason)
 
 
-async def _remove(resources: ApiResources, email: str, key_name: str) -> Response:
-    if not await suppressions.remove_suppression(resources.db, email):
-        raise ProblemError(404, "this address is not suppressed", kind="not-found")
+async def _remove(
+    resources: ApiResources, email: str, caller: Caller, justification: str | None
+) -> Response:
+    async with resources.db.acquire() as conn, conn.transaction():
+        try:
+            reason = await suppressions.remove_suppression(
+                conn,
+                email,
+                privileged=role_allows(caller.role, Role.ADMIN),
+                justification=justification,
+            )
+        except suppressions.RemovalRefused as exc:
+            if exc.needs_privilege:
+                raise ProblemError(403, str(exc), kind="forbidden") from exc
+            raise ProblemError(
+                422,
+                str(exc),
+                kind="validation",
+                errors=[FieldError(field="query.removal_reason", message=str(exc))],
+            ) from exc
+        if reason is None:
+            raise ProblemError(404, "this address is not suppressed", kind="not-found")
+        details = {"reason": reason, "removal_reason": (justification or "").strip() or None}
+        await record_audit(
+            conn,
+            caller.actor,
+            "suppression.remove",
+            Target("suppression", email.strip().lower()),
+            details,
+        )
     # The address itself stays out of the log: it is personal data.
-    log.warning("suppression removed", api_key=key_name)
+    log.warning("suppression removed", api_key=caller.name, reason=reason)
     return Response(status_code=204)

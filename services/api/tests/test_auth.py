@@ -115,9 +115,11 @@ async def test_failed_attempts_are_rate_limited(api_settings: Settings) -> None:
         for _ in range(3):
             answer = await client.get("/api/v1/lists", headers={"Authorization": "Bearer guess"})
             assert answer.status_code == 401
-        blocked = await client.get(
+        valid = await client.get(
             "/api/v1/lists", headers={"Authorization": f"Bearer {api_settings.bootstrap_api_key}"}
         )
+        assert valid.status_code == 200  # a key that validates is never refused
+        blocked = await client.get("/api/v1/lists", headers={"Authorization": "Bearer guess"})
         assert blocked.status_code == 429
         assert blocked.headers["content-type"] == PROBLEM
         assert int(blocked.headers["retry-after"]) >= 1

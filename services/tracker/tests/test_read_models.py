@@ -108,7 +108,8 @@ async def test_suppression_list_add_list_remove(pool: asyncpg.Pool) -> None:
     assert [(i["email"], i["reason"]) for i in found.items] == [(email.lower(), "manual")]
     page = await read_models.list_suppressions(pool, limit=1)
     assert len(page.items) == 1 and page.next_cursor == page.items[0]["email"]
-    assert await suppressions.remove_suppression(pool, email)
-    assert not await suppressions.remove_suppression(pool, email)
+    async with pool.acquire() as conn, conn.transaction():
+        assert await suppressions.remove_suppression(conn, email, privileged=False) == "manual"
+        assert await suppressions.remove_suppression(conn, email, privileged=False) is None
     with pytest.raises(ValueError):
         await suppressions.add_suppression(pool, email, reason="because")

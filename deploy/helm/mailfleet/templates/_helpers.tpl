@@ -72,3 +72,23 @@ affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* ----- security (issue 12): the Kafka CA file, mounted from security.kafka.caSecret ----- */}}
+{{- define "mailfleet.kafkaCaFile" -}}
+/etc/mailfleet/kafka-ca/ca.crt
+{{- end -}}
+
+{{- define "mailfleet.securityVolumeMounts" -}}
+{{- if .Values.security.kafka.caSecret }}
+- {name: kafka-ca, mountPath: /etc/mailfleet/kafka-ca, readOnly: true}
+{{- end }}
+{{- end -}}
+
+{{- define "mailfleet.securityVolumes" -}}
+{{- if .Values.security.kafka.caSecret }}
+- name: kafka-ca
+  secret:
+    secretName: {{ .Values.security.kafka.caSecret }}
+    items: [{key: ca.crt, path: ca.crt}]
+{{- end }}
+{{- end -}}
