@@ -71,6 +71,30 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(6000, alias="MAILFLEET_KAFKA_SESSION_TIMEOUT_MS")
     kafka_heartbeat_interval_ms: int = Field(1000, alias="MAILFLEET_KAFKA_HEARTBEAT_MS")
 
+    # ----- Bounces and complaints (issue 14 item 2) -----
+    # The domain of the VERP envelope sender `bounces+<token>@<domain>` set on SMTP mail (its
+    # MX must deliver into the bounce mailbox). Empty: the From address is the envelope
+    # sender, and asynchronous bounces are matched by Message-ID only.
+    bounce_domain: str = Field("", alias="MAILFLEET_BOUNCE_DOMAIN")
+    # The bounce mailbox, polled over IMAP by `mailfleet run bounces`. Empty host: no poller.
+    bounce_imap_host: str = Field("", alias="MAILFLEET_BOUNCE_IMAP_HOST")
+    bounce_imap_port: int = Field(993, alias="MAILFLEET_BOUNCE_IMAP_PORT", ge=1, le=65535)
+    # "implicit" (IMAPS, port 993) or "none" (a local server only).
+    bounce_imap_tls: Literal["implicit", "none"] = Field(
+        "implicit", alias="MAILFLEET_BOUNCE_IMAP_TLS"
+    )
+    bounce_imap_user: str = Field("", alias="MAILFLEET_BOUNCE_IMAP_USER")
+    bounce_imap_password: str = Field("", alias="MAILFLEET_BOUNCE_IMAP_PASSWORD")
+    bounce_imap_mailbox: str = Field("INBOX", alias="MAILFLEET_BOUNCE_IMAP_MAILBOX")
+    # Read reports are moved here; mail that is neither a DSN nor an ARF report, or names
+    # no delivery, goes to the second folder for a human to look at.
+    bounce_processed_folder: str = Field("Processed", alias="MAILFLEET_BOUNCE_PROCESSED_FOLDER")
+    bounce_unparsed_folder: str = Field("Unparsed", alias="MAILFLEET_BOUNCE_UNPARSED_FOLDER")
+    bounce_poll_seconds: float = Field(30.0, alias="MAILFLEET_BOUNCE_POLL_SECONDS", gt=0)
+    # An address is suppressed after this many soft bounces in a row (a hard bounce at once).
+    soft_bounce_limit: int = Field(3, alias="MAILFLEET_SOFT_BOUNCE_LIMIT", ge=1, le=100)
+    # ----- end of bounces and complaints -----
+
     # Logging.
     log_level: str = Field("INFO", alias="MAILFLEET_LOG_LEVEL")
 

@@ -72,6 +72,8 @@ class Tracker:
         metrics.BATCHES_FOLDED.inc(len(fold.folded))
         metrics.DUPLICATE_BATCHES.inc(fold.duplicates)
         metrics.CONFLICTING_RECIPIENTS.inc(fold.conflicts)
+        for reason, count in fold.suppressed.items():
+            metrics.SUPPRESSIONS_ADDED.labels(reason).inc(count)
         for status, count in fold.recipients.items():
             metrics.RECIPIENTS_FOLDED.labels(status).inc(count)
         if fold.duplicates:

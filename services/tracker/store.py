@@ -32,6 +32,7 @@ from services.tracker.results import (
     decide_outcome,
     delivery_rows,
     first_of_each_batch,
+    send_time_bounces,
     status_counts,
 )
 
@@ -125,9 +126,12 @@ class ResultsFold:
     recipients: Counter[str] = field(default_factory=Counter)
     conflicts: int = 0
     finished: list[FinishedCampaign] = field(default_factory=list)
+    # Addresses suppressed by a hard bounce at send time (an SMTP 5.1.1 at RCPT), by reason.
+    suppressed: Counter[str] = field(default_factory=Counter)
 
     def merge(self, other: ResultsFold) -> None:
         self.folded += other.folded
+        self.suppressed += other.suppressed
         self.duplicates += other.duplicates
         self.recipients += other.recipients
         self.conflicts += other.conflicts
@@ -175,6 +179,8 @@ class TrackerStore:
                 return fold
             added = await self._write_deliveries(conn, fresh)
             fold.folded = fresh
+            # Inside the batch gate: a replayed batch suppresses nobody a second time.
+            fold.suppressed = await _insert_suppressions(conn, send_time_bounces(fresh))
             for counts in added.values():
                 fold.recipients += counts
             fold.conflicts = sum(len(r.outcomes) for r in fresh) - sum(fold.recipients.values())
@@ -451,20 +457,26 @@ class TrackerStore:
                 wanted.setdefault(
                     event.email.strip().lower(), (reason, f"{event.provider}:{event.event}")
                 )
-        if not wanted:
-            return Counter()
-        rows = await conn.fetch(
-            """
-            INSERT INTO suppressions (email, reason, source)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
-            ON CONFLICT (email) DO NOTHING
-            RETURNING reason
-            """,
-            list(wanted),
-            [v[0] for v in wanted.values()],
-            [v[1] for v in wanted.values()],
-        )
-        return Counter(row["reason"] for row in rows)
+        return await _insert_suppressions(conn, wanted)
+
+
+async def _insert_suppressions(conn: Conn, wanted: dict[str, tuple[str, str]]) -> Counter[str]:
+    """Suppress each address (lower-cased) with its (reason, source); an address already
+    suppressed keeps its first reason. Returns the new suppressions by reason."""
+    if not wanted:
+        return Counter()
+    rows = await conn.fetch(
+        """
+        INSERT INTO suppressions (email, reason, source)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+        ON CONFLICT (email) DO NOTHING
+        RETURNING reason
+        """,
+        list(wanted),
+        [v[0] for v in wanted.values()],
+        [v[1] for v in wanted.values()],
+    )
+    return Counter(row["reason"] for row in rows)
 
 
 def _totals(row: Any) -> CampaignTotals:
