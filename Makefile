@@ -20,7 +20,7 @@ dev: install
 
 ## Debian tools the deployment tests run (tests/deploy): promtool (package `prometheus`)
 ## and docker-compose. Installed only when missing; needs root or sudo, quiet otherwise.
-DEBIAN_TOOLS := promtool:prometheus docker-compose:docker-compose
+DEBIAN_TOOLS := promtool:prometheus docker-compose:docker-compose dovecot:dovecot-imapd
 tools:
 	@missing=""; for pair in $(DEBIAN_TOOLS); do \
 	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \

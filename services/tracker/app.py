@@ -187,7 +187,7 @@ async def _consume(
 async def main(ctx: ServiceContext, group_id: str = "tracker") -> None:
     """Run until `ctx.stop` is set. Any number of instances may run, in any groups: the
     folds are gated by batch and event ids, so a second reader never double-counts."""
-    tracker = Tracker(ctx, TrackerStore(ctx.pool))
+    tracker = Tracker(ctx, TrackerStore(ctx.pool, ctx.settings.soft_bounce_limit))
     metrics.start_series()
     await asyncio.gather(
         _consume(ctx, Topic.DELIVERY_RESULT, group_id, RESULTS_PER_FOLD, tracker.fold_results),

@@ -23,6 +23,7 @@ from services.tracker.activity import (
     RecipientActivity,
     apply_event,
     message_id_candidates,
+    soft_bounce_streaks,
     suppression_reason,
 )
 from services.tracker.results import (
@@ -160,8 +161,9 @@ def _aware(value: datetime) -> datetime:
 
 
 class TrackerStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, soft_bounce_limit: int = 3) -> None:
         self.pool = pool
+        self.soft_bounce_limit = soft_bounce_limit
 
     # ----- delivery.result -----
 
@@ -325,6 +327,7 @@ class TrackerStore:
             for campaign_id in sorted(added):
                 await self._add_activity_to_stats(conn, campaign_id, added[campaign_id])
             fold.suppressed = await self._suppress(conn, fresh)
+            fold.suppressed += await self._count_soft_bounces(conn, fresh)
         return fold
 
     async def _resolve_recipients(
@@ -457,6 +460,37 @@ class TrackerStore:
                 wanted.setdefault(
                     event.email.strip().lower(), (reason, f"{event.provider}:{event.event}")
                 )
+        return await _insert_suppressions(conn, wanted)
+
+    async def _count_soft_bounces(self, conn: Conn, events: list[DeliveryEvent]) -> Counter[str]:
+        """Keep each address's run of soft bounces; suppress it when the run reaches the
+        limit. Only fresh (gated) events get here, so a replay counts nothing twice."""
+        changes = soft_bounce_streaks(events)
+        if not changes:
+            return Counter()
+        ended = sorted(email for email, (end, _) in changes.items() if end)
+        if ended:
+            await conn.execute(
+                "DELETE FROM soft_bounce_streaks WHERE email = ANY($1::text[])", ended
+            )
+        counted = sorted((email, n) for email, (_, n) in changes.items() if n > 0)
+        if not counted:
+            return Counter()
+        rows = await conn.fetch(
+            """
+            INSERT INTO soft_bounce_streaks AS s (email, in_a_row)
+            SELECT * FROM unnest($1::text[], $2::int[])
+            ON CONFLICT (email) DO UPDATE
+               SET in_a_row = s.in_a_row + EXCLUDED.in_a_row, updated_at = now()
+            RETURNING email, in_a_row
+            """,
+            [email for email, _ in counted],
+            [n for _, n in counted],
+        )
+        source = f"smtp:{self.soft_bounce_limit} soft bounces in a row"
+        wanted = {
+            r["email"]: ("bounce", source) for r in rows if r["in_a_row"] >= self.soft_bounce_limit
+        }
         return await _insert_suppressions(conn, wanted)
 
 
