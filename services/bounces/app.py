@@ -17,6 +17,8 @@ from services.bounces.reports import NotAReport, parse_report
 
 log = get_logger(__name__)
 
+NO_MAILBOX = "MAILFLEET_BOUNCE_IMAP_HOST is not set: there is no bounce mailbox to poll"
+
 
 @dataclass
 class PollResult:
@@ -68,7 +70,7 @@ async def main(ctx: ServiceContext) -> None:
     tried again at the next interval with a fresh connection."""
     settings = ctx.settings
     if not settings.bounce_imap_host:
-        raise SystemExit("MAILFLEET_BOUNCE_IMAP_HOST is not set: there is no mailbox to poll")
+        raise SystemExit(NO_MAILBOX)
     if not settings.secret_key:
         log.warning("MAILFLEET_SECRET_KEY not set: VERP tokens cannot be checked; Message-ID only")
     metrics.start_series()
@@ -90,4 +92,7 @@ async def main(ctx: ServiceContext) -> None:
 
 
 def run() -> None:
-    asyncio.run(run_service("bounces", main, get_settings()))
+    settings = get_settings()
+    if not settings.bounce_imap_host:  # before connecting to anything: a clear message
+        raise SystemExit(NO_MAILBOX)
+    asyncio.run(run_service("bounces", main, settings))

@@ -3,13 +3,18 @@ temporary folder, one user, plain login on 127.0.0.1 (see docs/machine notes).""
 
 from __future__ import annotations
 
+import contextlib
 import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from libs.common.embedded import free_port
 
@@ -94,3 +99,21 @@ service imap-login {{
                 raise RuntimeError(f"dovecot did not start on port {port}: {log[-2000:]}") from None
             time.sleep(0.1)
     return Dovecot(config, port, mail / USER)
+
+
+@contextlib.contextmanager
+def private_dovecot(prefix: str = "mailfleet-dovecot-") -> Iterator[Dovecot]:
+    """A dovecot for the caller's scope; skips the test when dovecot cannot run here.
+
+    Its folder is not under pytest's tmp_path: that is 0700 root, and dovecot's auth process
+    (its own user) must read the passwd file."""
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    server = start_dovecot(folder)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
