@@ -19,6 +19,7 @@ from libs.common.service import ServiceContext
 from libs.common.settings import Settings
 from libs.mail.bounces import verp_address
 from services.bounces.app import main as bounces_main
+from services.bounces.metrics import POLL_FAILURES
 from services.bounces.tests.dovecot import PASSWORD, USER, Dovecot
 from services.bounces.tests.samples import sample
 from services.tracker.tests.support import (
@@ -209,3 +210,30 @@ async def settle(producer: EventProducer, pool: asyncpg.Pool, cid: uuid.UUID) ->
         )
 
     await wait_for(folded, what="the sentinel event")
+
+
+async def test_a_refused_login_is_retried_each_poll_and_stops_cleanly(
+    dovecot: Dovecot,
+    database_url: str,
+    kafka_bootstrap: str,
+    pool: asyncpg.Pool,
+    producer: EventProducer,
+) -> None:
+    config = make_settings(
+        database_url,
+        kafka_bootstrap,
+        bounce_imap_host="127.0.0.1",
+        bounce_imap_port=dovecot.port,
+        bounce_imap_tls="none",
+        bounce_imap_user=USER,
+        bounce_imap_password="wrong",
+        bounce_poll_seconds=0.1,
+    )
+    before = POLL_FAILURES._value.get()
+
+    async def failed_twice() -> bool:
+        return POLL_FAILURES._value.get() >= before + 2
+
+    async with running_poller(config, pool, producer) as task:
+        await wait_for(failed_twice, timeout=60, what="two failed polls")
+        assert not task.done()  # a refused login never ends the service
