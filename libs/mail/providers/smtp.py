@@ -3,9 +3,9 @@
 TLS: STARTTLS (the default) or implicit TLS (port 465), the server's certificate verified
 against the system's CAs plus `ca_file`; `none` only for a local relay.
 
-A 5xx answer to a recipient fails that recipient only (a permanent status about the address,
-5.1.1 and the like, is a hard bounce: see `libs.mail.bounces`); 4xx answers, and timeouts or dropped
-connections before `DATA`, are retried on a fresh connection with backoff. A connection
+A 5xx answer to a recipient fails that recipient only (to `RCPT` or `DATA`, a permanent
+status about the address, 5.1.1 and the like, is a hard bounce: see `libs.mail.bounces`);
+4xx answers, and timeouts or dropped connections before `DATA`, are retried on a fresh connection with backoff. A connection
 lost or timed out once `DATA` began may have delivered the message: the recipient is
 `unknown`, retried only in at-least-once mode (`retry_ambiguous`). A refused login (535) or
 a certificate that fails verification is the account's or the configuration's fault, not
@@ -254,7 +254,10 @@ class SMTPProvider:
                 )
             return failed(message.recipient_id, message.email, f"refused: {refusal or exc}")
         except aiosmtplib.SMTPResponseException as exc:
-            if classify_reply(exc.code, exc.message) == "hard":
+            # Only an answer to DATA names the recipient; a refused MAIL FROM or greeting is
+            # about us, never a bounce.
+            is_data = isinstance(exc, aiosmtplib.SMTPDataError)
+            if is_data and classify_reply(exc.code, exc.message) == "hard":
                 error = hard_bounce_error(exc.code, exc.message)
             else:
                 error = f"{exc.code}: {exc.message}"

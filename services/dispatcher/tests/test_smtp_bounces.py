@@ -19,8 +19,9 @@ from libs.mail.bounces import (
     verp_sender_for,
 )
 from libs.mail.headers import HeaderPolicy
+from libs.mail.messages import Message, Sender
 from libs.mail.providers.sendgrid import RetryPolicy
-from libs.mail.providers.smtp import SMTPProvider
+from libs.mail.providers.smtp import SMTPProvider, mime_message
 from libs.mail.rate_limit import RateLimiter
 from libs.mail.rendering import Content, build_outbox
 
@@ -130,3 +131,31 @@ async def test_permanent_refusals_are_hard_bounces_and_4xx_only_deferrals(
 )
 def test_reply_classification(code: int, message: str, expected: str | None) -> None:
     assert classify_reply(code, message) == expected
+
+
+class RefusesSender:
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        return "550 Sender address rejected"
+
+
+async def test_a_refused_sender_is_no_bounce_of_the_recipient() -> None:
+    port = free_port()
+    controller = Controller(RefusesSender(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        provider = SMTPProvider(
+            host="127.0.0.1", port=port, username="", password="", tls="none",
+            max_connections=1, timeout_s=5, limiter=RateLimiter(0),
+            retry=RetryPolicy(1, 0.01, 0.05),
+        )  # fmt: skip
+        message = Message(1, "someone@example.com", "s", "<p>h</p>", "h", {}, {})
+        outcome = await provider.send_message(
+            mime_message(Sender("news@example.com"), message), message
+        )
+        await provider.close()
+    finally:
+        controller.stop()
+    assert outcome.status == "failed"
+    assert not (outcome.error or "").startswith(HARD_BOUNCE_PREFIX)
