@@ -19,9 +19,10 @@ dev: install
 	$(BIN)/mailfleet dev
 
 ## Debian tools the deployment tests run (tests/deploy): promtool (package `prometheus`)
-## and docker-compose; the console's browser tests (tests/console) run Debian's chromium.
+## and docker-compose; the console's browser tests (tests/console) run Debian's chromium;
+## the bounce mailbox tests (services/bounces) run Debian's dovecot.
 ## Installed only when missing; needs root or sudo, quiet otherwise.
-DEBIAN_TOOLS := promtool:prometheus docker-compose:docker-compose chromium:chromium
+DEBIAN_TOOLS := promtool:prometheus docker-compose:docker-compose chromium:chromium dovecot:dovecot-imapd
 tools:
 	@missing=""; for pair in $(DEBIAN_TOOLS); do \
 	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \

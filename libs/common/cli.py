@@ -23,6 +23,7 @@ SERVICES = {
     "scheduler": "services.scheduler.app:run",
     "dispatcher": "services.dispatcher.app:run",
     "tracker": "services.tracker.app:run",
+    "bounces": "services.bounces.app:run",
     "sink": "libs.mail.sink:run_sink",
 }
 

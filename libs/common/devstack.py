@@ -25,6 +25,8 @@ DEV_POSTGRES_PORT = 55432
 DEV_BROKER_PORT = 9092
 SINK_PORT = 8025
 METRICS_PORTS = {"importer": 9101, "scheduler": 9102, "dispatcher": 9103, "tracker": 9104}
+# Past the dispatchers' ports (9103, then 9105 up to 9115 for 12 of them).
+BOUNCES_METRICS_PORT = 9120
 
 
 def _port_free(port: int) -> bool:
@@ -60,7 +62,7 @@ def _console_admin(settings: Settings, data_dir: Path, env: dict[str, str]) -> s
     return f"{email} / password {password}"
 
 
-def child_specs(dispatchers: int, with_sink: bool) -> list[ChildSpec]:
+def child_specs(dispatchers: int, with_sink: bool, with_bounces: bool = False) -> list[ChildSpec]:
     specs = [ChildSpec("api", "api"), ChildSpec("edge", "edge")]
     for service in ("importer", "scheduler", "tracker"):
         specs.append(
@@ -70,6 +72,10 @@ def child_specs(dispatchers: int, with_sink: bool) -> list[ChildSpec]:
         port = METRICS_PORTS["dispatcher"] if n == 0 else 9104 + n
         specs.append(
             ChildSpec(f"dispatcher-{n + 1}", "dispatcher", {"MAILFLEET_METRICS_PORT": str(port)})
+        )
+    if with_bounces:  # only with a bounce mailbox configured (MAILFLEET_BOUNCE_IMAP_HOST)
+        specs.append(
+            ChildSpec("bounces", "bounces", {"MAILFLEET_METRICS_PORT": str(BOUNCES_METRICS_PORT)})
         )
     if with_sink:
         specs.insert(0, ChildSpec("sink", "sink", {"MAILFLEET_SINK_PORT": str(SINK_PORT)}))
@@ -119,7 +125,9 @@ async def run_dev_stack(dispatchers: int, data_dir: Path) -> None:
     await ensure_topics(settings.model_copy(update={"kafka_bootstrap_servers": bootstrap}))
 
     supervisor = Supervisor(env, data_dir / "logs")
-    await supervisor.start(child_specs(dispatchers, with_sink))
+    await supervisor.start(
+        child_specs(dispatchers, with_sink, with_bounces=bool(settings.bounce_imap_host))
+    )
     api_url = f"http://{settings.api_host}:{settings.api_port}"
     edge_url = f"http://{settings.edge_host}:{settings.edge_port}"
     for name, host, port in (

@@ -111,9 +111,29 @@ class Settings(BaseSettings):
     # Accept webhook posts without a signature when no verification key is set. Local and
     # test setups only: refused in production, warned about at start.
     allow_unsigned_webhooks: bool = Field(False, alias="MAILFLEET_ALLOW_UNSIGNED_WEBHOOKS")
-    # "production" refuses insecure settings (the production profile owns the full list;
-    # on merge keep ONE field for MAILFLEET_ENV).
-    env: Literal["development", "production"] = Field("development", alias="MAILFLEET_ENV")
+    # ----- Bounces and complaints (issue 14 item 2) -----
+    # The domain of the VERP envelope sender `bounces+<token>@<domain>` set on SMTP mail (its
+    # MX must deliver into the bounce mailbox). Empty: the From address is the envelope
+    # sender, and asynchronous bounces are matched by Message-ID only.
+    bounce_domain: str = Field("", alias="MAILFLEET_BOUNCE_DOMAIN")
+    # The bounce mailbox, polled over IMAP by `mailfleet run bounces`. Empty host: no poller.
+    bounce_imap_host: str = Field("", alias="MAILFLEET_BOUNCE_IMAP_HOST")
+    bounce_imap_port: int = Field(993, alias="MAILFLEET_BOUNCE_IMAP_PORT", ge=1, le=65535)
+    # "implicit" (IMAPS, port 993) or "none" (a local server only).
+    bounce_imap_tls: Literal["implicit", "none"] = Field(
+        "implicit", alias="MAILFLEET_BOUNCE_IMAP_TLS"
+    )
+    bounce_imap_user: str = Field("", alias="MAILFLEET_BOUNCE_IMAP_USER")
+    bounce_imap_password: str = Field("", alias="MAILFLEET_BOUNCE_IMAP_PASSWORD")
+    bounce_imap_mailbox: str = Field("INBOX", alias="MAILFLEET_BOUNCE_IMAP_MAILBOX")
+    # Read reports are moved here; mail that is neither a DSN nor an ARF report, or names
+    # no delivery, goes to the second folder for a human to look at.
+    bounce_processed_folder: str = Field("Processed", alias="MAILFLEET_BOUNCE_PROCESSED_FOLDER")
+    bounce_unparsed_folder: str = Field("Unparsed", alias="MAILFLEET_BOUNCE_UNPARSED_FOLDER")
+    bounce_poll_seconds: float = Field(30.0, alias="MAILFLEET_BOUNCE_POLL_SECONDS", gt=0)
+    # An address is suppressed after this many soft bounces in a row (a hard bounce at once).
+    soft_bounce_limit: int = Field(3, alias="MAILFLEET_SOFT_BOUNCE_LIMIT", ge=1, le=100)
+    # ----- end of bounces and complaints -----
 
     # Logging.
     log_level: str = Field("INFO", alias="MAILFLEET_LOG_LEVEL")
@@ -188,17 +208,12 @@ class Settings(BaseSettings):
 
 
 def _smtp_without_tls(settings: Settings) -> bool:
-    # Read by name: the SMTP TLS setting is `SMTP_TLS` (auto|starttls|implicit|none) where
-    # the providers work landed, `SMTP_STARTTLS` before it.
-    mode = getattr(settings, "smtp_tls", None)
-    if mode is not None:
-        return bool(mode == "none")
-    return not getattr(settings, "smtp_starttls", False) and settings.smtp_port != 465
+    return settings.smtp_tls == "none"
 
 
 def _has_admin_credentials(settings: Settings) -> bool:
     # The console's first admin (e-mail and password) counts as much as a bootstrap key.
-    console_admin = getattr(settings, "admin_email", "") and getattr(settings, "admin_password", "")
+    console_admin = settings.admin_email and settings.admin_password
     return bool(settings.bootstrap_api_key or console_admin)
 
 

@@ -48,7 +48,7 @@ def webhook_policy(settings: Settings) -> WebhookPolicy:
             return WebhookPolicy(WebhookVerifier.from_key(key), accept_unsigned=False)
         except BadVerificationKey as exc:
             raise WebhookMisconfigured(f"SENDGRID_WEBHOOK_VERIFICATION_KEY: {exc}") from exc
-    if settings.allow_unsigned_webhooks and settings.env == "production":
+    if settings.allow_unsigned_webhooks and settings.environment == "production":
         raise WebhookMisconfigured(
             "MAILFLEET_ALLOW_UNSIGNED_WEBHOOKS=true is refused with MAILFLEET_ENV=production: "
             "set SENDGRID_WEBHOOK_VERIFICATION_KEY to the key of SendGrid's signed Event Webhook"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from libs.common.events import DeliveryEvent
 
@@ -95,7 +95,9 @@ def apply_event(activity: RecipientActivity, event: DeliveryEvent) -> Counter[st
 
 
 def bounce_type(event: DeliveryEvent) -> str:
-    """SendGrid's bounce `type`: `bounce` (hard: the address does not exist) or `blocked`."""
+    """SendGrid's bounce `type`: `bounce` (hard: the address does not exist) or `blocked`;
+    a DSN read from the bounce mailbox may also say `soft` (a 4.x.x the MTA gave up on),
+    which suppresses only after MAILFLEET_SOFT_BOUNCE_LIMIT in a row."""
     value = event.detail.get("type") or event.detail.get("bounce_type") or "bounce"
     return str(value)[:40]
 
@@ -109,6 +111,30 @@ def suppression_reason(event: DeliveryEvent) -> str | None:
     if event.event == "bounce":
         return "bounce" if bounce_type(event) == "bounce" else None
     return SUPPRESSING_EVENTS.get(event.event)
+
+
+# Events that show the address takes mail: they end a run of soft bounces.
+_STREAK_ENDERS = frozenset({"delivered", "open", "click"})
+
+
+def soft_bounce_streaks(events: list[DeliveryEvent]) -> dict[str, tuple[bool, int]]:
+    """What `events` (in order) do to each address's run of soft bounces: lower-cased
+    address -> (whether the run was ended first, soft bounces counted after that)."""
+    changes: dict[str, tuple[bool, int]] = {}
+    for event in events:
+        change = _streak_change(event)
+        if change is None:
+            continue
+        email = event.email.strip().lower()
+        ended, count = changes.get(email, (False, 0))
+        changes[email] = (True, 0) if change == "end" else (ended, count + 1)
+    return changes
+
+
+def _streak_change(event: DeliveryEvent) -> Literal["soft", "end"] | None:
+    if event.event == "bounce" and bounce_type(event) == "soft":
+        return "soft"
+    return "end" if event.event in _STREAK_ENDERS else None
 
 
 def message_id_candidates(provider_message_id: str) -> list[str]:

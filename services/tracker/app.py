@@ -81,6 +81,8 @@ class Tracker:
         metrics.BATCHES_FOLDED.inc(len(fold.folded))
         metrics.DUPLICATE_BATCHES.inc(fold.duplicates)
         metrics.CONFLICTING_RECIPIENTS.inc(fold.conflicts)
+        for reason, count in fold.suppressed.items():
+            metrics.SUPPRESSIONS_ADDED.labels(reason).inc(count)
         for status, count in fold.recipients.items():
             metrics.RECIPIENTS_FOLDED.labels(status).inc(count)
         if fold.duplicates:
@@ -205,7 +207,7 @@ async def _consume(
 async def main(ctx: ServiceContext, group_id: str = "tracker") -> None:
     """Run until `ctx.stop` is set. Any number of instances may run, in any groups: the
     folds are gated by batch and event ids, so a second reader never double-counts."""
-    tracker = Tracker(ctx, TrackerStore(ctx.pool))
+    tracker = Tracker(ctx, TrackerStore(ctx.pool, ctx.settings.soft_bounce_limit))
     metrics.start_series()
     await asyncio.gather(
         _consume(ctx, Topic.DELIVERY_RESULT, group_id, RESULTS_PER_FOLD, tracker.fold_results),

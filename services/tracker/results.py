@@ -12,6 +12,7 @@ from typing import Literal
 from uuid import UUID
 
 from libs.common.events import DeliveryResult
+from libs.mail.bounces import is_hard_bounce_error
 
 # Provider error texts can be long; the delivery log keeps enough to explain the failure.
 MAX_ERROR_CHARS = 1000
@@ -109,3 +110,14 @@ def decide_outcome(totals: CampaignTotals, failure_threshold: float) -> Outcome:
         return "completed"
     failed_share = totals.failed / totals.audience_total
     return "failed" if failed_share > failure_threshold else "completed"
+
+
+def send_time_bounces(results: list[DeliveryResult]) -> dict[str, tuple[str, str]]:
+    """Addresses the provider refused as dead when sending (an SMTP 550 5.1.1 at RCPT):
+    lower-cased address -> (suppression reason, source)."""
+    return {
+        o.email.strip().lower(): ("bounce", f"{r.provider}:send")
+        for r in results
+        for o in r.outcomes
+        if o.status == "failed" and is_hard_bounce_error(o.error)
+    }

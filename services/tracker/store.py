@@ -23,6 +23,7 @@ from services.tracker.activity import (
     RecipientActivity,
     apply_event,
     message_id_candidates,
+    soft_bounce_streaks,
     suppression_reason,
 )
 from services.tracker.results import (
@@ -32,6 +33,7 @@ from services.tracker.results import (
     decide_outcome,
     delivery_rows,
     first_of_each_batch,
+    send_time_bounces,
     status_counts,
 )
 
@@ -126,9 +128,12 @@ class ResultsFold:
     recipients: Counter[str] = field(default_factory=Counter)
     conflicts: int = 0
     finished: list[FinishedCampaign] = field(default_factory=list)
+    # Addresses suppressed by a hard bounce at send time (an SMTP 5.1.1 at RCPT), by reason.
+    suppressed: Counter[str] = field(default_factory=Counter)
 
     def merge(self, other: ResultsFold) -> None:
         self.folded += other.folded
+        self.suppressed += other.suppressed
         self.duplicates += other.duplicates
         self.recipients += other.recipients
         self.conflicts += other.conflicts
@@ -157,8 +162,9 @@ def _aware(value: datetime) -> datetime:
 
 
 class TrackerStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, soft_bounce_limit: int = 3) -> None:
         self.pool = pool
+        self.soft_bounce_limit = soft_bounce_limit
 
     # ----- delivery.result -----
 
@@ -176,6 +182,8 @@ class TrackerStore:
                 return fold
             added = await self._write_deliveries(conn, fresh)
             fold.folded = fresh
+            # Inside the batch gate: a replayed batch suppresses nobody a second time.
+            fold.suppressed = await _insert_suppressions(conn, send_time_bounces(fresh))
             for counts in added.values():
                 fold.recipients += counts
             fold.conflicts = sum(len(r.outcomes) for r in fresh) - sum(fold.recipients.values())
@@ -320,6 +328,9 @@ class TrackerStore:
             for campaign_id in sorted(added):
                 await self._add_activity_to_stats(conn, campaign_id, added[campaign_id])
             fold.suppressed = await self._suppress(conn, fresh, targets, mailed)
+            # Like suppressions, runs of soft bounces count only events matched to a delivery.
+            matched = [e for e in fresh if targets.get(e.event_id) in activities]
+            fold.suppressed += await self._count_soft_bounces(conn, matched)
         return fold
 
     async def _resolve_recipients(
@@ -472,20 +483,57 @@ class TrackerStore:
                 wanted.setdefault(
                     email.strip().lower(), (reason, f"{event.provider}:{event.event}")
                 )
-        if not wanted:
+        return await _insert_suppressions(conn, wanted)
+
+    async def _count_soft_bounces(self, conn: Conn, events: list[DeliveryEvent]) -> Counter[str]:
+        """Keep each address's run of soft bounces; suppress it when the run reaches the
+        limit. Only fresh (gated) events get here, so a replay counts nothing twice."""
+        changes = soft_bounce_streaks(events)
+        if not changes:
+            return Counter()
+        ended = sorted(email for email, (end, _) in changes.items() if end)
+        if ended:
+            await conn.execute(
+                "DELETE FROM soft_bounce_streaks WHERE email = ANY($1::text[])", ended
+            )
+        counted = sorted((email, n) for email, (_, n) in changes.items() if n > 0)
+        if not counted:
             return Counter()
         rows = await conn.fetch(
             """
-            INSERT INTO suppressions (email, reason, source)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
-            ON CONFLICT (email) DO NOTHING
-            RETURNING reason
+            INSERT INTO soft_bounce_streaks AS s (email, in_a_row)
+            SELECT * FROM unnest($1::text[], $2::int[])
+            ON CONFLICT (email) DO UPDATE
+               SET in_a_row = s.in_a_row + EXCLUDED.in_a_row, updated_at = now()
+            RETURNING email, in_a_row
             """,
-            list(wanted),
-            [v[0] for v in wanted.values()],
-            [v[1] for v in wanted.values()],
+            [email for email, _ in counted],
+            [n for _, n in counted],
         )
-        return Counter(row["reason"] for row in rows)
+        source = f"smtp:{self.soft_bounce_limit} soft bounces in a row"
+        wanted = {
+            r["email"]: ("bounce", source) for r in rows if r["in_a_row"] >= self.soft_bounce_limit
+        }
+        return await _insert_suppressions(conn, wanted)
+
+
+async def _insert_suppressions(conn: Conn, wanted: dict[str, tuple[str, str]]) -> Counter[str]:
+    """Suppress each address (lower-cased) with its (reason, source); an address already
+    suppressed keeps its first reason. Returns the new suppressions by reason."""
+    if not wanted:
+        return Counter()
+    rows = await conn.fetch(
+        """
+        INSERT INTO suppressions (email, reason, source)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+        ON CONFLICT (email) DO NOTHING
+        RETURNING reason
+        """,
+        list(wanted),
+        [v[0] for v in wanted.values()],
+        [v[1] for v in wanted.values()],
+    )
+    return Counter(row["reason"] for row in rows)
 
 
 def _totals(row: Any) -> CampaignTotals:

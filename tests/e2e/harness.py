@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,9 +49,11 @@ async def start_stack(
     env: Mapping[str, str] | None = None,
     keep_messages: int | None = None,
     metrics_ports: Mapping[str, int] | None = None,
+    extra_children: Sequence[str] = (),
 ) -> RunningStack:
     """`metrics_ports` maps child names ("importer", "dispatcher-1", ...) to the
-    MAILFLEET_METRICS_PORT each serves /metrics on (none by default)."""
+    MAILFLEET_METRICS_PORT each serves /metrics on (none by default). `extra_children`
+    names services started besides the usual ones (e.g. "bounces")."""
     sink = await start_sink(keep_messages=keep_messages)
     api_port, edge_port = free_port(), free_port()
     api_key = generate_key()
@@ -71,6 +73,7 @@ async def start_stack(
     services = ("api", "edge", "importer", "scheduler", "tracker")
     specs = [ChildSpec(name, name) for name in services]
     specs += [ChildSpec(f"dispatcher-{n + 1}", "dispatcher") for n in range(dispatchers)]
+    specs += [ChildSpec(name, name) for name in extra_children]
     for spec in specs:
         if metrics_ports and spec.name in metrics_ports:
             spec.env["MAILFLEET_METRICS_PORT"] = str(metrics_ports[spec.name])

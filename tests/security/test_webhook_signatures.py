@@ -61,7 +61,7 @@ async def test_unsigned_posts_only_when_allowed_outside_production(settings: Set
         answer = await edge.client.post(WEBHOOK_PATH, content=FORGED)
     assert answer.status_code == 200
 
-    production = allowed.model_copy(update={"env": "production"})
+    production = allowed.model_copy(update={"environment": "production"})
     with pytest.raises(SystemExit, match="MAILFLEET_ALLOW_UNSIGNED_WEBHOOKS"):
         create_app(production)
 

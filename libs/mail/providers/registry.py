@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from libs.common.settings import Settings
+from libs.mail.bounces import verp_sender_for
 from libs.mail.circuit_breaker import CircuitBreaker
 from libs.mail.config import DispatcherSettings
 from libs.mail.providers.base import Provider
@@ -62,6 +63,10 @@ def build_providers(
             retry=retry,
             breaker=breaker(),
             retry_ambiguous=retry_ambiguous,
+            # VERP needs both: the token is signed with the secret key.
+            envelope_sender=verp_sender_for(settings.secret_key, settings.bounce_domain)
+            if settings.bounce_domain and settings.secret_key
+            else None,
         ),
     }
     return providers

@@ -3,12 +3,16 @@
 TLS: STARTTLS (the default) or implicit TLS (port 465), the server's certificate verified
 against the system's CAs plus `ca_file`; `none` only for a local relay.
 
-A 5xx answer to a recipient fails that recipient only; 4xx answers, and timeouts or dropped
-connections before `DATA`, are retried on a fresh connection with backoff. A connection
+A 5xx answer to a recipient fails that recipient only (to `RCPT` or `DATA`, a permanent
+status about the address, 5.1.1 and the like, is a hard bounce: see `libs.mail.bounces`);
+4xx answers, and timeouts or dropped connections before `DATA`, are retried on a fresh connection with backoff. A connection
 lost or timed out once `DATA` began may have delivered the message: the recipient is
 `unknown`, retried only in at-least-once mode (`retry_ambiguous`). A refused login (535) or
 a certificate that fails verification is the account's or the configuration's fault, not
 the recipient's: `AccountRefused`.
+
+With a bounce domain, the envelope sender is the recipient's VERP address, so that a later
+DSN names the campaign and recipient it is about.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Callable
 from email.message import EmailMessage
 from email.utils import formataddr
 from typing import Any, Literal
@@ -31,6 +36,7 @@ from tenacity import (
 
 from libs.common.events import RecipientOutcome
 from libs.common.logging import get_logger
+from libs.mail.bounces import classify_reply, hard_bounce_error
 from libs.mail.circuit_breaker import CircuitBreaker
 from libs.mail.messages import Message, Outbox, Sender
 from libs.mail.metrics import PROVIDER_REQUEST_SECONDS, PROVIDER_RETRIES, start_provider_series
@@ -51,6 +57,9 @@ log = get_logger(__name__)
 SMTPTLSMode = Literal["starttls", "implicit", "none"]
 # 530: authentication required, 534: mechanism too weak, 535: credentials invalid.
 _AUTH_CODES = frozenset({530, 534, 535})
+
+# The envelope sender for a message (its VERP address), or None for the From address.
+EnvelopeSender = Callable[[Message], str | None]
 
 
 def tls_mode(setting: str, port: int) -> SMTPTLSMode:
@@ -131,6 +140,7 @@ class SMTPProvider:
         breaker: CircuitBreaker | None = None,
         ca_file: str = "",
         retry_ambiguous: bool = False,
+        envelope_sender: EnvelopeSender | None = None,
     ) -> None:
         start_provider_series(self.name)
         self.breaker = breaker or CircuitBreaker()
@@ -139,6 +149,7 @@ class SMTPProvider:
         self._tls = tls
         self._ca_file = ca_file or None
         self._retry_ambiguous = retry_ambiguous
+        self._envelope_sender = envelope_sender
         self._timeout = timeout_s
         self.limiter = limiter
         self._retry = retry
@@ -214,13 +225,14 @@ class SMTPProvider:
             reraise=True,
         )
         ambiguous: list[_Transient] = []
+        envelope = self._envelope_sender(message) if self._envelope_sender else None
         try:
             async for attempt in retrying:
                 with attempt:
                     if attempt.retry_state.attempt_number > 1:
                         await self.limiter.acquire(1)
                     try:
-                        await self._deliver(mime)
+                        await self._deliver(mime, envelope)
                     except _Transient as exc:
                         if exc.ambiguous:
                             ambiguous.append(exc)
@@ -233,13 +245,26 @@ class SMTPProvider:
             error = f"gave up after {self._retry.max_attempts} attempts: {exc}"
             return failed(message.recipient_id, message.email, error)
         except aiosmtplib.SMTPRecipientsRefused as exc:
-            refusal = exc.recipients[0] if exc.recipients else exc
-            return failed(message.recipient_id, message.email, f"refused: {refusal}")
+            refusal = exc.recipients[0] if exc.recipients else None
+            if refusal is not None and classify_reply(refusal.code, refusal.message) == "hard":
+                return failed(
+                    message.recipient_id,
+                    message.email,
+                    hard_bounce_error(refusal.code, refusal.message),
+                )
+            return failed(message.recipient_id, message.email, f"refused: {refusal or exc}")
         except aiosmtplib.SMTPResponseException as exc:
-            return failed(message.recipient_id, message.email, f"{exc.code}: {exc.message}")
+            # Only an answer to DATA names the recipient; a refused MAIL FROM or greeting is
+            # about us, never a bounce.
+            is_data = isinstance(exc, aiosmtplib.SMTPDataError)
+            if is_data and classify_reply(exc.code, exc.message) == "hard":
+                error = hard_bounce_error(exc.code, exc.message)
+            else:
+                error = f"{exc.code}: {exc.message}"
+            return failed(message.recipient_id, message.email, error)
         return sent(message.recipient_id, message.email, message.headers.get("Message-ID"))
 
-    async def _deliver(self, mime: EmailMessage) -> None:
+    async def _deliver(self, mime: EmailMessage, envelope_sender: str | None = None) -> None:
         async with self._slots:
             client = self._idle.get_nowait() if not self._idle.empty() else None
             if client is not None:
@@ -249,7 +274,7 @@ class SMTPProvider:
                 if client is None or not client.is_connected:
                     client = None
                     client = await self._connect()
-                await client.send_message(mime)
+                await client.send_message(mime, sender=envelope_sender)
                 self.breaker.record_success()
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 self.breaker.record_success()  # the server answered: it works
