@@ -190,8 +190,9 @@ _LONG_NUMBER = re.compile(r"\d{5}")
 
 def percent_format_size(template: str, values: Any, cap: int) -> int:
     """Characters of `template % values`, estimated from its fields' widths and values."""
-    if not _LONG_NUMBER.search(template):
-        # Every width and precision has at most 4 digits: a quick upper bound will do.
+    if "*" not in template and not _LONG_NUMBER.search(template):
+        # Every width and precision is written out with at most 4 digits (a `*` takes its
+        # width from the values): a quick upper bound will do.
         quick = len(template) + template.count("%") * (20_000 + weight(values, cap))
         if quick <= cap:
             return quick
