@@ -168,6 +168,28 @@ class EventProducer:
         await asyncio.gather(*futures)
         EVENTS_PRODUCED.labels(topic.value).inc(len(items))
 
+    async def send_each(
+        self, topic: Topic, items: Sequence[tuple[str, Event]]
+    ) -> list[Exception | None]:
+        """As `send_many`, but each event's own error (or None) instead of the first raised:
+        one record the broker refuses (too large, say) must not hide that the others went."""
+        futures: list[asyncio.Future[Any] | Exception] = []
+        for key, event in items:
+            try:
+                futures.append(
+                    await self._producer.send(topic.value, encode(event), key=key.encode())
+                )
+            except KafkaError as exc:  # refused before sending, e.g. over max_request_size
+                futures.append(exc)
+        sent = [f for f in futures if not isinstance(f, Exception)]
+        settled = iter(await asyncio.gather(*sent, return_exceptions=True))
+        errors: list[Exception | None] = []
+        for future in futures:
+            outcome = future if isinstance(future, Exception) else next(settled)
+            errors.append(outcome if isinstance(outcome, Exception) else None)
+        EVENTS_PRODUCED.labels(topic.value).inc(errors.count(None))
+        return errors
+
     async def send_raw(
         self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
     ) -> None:

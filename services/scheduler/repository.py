@@ -10,14 +10,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
-from services.scheduler.planner import PlanSummary, ScheduleRequest, batches_needed
+from services.scheduler.planner import (
+    RECIPIENT_OVERHEAD_BYTES,
+    PlanSummary,
+    ScheduleRequest,
+    byte_chunk,
+    recipient_bytes_budget,
+)
+
+# The default topic limit (1 MiB), for callers that do not pass theirs.
+_DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,17 @@ class PendingBatch:
     batch_no: int
     emitted: int
     recipients: list[tuple[int, str, dict[str, Any]]]
+    # Why its `batch.ready` cannot be published; it is then reported failed instead.
+    set_aside_reason: str | None = None
+
+
+@dataclass
+class EmitWindow:
+    """Batches locked for one emit transaction; those `set_aside` inside the block are
+    recorded with their reason when it ends."""
+
+    batches: list[PendingBatch]
+    set_aside: dict[str, str] = field(default_factory=dict)
 
 
 class ScheduleRepository:
@@ -100,18 +120,25 @@ class ScheduleRepository:
         )
         return [r["campaign_id"] for r in rows]
 
-    async def claim_and_plan(self, campaign_id: UUID, batch_size: int) -> PlanSummary | None:
+    async def claim_and_plan(
+        self,
+        campaign_id: UUID,
+        batch_size: int,
+        max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> PlanSummary | None:
         """Claim a due campaign exactly once and write its batch plan, in one transaction.
 
         The claim is a compare-and-set of the campaign's status, so two schedulers never
         both start it. Repeatable read: the audience counted is the audience planned.
         """
         try:
-            return await self._claim_and_plan(campaign_id, batch_size)
+            return await self._claim_and_plan(campaign_id, batch_size, max_message_bytes)
         except asyncpg.SerializationError:
             return None  # another scheduler claimed it first
 
-    async def _claim_and_plan(self, campaign_id: UUID, batch_size: int) -> PlanSummary | None:
+    async def _claim_and_plan(
+        self, campaign_id: UUID, batch_size: int, max_message_bytes: int
+    ) -> PlanSummary | None:
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             campaign = await conn.fetchrow(
                 """
@@ -168,20 +195,8 @@ class ScheduleRepository:
                 campaign["list_id"],
             )
             assert counts is not None  # an aggregate always returns a row
-            await conn.execute(
-                """
-                INSERT INTO batch_plans (batch_id, campaign_id, batch_no, recipient_ids)
-                SELECT $1::text || ':' || batch_no, $1::uuid, batch_no, array_agg(id ORDER BY id)
-                  FROM (SELECT r.id, (row_number() OVER (ORDER BY r.id) - 1) / $3 AS batch_no
-                          FROM recipients r
-                         WHERE r.list_id = $2
-                           AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)
-                       ) AS sendable
-                 GROUP BY batch_no
-                """,
-                str(campaign_id),
-                campaign["list_id"],
-                batch_size,
+            batches = await _plan_batches(
+                conn, campaign_id, campaign["list_id"], batch_size, max_message_bytes
             )
             summary = PlanSummary(
                 campaign_id=campaign_id,
@@ -189,7 +204,7 @@ class ScheduleRepository:
                 provider=campaign["provider"],
                 audience_total=counts["audience"],
                 suppressed_total=counts["suppressed"],
-                batches_total=batches_needed(counts["audience"] - counts["suppressed"], batch_size),
+                batches_total=batches,
             )
             await conn.execute(
                 """
@@ -230,7 +245,7 @@ class ScheduleRepository:
     @asynccontextmanager
     async def batches_to_emit(
         self, emitted_before: datetime, limit: int
-    ) -> AsyncIterator[list[PendingBatch]]:
+    ) -> AsyncIterator[EmitWindow]:
         """Lock and yield batches never emitted, or last emitted before `emitted_before` and
         not yet accounted for by the tracker, of campaigns in progress (or cancelled: the
         dispatchers report their recipients `cancelled`, so the counts reconcile). Leaving
@@ -241,7 +256,8 @@ class ScheduleRepository:
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 """
-                SELECT b.batch_id, b.campaign_id, b.batch_no, b.recipient_ids, b.emitted
+                SELECT b.batch_id, b.campaign_id, b.batch_no, b.recipient_ids, b.emitted,
+                       b.set_aside_reason
                   FROM batch_plans b
                   JOIN campaigns c ON c.id = b.campaign_id
                                    AND c.status IN ('in_progress', 'cancelled')
@@ -256,7 +272,7 @@ class ScheduleRepository:
                 limit,
             )
             if not rows:
-                yield []
+                yield EmitWindow([])
                 return
             members = await conn.fetch(
                 """
@@ -271,16 +287,26 @@ class ScheduleRepository:
             by_batch: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
             for m in members:
                 by_batch.setdefault(m["batch_id"], []).append((m["id"], m["email"], m["fields"]))
-            yield [
-                PendingBatch(
-                    batch_id=r["batch_id"],
-                    campaign_id=r["campaign_id"],
-                    batch_no=r["batch_no"],
-                    emitted=r["emitted"] + 1,
-                    recipients=by_batch.get(r["batch_id"], []),
+            window = EmitWindow(
+                [
+                    PendingBatch(
+                        batch_id=r["batch_id"],
+                        campaign_id=r["campaign_id"],
+                        batch_no=r["batch_no"],
+                        emitted=r["emitted"] + 1,
+                        recipients=by_batch.get(r["batch_id"], []),
+                        set_aside_reason=r["set_aside_reason"],
+                    )
+                    for r in rows
+                ]
+            )
+            yield window
+            if window.set_aside:
+                await conn.executemany(
+                    "UPDATE batch_plans SET set_aside_reason = $2, set_aside_at = now()"
+                    " WHERE batch_id = $1",
+                    list(window.set_aside.items()),
                 )
-                for r in rows
-            ]
             await conn.execute(
                 """
                 UPDATE batch_plans SET emitted = emitted + 1, last_emitted_at = now()
@@ -302,3 +328,53 @@ class ScheduleRepository:
             campaign_id,
         )
         return int(result.split()[-1])
+
+
+# A recipient's size in its `batch.ready` event, over-estimated: jsonb's text form has a
+# space after every colon and comma that the event's compact JSON has not.
+_RECIPIENT_SIZE = (
+    f"octet_length(r.email) + octet_length(r.fields::text) + {RECIPIENT_OVERHEAD_BYTES}"
+)
+
+
+async def _plan_batches(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    campaign_id: UUID,
+    list_id: UUID,
+    batch_size: int,
+    max_message_bytes: int,
+) -> int:
+    """Cut the sendable audience into batches of at most `batch_size` recipients whose
+    `batch.ready` event stays under `max_message_bytes` (issue 11, item 8): windows of the
+    running byte sum, each cut again by count. Returns how many batches were planned."""
+    sendable = """
+        FROM recipients r
+       WHERE r.list_id = {list_param}
+         AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)"""
+    largest = await conn.fetchval(
+        f"SELECT coalesce(max({_RECIPIENT_SIZE}), 0)"  # noqa: S608 - constants only
+        + sendable.format(list_param="$1"),
+        list_id,
+    )
+    chunk = byte_chunk(recipient_bytes_budget(max_message_bytes), int(largest))
+    result = await conn.execute(
+        f"""
+        INSERT INTO batch_plans (batch_id, campaign_id, batch_no, recipient_ids)
+        SELECT $1::text || ':' || batch_no, $1::uuid, batch_no, array_agg(id ORDER BY id)
+          FROM (SELECT id, dense_rank() OVER (ORDER BY window_no, (n - 1) / $3) - 1 AS batch_no
+                  FROM (SELECT id, window_no,
+                               row_number() OVER (PARTITION BY window_no ORDER BY id) AS n
+                          FROM (SELECT r.id,
+                                       (sum({_RECIPIENT_SIZE}) OVER (ORDER BY r.id)
+                                        - ({_RECIPIENT_SIZE})) / $4 AS window_no
+                                {sendable.format(list_param="$2")}) AS sized
+                       ) AS numbered
+               ) AS cut
+         GROUP BY batch_no
+        """,  # noqa: S608 - only constants are formatted in
+        str(campaign_id),
+        list_id,
+        batch_size,
+        chunk,
+    )
+    return int(result.split()[-1])

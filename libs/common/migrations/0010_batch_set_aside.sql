@@ -1,0 +1,6 @@
+-- Issue 11, item 8: a batch whose `batch.ready` event cannot be published (over the topic's
+-- max.message.bytes even after byte-sized planning) is set aside with its reason, instead
+-- of being retried for ever in front of every other campaign's batches.
+ALTER TABLE batch_plans
+    ADD COLUMN set_aside_reason text,
+    ADD COLUMN set_aside_at timestamptz;
