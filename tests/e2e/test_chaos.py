@@ -88,6 +88,12 @@ async def test_postgres_crashed_for_20_seconds_mid_campaign_no_service_exits_nob
         while len(received()) < OUTAGE_RECIPIENTS // 5:
             assert time.monotonic() < deadline, "sending did not start"
             await asyncio.sleep(0.1)  # the sink is in this process: nothing to wait on
+        # Accepts that land while the database is down: their results cannot be written.
+        served = stack.sink.state.faults_served
+        stack.sink.inject_fault(202, count=4, delay_s=3.0)
+        while stack.sink.state.faults_served < served + 2:
+            assert time.monotonic() < deadline, "no send reached the sink"
+            await asyncio.sleep(0.02)
         await asyncio.to_thread(crashable_postgres.crash)
         crashed_at = time.monotonic()
         # The outage's length is the fault itself; /readyz is looked at while it lasts.
