@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -24,7 +24,8 @@ from libs.common.events import (
 from libs.common.kafka import Consumed, EventConsumer, ensure_topics
 from libs.common.logging import bound_contextvars, get_logger
 from libs.common.service import ServiceContext, run_service
-from libs.common.settings import get_settings
+from libs.common.settings import Settings, get_settings
+from libs.mail.config import DispatcherSettings, get_dispatcher_settings
 from services.scheduler.metrics import (
     BATCHES_EMITTED,
     BATCHES_SET_ASIDE,
@@ -32,11 +33,18 @@ from services.scheduler.metrics import (
     SCHEDULES_UNKNOWN,
 )
 from services.scheduler.planner import PlanSummary, ScheduleRequest
-from services.scheduler.repository import EmitWindow, PendingBatch, ScheduleRepository
+from services.scheduler.repository import (
+    EmitWindow,
+    PendingBatch,
+    ReemitPolicy,
+    ScheduleRepository,
+)
 
 log = get_logger(__name__)
 
 EMIT_WINDOW = 50  # batches per emit transaction
+# No forced re-emission: only first emissions, resumed campaigns and stalled batches.
+NO_CUTOFF = datetime(1970, 1, 1, tzinfo=UTC)
 # What a producer or broker answers for a record over the topic's max.message.bytes.
 TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError)
 TOPIC_CHECK_SECONDS = 5.0
@@ -52,15 +60,21 @@ class BatchEmitter:
     batches of the window, and every other campaign, go on (issue 11, item 8).
     """
 
-    def __init__(self, ctx: ServiceContext, repo: ScheduleRepository) -> None:
+    def __init__(
+        self, ctx: ServiceContext, repo: ScheduleRepository, policy: ReemitPolicy | None = None
+    ) -> None:
         self.ctx = ctx
         self.repo = repo
+        self.policy = policy or reemit_policy(ctx.settings, get_dispatcher_settings())
         self._plans: dict[object, PlanSummary] = {}
 
-    async def emit_due(self, emitted_before: datetime) -> int:
+    async def emit_due(self, emitted_before: datetime = NO_CUTOFF) -> int:
+        """Emit what is due: new batches, batches emitted before `emitted_before` (now,
+        after a broker loss), and batches the re-emission policy finds stalled."""
         total = 0
         while not self.ctx.stop.is_set():
-            async with self.repo.batches_to_emit(emitted_before, EMIT_WINDOW) as window:
+            window_of = self.repo.batches_to_emit(emitted_before, EMIT_WINDOW, self.policy)
+            async with window_of as window:
                 if not window.batches:
                     return total
                 await self._emit(window)
@@ -140,6 +154,18 @@ class BatchEmitter:
         )
 
 
+def reemit_policy(settings: Settings, rates: DispatcherSettings) -> ReemitPolicy:
+    """The scheduler reads the dispatchers' rate limits from the same environment."""
+    return ReemitPolicy(
+        base_s=settings.reemit_after_seconds,
+        rates={
+            "sendgrid": rates.sendgrid_rate_per_sec,
+            "smtp": rates.smtp_rate_per_sec,
+            "sink": rates.sink_rate_per_sec,
+        },
+    )
+
+
 async def _consume_schedules(ctx: ServiceContext, repo: ScheduleRepository) -> None:
     consumer: EventConsumer[CampaignScheduled] = EventConsumer(
         ctx.settings, Topic.CAMPAIGN_SCHEDULED, "scheduler", ctx.producer, epoch=ctx.epoch
@@ -205,7 +231,7 @@ async def _clock(ctx: ServiceContext, repo: ScheduleRepository, emitter: BatchEm
                             suppressed=plan.suppressed_total,
                             batches=plan.batches_total,
                         )
-            cutoff = datetime.now(UTC) - timedelta(seconds=settings.reemit_after_seconds)
+            cutoff = NO_CUTOFF
             if loop.time() >= next_topic_check:
                 next_topic_check = loop.time() + TOPIC_CHECK_SECONDS
                 await ensure_topics(settings, ctx.epoch)

@@ -40,6 +40,19 @@ class PendingBatch:
     set_aside_reason: str | None = None
 
 
+@dataclass(frozen=True)
+class ReemitPolicy:
+    """When an emitted batch that nobody accounted for travels again without a broker loss
+    (issue 11, item 10): only on evidence that it is lost. Its backoff, `base_s` doubled
+    with each emission, counts from when the batch could be expected to show progress (its
+    emission, plus the rate limit's backlog ahead of it then: see `rates`, emails/s per
+    provider, 0 = unlimited), and is restarted by any sign of life: its ledger row changing,
+    or a batch of its campaign accounted for by the tracker."""
+
+    base_s: float
+    rates: dict[str, float]
+
+
 @dataclass
 class EmitWindow:
     """Batches locked for one emit transaction; those `set_aside` inside the block are
@@ -244,12 +257,13 @@ class ScheduleRepository:
 
     @asynccontextmanager
     async def batches_to_emit(
-        self, emitted_before: datetime, limit: int
+        self, emitted_before: datetime, limit: int, policy: ReemitPolicy | None = None
     ) -> AsyncIterator[EmitWindow]:
-        """Lock and yield batches never emitted, or last emitted before `emitted_before` and
-        not yet accounted for by the tracker, of campaigns in progress (or cancelled: the
-        dispatchers report their recipients `cancelled`, so the counts reconcile). Leaving
-        the block marks them emitted.
+        """Lock and yield batches never emitted, or not yet accounted for by the tracker and
+        either last emitted before `emitted_before` (a broker loss, a resume) or stalled by
+        `policy`, of campaigns in progress (or cancelled: the dispatchers report their
+        recipients `cancelled`, so the counts reconcile). Leaving the block marks them
+        emitted, and when each may be expected to show progress.
 
         Locked with SKIP LOCKED so that several schedulers share the work, never repeat it.
         """
@@ -257,12 +271,26 @@ class ScheduleRepository:
             rows = await conn.fetch(
                 """
                 SELECT b.batch_id, b.campaign_id, b.batch_no, b.recipient_ids, b.emitted,
-                       b.set_aside_reason
+                       b.set_aside_reason, p.provider
                   FROM batch_plans b
                   JOIN campaigns c ON c.id = b.campaign_id
                                    AND c.status IN ('in_progress', 'cancelled')
+                  JOIN campaign_plans p ON p.campaign_id = b.campaign_id
+                 CROSS JOIN LATERAL (SELECT make_interval(
+                        secs => $3::float8 * power(2, least(greatest(b.emitted - 1, 0), 6))
+                       ) AS backoff) k
                  WHERE (b.emitted = 0
-                        OR b.last_emitted_at < $1::timestamptz)
+                        OR b.last_emitted_at < $1::timestamptz
+                        OR ($3::float8 IS NOT NULL
+                            AND now() > coalesce(b.expected_by, b.last_emitted_at) + k.backoff
+                            AND NOT EXISTS (
+                                SELECT 1 FROM send_ledger l
+                                 WHERE l.batch_id = b.batch_id
+                                   AND greatest(l.started_at, l.finished_at) > now() - k.backoff)
+                            AND NOT EXISTS (
+                                SELECT 1 FROM tracker_batches t
+                                 WHERE t.campaign_id = b.campaign_id
+                                   AND t.folded_at > now() - k.backoff)))
                    AND NOT EXISTS (SELECT 1 FROM tracker_batches t WHERE t.batch_id = b.batch_id)
                  ORDER BY b.campaign_id, b.batch_no
                  LIMIT $2
@@ -270,6 +298,7 @@ class ScheduleRepository:
                 """,
                 emitted_before,
                 limit,
+                policy.base_s if policy is not None else None,
             )
             if not rows:
                 yield EmitWindow([])
@@ -307,12 +336,18 @@ class ScheduleRepository:
                     " WHERE batch_id = $1",
                     list(window.set_aside.items()),
                 )
+            ids = [r["batch_id"] for r in rows]
+            waits = await _backlog_seconds(conn, rows, policy.rates if policy else {})
             await conn.execute(
                 """
-                UPDATE batch_plans SET emitted = emitted + 1, last_emitted_at = now()
-                 WHERE batch_id = ANY($1::text[])
+                UPDATE batch_plans b
+                   SET emitted = emitted + 1, last_emitted_at = now(),
+                       expected_by = now() + make_interval(secs => w.seconds)
+                  FROM unnest($1::text[], $2::float8[]) AS w(batch_id, seconds)
+                 WHERE b.batch_id = w.batch_id
                 """,
-                [r["batch_id"] for r in rows],
+                ids,
+                waits,
             )
 
     async def reemit_unaccounted_now(self, campaign_id: UUID) -> int:
@@ -378,3 +413,39 @@ async def _plan_batches(
         chunk,
     )
     return int(result.split()[-1])
+
+
+# Dispatchers do not send in emission order: each takes the batches of all its partitions
+# at once, and sends at its share of the rate (its share of the partitions), however
+# unevenly the batches spread over them. So any queued batch may be the last to go, and
+# one instance may hold more than its share: twice the whole queue covers that.
+_BACKLOG_SLACK = 2.0
+
+
+async def _backlog_seconds(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    rows: list[asyncpg.Record],
+    rates: dict[str, float],
+) -> list[float]:
+    """For each batch of the window: how long its provider's rate limit may take to send
+    the whole queue it joins (batches of campaigns in progress that the tracker has not
+    accounted for, emitted or about to be), with slack. 0 where there is no limit."""
+    if not any(rates.get(r["provider"], 0) > 0 for r in rows):
+        return [0.0] * len(rows)
+    queued = await conn.fetch(
+        """
+        SELECT p.provider, sum(cardinality(b.recipient_ids)) AS recipients
+          FROM campaigns c
+          JOIN campaign_plans p ON p.campaign_id = c.id
+          JOIN batch_plans b ON b.campaign_id = c.id
+         WHERE c.status = 'in_progress' AND b.set_aside_reason IS NULL
+           AND NOT EXISTS (SELECT 1 FROM tracker_batches t WHERE t.batch_id = b.batch_id)
+         GROUP BY p.provider
+        """
+    )
+    queue = {q["provider"]: int(q["recipients"]) for q in queued}
+    waits = []
+    for row in rows:
+        rate = rates.get(row["provider"], 0.0)
+        waits.append(_BACKLOG_SLACK * queue.get(row["provider"], 0) / rate if rate > 0 else 0.0)
+    return waits

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,3 +205,21 @@ class ThrowawayPostgres:
         with contextlib.suppress(subprocess.CalledProcessError):
             self._as_postgres("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop")
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+async def plain_campaign(api: ApiClient, name: str, recipients: int) -> str:
+    """A list of `recipients` made-up addresses, imported, and a draft campaign to it."""
+    list_id = await api.create_list(name)
+    tag = uuid.uuid4().hex[:6]
+    csv = "email,first_name\n" + "".join(
+        f"p{i}-{tag}@{name}.example.com,P{i}\n" for i in range(recipients)
+    )
+    job = await api.wait_import(await api.import_csv(list_id, csv.encode()), timeout=600)
+    assert job["rows_imported"] == recipients, job
+    return await api.create_campaign(
+        name=name,
+        subject="Hi {{ first_name }}",
+        html="<p>x</p>",
+        from_email="n@example.com",
+        list_id=list_id,
+    )

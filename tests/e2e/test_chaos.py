@@ -17,7 +17,7 @@ import pytest
 
 from libs.common import db
 from libs.common.embedded import EmbeddedBroker, create_database, free_port
-from tests.e2e.harness import ThrowawayPostgres, start_stack
+from tests.e2e.harness import ThrowawayPostgres, plain_campaign, start_stack
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -64,19 +64,7 @@ async def test_postgres_crashed_for_20_seconds_mid_campaign_no_service_exits_nob
     )
     api = stack.client()
     try:
-        list_id = await api.create_list("chaos-pg")
-        csv = "email,first_name\n" + "".join(
-            f"p{i}@pg-chaos.example.com,P{i}\n" for i in range(OUTAGE_RECIPIENTS)
-        )
-        job = await api.wait_import(await api.import_csv(list_id, csv.encode()))
-        assert job["rows_imported"] == OUTAGE_RECIPIENTS, job
-        campaign_id = await api.create_campaign(
-            name="chaos-pg",
-            subject="Hi {{ first_name }}",
-            html="<p>x</p>",
-            from_email="n@example.com",
-            list_id=list_id,
-        )
+        campaign_id = await plain_campaign(api, "pg-chaos", OUTAGE_RECIPIENTS)
         starts = {name: child.starts for name, child in stack.supervisor.children.items()}
         await api.schedule(campaign_id)
         began = time.monotonic()

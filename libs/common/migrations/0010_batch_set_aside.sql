@@ -4,3 +4,8 @@
 ALTER TABLE batch_plans
     ADD COLUMN set_aside_reason text,
     ADD COLUMN set_aside_at timestamptz;
+
+-- Issue 11, item 10: when an emitted batch may be expected to show progress, given the
+-- rate limit's backlog ahead of it at emission (recipients of batches emitted and not yet
+-- accounted for, of the same provider, divided by the rate). Re-emission waits for it.
+ALTER TABLE batch_plans ADD COLUMN expected_by timestamptz;
