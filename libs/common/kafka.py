@@ -279,12 +279,11 @@ class EventConsumer(Generic[E]):
         self._from_start_until = asyncio.get_running_loop().time() + _FROM_START_WINDOW_S
         await self._start_consumer()
         self._broker_lost = False
-        if self.epoch is not None:
-            self._known_epoch = await self.epoch.read()
+        self._known_epoch = None  # whatever it is now is the epoch of this new client
+        await self._watch_epoch()
 
     async def start(self) -> None:
-        if self.epoch is not None:
-            self._known_epoch = await self.epoch.read()
+        await self._watch_epoch()  # the database may be away: the epoch is read later then
         await self._start_consumer()
 
     async def _start_consumer(self) -> None:

@@ -87,6 +87,7 @@ async def test_postgres_crashed_for_20_seconds_mid_campaign_no_service_exits_nob
         # The outage's length is the fault itself; /readyz is looked at while it lasts.
         await asyncio.sleep(OUTAGE_SECONDS / 2)
         ready_during_outage = await readyz(ops_port)
+        api_during_outage = (await api.http.get(f"/campaigns/{campaign_id}")).status_code
         await asyncio.sleep(OUTAGE_SECONDS - (time.monotonic() - crashed_at))
         assert len(received()) < OUTAGE_RECIPIENTS, "the crash came too late to prove anything"
         await asyncio.to_thread(crashable_postgres.start)
@@ -110,6 +111,7 @@ async def test_postgres_crashed_for_20_seconds_mid_campaign_no_service_exits_nob
     )
     assert restarts == dict.fromkeys(restarts, 0), f"a service exited: {restarts}"
     assert ready_during_outage == 503
+    assert api_during_outage == 503  # a retryable answer, not an internal error
     assert ready_after == 200
     assert done["status"] == "completed", done
     assert max(got.values()) == 1, "an address was mailed twice"
