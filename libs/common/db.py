@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -12,8 +14,35 @@ from libs.common.logging import get_logger
 
 log = get_logger(__name__)
 
+T = TypeVar("T")
+
 # Any constant works; it only has to be the same in every service.
 _MIGRATION_LOCK = 0x6D61696C  # "mail"
+# Waiting for the database at start: first retry after this, doubling up to the cap.
+_START_RETRY_S = 0.5
+_START_RETRY_MAX_S = 5.0
+
+# What a database that is down, restarting or recovering raises: a connection refused or
+# reset, a server shutting down or not yet accepting connections. Such an error is the
+# database's, not the data's, so work waits for it to come back instead of failing.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable
+    asyncpg.PostgresConnectionError,  # class 08: the connection broke
+    asyncpg.CannotConnectNowError,  # recovering after a crash, starting up
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,  # every client reconnects at once after a restart
+)
+
+_DROPPED: tuple[type[BaseException], ...] = (*_UNAVAILABLE, asyncpg.InterfaceError)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when `exc` says the database cannot be reached now (not that a query is wrong)."""
+    if isinstance(exc, _UNAVAILABLE):
+        return True
+    # asyncpg reports a connection that died under it as an InterfaceError.
+    return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -68,9 +97,41 @@ async def migrate(dsn: str) -> list[str]:
             applied.append(name)
             log.info("migration applied", migration=name)
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
-        await conn.close()
+        try:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+        except _DROPPED:
+            conn.terminate()  # the database dropped the connection, and the lock with it
+        else:
+            await conn.close()
     return applied
+
+
+async def migrate_when_ready(dsn: str, stop: asyncio.Event | None = None) -> list[str]:
+    """`migrate`, retried with backoff while the database is unavailable (or until `stop`):
+    a service started during a database restart waits for it instead of exiting."""
+    return await _when_ready(lambda: migrate(dsn), "migrations", stop)
+
+
+async def create_pool_when_ready(
+    dsn: str, stop: asyncio.Event | None = None, *, max_size: int = 10
+) -> asyncpg.Pool:
+    """`create_pool`, retried while the database is unavailable (it opens a connection)."""
+    return await _when_ready(lambda: create_pool(dsn, max_size=max_size), "pool", stop)
+
+
+async def _when_ready(
+    attempt: Callable[[], Awaitable[T]], what: str, stop: asyncio.Event | None
+) -> T:
+    delay = _START_RETRY_S
+    while True:
+        try:
+            return await attempt()
+        except Exception as exc:
+            if not is_unavailable(exc) or (stop is not None and stop.is_set()):
+                raise
+            log.warning("database unavailable; waiting", waiting=what, error=repr(exc))
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _START_RETRY_MAX_S)
 
 
 async def ping(pool: asyncpg.Pool) -> bool:

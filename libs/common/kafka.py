@@ -29,6 +29,7 @@ from aiokafka.errors import (
 )
 from pydantic import ValidationError
 
+from libs.common import db
 from libs.common.broker_epoch import BrokerEpoch
 from libs.common.events import TOPIC_MODELS, Event, Topic, encode
 from libs.common.kafka_security import kafka_connection_options
@@ -49,10 +50,21 @@ E = TypeVar("E", bound=Event)
 
 _TOPIC_ALREADY_EXISTS = 36
 _COMMIT_TIMEOUT_S = 5.0
+# A commit that times out is tried this many times before the broker is suspected: a busy
+# broker or machine answers late, and taking that for a lost broker replays every topic.
+_COMMIT_ATTEMPTS = 3
+# While the database is unavailable, a handler is tried again after this pause, doubling.
+_DB_RETRY_S = 0.5
+_DB_RETRY_MAX_S = 10.0
 # Lag is also refreshed while a consumer is idle, so a caught-up partition shows 0.
 _LAG_REFRESH_S = 1.0
 # How long after a broker loss new assignments are read from the log's start.
 _FROM_START_WINDOW_S = 60.0
+
+
+def topic_configs(settings: Settings) -> dict[str, str]:
+    """Stated explicitly, so that `batch.ready` sizing and the topic agree on the limit."""
+    return {"max.message.bytes": str(settings.kafka_max_message_bytes)}
 
 
 def topic_partitions(settings: Settings) -> dict[str, int]:
@@ -72,7 +84,9 @@ async def ensure_topics(settings: Settings, epoch: BrokerEpoch | None = None) ->
     """Create the topics that are missing; returns the names it created.
 
     Creating a topic means the broker is new or lost its state: `epoch` is bumped so that
-    every consumer re-reads from the start of the new logs.
+    every consumer re-reads from the start of the new logs. Only a topic this call really
+    created counts: when several services race to create the same topics, the losers (told
+    "already exists") must not bump it again, or every consumer would replay once more.
     """
     admin = AIOKafkaAdminClient(**kafka_connection_options(settings))
     await admin.start()
@@ -82,16 +96,25 @@ async def ensure_topics(settings: Settings, epoch: BrokerEpoch | None = None) ->
         missing = [name for name in wanted if name not in existing]
         if not missing:
             return []
+        configs = topic_configs(settings)
         response = await admin.create_topics(
-            [NewTopic(n, wanted[n], settings.replication_factor) for n in missing]
+            [
+                NewTopic(n, wanted[n], settings.replication_factor, topic_configs=configs)
+                for n in missing
+            ]
         )
+        created = []
         for name, code, *_ in response.topic_errors:
-            if code not in (0, _TOPIC_ALREADY_EXISTS):
+            if code == 0:
+                created.append(name)
+            elif code != _TOPIC_ALREADY_EXISTS:
                 raise KafkaError(f"creating topic {name} failed with error code {code}")
-        log.info("topics created", topics=missing)
+        if not created:
+            return []
+        log.info("topics created", topics=created)
         if epoch is not None:
             await epoch.bump()
-        return missing
+        return created
     finally:
         await admin.close()
 
@@ -119,7 +142,8 @@ class EventProducer:
             **kafka_connection_options(settings),
             linger_ms=5,
             max_batch_size=256 * 1024,
-            max_request_size=2 * 1024 * 1024,
+            # What the topics accept (see topic_configs): refused here rather than by a broker.
+            max_request_size=settings.kafka_max_message_bytes,
             acks="all",
             # Tansu rejects the InitProducerId version aiokafka sends for idempotence.
             enable_idempotence=False,
@@ -145,6 +169,28 @@ class EventProducer:
         await asyncio.gather(*futures)
         EVENTS_PRODUCED.labels(topic.value).inc(len(items))
 
+    async def send_each(
+        self, topic: Topic, items: Sequence[tuple[str, Event]]
+    ) -> list[Exception | None]:
+        """As `send_many`, but each event's own error (or None) instead of the first raised:
+        one record the broker refuses (too large, say) must not hide that the others went."""
+        futures: list[asyncio.Future[Any] | Exception] = []
+        for key, event in items:
+            try:
+                futures.append(
+                    await self._producer.send(topic.value, encode(event), key=key.encode())
+                )
+            except KafkaError as exc:  # refused before sending, e.g. over max_request_size
+                futures.append(exc)
+        sent = [f for f in futures if not isinstance(f, Exception)]
+        settled = iter(await asyncio.gather(*sent, return_exceptions=True))
+        errors: list[Exception | None] = []
+        for future in futures:
+            outcome = future if isinstance(future, Exception) else next(settled)
+            errors.append(outcome if isinstance(outcome, Exception) else None)
+        EVENTS_PRODUCED.labels(topic.value).inc(errors.count(None))
+        return errors
+
     async def send_raw(
         self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
     ) -> None:
@@ -167,7 +213,10 @@ class EventConsumer(Generic[E]):
     The handler gets the events of one partition in order; offsets are committed after it
     returns, so a crash means redelivery (handlers are idempotent). A record that does not
     validate goes to the dead-letter topic with the reason and is skipped. A handler that
-    raises is retried from the same offset after a pause.
+    raises is retried a bounded number of times with a growing pause; then each record is
+    tried alone, and the one that still fails goes to the dead-letter topic with the error,
+    so that one record never stops its partition. While the database is unavailable the
+    handler is retried for as long as it takes: that is an outage, not the record's fault.
     """
 
     def __init__(
@@ -192,6 +241,7 @@ class EventConsumer(Generic[E]):
         self.epoch = epoch
         self._broker_lost = False
         self._known_epoch: int | None = None
+        self._stop = asyncio.Event()
         # After the broker lost its state, assignments start at the log's beginning rather
         # than at committed offsets (which may be stale ones from the lost logs).
         self._from_start_until = 0.0
@@ -223,21 +273,21 @@ class EventConsumer(Generic[E]):
         re-publishes what was not accounted for).
         """
         log.warning("broker lost its state; rejoining with a new consumer", topic=self.topic.value)
+        # First, so that a broker still away leaves everything as it was for the next try.
+        await ensure_topics(self.settings, self.epoch)
         old, self.consumer = self.consumer, self._new_consumer()
         try:
             await asyncio.wait_for(old.stop(), _COMMIT_TIMEOUT_S)
         except Exception as exc:  # the old client's state is already lost
             log.info("old consumer did not stop cleanly", error=repr(exc))
-        await ensure_topics(self.settings, self.epoch)
         self._from_start_until = asyncio.get_running_loop().time() + _FROM_START_WINDOW_S
         await self._start_consumer()
         self._broker_lost = False
-        if self.epoch is not None:
-            self._known_epoch = await self.epoch.read()
+        self._known_epoch = None  # whatever it is now is the epoch of this new client
+        await self._watch_epoch()
 
     async def start(self) -> None:
-        if self.epoch is not None:
-            self._known_epoch = await self.epoch.read()
+        await self._watch_epoch()  # the database may be away: the epoch is read later then
         await self._start_consumer()
 
     async def _start_consumer(self) -> None:
@@ -248,7 +298,12 @@ class EventConsumer(Generic[E]):
     async def _watch_epoch(self) -> None:
         if self.epoch is None:
             return
-        current = await self.epoch.read()
+        try:
+            current = await self.epoch.read()
+        except Exception as exc:
+            if not db.is_unavailable(exc):
+                raise
+            return  # looked at again once the database is back
         if self._known_epoch is not None and current != self._known_epoch:
             self._broker_lost = True
         self._known_epoch = current
@@ -257,6 +312,7 @@ class EventConsumer(Generic[E]):
         await self.consumer.stop()
 
     async def run(self, handler: Handler[E], stop: asyncio.Event) -> None:
+        self._stop = stop
         lag_recorded_at = 0.0
         loop = asyncio.get_running_loop()
         while not stop.is_set():
@@ -264,7 +320,7 @@ class EventConsumer(Generic[E]):
                 batches = await self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
             except KafkaError as exc:
                 log.warning("fetch failed; retrying", topic=self.topic.value, error=str(exc))
-                await asyncio.sleep(1)
+                await self._pause(1)
                 continue
             if batches:
                 work = [
@@ -276,38 +332,115 @@ class EventConsumer(Generic[E]):
                     for item in work:
                         await item
             if self._broker_lost:
-                await self._rejoin()
+                try:
+                    await self._rejoin()
+                except Exception as exc:  # broker or database still away: try again
+                    log.warning("rejoin failed; retrying", topic=self.topic.value, error=repr(exc))
+                    await self._pause(1)
                 continue
             if batches or loop.time() - lag_recorded_at >= _LAG_REFRESH_S:
                 await self._watch_epoch()
                 await self._record_lag()
                 lag_recorded_at = loop.time()
 
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake up at once when the consumer is asked to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
     async def _handle_partition(
         self, tp: TopicPartition, records: list[ConsumerRecord], handler: Handler[E]
     ) -> None:
-        good: list[Consumed[E]] = []
+        good: list[tuple[ConsumerRecord, Consumed[E]]] = []
         for record in records:
             event = await self._decode_or_dead_letter(record)
             if event is not None:
-                good.append(Consumed(event, record.partition, record.offset))
+                good.append((record, Consumed(event, record.partition, record.offset)))
         if good:
             in_flight = EVENTS_IN_FLIGHT.labels(self.topic.value)
             in_flight.inc(len(good))
             try:
-                await handler(good)
-            except Exception:
-                HANDLER_ERRORS.labels(self.topic.value).inc()
-                log.exception(
-                    "handler failed; will retry", topic=self.topic.value, partition=tp.partition
-                )
-                self.consumer.seek(tp, records[0].offset)
-                await asyncio.sleep(1)
-                return
+                handled = await self._handle(good, handler)
             finally:
                 in_flight.dec(len(good))
-            EVENTS_CONSUMED.labels(self.topic.value).inc(len(good))
+            if not handled:
+                # Stopping (or the dead-letter topic unreachable): the partition's next
+                # reader, or this one later, starts again at the first record.
+                self.consumer.seek(tp, records[0].offset)
+                return
         await self._commit({tp: records[-1].offset + 1})
+
+    async def _handle(
+        self, good: list[tuple[ConsumerRecord, Consumed[E]]], handler: Handler[E]
+    ) -> bool:
+        """Hand the events over with bounded retries; then isolate and dead-letter the ones
+        that still fail. False: not done (stopping), the offsets must not be committed."""
+        attempts = self.settings.handler_max_attempts
+        error = await self._attempt(handler, [item for _, item in good], attempts)
+        if error is None:
+            EVENTS_CONSUMED.labels(self.topic.value).inc(len(good))
+            return True
+        for record, item in good:
+            if self._stop.is_set():
+                return False
+            # Alone, each record gets one more try: the batch's retries were spent already.
+            alone = error if len(good) == 1 else await self._attempt(handler, [item], 1)
+            if alone is None:
+                EVENTS_CONSUMED.labels(self.topic.value).inc()
+                continue
+            if self._stop.is_set():
+                return False
+            reason = f"handler failed {attempts} times: {alone!r}"[:1000]
+            if not await self._dead_letter_failed(record, reason):
+                return False
+        return True
+
+    async def _attempt(
+        self, handler: Handler[E], events: list[Consumed[E]], attempts: int
+    ) -> Exception | None:
+        """Run the handler until it succeeds (None), fails `attempts` times, or the consumer
+        stops (the last error). A database outage does not count as an attempt."""
+        failures = 0
+        delay = self.settings.handler_retry_backoff_s
+        db_delay = _DB_RETRY_S
+        while True:
+            try:
+                await handler(events)
+                return None
+            except Exception as exc:
+                HANDLER_ERRORS.labels(self.topic.value).inc()
+                if self._stop.is_set():
+                    return exc
+                if db.is_unavailable(exc):
+                    log.warning(
+                        "database unavailable; consumer paused",
+                        topic=self.topic.value,
+                        error=repr(exc),
+                        retry_in=db_delay,
+                    )
+                    await self._pause(db_delay)
+                    db_delay = min(db_delay * 2, _DB_RETRY_MAX_S)
+                    continue
+                failures += 1
+                log.warning(
+                    "handler failed",
+                    topic=self.topic.value,
+                    attempt=failures,
+                    attempts=attempts,
+                    exc_info=exc,
+                )
+                if failures >= attempts:
+                    return exc
+                await self._pause(delay)
+                delay *= 2
+
+    async def _dead_letter_failed(self, record: ConsumerRecord, reason: str) -> bool:
+        try:
+            await self._send_to_dlq(record, reason, "event dead-lettered after handler failures")
+        except Exception as exc:  # the broker is away: the record is read again later
+            log.warning("dead-letter topic unreachable", error=repr(exc))
+            return False
+        return True
 
     async def _decode_or_dead_letter(self, record: ConsumerRecord) -> E | None:
         try:
@@ -315,40 +448,72 @@ class EventConsumer(Generic[E]):
                 raise ValueError("record has no value")
             return self.model.model_validate_json(record.value)
         except (ValidationError, ValueError) as exc:
-            reason = _describe(exc)
-            log.warning(
-                "malformed event sent to dead-letter topic",
-                topic=self.topic.value,
-                partition=record.partition,
-                offset=record.offset,
-                reason=reason,
+            await self._send_to_dlq(
+                record, _describe(exc), "malformed event sent to dead-letter topic"
             )
-            await self.producer.send_raw(
-                self.topic.dlq,
-                record.key,
-                record.value or b"",
-                [
-                    ("reason", reason.encode()),
-                    ("source-topic", self.topic.value.encode()),
-                    ("source-partition", str(record.partition).encode()),
-                    ("source-offset", str(record.offset).encode()),
-                ],
-            )
-            DLQ_EVENTS.labels(self.topic.value).inc()
             return None
+
+    async def _send_to_dlq(self, record: ConsumerRecord, reason: str, what: str) -> None:
+        log.warning(
+            what,
+            topic=self.topic.value,
+            partition=record.partition,
+            offset=record.offset,
+            reason=reason,
+        )
+        await self.producer.send_raw(
+            self.topic.dlq,
+            record.key,
+            record.value or b"",
+            [
+                ("reason", reason.encode()),
+                ("source-topic", self.topic.value.encode()),
+                ("source-partition", str(record.partition).encode()),
+                ("source-offset", str(record.offset).encode()),
+            ],
+        )
+        DLQ_EVENTS.labels(self.topic.value).inc()
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         if self._broker_lost:
             return  # the rejoin re-reads these records anyway
-        try:
-            await asyncio.wait_for(self.consumer.commit(offsets), _COMMIT_TIMEOUT_S)
-        except (CommitFailedError, IllegalStateError) as exc:
-            # The partition moved to another member during a rebalance; it re-reads from the
-            # last commit, and the handlers are idempotent.
-            log.info("commit skipped after rebalance", topic=self.topic.value, error=str(exc))
-        except (TimeoutError, UnknownTopicOrPartitionError) as exc:
-            log.warning("commit failed; the broker lost the topic?", error=repr(exc))
+        for attempt in range(1, _COMMIT_ATTEMPTS + 1):
+            try:
+                await asyncio.wait_for(self.consumer.commit(offsets), _COMMIT_TIMEOUT_S)
+                return
+            except (CommitFailedError, IllegalStateError) as exc:
+                # The partition moved to another member during a rebalance; it re-reads from
+                # the last commit, and the handlers are idempotent.
+                log.info("commit skipped after rebalance", topic=self.topic.value, error=str(exc))
+                return
+            except UnknownTopicOrPartitionError as exc:
+                log.warning("commit failed: the broker lost the topic", error=repr(exc))
+                self._broker_lost = True
+                return
+            except (TimeoutError, KafkaError) as exc:
+                log.warning(
+                    "commit failed; retrying",
+                    topic=self.topic.value,
+                    attempt=attempt,
+                    error=repr(exc),
+                )
+            if self._stop.is_set():
+                return
+        # Still failing: a lost broker only if the topic is really gone. Otherwise the next
+        # commit covers these offsets (and a broker that lost its state and had its topics
+        # re-created meanwhile shows in the epoch).
+        if not await self._topic_exists():
             self._broker_lost = True
+
+    async def _topic_exists(self) -> bool:
+        try:
+            topics = await asyncio.wait_for(self.consumer.topics(), _COMMIT_TIMEOUT_S)
+        except (TimeoutError, KafkaError) as exc:
+            log.warning(
+                "broker unreachable; cannot tell whether it lost the topic", error=repr(exc)
+            )
+            return True  # a broker that is away is not a broker that lost its state
+        return self.topic.value in topics
 
     async def _record_lag(self) -> None:
         assigned = self.consumer.assignment()

@@ -48,8 +48,11 @@ async def run_service(name: str, main: ServiceMain, settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    await db.migrate(settings.database_url)
-    pool = await db.create_pool(settings.database_url, max_size=settings.db_pool_size)
+    # Started while the database restarts: wait for it rather than exit.
+    await db.migrate_when_ready(settings.database_url, stop)
+    pool = await db.create_pool_when_ready(
+        settings.database_url, stop, max_size=settings.db_pool_size
+    )
     await wait_for_broker(settings, BrokerEpoch(pool), stop)
     producer = EventProducer(settings)
     await producer.start()

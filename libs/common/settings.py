@@ -103,6 +103,18 @@ class Settings(BaseSettings):
     kafka_fetch_max_wait_ms: int = Field(100, alias="MAILFLEET_KAFKA_FETCH_MAX_WAIT_MS", ge=1)
     kafka_session_timeout_ms: int = Field(6000, alias="MAILFLEET_KAFKA_SESSION_TIMEOUT_MS")
     kafka_heartbeat_interval_ms: int = Field(1000, alias="MAILFLEET_KAFKA_HEARTBEAT_MS")
+    # Topics are created with this `max.message.bytes`; `batch.ready` events are cut to
+    # fit under it (issue 11, item 8). Kafka's own default is about 1 MiB.
+    kafka_max_message_bytes: int = Field(
+        1024 * 1024, alias="MAILFLEET_KAFKA_MAX_MESSAGE_BYTES", ge=64 * 1024, le=64 * 1024 * 1024
+    )
+    # A handler that raises is retried this many times, the pause doubling from the backoff,
+    # before its record goes to the dead-letter topic (a database outage is waited out
+    # instead, however long: it is not the record's fault).
+    handler_max_attempts: int = Field(5, alias="MAILFLEET_HANDLER_MAX_ATTEMPTS", ge=1, le=100)
+    handler_retry_backoff_s: float = Field(
+        0.5, alias="MAILFLEET_HANDLER_RETRY_BACKOFF_S", gt=0, le=60
+    )
 
     # Public edge (services/edge): unsubscribe links and provider webhooks, the only part
     # that faces the internet. MAILFLEET_PUBLIC_URL is the edge's public URL.

@@ -15,6 +15,7 @@ from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from libs.common import db
 from libs.common.logging import bound_contextvars, get_logger
 from libs.web.problems import PROBLEM_MEDIA_TYPE, problem_body
 
@@ -97,7 +98,14 @@ class RequestContextMiddleware:
                 await _send_problem(
                     send_with_id, scope, request_id, 413, str(exc.detail), "body-too-large", status
                 )
-            except Exception:
+            except Exception as exc:
+                if db.is_unavailable(exc):
+                    # An outage, not a bug: the client may retry (issue 11, item 4).
+                    log.warning("database unavailable", path=scope["path"], error=repr(exc))
+                    await _send_problem(
+                        send_with_id, scope, request_id, 503, _DATABASE_AWAY, "unavailable", status
+                    )
+                    return
                 # Logged with its traceback here; the client gets a plain 500 without it.
                 log.exception("unhandled error", path=scope["path"], method=method)
                 await _send_problem(
@@ -121,6 +129,9 @@ class RequestContextMiddleware:
                     status=status["code"],
                     duration_ms=round(elapsed * 1000, 1),
                 )
+
+
+_DATABASE_AWAY = "the database is unavailable for a moment; retry shortly"
 
 
 def _request_id(scope: Scope) -> str:

@@ -49,8 +49,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     resources: ApiResources = app.state.resources
     settings = resources.settings
     settings.require_infrastructure()
-    await db.migrate(settings.database_url)
-    pool = await db.create_pool(settings.database_url, max_size=settings.db_pool_size)
+    await db.migrate_when_ready(settings.database_url)
+    pool = await db.create_pool_when_ready(settings.database_url, max_size=settings.db_pool_size)
     producer: EventProducer | None = None
     try:
         await wait_for_broker(settings, BrokerEpoch(pool))

@@ -25,6 +25,7 @@ from services.dispatcher.campaign_status import CampaignStatuses
 from services.dispatcher.content_store import ContentRepository
 from services.dispatcher.control_feed import follow_control_events
 from services.dispatcher.dispatch import BatchDispatcher, HandedBack
+from services.dispatcher.durable_ledger import DurableLedgerWrites
 from services.dispatcher.ledger_store import PostgresLedger
 from services.dispatcher.metrics import BREAKER_OPEN, RATE_LIMIT, start_failover_series
 
@@ -110,7 +111,7 @@ async def main(
         statuses = CampaignStatuses(ctx.pool, refresh_s=extra.campaign_status_refresh_s)
         dispatcher = BatchDispatcher(
             content=ContentRepository(ctx.pool),
-            ledger=PostgresLedger(ctx.pool),
+            ledger=DurableLedgerWrites(PostgresLedger(ctx.pool)),
             providers=providers,
             headers=header_policy(ctx.settings, extra),
             owner=owner,

@@ -16,6 +16,7 @@ from uuid import UUID
 
 import asyncpg
 
+from libs.common import db
 from libs.common.logging import get_logger
 
 log = get_logger(__name__)
@@ -67,7 +68,9 @@ class CampaignStatuses:
             try:
                 self._forget_idle()
                 await self._load(list(self._status))
-            except (OSError, asyncpg.PostgresError) as exc:
+            except Exception as exc:
+                if not db.is_unavailable(exc) and not isinstance(exc, asyncpg.PostgresError):
+                    raise
                 log.warning("campaign status refresh failed; retrying", error=repr(exc))
 
     def _forget_idle(self) -> None:

@@ -49,3 +49,7 @@ RATE_LIMIT_WAIT = Counter(
     "Seconds batches waited for the sending rate limit before being sent.",
     ["provider"],
 )
+LEDGER_WRITES_HELD = Gauge(
+    "mailfleet_dispatcher_ledger_writes_held",
+    "Batch results a provider accepted that wait in memory for the database to come back.",
+)

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 
 from libs.common.events import (
     BatchReady,
@@ -13,62 +17,154 @@ from libs.common.events import (
     CampaignControl,
     CampaignScheduled,
     CampaignStatus,
+    DeliveryResult,
+    RecipientOutcome,
     Topic,
+    encode,
 )
 from libs.common.kafka import Consumed, EventConsumer, ensure_topics
 from libs.common.logging import bound_contextvars, get_logger
 from libs.common.service import ServiceContext, run_service
-from libs.common.settings import get_settings
-from services.scheduler.metrics import BATCHES_EMITTED, CAMPAIGNS_CLAIMED, SCHEDULES_UNKNOWN
+from libs.common.settings import Settings, get_settings
+from libs.mail.config import DispatcherSettings, get_dispatcher_settings
+from services.scheduler.metrics import (
+    BATCHES_EMITTED,
+    BATCHES_SET_ASIDE,
+    CAMPAIGNS_CLAIMED,
+    SCHEDULES_UNKNOWN,
+)
 from services.scheduler.planner import PlanSummary, ScheduleRequest
-from services.scheduler.repository import PendingBatch, ScheduleRepository
+from services.scheduler.repository import (
+    EmitWindow,
+    PendingBatch,
+    ReemitPolicy,
+    ScheduleRepository,
+)
 
 log = get_logger(__name__)
 
 EMIT_WINDOW = 50  # batches per emit transaction
+# No forced re-emission: only first emissions, resumed campaigns and stalled batches.
+NO_CUTOFF = datetime(1970, 1, 1, tzinfo=UTC)
+# What a producer or broker answers for a record over the topic's max.message.bytes.
+TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError)
 TOPIC_CHECK_SECONDS = 5.0
 
 
 class BatchEmitter:
     """Publishes the batches the plan says are due. The one path for first emission,
-    re-emission after a timeout, and re-emission after the broker lost its topics."""
+    re-emission after a timeout, and re-emission after the broker lost its topics.
 
-    def __init__(self, ctx: ServiceContext, repo: ScheduleRepository) -> None:
+    A batch whose `batch.ready` the broker (or the client) refuses as too large is set
+    aside with the reason, and its recipients are reported `failed` with it through
+    `delivery.result`, so that the campaign still ends and its counts reconcile; the other
+    batches of the window, and every other campaign, go on (issue 11, item 8).
+    """
+
+    def __init__(
+        self, ctx: ServiceContext, repo: ScheduleRepository, policy: ReemitPolicy | None = None
+    ) -> None:
         self.ctx = ctx
         self.repo = repo
+        self.policy = policy or reemit_policy(ctx.settings, get_dispatcher_settings())
         self._plans: dict[object, PlanSummary] = {}
 
-    async def emit_due(self, emitted_before: datetime) -> int:
+    async def emit_due(self, emitted_before: datetime = NO_CUTOFF) -> int:
+        """Emit what is due: new batches, batches emitted before `emitted_before` (now,
+        after a broker loss), and batches the re-emission policy finds stalled."""
         total = 0
         while not self.ctx.stop.is_set():
-            async with self.repo.batches_to_emit(emitted_before, EMIT_WINDOW) as batches:
-                if not batches:
+            window_of = self.repo.batches_to_emit(emitted_before, EMIT_WINDOW, self.policy)
+            async with window_of as window:
+                if not window.batches:
                     return total
-                events = [(b.batch_id, await self._event_for(b)) for b in batches]
-                await self.ctx.producer.send_many(Topic.BATCH_READY, events)
-            total += len(batches)
-            BATCHES_EMITTED.inc(len(batches))
+                await self._emit(window)
+            total += len(window.batches)
+            BATCHES_EMITTED.inc(len(window.batches) - len(window.set_aside))
         return total
 
-    async def _event_for(self, batch: PendingBatch) -> BatchReady:
-        plan = self._plans.get(batch.campaign_id)
+    async def _emit(self, window: EmitWindow) -> None:
+        ready = [(b, await self._event_for(b)) for b in window.batches if not b.set_aside_reason]
+        errors = await self.ctx.producer.send_each(
+            Topic.BATCH_READY, [(b.batch_id, event) for b, event in ready]
+        )
+        for (batch, event), error in zip(ready, errors, strict=True):
+            if error is None:
+                continue
+            if not isinstance(error, TOO_LARGE):
+                raise error  # the broker is away: the whole window is tried again later
+            reason = (
+                f"batch.ready of {len(encode(event))} bytes refused: over the topic's "
+                f"max.message.bytes ({self.ctx.settings.kafka_max_message_bytes})"
+            )
+            with bound_contextvars(campaign_id=str(batch.campaign_id), batch_id=batch.batch_id):
+                log.error("batch set aside: it cannot be published", reason=reason)
+            BATCHES_SET_ASIDE.inc()
+            window.set_aside[batch.batch_id] = reason
+        reports = [
+            (b, window.set_aside.get(b.batch_id) or b.set_aside_reason) for b in window.batches
+        ]
+        failed = [await self._failed_result(b, reason) for b, reason in reports if reason]
+        await self.ctx.producer.send_many(
+            Topic.DELIVERY_RESULT, [(str(r.campaign_id), r) for r in failed]
+        )
+
+    async def _plan_of(self, campaign_id: UUID) -> PlanSummary:
+        plan = self._plans.get(campaign_id)
         if plan is None:
-            plan = self._plans[batch.campaign_id] = await self.repo.plan_of(batch.campaign_id)
+            plan = self._plans[campaign_id] = await self.repo.plan_of(campaign_id)
+        return plan
+
+    async def _batch_fields(self, batch: PendingBatch) -> dict[str, Any]:
+        """What `batch.ready` and `delivery.result` both say of a batch and its plan."""
+        plan = await self._plan_of(batch.campaign_id)
+        return {
+            "batch_id": batch.batch_id,
+            "campaign_id": batch.campaign_id,
+            "batch_no": batch.batch_no,
+            "batches_total": plan.batches_total,
+            "audience_total": plan.audience_total,
+            "suppressed_total": plan.suppressed_total,
+            "provider": plan.provider,
+        }
+
+    async def _failed_result(self, batch: PendingBatch, reason: str) -> DeliveryResult:
+        """The result of a batch that was set aside: every recipient failed, with the reason
+        (the tracker folds it like any batch's, once)."""
+        now = datetime.now(UTC)
+        return DeliveryResult(
+            **await self._batch_fields(batch),
+            outcomes=[
+                RecipientOutcome(recipient_id=rid, email=email, status="failed", error=reason)
+                for rid, email, _ in batch.recipients
+            ],
+            started_at=now,
+            finished_at=now,
+        )
+
+    async def _event_for(self, batch: PendingBatch) -> BatchReady:
+        plan = await self._plan_of(batch.campaign_id)
         return BatchReady(
-            batch_id=batch.batch_id,
-            campaign_id=batch.campaign_id,
-            batch_no=batch.batch_no,
-            batches_total=plan.batches_total,
-            audience_total=plan.audience_total,
-            suppressed_total=plan.suppressed_total,
+            **await self._batch_fields(batch),
             content_id=plan.content_id,
-            provider=plan.provider,
             recipients=[
                 BatchRecipient(recipient_id=rid, email=email, fields=fields)
                 for rid, email, fields in batch.recipients
             ],
             emitted=batch.emitted,
         )
+
+
+def reemit_policy(settings: Settings, rates: DispatcherSettings) -> ReemitPolicy:
+    """The scheduler reads the dispatchers' rate limits from the same environment."""
+    return ReemitPolicy(
+        base_s=settings.reemit_after_seconds,
+        rates={
+            "sendgrid": rates.sendgrid_rate_per_sec,
+            "smtp": rates.smtp_rate_per_sec,
+            "sink": rates.sink_rate_per_sec,
+        },
+    )
 
 
 async def _consume_schedules(ctx: ServiceContext, repo: ScheduleRepository) -> None:
@@ -143,7 +239,9 @@ async def _clock(ctx: ServiceContext, repo: ScheduleRepository, emitter: BatchEm
         try:
             for campaign_id in await repo.due_campaigns():
                 with bound_contextvars(campaign_id=str(campaign_id)):
-                    plan = await repo.claim_and_plan(campaign_id, settings.batch_size)
+                    plan = await repo.claim_and_plan(
+                        campaign_id, settings.batch_size, settings.kafka_max_message_bytes
+                    )
                     if plan is not None:
                         CAMPAIGNS_CLAIMED.inc()
                         log.info(
@@ -152,7 +250,7 @@ async def _clock(ctx: ServiceContext, repo: ScheduleRepository, emitter: BatchEm
                             suppressed=plan.suppressed_total,
                             batches=plan.batches_total,
                         )
-            cutoff = datetime.now(UTC) - timedelta(seconds=settings.reemit_after_seconds)
+            cutoff = NO_CUTOFF
             if loop.time() >= next_topic_check:
                 next_topic_check = loop.time() + TOPIC_CHECK_SECONDS
                 await ensure_topics(settings, ctx.epoch)

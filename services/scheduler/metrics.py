@@ -10,3 +10,8 @@ SCHEDULES_UNKNOWN = Counter(
     "mailfleet_scheduler_unknown_campaign_schedules_total",
     "campaign.scheduled events naming a campaign that does not exist.",
 )
+BATCHES_SET_ASIDE = Counter(
+    "mailfleet_scheduler_batches_set_aside_total",
+    "Batches whose batch.ready could not be published (over max.message.bytes): their "
+    "recipients are reported failed with the reason.",
+)

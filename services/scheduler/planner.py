@@ -16,6 +16,28 @@ def batches_needed(sendable: int, batch_size: int) -> int:
     return -(-sendable // batch_size) if sendable > 0 else 0
 
 
+# Room in a `batch.ready` record for everything but its recipients: the event's other
+# fields, its key, and the record's own framing.
+ENVELOPE_BYTES = 4096
+# One recipient in the event, beyond its address and fields: id, keys, quotes, commas.
+RECIPIENT_OVERHEAD_BYTES = 64
+_MIN_CHUNK_BYTES = 4096
+
+
+def recipient_bytes_budget(max_message_bytes: int) -> int:
+    """Bytes the recipients of one batch may take in its `batch.ready` event."""
+    return max_message_bytes - ENVELOPE_BYTES
+
+
+def byte_chunk(budget: int, largest_recipient: int) -> int:
+    """The byte width of the windows recipients are cut into, by the running sum of their
+    sizes: a window holds the recipients that start in it, so it may run over by one
+    recipient, at most the largest. Cutting at `budget - largest` keeps every batch under
+    `budget`, unless one recipient alone nearly fills it (that batch is set aside at emit).
+    """
+    return max(budget - largest_recipient, _MIN_CHUNK_BYTES)
+
+
 @dataclass(frozen=True)
 class PlanSummary:
     campaign_id: UUID

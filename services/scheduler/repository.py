@@ -10,14 +10,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
-from services.scheduler.planner import PlanSummary, ScheduleRequest, batches_needed
+from services.scheduler.planner import (
+    RECIPIENT_OVERHEAD_BYTES,
+    PlanSummary,
+    ScheduleRequest,
+    byte_chunk,
+    recipient_bytes_budget,
+)
+
+# The default topic limit (1 MiB), for callers that do not pass theirs.
+_DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,30 @@ class PendingBatch:
     batch_no: int
     emitted: int
     recipients: list[tuple[int, str, dict[str, Any]]]
+    # Why its `batch.ready` cannot be published; it is then reported failed instead.
+    set_aside_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ReemitPolicy:
+    """When an emitted batch that nobody accounted for travels again without a broker loss
+    (issue 11, item 10): only on evidence that it is lost. Its backoff, `base_s` doubled
+    with each emission, counts from when the batch could be expected to show progress (its
+    emission, plus the rate limit's backlog ahead of it then: see `rates`, emails/s per
+    provider, 0 = unlimited), and is restarted by any sign of life: its ledger row changing,
+    or a batch of its campaign accounted for by the tracker."""
+
+    base_s: float
+    rates: dict[str, float]
+
+
+@dataclass
+class EmitWindow:
+    """Batches locked for one emit transaction; those `set_aside` inside the block are
+    recorded with their reason when it ends."""
+
+    batches: list[PendingBatch]
+    set_aside: dict[str, str] = field(default_factory=dict)
 
 
 class ScheduleRepository:
@@ -100,18 +133,25 @@ class ScheduleRepository:
         )
         return [r["campaign_id"] for r in rows]
 
-    async def claim_and_plan(self, campaign_id: UUID, batch_size: int) -> PlanSummary | None:
+    async def claim_and_plan(
+        self,
+        campaign_id: UUID,
+        batch_size: int,
+        max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> PlanSummary | None:
         """Claim a due campaign exactly once and write its batch plan, in one transaction.
 
         The claim is a compare-and-set of the campaign's status, so two schedulers never
         both start it. Repeatable read: the audience counted is the audience planned.
         """
         try:
-            return await self._claim_and_plan(campaign_id, batch_size)
+            return await self._claim_and_plan(campaign_id, batch_size, max_message_bytes)
         except asyncpg.SerializationError:
             return None  # another scheduler claimed it first
 
-    async def _claim_and_plan(self, campaign_id: UUID, batch_size: int) -> PlanSummary | None:
+    async def _claim_and_plan(
+        self, campaign_id: UUID, batch_size: int, max_message_bytes: int
+    ) -> PlanSummary | None:
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             campaign = await conn.fetchrow(
                 """
@@ -168,20 +208,8 @@ class ScheduleRepository:
                 campaign["list_id"],
             )
             assert counts is not None  # an aggregate always returns a row
-            await conn.execute(
-                """
-                INSERT INTO batch_plans (batch_id, campaign_id, batch_no, recipient_ids)
-                SELECT $1::text || ':' || batch_no, $1::uuid, batch_no, array_agg(id ORDER BY id)
-                  FROM (SELECT r.id, (row_number() OVER (ORDER BY r.id) - 1) / $3 AS batch_no
-                          FROM recipients r
-                         WHERE r.list_id = $2
-                           AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)
-                       ) AS sendable
-                 GROUP BY batch_no
-                """,
-                str(campaign_id),
-                campaign["list_id"],
-                batch_size,
+            batches = await _plan_batches(
+                conn, campaign_id, campaign["list_id"], batch_size, max_message_bytes
             )
             summary = PlanSummary(
                 campaign_id=campaign_id,
@@ -189,7 +217,7 @@ class ScheduleRepository:
                 provider=campaign["provider"],
                 audience_total=counts["audience"],
                 suppressed_total=counts["suppressed"],
-                batches_total=batches_needed(counts["audience"] - counts["suppressed"], batch_size),
+                batches_total=batches,
             )
             await conn.execute(
                 """
@@ -229,24 +257,40 @@ class ScheduleRepository:
 
     @asynccontextmanager
     async def batches_to_emit(
-        self, emitted_before: datetime, limit: int
-    ) -> AsyncIterator[list[PendingBatch]]:
-        """Lock and yield batches never emitted, or last emitted before `emitted_before` and
-        not yet accounted for by the tracker, of campaigns in progress (or cancelled: the
-        dispatchers report their recipients `cancelled`, so the counts reconcile). Leaving
-        the block marks them emitted.
+        self, emitted_before: datetime, limit: int, policy: ReemitPolicy | None = None
+    ) -> AsyncIterator[EmitWindow]:
+        """Lock and yield batches never emitted, or not yet accounted for by the tracker and
+        either last emitted before `emitted_before` (a broker loss, a resume) or stalled by
+        `policy`, of campaigns in progress (or cancelled: the dispatchers report their
+        recipients `cancelled`, so the counts reconcile). Leaving the block marks them
+        emitted, and when each may be expected to show progress.
 
         Locked with SKIP LOCKED so that several schedulers share the work, never repeat it.
         """
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 """
-                SELECT b.batch_id, b.campaign_id, b.batch_no, b.recipient_ids, b.emitted
+                SELECT b.batch_id, b.campaign_id, b.batch_no, b.recipient_ids, b.emitted,
+                       b.set_aside_reason, p.provider
                   FROM batch_plans b
                   JOIN campaigns c ON c.id = b.campaign_id
                                    AND c.status IN ('in_progress', 'cancelled')
+                  JOIN campaign_plans p ON p.campaign_id = b.campaign_id
+                 CROSS JOIN LATERAL (SELECT make_interval(
+                        secs => $3::float8 * power(2, least(greatest(b.emitted - 1, 0), 6))
+                       ) AS backoff) k
                  WHERE (b.emitted = 0
-                        OR b.last_emitted_at < $1::timestamptz)
+                        OR b.last_emitted_at < $1::timestamptz
+                        OR ($3::float8 IS NOT NULL
+                            AND now() > coalesce(b.expected_by, b.last_emitted_at) + k.backoff
+                            AND NOT EXISTS (
+                                SELECT 1 FROM send_ledger l
+                                 WHERE l.batch_id = b.batch_id
+                                   AND greatest(l.started_at, l.finished_at) > now() - k.backoff)
+                            AND NOT EXISTS (
+                                SELECT 1 FROM tracker_batches t
+                                 WHERE t.campaign_id = b.campaign_id
+                                   AND t.folded_at > now() - k.backoff)))
                    AND NOT EXISTS (SELECT 1 FROM tracker_batches t WHERE t.batch_id = b.batch_id)
                  ORDER BY b.campaign_id, b.batch_no
                  LIMIT $2
@@ -254,9 +298,10 @@ class ScheduleRepository:
                 """,
                 emitted_before,
                 limit,
+                policy.base_s if policy is not None else None,
             )
             if not rows:
-                yield []
+                yield EmitWindow([])
                 return
             members = await conn.fetch(
                 """
@@ -271,22 +316,38 @@ class ScheduleRepository:
             by_batch: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
             for m in members:
                 by_batch.setdefault(m["batch_id"], []).append((m["id"], m["email"], m["fields"]))
-            yield [
-                PendingBatch(
-                    batch_id=r["batch_id"],
-                    campaign_id=r["campaign_id"],
-                    batch_no=r["batch_no"],
-                    emitted=r["emitted"] + 1,
-                    recipients=by_batch.get(r["batch_id"], []),
+            window = EmitWindow(
+                [
+                    PendingBatch(
+                        batch_id=r["batch_id"],
+                        campaign_id=r["campaign_id"],
+                        batch_no=r["batch_no"],
+                        emitted=r["emitted"] + 1,
+                        recipients=by_batch.get(r["batch_id"], []),
+                        set_aside_reason=r["set_aside_reason"],
+                    )
+                    for r in rows
+                ]
+            )
+            yield window
+            if window.set_aside:
+                await conn.executemany(
+                    "UPDATE batch_plans SET set_aside_reason = $2, set_aside_at = now()"
+                    " WHERE batch_id = $1",
+                    list(window.set_aside.items()),
                 )
-                for r in rows
-            ]
+            ids = [r["batch_id"] for r in rows]
+            waits = await _backlog_seconds(conn, rows, policy.rates if policy else {})
             await conn.execute(
                 """
-                UPDATE batch_plans SET emitted = emitted + 1, last_emitted_at = now()
-                 WHERE batch_id = ANY($1::text[])
+                UPDATE batch_plans b
+                   SET emitted = emitted + 1, last_emitted_at = now(),
+                       expected_by = now() + make_interval(secs => w.seconds)
+                  FROM unnest($1::text[], $2::float8[]) AS w(batch_id, seconds)
+                 WHERE b.batch_id = w.batch_id
                 """,
-                [r["batch_id"] for r in rows],
+                ids,
+                waits,
             )
 
     @asynccontextmanager
@@ -322,3 +383,89 @@ class ScheduleRepository:
             campaign_id,
         )
         return int(result.split()[-1])
+
+
+# A recipient's size in its `batch.ready` event, over-estimated: jsonb's text form has a
+# space after every colon and comma that the event's compact JSON has not.
+_RECIPIENT_SIZE = (
+    f"octet_length(r.email) + octet_length(r.fields::text) + {RECIPIENT_OVERHEAD_BYTES}"
+)
+
+
+async def _plan_batches(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    campaign_id: UUID,
+    list_id: UUID,
+    batch_size: int,
+    max_message_bytes: int,
+) -> int:
+    """Cut the sendable audience into batches of at most `batch_size` recipients whose
+    `batch.ready` event stays under `max_message_bytes` (issue 11, item 8): windows of the
+    running byte sum, each cut again by count. Returns how many batches were planned."""
+    sendable = """
+        FROM recipients r
+       WHERE r.list_id = {list_param}
+         AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)"""
+    largest = await conn.fetchval(
+        f"SELECT coalesce(max({_RECIPIENT_SIZE}), 0)"  # noqa: S608 - constants only
+        + sendable.format(list_param="$1"),
+        list_id,
+    )
+    chunk = byte_chunk(recipient_bytes_budget(max_message_bytes), int(largest))
+    result = await conn.execute(
+        f"""
+        INSERT INTO batch_plans (batch_id, campaign_id, batch_no, recipient_ids)
+        SELECT $1::text || ':' || batch_no, $1::uuid, batch_no, array_agg(id ORDER BY id)
+          FROM (SELECT id, dense_rank() OVER (ORDER BY window_no, (n - 1) / $3) - 1 AS batch_no
+                  FROM (SELECT id, window_no,
+                               row_number() OVER (PARTITION BY window_no ORDER BY id) AS n
+                          FROM (SELECT r.id,
+                                       (sum({_RECIPIENT_SIZE}) OVER (ORDER BY r.id)
+                                        - ({_RECIPIENT_SIZE})) / $4 AS window_no
+                                {sendable.format(list_param="$2")}) AS sized
+                       ) AS numbered
+               ) AS cut
+         GROUP BY batch_no
+        """,  # noqa: S608 - only constants are formatted in
+        str(campaign_id),
+        list_id,
+        batch_size,
+        chunk,
+    )
+    return int(result.split()[-1])
+
+
+# Dispatchers do not send in emission order: each takes the batches of all its partitions
+# at once, and sends at its share of the rate (its share of the partitions), however
+# unevenly the batches spread over them. So any queued batch may be the last to go, and
+# one instance may hold more than its share: twice the whole queue covers that.
+_BACKLOG_SLACK = 2.0
+
+
+async def _backlog_seconds(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    rows: list[asyncpg.Record],
+    rates: dict[str, float],
+) -> list[float]:
+    """For each batch of the window: how long its provider's rate limit may take to send
+    the whole queue it joins (batches of campaigns in progress that the tracker has not
+    accounted for, emitted or about to be), with slack. 0 where there is no limit."""
+    if not any(rates.get(r["provider"], 0) > 0 for r in rows):
+        return [0.0] * len(rows)
+    queued = await conn.fetch(
+        """
+        SELECT p.provider, sum(cardinality(b.recipient_ids)) AS recipients
+          FROM campaigns c
+          JOIN campaign_plans p ON p.campaign_id = c.id
+          JOIN batch_plans b ON b.campaign_id = c.id
+         WHERE c.status = 'in_progress' AND b.set_aside_reason IS NULL
+           AND NOT EXISTS (SELECT 1 FROM tracker_batches t WHERE t.batch_id = b.batch_id)
+         GROUP BY p.provider
+        """
+    )
+    queue = {q["provider"]: int(q["recipients"]) for q in queued}
+    waits = []
+    for row in rows:
+        rate = rates.get(row["provider"], 0.0)
+        waits.append(_BACKLOG_SLACK * queue.get(row["provider"], 0) / rate if rate > 0 else 0.0)
+    return waits

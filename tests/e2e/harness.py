@@ -8,7 +8,12 @@ in-process sink (a SendGrid v3-compatible server) so that tests can count what a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
+import subprocess
+import tempfile
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,3 +167,78 @@ class ApiClient:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{url} still {body['status']} after {timeout:.0f} s: {body}")
             await asyncio.sleep(0.2)  # polling a remote status: nothing to wait on locally
+
+
+class ThrowawayPostgres:
+    """A PostgreSQL 15 cluster of the test's own, in a temporary folder, that a test may crash.
+
+    `crash()` is `pg_ctl -m immediate stop`: clients see their connections cut, and the next
+    start runs crash recovery, as after a power loss. The cluster runs as the `postgres`
+    user (initdb refuses root), over TCP on a free port.
+    """
+
+    BIN = Path("/usr/lib/postgresql/15/bin")
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="mailfleet-pg-"))
+        shutil.chown(self.folder, "postgres", "postgres")
+        self.data = self.folder / "data"
+        self.port = free_port()
+
+    @property
+    def admin_dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_postgres(self, tool: str, *args: str) -> None:
+        subprocess.run(  # noqa: S603 - fixed tool paths, no shell
+            ["runuser", "-u", "postgres", "--", str(self.BIN / tool), *args],  # noqa: S607
+            check=True,
+            capture_output=True,
+        )
+
+    def init(self) -> str:
+        self._as_postgres(
+            "initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"
+        )
+        self.start()
+        return self.admin_dsn
+
+    def start(self) -> None:
+        options = f"-p {self.port} -h 127.0.0.1 -k {self.folder} -F -c max_connections=200"
+        self._as_postgres(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.folder / "server.log"),
+            "-w",
+            "start",
+        )
+
+    def crash(self) -> None:
+        self._as_postgres("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop")
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._as_postgres("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop")
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+async def plain_campaign(api: ApiClient, name: str, recipients: int) -> str:
+    """A list of `recipients` made-up addresses, imported, and a draft campaign to it."""
+    list_id = await api.create_list(name)
+    tag = uuid.uuid4().hex[:6]
+    csv = "email,first_name\n" + "".join(
+        f"p{i}-{tag}@{name}.example.com,P{i}\n" for i in range(recipients)
+    )
+    job = await api.wait_import(await api.import_csv(list_id, csv.encode()), timeout=600)
+    assert job["rows_imported"] == recipients, job
+    return await api.create_campaign(
+        name=name,
+        subject="Hi {{ first_name }}",
+        html="<p>x</p>",
+        from_email="n@example.com",
+        list_id=list_id,
+    )

@@ -1,0 +1,95 @@
+"""Ledger writes that outlive a database outage (issue 11, item 4).
+
+Once a provider has accepted a batch, its result exists only in this process until the
+ledger says `done`. If that write fails because PostgreSQL is away, giving up would leave
+the row `sending`, and the batch's next reading would call every recipient `unknown`
+although all were delivered. So a `finish` the database could not take is kept here and
+written again, with backoff, until the database is back; the batch's handler waits for
+it, so its offset is not committed before. Progress writes (a safety net for a crash in
+the middle of a batch) never fail the send that reports them: what the database could not
+take is kept and written with the next progress, or with `finish`, which has it all.
+
+Only an unavailable database is waited out: any other error (a fenced write refused, bad
+data) is raised as before. Everything else is handed to the wrapped ledger unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from libs.common import db
+from libs.common.events import RecipientOutcome
+from libs.common.logging import get_logger
+from services.dispatcher.metrics import LEDGER_WRITES_HELD
+
+log = get_logger(__name__)
+
+_RETRY_S = 0.5
+_RETRY_MAX_S = 5.0
+# A progress write waits no longer than this: the send it reports on must not stall.
+_PROGRESS_TIMEOUT_S = 2.0
+
+
+class _Writes(Protocol):
+    async def add_progress(self, batch_id: str, outcomes: list[RecipientOutcome]) -> None: ...
+    async def finish(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+class DurableLedgerWrites:
+    def __init__(self, ledger: _Writes, *, retry_s: float = _RETRY_S) -> None:
+        self._ledger = ledger
+        self._retry_s = retry_s
+        self._progress: dict[str, list[RecipientOutcome]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        # Reads, claims and take-overs go to the ledger unchanged (an error there happens
+        # before anything is sent, and the consumer waits the outage out).
+        return getattr(self._ledger, name)
+
+    async def finish(self, *args: Any, **kwargs: Any) -> Any:
+        """The ledger's `finish`, written whenever the database takes it."""
+        batch_id = str(args[0] if args else kwargs.get("batch_id"))
+        self._progress.pop(batch_id, None)  # the result has every outcome
+        return await self._until_written(batch_id, lambda: self._ledger.finish(*args, **kwargs))
+
+    async def add_progress(self, batch_id: str, outcomes: list[RecipientOutcome]) -> None:
+        pending = self._progress.pop(batch_id, []) + outcomes
+        try:
+            await asyncio.wait_for(
+                self._ledger.add_progress(batch_id, pending), _PROGRESS_TIMEOUT_S
+            )
+        except Exception as exc:
+            if not (db.is_unavailable(exc) or isinstance(exc, TimeoutError)):
+                raise
+            self._progress[batch_id] = pending
+            log.warning("progress kept in memory: database unavailable", held=len(pending))
+
+    async def _until_written(self, batch_id: str, write: Callable[[], Awaitable[Any]]) -> Any:
+        delay = self._retry_s
+        held = False
+        try:
+            while True:
+                try:
+                    result = await write()
+                except Exception as exc:
+                    if not db.is_unavailable(exc):
+                        raise
+                    if not held:
+                        held = True
+                        LEDGER_WRITES_HELD.inc()
+                        log.warning(
+                            "batch result kept in memory until the database is back",
+                            batch_id=batch_id,
+                            error=repr(exc),
+                        )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _RETRY_MAX_S)
+                    continue
+                if held:
+                    log.info("batch result written after the database came back", batch_id=batch_id)
+                return result
+        finally:
+            if held:
+                LEDGER_WRITES_HELD.dec()
