@@ -33,3 +33,14 @@ async def remove_suppression(pool: asyncpg.Pool, email: str) -> bool:
         "DELETE FROM suppressions WHERE email = $1 RETURNING email", email.strip().lower()
     )
     return removed is not None
+
+
+async def suppressed_among(pool: asyncpg.Pool, emails: list[str]) -> set[str]:
+    """Which of these addresses (lower-cased) are suppressed now: one query for a batch."""
+    if not emails:
+        return set()
+    rows = await pool.fetch(
+        "SELECT email FROM suppressions WHERE email = ANY($1::text[])",
+        sorted({e.strip().lower() for e in emails}),
+    )
+    return {r["email"] for r in rows}

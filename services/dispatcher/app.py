@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import uuid
+from functools import partial
 
 import aiohttp
 
@@ -14,6 +15,7 @@ from libs.common.kafka import Consumed, EventConsumer
 from libs.common.logging import get_logger
 from libs.common.service import ServiceContext, run_service
 from libs.common.settings import Settings, get_settings
+from libs.common.suppressions import suppressed_among
 from libs.mail.circuit_breaker import BreakerState
 from libs.mail.config import DispatcherSettings, get_dispatcher_settings
 from libs.mail.headers import HeaderPolicy
@@ -79,10 +81,12 @@ async def main(
             headers=header_policy(ctx.settings, extra),
             owner=owner,
             mode=ctx.settings.delivery_mode,
-            takeover_wait_s=extra.ledger_takeover_wait_s,
+            lease_s=extra.ledger_lease_s,
             gate=statuses,
             fallback=extra.fallback_provider or None,
             stopping=ctx.stop.is_set,
+            suppressed=partial(suppressed_among, ctx.pool),
+            max_sending=extra.max_batches_sending,
         )
 
         in_flight = asyncio.Semaphore(extra.max_batches_in_flight)
@@ -109,6 +113,9 @@ async def main(
             ctx.producer,
             partitions_in_parallel=True,
             epoch=ctx.epoch,
+            # Fetch no more than can be in flight: a slow provider's backlog of fetched
+            # batches must never outlast the consumer's poll interval.
+            max_records=extra.max_batches_in_flight,
         )
         await consumer.start()
         background = [

@@ -19,8 +19,9 @@ EMAILS = Counter(
 )
 BATCHES = Counter(
     "mailfleet_dispatcher_batches_total",
-    "Batches handled: sent, replayed from the ledger, unknown outcome, handed back (paused)"
-    " or cancelled.",
+    "Batches handled: sent, replayed from the ledger, unknown outcome, handed back (paused),"
+    " cancelled, send_error (the send raised; settled per recipient) or fenced (its claim"
+    " was taken over: another instance's result stands).",
     ["provider", "mode"],
 )
 RATE_LIMIT = Gauge(

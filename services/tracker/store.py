@@ -72,11 +72,12 @@ INSERT INTO campaign_stats AS s
     (campaign_id, audience_total, batches_total, suppressed, batches_done,
      sent, failed, invalid, unknown, cancelled,
      first_result_at, last_result_at, send_started_at, send_finished_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now(), now(), $11, $12)
+VALUES ($1, $2, $3, $4::int + $13::int, $5, $6, $7, $8, $9, $10, now(), now(), $11, $12)
 ON CONFLICT (campaign_id) DO UPDATE SET
     audience_total = EXCLUDED.audience_total,
     batches_total = EXCLUDED.batches_total,
-    suppressed = EXCLUDED.suppressed,
+    -- The plan's count was stored by the first fold; later ones add their late suppressions.
+    suppressed = s.suppressed + $13::int,
     batches_done = s.batches_done + EXCLUDED.batches_done,
     sent = s.sent + EXCLUDED.sent,
     failed = s.failed + EXCLUDED.failed,
@@ -245,6 +246,9 @@ class TrackerStore:
             *(added[status] for status in OUTCOME_STATUSES),
             min(_aware(b.started_at) for b in batches),
             max(_aware(b.finished_at) for b in batches),
+            # Suppressed after planning (issue 11 item 5): counted once, as the outcome row
+            # that the delivery log gained.
+            added["suppressed"],
         )
         assert row is not None
         return _totals(row)
