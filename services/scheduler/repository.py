@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -27,6 +27,9 @@ class PendingBatch:
     batch_no: int
     emitted: int
     recipients: list[tuple[int, str, dict[str, Any]]]
+    # Recipients whose address was suppressed since planning (issue 11 item 5): emitted
+    # with the batch so that they are reported `suppressed`, never mailed.
+    suppressed_ids: list[int] = field(default_factory=list)
 
 
 class ScheduleRepository:
@@ -260,7 +263,8 @@ class ScheduleRepository:
                 return
             members = await conn.fetch(
                 """
-                SELECT m.batch_id, r.id, r.email, r.fields
+                SELECT m.batch_id, r.id, r.email, r.fields,
+                       EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email) AS suppressed
                   FROM (SELECT b.batch_id, unnest(b.recipient_ids) AS rid
                           FROM batch_plans b WHERE b.batch_id = ANY($1::text[])) AS m
                   JOIN recipients r ON r.id = m.rid
@@ -269,8 +273,11 @@ class ScheduleRepository:
                 [r["batch_id"] for r in rows],
             )
             by_batch: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
+            suppressed: dict[str, list[int]] = {}
             for m in members:
                 by_batch.setdefault(m["batch_id"], []).append((m["id"], m["email"], m["fields"]))
+                if m["suppressed"]:
+                    suppressed.setdefault(m["batch_id"], []).append(m["id"])
             yield [
                 PendingBatch(
                     batch_id=r["batch_id"],
@@ -278,6 +285,7 @@ class ScheduleRepository:
                     batch_no=r["batch_no"],
                     emitted=r["emitted"] + 1,
                     recipients=by_batch.get(r["batch_id"], []),
+                    suppressed_ids=suppressed.get(r["batch_id"], []),
                 )
                 for r in rows
             ]

@@ -224,3 +224,23 @@ async def test_unschedule_older_than_the_schedule_is_ignored(pool: asyncpg.Pool)
         await pool.fetchval("SELECT count(*) FROM schedules WHERE campaign_id = $1", campaign_id)
         == 0
     )
+
+
+async def test_addresses_suppressed_after_planning_are_marked_at_emit(pool: asyncpg.Pool) -> None:
+    """Issue 11 item 5: an unsubscribe during a long campaign reaches every later batch."""
+    campaign_id = await seed_campaign(pool, recipients=12)
+    repo = ScheduleRepository(pool)
+    plan = await repo.claim_and_plan(campaign_id, 5)
+    assert plan is not None and plan.suppressed_total == 0
+    late = await pool.fetch(
+        "SELECT r.id, r.email FROM recipients r JOIN campaigns c ON c.list_id = r.list_id"
+        " WHERE c.id = $1 ORDER BY r.id LIMIT 3 OFFSET 4",
+        campaign_id,
+    )
+    await pool.executemany(
+        "INSERT INTO suppressions (email, reason) VALUES ($1, 'unsubscribe')",
+        [(r["email"],) for r in late],
+    )
+    async with repo.batches_to_emit(datetime.now(UTC), 10) as batches:
+        marked = {b.batch_no: b.suppressed_ids for b in batches if b.campaign_id == campaign_id}
+    assert marked == {0: [late[0]["id"]], 1: [late[1]["id"], late[2]["id"]], 2: []}
