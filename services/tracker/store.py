@@ -91,6 +91,26 @@ ON CONFLICT (campaign_id) DO UPDATE SET
 RETURNING *
 """
 
+# Provider events that prove a message was accepted for delivery.
+EVIDENCE_OF_SENDING = frozenset({"processed", "delivered"})
+
+_RESOLVE_UNKNOWN = """
+WITH evidence AS (
+    SELECT DISTINCT ON (campaign_id, recipient_id) *
+      FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[])
+           AS e(campaign_id, recipient_id, batch_id, message_id)
+), moved AS (
+    UPDATE deliveries d
+       SET status = 'sent', message_id = coalesce(d.message_id, e.message_id),
+           error = NULL
+      FROM evidence e
+     WHERE d.campaign_id = e.campaign_id AND d.recipient_id = e.recipient_id
+       AND d.batch_id = e.batch_id AND d.status = 'unknown'
+    RETURNING d.campaign_id
+)
+SELECT campaign_id, count(*) AS n FROM moved GROUP BY campaign_id ORDER BY campaign_id
+"""
+
 # The design gives the tracker the final status; a campaign an admin cancelled (or one not
 # started by the scheduler) is left alone.
 _FINISH_CAMPAIGN = """
@@ -143,12 +163,15 @@ class EventsFold:
     duplicates: int = 0
     unmatched: int = 0
     suppressed: Counter[str] = field(default_factory=Counter)
+    # `unknown` recipients that the provider's evidence made `sent`.
+    resolved: int = 0
 
     def merge(self, other: EventsFold) -> None:
         self.folded += other.folded
         self.duplicates += other.duplicates
         self.unmatched += other.unmatched
         self.suppressed += other.suppressed
+        self.resolved += other.resolved
 
 
 def _aware(value: datetime) -> datetime:
@@ -322,6 +345,7 @@ class TrackerStore:
             await self._write_activities(conn, {k: activities[k] for k in changed})
             for campaign_id in sorted(added):
                 await self._add_activity_to_stats(conn, campaign_id, added[campaign_id])
+            fold.resolved = await self._resolve_unknown(conn, fresh, targets, activities)
             fold.suppressed = await self._suppress(conn, fresh)
         return fold
 
@@ -354,6 +378,46 @@ class TrackerStore:
                     targets[event.event_id] = key
                     break
         return targets
+
+    async def _resolve_unknown(
+        self,
+        conn: Conn,
+        events: list[DeliveryEvent],
+        targets: dict[str, RecipientKey],
+        activities: dict[RecipientKey, RecipientActivity],
+    ) -> int:
+        """An `unknown` recipient (its dispatcher died mid-send) whose message the provider
+        reports `processed` or `delivered`, with the custom args of the very batch that
+        reported it unknown, was sent: move it from `unknown` to `sent` (issue 11 item 12).
+
+        Exactly once: only fresh (gated) events get here, the rows are locked, and a row
+        moves only while it is still `unknown`, whichever of its events comes first.
+        """
+        evidence = [
+            (*key, str(e.detail["batch_id"]), e.provider_message_id)
+            for e in events
+            if e.event in EVIDENCE_OF_SENDING
+            and isinstance(e.detail.get("batch_id"), str)
+            and (key := targets.get(e.event_id)) is not None
+            and key in activities
+        ]
+        if not evidence:
+            return 0
+        rows = await conn.fetch(
+            _RESOLVE_UNKNOWN,
+            [e[0] for e in evidence],
+            [e[1] for e in evidence],
+            [e[2] for e in evidence],
+            [e[3] for e in evidence],
+        )
+        for row in rows:  # sorted by campaign: one lock order
+            await conn.execute(
+                "UPDATE campaign_stats SET sent = sent + $2::int, unknown = unknown - $2::int"
+                " WHERE campaign_id = $1",
+                row["campaign_id"],
+                row["n"],
+            )
+        return sum(int(row["n"]) for row in rows)
 
     async def _lock_activities(
         self, conn: Conn, keys: set[RecipientKey]
