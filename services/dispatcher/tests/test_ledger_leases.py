@@ -14,9 +14,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from aiosmtpd.controller import Controller
 
-from libs.common.embedded import free_port
 from libs.common.events import RecipientOutcome
 from libs.common.suppressions import add_suppression, suppressed_among
 from libs.mail.headers import HeaderPolicy
@@ -30,7 +28,12 @@ from services.dispatcher.content_store import ContentRepository
 from services.dispatcher.dispatch import BatchDispatcher, HandedBack
 from services.dispatcher.ledger import Claim
 from services.dispatcher.ledger_store import PostgresLedger
-from services.dispatcher.tests.support import insert_content, make_batch
+from services.dispatcher.tests.support import (
+    SlowRelay,
+    insert_content,
+    make_batch,
+    slow_relay_server,
+)
 
 
 async def expire_lease(pool: asyncpg.Pool, batch_id: str) -> None:
@@ -101,27 +104,10 @@ async def test_renewal_extends_the_lease_by_the_database_clock(pool: asyncpg.Poo
 # ----- the dispatcher under leases -----
 
 
-class SlowHandler:
-    """aiosmtpd handler: 50 ms a message, like a slow relay; counts every address."""
-
-    def __init__(self, delay_s: float = 0.05) -> None:
-        self.delay_s = delay_s
-        self.received: Counter[str] = Counter()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        await asyncio.sleep(self.delay_s)
-        self.received.update(a.lower() for a in envelope.rcpt_tos)
-        return "250 Message accepted"
-
-
 @pytest.fixture
-def slow_smtp() -> Iterator[tuple[int, SlowHandler]]:
-    handler = SlowHandler()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield port, handler
-    controller.stop()
+def slow_smtp() -> Iterator[tuple[int, SlowRelay]]:
+    with slow_relay_server() as server:
+        yield server
 
 
 @pytest.fixture
@@ -157,7 +143,7 @@ def make_dispatcher(
 
 
 async def test_a_live_lease_is_waited_for_whatever_the_dispatchers_clock_says(
-    pool: asyncpg.Pool, slow_smtp: tuple[int, SlowHandler]
+    pool: asyncpg.Pool, slow_smtp: tuple[int, SlowRelay]
 ) -> None:
     """A renewed lease outlives its first period; a dispatcher whose clock runs an hour
     ahead still waits for it, then replays the owner's result: nothing is sent twice."""
@@ -276,7 +262,7 @@ async def test_recipients_suppressed_since_planning_are_reported_suppressed_and_
 
 
 async def test_only_the_batch_about_to_go_out_is_claimed(
-    pool: asyncpg.Pool, slow_smtp: tuple[int, SlowHandler]
+    pool: asyncpg.Pool, slow_smtp: tuple[int, SlowRelay]
 ) -> None:
     """Six batches handed over at once: one at a time is claimed, so a kill at any moment
     leaves at most one batch's recipients `unknown`."""
