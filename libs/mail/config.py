@@ -43,6 +43,10 @@ class DispatcherSettings(BaseSettings):
     # RFC 8058 unsubscribe: `mailto:` alternative in List-Unsubscribe when set.
     unsubscribe_mailto: str = Field("", alias="MAILFLEET_UNSUBSCRIBE_MAILTO")
 
+    # The dispatchers' consumer group on `batch.ready`: one per fleet sharing a broker.
+    consumer_group: str = Field(
+        "dispatcher", alias="MAILFLEET_DISPATCHER_GROUP", min_length=1, max_length=200
+    )
     # A claim in the send ledger is a lease of this length, renewed while the batch is sent;
     # another instance takes a `sending` row over (its unrecorded recipients `unknown`) only
     # once the lease has expired by the database's clock. The old name is still read.

@@ -64,11 +64,12 @@ async def _track_partition_share(
 async def main(
     ctx: ServiceContext,
     *,
-    group_id: str = "dispatcher",
+    group_id: str | None = None,
     extra: DispatcherSettings | None = None,
     instance_id: str | None = None,
 ) -> None:
     extra = extra or get_dispatcher_settings()
+    group_id = group_id or extra.consumer_group
     owner = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     connector = aiohttp.TCPConnector(limit=ctx.settings.provider_concurrency * 2)
     async with aiohttp.ClientSession(connector=connector) as session:

@@ -14,7 +14,8 @@ from libs.mail.metrics import (  # noqa: F401
 
 EMAILS = Counter(
     "mailfleet_dispatcher_emails_total",
-    "Recipients handled, by provider and outcome (sent, failed, invalid, unknown, cancelled).",
+    "Recipients handled, by provider and outcome (sent, failed, invalid, unknown, cancelled,"
+    " suppressed).",
     ["provider", "outcome"],
 )
 BATCHES = Counter(

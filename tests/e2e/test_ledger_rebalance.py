@@ -23,8 +23,12 @@ from libs.common.settings import Settings
 from libs.common.supervisor import ChildSpec
 from services.dispatcher.tests.support import SlowRelay, slow_relay_server
 from tests.e2e.harness import start_stack
-from tests.e2e.test_campaign_e2e import make_csv
-from tests.e2e.test_chaos import assert_counts_reconcile, report, wait_finished
+from tests.e2e.test_chaos import (
+    assert_counts_reconcile,
+    report,
+    start_provider_campaign,
+    wait_finished,
+)
 from tests.e2e.test_dispatcher_faults import wait_until
 
 pytestmark = pytest.mark.timeout(400)
@@ -59,23 +63,14 @@ async def test_a_dispatcher_joining_mid_batch_on_a_slow_relay_sends_nobody_twice
             "SMTP_MAX_CONNECTIONS": "8",
             "MAILFLEET_BATCH_SIZE": "200",
             "MAILFLEET_LEDGER_LEASE_S": "8",
+            "MAILFLEET_DISPATCHER_GROUP": f"dispatcher-{uuid.uuid4().hex[:8]}",
         },
     )
     started = time.monotonic()
     try:
-        content, expected, _, _ = make_csv(SMTP_RECIPIENTS, seed=64)
-        api = stack.client()
-        try:
-            list_id = await api.create_list("chaos-smtp")
-            job = await api.wait_import(await api.import_csv(list_id, content))
-            assert job["status"] == "completed", job
-            campaign_id = await api.create_campaign(
-                name="chaos-smtp", subject="Hello {{ first_name }}", html="<p>Hi</p>",
-                from_email="news@example.com", list_id=list_id, provider="smtp",
-            )  # fmt: skip
-            await api.schedule(campaign_id)
-        finally:
-            await api.close()
+        campaign_id, expected = await start_provider_campaign(
+            stack, SMTP_RECIPIENTS, seed=64, provider="smtp"
+        )
         await wait_until(lambda: len(relay.received) > SMTP_RECIPIENTS // 5, 90, "sending")
         await stack.supervisor.start([ChildSpec("dispatcher-3", "dispatcher")])
         assert len(relay.received) < SMTP_RECIPIENTS, "joined too late to prove anything"
