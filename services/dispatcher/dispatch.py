@@ -10,8 +10,9 @@ Before the claim, the campaign's status decides (see `control`): a paused campai
 is handed back untouched, a cancelled one's recipients are reported `cancelled`. The rate
 limit is waited for before the claim too, so that a pause takes effect on batches queued
 behind the limit, and a dispatcher killed while they wait leaves no `sending` row behind.
-Only `max_sending` batches per instance get that far at once (issue 11 item 12): a batch is
-claimed only when it is about to go out, so a killed instance leaves few `unknown`.
+Only `max_sending` batches per instance are claimed at once (issue 11 item 12): a batch is
+claimed when its turn under the rate limit came and a sending slot is free, that is when
+it is about to go out, so a killed instance leaves few `unknown`.
 Addresses suppressed since planning are reported `suppressed` and never mailed (item 5);
 once this instance is stopping it claims nothing more (item 6).
 """
@@ -228,6 +229,8 @@ class BatchDispatcher:
             entry = await self._ledger.get(batch.batch_id)
             decision = decide(entry, me=self.owner, mode=self._mode)
             if decision is Decision.WAIT:
+                # Nothing of ours is claimed: a stopping instance leaves it to the next owner.
+                self._raise_if_stopping(batch)
                 await asyncio.sleep(_WAIT_POLL_S)
                 continue
             if decision is Decision.REPLAY:
@@ -332,15 +335,21 @@ class BatchDispatcher:
             return await self._settle(
                 batch, started, stale, recorded + _failed(pending, problem or "")
             )
+        self._raise_if_stopping(batch)
+        pending, late = await self._late_suppressions(batch, pending)
+        outbox = build_outbox(content, batch.campaign_id, batch.batch_id, pending, self._headers)
+        settled = recorded + late + outbox.settled
+        verdict = await self._wait_for_turn(batch, provider, outbox.recipient_count)
+        if verdict is Verdict.SEND and outbox.recipient_count == 0:
+            return await self._settle(batch, started, stale, settled)
+        # Its turn came: claim it once a sending slot is free (only then is it about to go
+        # out). The campaign's status and this instance's stop are looked at again there.
         async with self._sending:
-            self._raise_if_stopping(batch)
-            pending, late = await self._late_suppressions(batch, pending)
-            settled = recorded + late
-            outbox = build_outbox(
-                content, batch.campaign_id, batch.batch_id, pending, self._headers
-            )
-            settled += outbox.settled
-            verdict = await self._wait_for_turn(batch, provider, outbox.recipient_count)
+            if verdict is Verdict.SEND:
+                self._raise_if_stopping(batch)
+                verdict = await self._verdict(
+                    batch.campaign_id, self._gate.latest(batch.campaign_id)
+                )
             if verdict is Verdict.HAND_BACK:
                 log.info("batch handed back: campaign paused")
                 BATCHES.labels(provider.name, "handed_back").inc()
@@ -352,10 +361,6 @@ class BatchDispatcher:
                 return await self._settle(
                     batch, started, stale, settled + cancelled_outcomes(unsent)
                 )
-            if outbox.recipient_count == 0:
-                return await self._settle(batch, started, stale, settled)
-            # SIGTERM stops new claims at once, whatever the rate limit's wait was.
-            self._raise_if_stopping(batch)
             claim = await self._claim(batch, stale)
             if claim is None:
                 return None
