@@ -117,9 +117,17 @@ class BatchReady(Event):
     provider: str
     recipients: list[BatchRecipient]
     emitted: int = Field(1, ge=1, description="How many times the scheduler emitted it.")
+    suppressed_ids: list[int] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="Recipients of `recipients` suppressed since planning (found at emit):"
+        " reported `suppressed`, never mailed.",
+    )
 
 
-RecipientStatus = Literal["sent", "failed", "invalid", "unknown", "cancelled"]
+# `suppressed`: the address was suppressed after the campaign was planned (found at emit or
+# at claim time) and was not mailed; the tracker adds it to the campaign's suppressed count.
+RecipientStatus = Literal["sent", "failed", "invalid", "unknown", "cancelled", "suppressed"]
 
 
 class RecipientOutcome(BaseModel):

@@ -87,3 +87,14 @@ async def remove_suppression(
     check_removal(reason, privileged=privileged, justification=justification)
     await conn.execute("DELETE FROM suppressions WHERE email = $1", address)
     return reason
+
+
+async def suppressed_among(pool: asyncpg.Pool, emails: list[str]) -> set[str]:
+    """Which of these addresses (lower-cased) are suppressed now: one query for a batch."""
+    if not emails:
+        return set()
+    rows = await pool.fetch(
+        "SELECT email FROM suppressions WHERE email = ANY($1::text[])",
+        sorted({e.strip().lower() for e in emails}),
+    )
+    return {r["email"] for r in rows}

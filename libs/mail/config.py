@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -43,12 +43,28 @@ class DispatcherSettings(BaseSettings):
     # RFC 8058 unsubscribe: `mailto:` alternative in List-Unsubscribe when set.
     unsubscribe_mailto: str = Field("", alias="MAILFLEET_UNSUBSCRIBE_MAILTO")
 
-    # A `sending` ledger row of another instance younger than this is waited for (it may
-    # still be sending after a rebalance) before its recipients are declared `unknown`.
-    ledger_takeover_wait_s: float = Field(20.0, alias="MAILFLEET_LEDGER_TAKEOVER_WAIT_S", ge=0)
-    # Batches one instance sends at once, over all its partitions. One fetch may hand over
-    # hundreds of batches; without a bound they are all rendered at once (memory) and
-    # each waits longer for its turn.
+    # The dispatchers' consumer group on `batch.ready`: one per fleet sharing a broker.
+    consumer_group: str = Field(
+        "dispatcher", alias="MAILFLEET_DISPATCHER_GROUP", min_length=1, max_length=200
+    )
+    # A claim in the send ledger is a lease of this length, renewed while the batch is sent;
+    # another instance takes a `sending` row over (its unrecorded recipients `unknown`) only
+    # once the lease has expired by the database's clock. The old name is still read.
+    ledger_lease_s: float = Field(
+        20.0,
+        validation_alias=AliasChoices(
+            "MAILFLEET_LEDGER_LEASE_S", "MAILFLEET_LEDGER_TAKEOVER_WAIT_S", "ledger_lease_s"
+        ),
+        ge=0.5,
+        le=3600,
+    )
+    # Batches one instance has claimed and is sending at once (past the rate-limit wait).
+    # Each one in flight when an instance is killed ends `unknown`: keep it small.
+    max_batches_sending: int = Field(1, alias="MAILFLEET_MAX_BATCHES_SENDING", ge=1, le=64)
+    # Batches one instance sends at once, over all its partitions (and the most records one
+    # fetch may hand over, so that a slow provider's backlog never outlasts the consumer's
+    # poll interval). Without a bound they are all rendered at once (memory) and each
+    # waits longer for its turn.
     max_batches_in_flight: int = Field(24, alias="MAILFLEET_MAX_BATCHES_IN_FLIGHT", ge=1, le=1000)
     # Threads that render batches (user templates) off the event loop. Rendering holds the
     # GIL: more threads than cores only share the same CPU.

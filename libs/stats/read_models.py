@@ -22,6 +22,8 @@ DELIVERY_FILTERS: dict[str, str] = {
     "invalid": "status = 'invalid'",
     "unknown": "status = 'unknown'",
     "cancelled": "status = 'cancelled'",
+    # Suppressed after planning (at emit or claim); those suppressed at planning have no row.
+    "suppressed": "status = 'suppressed'",
     "delivered": "delivered_at IS NOT NULL",
     "bounced": "bounced_at IS NOT NULL",
     "dropped": "dropped_at IS NOT NULL",

@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import uuid
+from functools import partial
 
 import aiohttp
 
@@ -14,6 +15,7 @@ from libs.common.kafka import Consumed, EventConsumer
 from libs.common.logging import get_logger
 from libs.common.service import ServiceContext, run_service
 from libs.common.settings import Settings, get_settings
+from libs.common.suppressions import suppressed_among
 from libs.common.templating import render_limits
 from libs.mail.circuit_breaker import BreakerState
 from libs.mail.config import DispatcherSettings, get_dispatcher_settings
@@ -98,11 +100,12 @@ async def _track_partition_share(
 async def main(
     ctx: ServiceContext,
     *,
-    group_id: str = "dispatcher",
+    group_id: str | None = None,
     extra: DispatcherSettings | None = None,
     instance_id: str | None = None,
 ) -> None:
     extra = extra or get_dispatcher_settings()
+    group_id = group_id or extra.consumer_group
     owner = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     connector = aiohttp.TCPConnector(limit=ctx.settings.provider_concurrency * 2)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -116,11 +119,13 @@ async def main(
             headers=header_policy(ctx.settings, extra),
             owner=owner,
             mode=ctx.settings.delivery_mode,
-            takeover_wait_s=extra.ledger_takeover_wait_s,
+            lease_s=extra.ledger_lease_s,
             gate=statuses,
             fallback=extra.fallback_provider or None,
             stopping=ctx.stop.is_set,
             renderer=RenderPool(extra.render_threads, render_limits(ctx.settings)),
+            suppressed=partial(suppressed_among, ctx.pool),
+            max_sending=extra.max_batches_sending,
         )
 
         in_flight = asyncio.Semaphore(extra.max_batches_in_flight)
@@ -151,6 +156,9 @@ async def main(
             ctx.producer,
             partitions_in_parallel=True,
             epoch=ctx.epoch,
+            # Fetch no more than can be in flight: a slow provider's backlog of fetched
+            # batches must never outlast the consumer's poll interval.
+            max_records=extra.max_batches_in_flight,
         )
         await consumer.start()
         background = [

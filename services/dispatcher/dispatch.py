@@ -1,9 +1,10 @@
 """Sending one batch with the no-duplicate-send guarantee (no Kafka, no HTTP here).
 
 ledger says done     -> replay the stored result, send nothing
-ledger says sending  -> wait for a live sender, else `unknown` (or re-send, at-least-once)
-not in the ledger    -> render, wait for the rate limit, claim (`sending`, committed),
-                        send, store `done`
+ledger says sending  -> wait while its owner's lease is live, then `unknown` (or re-send,
+                        at-least-once) under a new claim
+not in the ledger    -> render, wait for the rate limit, claim (`sending`, committed, with a
+                        lease renewed while sending), send, store `done` (fenced by the claim)
 
 Before the claim, the campaign's status decides (see `control`): a paused campaign's batch
 is handed back untouched, a cancelled one's recipients are reported `cancelled`. A provider
@@ -12,6 +13,11 @@ accepted before stays recorded, the ledger row is released, and the caller asks 
 campaign to be paused. The rate
 limit is waited for before the claim too, so that a pause takes effect on batches queued
 behind the limit, and a dispatcher killed while they wait leaves no `sending` row behind.
+Only `max_sending` batches per instance are claimed at once (issue 11 item 12): a batch is
+claimed when its turn under the rate limit came and a sending slot is free, that is when
+it is about to go out, so a killed instance leaves few `unknown`.
+Addresses suppressed since planning are reported `suppressed` and never mailed (item 5);
+once this instance is stopping it claims nothing more (item 6).
 """
 
 from __future__ import annotations
@@ -32,10 +38,12 @@ from libs.mail.render_pool import RenderPool
 from libs.mail.rendering import Content
 from services.dispatcher.control import Verdict, cancelled_outcomes, verdict_for
 from services.dispatcher.ledger import (
+    Claim,
     Decision,
     DeliveryMode,
     LedgerEntry,
     decide,
+    suppressed_outcomes,
     unknown_outcomes,
     unsettled,
 )
@@ -50,6 +58,10 @@ _WAIT_POLL_S = 0.2
 # While a batch waits for its turn under the rate limit, the campaign's status is looked at
 # this often (a pause must take effect within 2 s).
 _TURN_POLL_S = 0.2
+# A lease is renewed four times per lease period; a sender that could not renew it for
+# this share of the period stops sending, as another instance may soon take it over.
+_RENEWALS_PER_LEASE = 4
+_SELF_FENCE_SHARE = 0.75
 
 
 class CampaignGate(Protocol):
@@ -69,6 +81,16 @@ class _AlwaysSend:
 
     async def confirmed(self, campaign_id: UUID) -> str | None:
         return None
+
+
+class SuppressionCheck(Protocol):
+    async def __call__(self, emails: list[str]) -> set[str]:
+        """The lower-cased addresses among `emails` that are suppressed now."""
+        ...
+
+
+async def _none_suppressed(emails: list[str]) -> set[str]:
+    return set()
 
 
 class HandedBack(Exception):  # noqa: N818 - an outcome, not an error
@@ -101,24 +123,35 @@ class ContentSource(Protocol):
 
 
 class Ledger(Protocol):
+    """See `ledger_store.PostgresLedger`: writes return False once the claim is lost."""
+
     async def get(self, batch_id: str) -> LedgerEntry | None: ...
-    async def claim(self, batch_id: str, campaign_id: UUID, owner: str) -> bool: ...
-    async def take_over(self, batch_id: str, previous_owner: str, owner: str) -> bool: ...
-    async def add_progress(self, batch_id: str, outcomes: list[RecipientOutcome]) -> None: ...
-    async def release(self, batch_id: str, owner: str) -> None: ...
-    async def finish(self, batch_id: str, campaign_id: UUID, owner: str, result: Any) -> None: ...
+    async def claim(
+        self, batch_id: str, campaign_id: UUID, owner: str, lease_s: float
+    ) -> Claim | None: ...
+    async def take_over(self, stale: Claim, owner: str, lease_s: float) -> Claim | None: ...
+    async def renew(self, claim: Claim, lease_s: float) -> bool: ...
+    async def add_progress(self, claim: Claim, outcomes: list[RecipientOutcome]) -> bool: ...
+    async def finish(self, claim: Claim, result: Any) -> bool: ...
+    async def settle(self, batch_id: str, campaign_id: UUID, owner: str, result: Any) -> bool: ...
+    async def release(self, claim: Claim) -> bool: ...
 
 
 class _ProgressRecorder:
-    def __init__(self, ledger: Ledger, batch_id: str, enabled: bool) -> None:
+    """Collects the provider's outcomes as they come; writes them to the ledger (fenced by
+    the claim) at most every `_PROGRESS_FLUSH_S` when the batch takes several requests."""
+
+    def __init__(self, ledger: Ledger, claim: Claim, enabled: bool) -> None:
         self._ledger = ledger
-        self._batch_id = batch_id
+        self._claim = claim
         self._enabled = enabled
+        self.seen: list[RecipientOutcome] = []
         self._pending: list[RecipientOutcome] = []
         self._written: set[int] = set()
         self._last_flush = time.monotonic()
 
     async def __call__(self, outcomes: list[RecipientOutcome]) -> None:
+        self.seen.extend(outcomes)
         if not self._enabled:
             return
         self._pending.extend(outcomes)
@@ -126,13 +159,42 @@ class _ProgressRecorder:
             await self.write(self._pending)
 
     async def write(self, outcomes: list[RecipientOutcome]) -> None:
-        """Record `outcomes` now, less those already written."""
+        """Record `outcomes` now (fenced by the claim), less those already written."""
         unwritten = [o for o in outcomes if o.recipient_id not in self._written]
         self._pending = []
         self._last_flush = time.monotonic()
         if unwritten:
             self._written.update(o.recipient_id for o in unwritten)
-            await self._ledger.add_progress(self._batch_id, unwritten)
+            await self._ledger.add_progress(self._claim, unwritten)
+
+
+class _Lease:
+    """Renews a claim's lease while its batch is sent; cancels the send once it is lost."""
+
+    def __init__(self, ledger: Ledger, claim: Claim, lease_s: float) -> None:
+        self._ledger = ledger
+        self._claim = claim
+        self._lease_s = lease_s
+        self.lost = False
+
+    async def keep(self, sending: asyncio.Future[Any]) -> None:
+        renewed_at = time.monotonic()
+        while not sending.done():
+            await asyncio.sleep(self._lease_s / _RENEWALS_PER_LEASE)
+            asked_at = time.monotonic()
+            try:
+                held: bool | None = await self._ledger.renew(self._claim, self._lease_s)
+            except Exception as exc:  # the database may be away for a moment: try again
+                log.warning("lease renewal failed", error=repr(exc), claim=self._claim.number)
+                held = None
+            if held:
+                renewed_at = asked_at
+                continue
+            if held is False or time.monotonic() - renewed_at > self._lease_s * _SELF_FENCE_SHARE:
+                log.error("lease lost; the send stops here", claim=self._claim.number)
+                self.lost = True
+                sending.cancel()
+                return
 
 
 class BatchDispatcher:
@@ -145,10 +207,12 @@ class BatchDispatcher:
         headers: HeaderPolicy,
         owner: str,
         mode: DeliveryMode,
-        takeover_wait_s: float,
+        lease_s: float,
         gate: CampaignGate | None = None,
         fallback: str | None = None,
         stopping: Callable[[], bool] = lambda: False,
+        suppressed: SuppressionCheck = _none_suppressed,
+        max_sending: int = 1,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         renderer: RenderPool | None = None,
     ) -> None:
@@ -156,14 +220,17 @@ class BatchDispatcher:
         self._gate: CampaignGate = gate or _AlwaysSend()
         self._fallback = fallback or None
         self._stopping = stopping
+        self._suppressed = suppressed
         self._content = content
         self._ledger = ledger
         self._providers = providers
         self._headers = headers
         self.owner = owner
         self._mode = mode
-        self._takeover_wait_s = takeover_wait_s
+        self._lease_s = lease_s
         self._clock = clock
+        # Batches past the rate-limit wait, claimed and sending, at once in this instance.
+        self._sending = asyncio.Semaphore(max_sending)
         # One batch is handled by one task at a time in this process (a re-emitted copy of a
         # batch can arrive while the first is still being sent).
         self._in_flight: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -187,14 +254,10 @@ class BatchDispatcher:
         started = self._clock()
         while True:
             entry = await self._ledger.get(batch.batch_id)
-            decision = decide(
-                entry,
-                me=self.owner,
-                mode=self._mode,
-                now=self._clock(),
-                takeover_wait_s=self._takeover_wait_s,
-            )
+            decision = decide(entry, me=self.owner, mode=self._mode)
             if decision is Decision.WAIT:
+                # Nothing of ours is claimed: a stopping instance leaves it to the next owner.
+                self._raise_if_stopping(batch)
                 await asyncio.sleep(_WAIT_POLL_S)
                 continue
             if decision is Decision.REPLAY:
@@ -202,13 +265,14 @@ class BatchDispatcher:
                 BATCHES.labels(batch.provider, "replayed").inc()
                 result = DeliveryResult.model_validate(entry.result)
                 return result.model_copy(update={"replayed": True})
-            if decision is Decision.SEND:
-                return await self._send(batch, started, recorded=[], claim=None)
-            assert entry is not None
-            recorded = entry.recorded_outcomes()
             if decision is Decision.UNKNOWN:
-                return await self._settle_unknown(batch, started, recorded)
-            return await self._send(batch, started, recorded, claim=entry.owner)
+                assert entry is not None
+                settled = await self._settle_unknown(batch, started, entry)
+            else:
+                settled = await self._send(batch, started, entry)
+            if settled is not None:
+                return settled
+            # Another instance claimed (or took over) the batch first: decide again.
 
     async def _verdict(self, campaign_id: UUID, status: str | None) -> Verdict:
         """A verdict other than SEND is confirmed with the database: a batch re-emitted on
@@ -217,6 +281,10 @@ class BatchDispatcher:
         if verdict is Verdict.SEND:
             return verdict
         return verdict_for(await self._gate.confirmed(campaign_id))
+
+    def _raise_if_stopping(self, batch: BatchReady) -> None:
+        if self._stopping():
+            raise HandedBack(batch.batch_id, "stopping")
 
     async def _wait_for_turn(self, batch: BatchReady, provider: Provider, emails: int) -> Verdict:
         """Wait until the rate limit lets `emails` go, watching the campaign's status."""
@@ -230,8 +298,7 @@ class BatchDispatcher:
         deadline = time.monotonic() + wait
         while (remaining := deadline - time.monotonic()) > 0:
             await asyncio.sleep(min(remaining, _TURN_POLL_S))
-            if self._stopping():
-                raise HandedBack(batch.batch_id, "stopping")
+            self._raise_if_stopping(batch)
             verdict = await self._verdict(batch.campaign_id, self._gate.latest(batch.campaign_id))
             if verdict is not Verdict.SEND:
                 return verdict
@@ -251,22 +318,36 @@ class BatchDispatcher:
         return fallback
 
     async def _settle_unknown(
-        self, batch: BatchReady, started: datetime, recorded: list[RecipientOutcome]
-    ) -> DeliveryResult:
+        self, batch: BatchReady, started: datetime, stale: LedgerEntry
+    ) -> DeliveryResult | None:
+        recorded = stale.recorded_outcomes()
         missing = unsettled(batch.recipients, recorded)
-        log.warning("batch outcome unknown after an interrupted send", unknown=len(missing))
+        log.warning("batch outcome unknown after an interrupted send", unknown=len(missing),
+                    previous_owner=stale.owner)  # fmt: skip
         BATCHES.labels(batch.provider, "unknown").inc()
-        return await self._finish(batch, started, recorded + unknown_outcomes(missing))
+        return await self._settle(batch, started, stale, recorded + unknown_outcomes(missing))
+
+    async def _late_suppressions(
+        self, batch: BatchReady, pending: list[BatchRecipient]
+    ) -> tuple[list[BatchRecipient], list[RecipientOutcome]]:
+        """Split off the recipients suppressed since planning: found at emit (the event's
+        `suppressed_ids`) or now, at claim time (one query for the batch)."""
+        at_emit = set(batch.suppressed_ids)
+        now = await self._suppressed([r.email for r in pending if r.recipient_id not in at_emit])
+        late = [r for r in pending if r.recipient_id in at_emit or r.email.lower() in now]
+        if not late:
+            return pending, []
+        log.info("recipients suppressed since planning are not mailed", suppressed=len(late))
+        late_ids = {r.recipient_id for r in late}
+        return [r for r in pending if r.recipient_id not in late_ids], suppressed_outcomes(late)
 
     async def _send(
-        self,
-        batch: BatchReady,
-        started: datetime,
-        recorded: list[RecipientOutcome],
-        claim: str | None,
-    ) -> DeliveryResult:
-        """Send what has no recorded outcome. `claim` is the owner of a stale `sending` row
-        to take over (at-least-once re-send), None to claim a fresh batch."""
+        self, batch: BatchReady, started: datetime, stale: LedgerEntry | None
+    ) -> DeliveryResult | None:
+        """Send what has no recorded outcome. `stale` is a `sending` row whose lease expired,
+        to take over (at-least-once re-send), None to claim a fresh batch. None when another
+        instance got the claim first."""
+        recorded = stale.recorded_outcomes() if stale is not None else []
         content = await self._content.get(batch.content_id)
         provider = self._route(batch.provider)
         pending = unsettled(batch.recipients, recorded)
@@ -278,51 +359,113 @@ class BatchDispatcher:
         if problem is not None or content is None or provider is None:
             # Bad data inside a valid event: record the reason; nothing was sent.
             log.error("batch cannot be sent", reason=problem)
-            return await self._finish(batch, started, recorded + _failed(pending, problem or ""))
+            return await self._settle(
+                batch, started, stale, recorded + _failed(pending, problem or "")
+            )
+        self._raise_if_stopping(batch)
+        pending, late = await self._late_suppressions(batch, pending)
         # The campaign's status is looked at before rendering (a cancelled campaign renders
         # nothing); rendering runs off the event loop, each message within its limits.
-        status = await self._gate.current(batch.campaign_id)
-        verdict = await self._verdict(batch.campaign_id, status)
+        verdict = await self._verdict(
+            batch.campaign_id, await self._gate.current(batch.campaign_id)
+        )
         outbox = Outbox(sender=Sender(content.from_email, content.from_name))
         if verdict is Verdict.SEND:
             outbox = await self._renderer.outbox(
                 content, batch.campaign_id, batch.batch_id, pending, self._headers
             )
             verdict = await self._wait_for_turn(batch, provider, outbox.recipient_count)
-        if verdict is Verdict.HAND_BACK:
-            log.info("batch handed back: campaign paused")
-            BATCHES.labels(provider.name, "handed_back").inc()
-            raise HandedBack(batch.batch_id, "paused")
-        if verdict is Verdict.CANCEL:
-            log.info("batch not sent: campaign cancelled")
-            BATCHES.labels(provider.name, "cancelled").inc()
-            outcomes = recorded + cancelled_outcomes(pending) + outbox.settled
-            return await self._finish(batch, started, outcomes)
-        claimed = (
-            await self._ledger.claim(batch.batch_id, batch.campaign_id, self.owner)
-            if claim is None
-            else await self._ledger.take_over(batch.batch_id, claim, self.owner)
-        )
-        if not claimed:
-            # Someone else claimed it between our read and our claim: decide again.
-            return await self._dispatch(batch)
+        settled = recorded + late + outbox.settled
+        if verdict is Verdict.SEND and outbox.recipient_count == 0:
+            return await self._settle(batch, started, stale, settled)
+        # Its turn came: claim it once a sending slot is free (only then is it about to go
+        # out). The campaign's status and this instance's stop are looked at again there.
+        async with self._sending:
+            if verdict is Verdict.SEND:
+                self._raise_if_stopping(batch)
+                verdict = await self._verdict(
+                    batch.campaign_id, self._gate.latest(batch.campaign_id)
+                )
+            if verdict is Verdict.HAND_BACK:
+                log.info("batch handed back: campaign paused")
+                BATCHES.labels(provider.name, "handed_back").inc()
+                raise HandedBack(batch.batch_id, "paused")
+            if verdict is Verdict.CANCEL:
+                log.info("batch not sent: campaign cancelled")
+                BATCHES.labels(provider.name, "cancelled").inc()
+                unsent = unsettled(pending, outbox.settled)
+                return await self._settle(
+                    batch, started, stale, settled + cancelled_outcomes(unsent)
+                )
+            claim = await self._claim(batch, stale)
+            if claim is None:
+                return None
+            sent = await self._send_claimed(batch, provider, outbox, claim)
+            return await self._finish(batch, started, claim, settled + sent, provider.name)
+
+    async def _claim(self, batch: BatchReady, stale: LedgerEntry | None) -> Claim | None:
+        if stale is None:
+            return await self._ledger.claim(
+                batch.batch_id, batch.campaign_id, self.owner, self._lease_s
+            )
+        return await self._ledger.take_over(stale.claim, self.owner, self._lease_s)
+
+    async def _send_claimed(
+        self, batch: BatchReady, provider: Provider, outbox: Outbox, claim: Claim
+    ) -> list[RecipientOutcome]:
+        """The provider's outcomes, under a lease kept alive meanwhile. An exception, or the
+        loss of the lease, ends the batch with what the provider answered so far; the rest
+        is `unknown` (it may have gone out), never left `sending`."""
         requests = len(outbox.individual) + (1 if outbox.templated else 0)
-        progress = _ProgressRecorder(self._ledger, batch.batch_id, enabled=requests > 1)
+        progress = _ProgressRecorder(self._ledger, claim, enabled=requests > 1)
+        lease = _Lease(self._ledger, claim, self._lease_s)
+        sending = asyncio.ensure_future(provider.send(outbox, progress))
+        keeper = asyncio.create_task(lease.keep(sending))
         try:
-            provider_outcomes = await provider.send(outbox, progress)
+            outcomes = await sending
+            BATCHES.labels(provider.name, "sent").inc()
+            return outcomes
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not lease.lost or (current is not None and current.cancelling()):
+                raise
+            reason = "lease lost while sending; the provider may or may not have accepted it"
         except ProviderOutage as outage:
-            await self._release(batch, provider, progress, outage)
-        BATCHES.labels(provider.name, "sent").inc()
-        outcomes = recorded + outbox.settled + provider_outcomes
-        return await self._finish(batch, started, outcomes, provider.name)
+            await self._release(batch, provider, progress, claim, outage)
+        except Exception as exc:
+            log.exception("batch send raised; settled per recipient")
+            reason = f"send interrupted by an error ({type(exc).__name__}); the provider may or may not have accepted it"
+        finally:
+            keeper.cancel()
+        BATCHES.labels(provider.name, "send_error").inc()
+        answered = {o.recipient_id for o in progress.seen}
+        unanswered = [r for r in _outbox_recipients(outbox) if r.recipient_id not in answered]
+        return progress.seen + unknown_outcomes(unanswered, reason[:300])
+
+    async def _settle(
+        self,
+        batch: BatchReady,
+        started: datetime,
+        stale: LedgerEntry | None,
+        outcomes: list[RecipientOutcome],
+    ) -> DeliveryResult | None:
+        """Store the result of a batch settled without sending: under a claim taken over
+        from `stale`, else as a new `done` row. None when another instance got there first."""
+        if stale is None:
+            return await self._finish(batch, started, None, outcomes)
+        claim = await self._ledger.take_over(stale.claim, self.owner, self._lease_s)
+        if claim is None:
+            return None
+        return await self._finish(batch, started, claim, outcomes)
 
     async def _release(
         self, batch: BatchReady, provider: Provider, progress: _ProgressRecorder,
-        outage: ProviderOutage,
+        claim: Claim, outage: ProviderOutage,
     ) -> NoReturn:  # fmt: skip
-        """The provider refused the account: keep what it settled, release the rest."""
+        """The provider refused the account: keep what it settled, release the rest (the
+        lease ends at once, so whoever reads the batch after the resume takes it over)."""
         await progress.write(outage.settled)
-        await self._ledger.release(batch.batch_id, self.owner)
+        await self._ledger.release(claim)
         log.error("batch handed back: provider outage", provider=provider.name,
                   reason=outage.reason, settled=len(outage.settled))  # fmt: skip
         BATCHES.labels(provider.name, "handed_back").inc()
@@ -334,9 +477,10 @@ class BatchDispatcher:
         self,
         batch: BatchReady,
         started: datetime,
+        claim: Claim | None,
         outcomes: list[RecipientOutcome],
         provider: str | None = None,
-    ) -> DeliveryResult:
+    ) -> DeliveryResult | None:
         result = DeliveryResult(
             batch_id=batch.batch_id,
             campaign_id=batch.campaign_id,
@@ -349,12 +493,30 @@ class BatchDispatcher:
             started_at=started,
             finished_at=self._clock(),
         )
-        await self._ledger.finish(
-            batch.batch_id, batch.campaign_id, self.owner, result.model_dump(mode="json")
-        )
+        stored = result.model_dump(mode="json")
+        if claim is None:
+            landed = await self._ledger.settle(
+                batch.batch_id, batch.campaign_id, self.owner, stored
+            )
+        else:
+            landed = await self._ledger.finish(claim, stored)
+        if not landed:
+            # Taken over while we worked: the result of the claim's holder stands.
+            log.warning("result not stored: the batch was claimed by another instance")
+            BATCHES.labels(result.provider, "fenced").inc()
+            return None
+        log.info("batch finished", owner=self.owner, claim=claim.number if claim else 0)
         for outcome in result.outcomes:
             EMAILS.labels(result.provider, outcome.status).inc()
         return result
+
+
+def _outbox_recipients(outbox: Outbox) -> list[BatchRecipient]:
+    """Who the provider was asked to mail (ids and addresses only)."""
+    people = [(m.recipient_id, m.email) for m in outbox.individual]
+    if outbox.templated is not None:
+        people += [(r.recipient_id, r.email) for r in outbox.templated.recipients]
+    return [BatchRecipient(recipient_id=rid, email=email) for rid, email in people]
 
 
 def _failed(recipients: list[BatchRecipient], error: str) -> list[RecipientOutcome]:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from libs.common import db
 from libs.common.events import RecipientOutcome
 from libs.common.logging import get_logger
+from services.dispatcher.ledger import Claim
 from services.dispatcher.metrics import LEDGER_WRITES_HELD
 
 log = get_logger(__name__)
@@ -33,8 +34,8 @@ _PROGRESS_TIMEOUT_S = 2.0
 
 
 class _Writes(Protocol):
-    async def add_progress(self, batch_id: str, outcomes: list[RecipientOutcome]) -> None: ...
-    async def finish(self, *args: Any, **kwargs: Any) -> Any: ...
+    async def add_progress(self, claim: Claim, outcomes: list[RecipientOutcome]) -> bool: ...
+    async def finish(self, claim: Claim, result: Any) -> bool: ...
 
 
 class DurableLedgerWrites:
@@ -48,23 +49,30 @@ class DurableLedgerWrites:
         # before anything is sent, and the consumer waits the outage out).
         return getattr(self._ledger, name)
 
-    async def finish(self, *args: Any, **kwargs: Any) -> Any:
-        """The ledger's `finish`, written whenever the database takes it."""
-        batch_id = str(args[0] if args else kwargs.get("batch_id"))
-        self._progress.pop(batch_id, None)  # the result has every outcome
-        return await self._until_written(batch_id, lambda: self._ledger.finish(*args, **kwargs))
+    async def finish(self, claim: Claim, result: Any) -> bool:
+        """The ledger's `finish` (fenced by the claim), written whenever the database takes
+        it; False when the claim was lost."""
+        self._progress.pop(claim.batch_id, None)  # the result has every outcome
+        written: bool = await self._until_written(
+            claim.batch_id, lambda: self._ledger.finish(claim, result)
+        )
+        return written
 
-    async def add_progress(self, batch_id: str, outcomes: list[RecipientOutcome]) -> None:
-        pending = self._progress.pop(batch_id, []) + outcomes
+    async def add_progress(self, claim: Claim, outcomes: list[RecipientOutcome]) -> bool:
+        """True unless the claim was lost (progress the database could not take is kept,
+        and the claim taken to be held: the lease says otherwise soon enough)."""
+        pending = self._progress.pop(claim.batch_id, []) + outcomes
         try:
-            await asyncio.wait_for(
-                self._ledger.add_progress(batch_id, pending), _PROGRESS_TIMEOUT_S
+            added: bool = await asyncio.wait_for(
+                self._ledger.add_progress(claim, pending), _PROGRESS_TIMEOUT_S
             )
+            return added
         except Exception as exc:
             if not (db.is_unavailable(exc) or isinstance(exc, TimeoutError)):
                 raise
-            self._progress[batch_id] = pending
+            self._progress[claim.batch_id] = pending
             log.warning("progress kept in memory: database unavailable", held=len(pending))
+            return True
 
     async def _until_written(self, batch_id: str, write: Callable[[], Awaitable[Any]]) -> Any:
         delay = self._retry_s

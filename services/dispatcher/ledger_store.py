@@ -1,4 +1,9 @@
-"""The send ledger in PostgreSQL (table send_ledger, owned by the dispatcher)."""
+"""The send ledger in PostgreSQL (table send_ledger, owned by the dispatcher).
+
+Every time that decides a lease is the database's (`now()`), never a dispatcher's clock.
+Every write of a sender is fenced by the `Claim` it holds (owner and claim number) and
+returns whether it landed: False means another instance took the batch over.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from uuid import UUID
 import asyncpg
 
 from libs.common.events import RecipientOutcome
-from services.dispatcher.ledger import LedgerEntry
+from services.dispatcher.ledger import Claim, LedgerEntry
 
 
 class PostgresLedger:
@@ -17,68 +22,120 @@ class PostgresLedger:
 
     async def get(self, batch_id: str) -> LedgerEntry | None:
         row = await self._pool.fetchrow(
-            "SELECT batch_id, state, owner, result, started_at FROM send_ledger"
-            " WHERE batch_id = $1",
+            "SELECT batch_id, state, owner, result, started_at, claim,"
+            " lease_until < now() AS lease_expired FROM send_ledger WHERE batch_id = $1",
             batch_id,
         )
         if row is None:
             return None
         return LedgerEntry(
-            row["batch_id"], row["state"], row["owner"], row["result"], row["started_at"]
+            row["batch_id"],
+            row["state"],
+            row["owner"],
+            row["result"],
+            row["started_at"],
+            claim_no=row["claim"],
+            lease_expired=row["lease_expired"],
         )
 
-    async def claim(self, batch_id: str, campaign_id: UUID, owner: str) -> bool:
-        """Insert the `sending` row; False when another claim got there first."""
-        inserted = await self._pool.fetchval(
-            "INSERT INTO send_ledger (batch_id, campaign_id, state, owner)"
-            " VALUES ($1, $2, 'sending', $3) ON CONFLICT (batch_id) DO NOTHING RETURNING 1",
+    async def claim(
+        self, batch_id: str, campaign_id: UUID, owner: str, lease_s: float
+    ) -> Claim | None:
+        """Insert the `sending` row with a lease; None when another claim got there first."""
+        number = await self._pool.fetchval(
+            "INSERT INTO send_ledger (batch_id, campaign_id, state, owner, claim, lease_until)"
+            " VALUES ($1, $2, 'sending', $3, 1, now() + make_interval(secs => $4))"
+            " ON CONFLICT (batch_id) DO NOTHING RETURNING claim",
             batch_id,
             campaign_id,
             owner,
+            lease_s,
         )
-        return inserted is not None
+        return None if number is None else Claim(batch_id, owner, number)
 
-    async def take_over(self, batch_id: str, previous_owner: str, owner: str) -> bool:
-        """Make a stale `sending` row ours (compare-and-set on its owner)."""
-        updated = await self._pool.fetchval(
-            "UPDATE send_ledger SET owner = $3, started_at = now(), result = result - 'released'"
-            " WHERE batch_id = $1 AND state = 'sending' AND owner = $2 RETURNING 1",
-            batch_id,
-            previous_owner,
+    async def take_over(self, stale: Claim, owner: str, lease_s: float) -> Claim | None:
+        """Make a `sending` row ours under a new claim number: only while it still holds the
+        claim we read, and only once its lease has expired (or it is our own abandoned row)."""
+        number = await self._pool.fetchval(
+            "UPDATE send_ledger SET owner = $4, claim = claim + 1, started_at = now(),"
+            " lease_until = now() + make_interval(secs => $5),"
+            " result = result - 'released'"
+            " WHERE batch_id = $1 AND owner = $2 AND claim = $3 AND state = 'sending'"
+            " AND (lease_until < now() OR owner = $4)"
+            " RETURNING claim",
+            stale.batch_id,
+            stale.owner,
+            stale.number,
             owner,
+            lease_s,
         )
-        return updated is not None
+        return None if number is None else Claim(stale.batch_id, owner, number)
 
-    async def release(self, batch_id: str, owner: str) -> None:
-        """Hand our `sending` row back after a provider outage: its recorded outcomes stand,
-        the rest may be sent by whoever reads the batch next."""
-        await self._pool.execute(
+    async def release(self, claim: Claim) -> bool:
+        """Hand our `sending` row back after a provider outage (fenced by the claim): its
+        recorded outcomes stand, its lease ends now, and whoever reads the batch next sends
+        the rest. False when the claim was lost meanwhile."""
+        released = await self._pool.fetchval(
             "UPDATE send_ledger SET result = jsonb_set(coalesce(result, '{}'::jsonb),"
-            " '{released}', 'true'::jsonb) WHERE batch_id = $1 AND owner = $2"
-            " AND state = 'sending'",
-            batch_id,
-            owner,
+            " '{released}', 'true'::jsonb), lease_until = now() - interval '1 second'"
+            " WHERE batch_id = $1 AND owner = $2 AND claim = $3 AND state = 'sending'"
+            " RETURNING 1",
+            claim.batch_id,
+            claim.owner,
+            claim.number,
         )
+        return released is not None
 
-    async def add_progress(self, batch_id: str, outcomes: list[RecipientOutcome]) -> None:
-        await self._pool.execute(
+    async def renew(self, claim: Claim, lease_s: float) -> bool:
+        """Extend the lease; False when the claim was lost (taken over or finished)."""
+        renewed = await self._pool.fetchval(
+            "UPDATE send_ledger SET lease_until = now() + make_interval(secs => $4)"
+            " WHERE batch_id = $1 AND owner = $2 AND claim = $3 AND state = 'sending'"
+            " RETURNING 1",
+            claim.batch_id,
+            claim.owner,
+            claim.number,
+            lease_s,
+        )
+        return renewed is not None
+
+    async def add_progress(self, claim: Claim, outcomes: list[RecipientOutcome]) -> bool:
+        added = await self._pool.fetchval(
             "UPDATE send_ledger SET result = jsonb_set(coalesce(result, '{}'::jsonb),"
-            " '{partial}', coalesce(result->'partial', '[]'::jsonb) || $2::jsonb)"
-            " WHERE batch_id = $1 AND state = 'sending'",
-            batch_id,
+            " '{partial}', coalesce(result->'partial', '[]'::jsonb) || $4::jsonb)"
+            " WHERE batch_id = $1 AND owner = $2 AND claim = $3 AND state = 'sending'"
+            " RETURNING 1",
+            claim.batch_id,
+            claim.owner,
+            claim.number,
             [o.model_dump(mode="json") for o in outcomes],
         )
+        return added is not None
 
-    async def finish(self, batch_id: str, campaign_id: UUID, owner: str, result: Any) -> None:
-        """Store the batch's result as `done` (upsert: a batch settled without sending, e.g.
-        for missing content, never had a `sending` row)."""
-        await self._pool.execute(
+    async def finish(self, claim: Claim, result: Any) -> bool:
+        """Store the result of a claimed batch as `done`; False when the claim was lost, so
+        the result of whoever holds it now stands."""
+        finished = await self._pool.fetchval(
+            "UPDATE send_ledger SET state = 'done', result = $4::jsonb, finished_at = now()"
+            " WHERE batch_id = $1 AND owner = $2 AND claim = $3 AND state = 'sending'"
+            " RETURNING 1",
+            claim.batch_id,
+            claim.owner,
+            claim.number,
+            result,
+        )
+        return finished is not None
+
+    async def settle(self, batch_id: str, campaign_id: UUID, owner: str, result: Any) -> bool:
+        """Store the result of a batch settled without a claim (nothing sent: its content is
+        missing, its campaign cancelled, ...); False when the batch is in the ledger already."""
+        inserted = await self._pool.fetchval(
             "INSERT INTO send_ledger (batch_id, campaign_id, state, owner, result, finished_at)"
             " VALUES ($1, $2, 'done', $3, $4::jsonb, now())"
-            " ON CONFLICT (batch_id) DO UPDATE SET state = 'done', result = EXCLUDED.result,"
-            " finished_at = now()",
+            " ON CONFLICT (batch_id) DO NOTHING RETURNING 1",
             batch_id,
             campaign_id,
             owner,
             result,
         )
+        return inserted is not None

@@ -14,13 +14,15 @@ from libs.mail.metrics import (  # noqa: F401
 
 EMAILS = Counter(
     "mailfleet_dispatcher_emails_total",
-    "Recipients handled, by provider and outcome (sent, failed, invalid, unknown, cancelled).",
+    "Recipients handled, by provider and outcome (sent, failed, invalid, unknown, cancelled,"
+    " suppressed).",
     ["provider", "outcome"],
 )
 BATCHES = Counter(
     "mailfleet_dispatcher_batches_total",
-    "Batches handled: sent, replayed from the ledger, unknown outcome, handed back (paused)"
-    " or cancelled.",
+    "Batches handled: sent, replayed from the ledger, unknown outcome, handed back (paused),"
+    " cancelled, send_error (the send raised; settled per recipient) or fenced (its claim"
+    " was taken over: another instance's result stands).",
     ["provider", "mode"],
 )
 RATE_LIMIT = Gauge(

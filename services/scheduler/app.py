@@ -152,6 +152,7 @@ class BatchEmitter:
                 for rid, email, fields in batch.recipients
             ],
             emitted=batch.emitted,
+            suppressed_ids=batch.suppressed_ids,
         )
 
 

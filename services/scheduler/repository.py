@@ -38,6 +38,9 @@ class PendingBatch:
     recipients: list[tuple[int, str, dict[str, Any]]]
     # Why its `batch.ready` cannot be published; it is then reported failed instead.
     set_aside_reason: str | None = None
+    # Recipients whose address was suppressed since planning (issue 11 item 5): emitted
+    # with the batch so that they are reported `suppressed`, never mailed.
+    suppressed_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -305,7 +308,8 @@ class ScheduleRepository:
                 return
             members = await conn.fetch(
                 """
-                SELECT m.batch_id, r.id, r.email, r.fields
+                SELECT m.batch_id, r.id, r.email, r.fields,
+                       EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email) AS suppressed
                   FROM (SELECT b.batch_id, unnest(b.recipient_ids) AS rid
                           FROM batch_plans b WHERE b.batch_id = ANY($1::text[])) AS m
                   JOIN recipients r ON r.id = m.rid
@@ -314,8 +318,11 @@ class ScheduleRepository:
                 [r["batch_id"] for r in rows],
             )
             by_batch: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
+            suppressed: dict[str, list[int]] = {}
             for m in members:
                 by_batch.setdefault(m["batch_id"], []).append((m["id"], m["email"], m["fields"]))
+                if m["suppressed"]:
+                    suppressed.setdefault(m["batch_id"], []).append(m["id"])
             window = EmitWindow(
                 [
                     PendingBatch(
@@ -325,6 +332,7 @@ class ScheduleRepository:
                         emitted=r["emitted"] + 1,
                         recipients=by_batch.get(r["batch_id"], []),
                         set_aside_reason=r["set_aside_reason"],
+                        suppressed_ids=suppressed.get(r["batch_id"], []),
                     )
                     for r in rows
                 ]

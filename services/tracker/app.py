@@ -124,6 +124,8 @@ class Tracker:
             metrics.SUPPRESSIONS_ADDED.labels(reason).inc(count)
         if fold.unmatched:
             log.info("provider events for unknown messages", count=fold.unmatched)
+        if fold.resolved:
+            log.info("unknown recipients resolved as sent by provider events", count=fold.resolved)
 
     async def _dead_letter(self, topic: Topic, event: Event, reason: str) -> None:
         metrics.REJECTED_EVENTS.labels(topic.value).inc()

@@ -75,11 +75,12 @@ INSERT INTO campaign_stats AS s
     (campaign_id, audience_total, batches_total, suppressed, batches_done,
      sent, failed, invalid, unknown, cancelled,
      first_result_at, last_result_at, send_started_at, send_finished_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now(), now(), $11, $12)
+VALUES ($1, $2, $3, $4::int + $13::int, $5, $6, $7, $8, $9, $10, now(), now(), $11, $12)
 ON CONFLICT (campaign_id) DO UPDATE SET
     audience_total = EXCLUDED.audience_total,
     batches_total = EXCLUDED.batches_total,
-    suppressed = EXCLUDED.suppressed,
+    -- The plan's count was stored by the first fold; later ones add their late suppressions.
+    suppressed = s.suppressed + $13::int,
     batches_done = s.batches_done + EXCLUDED.batches_done,
     sent = s.sent + EXCLUDED.sent,
     failed = s.failed + EXCLUDED.failed,
@@ -91,6 +92,26 @@ ON CONFLICT (campaign_id) DO UPDATE SET
     send_started_at = LEAST(s.send_started_at, EXCLUDED.send_started_at),
     send_finished_at = GREATEST(s.send_finished_at, EXCLUDED.send_finished_at)
 RETURNING *
+"""
+
+# Provider events that prove a message was accepted for delivery.
+EVIDENCE_OF_SENDING = frozenset({"processed", "delivered"})
+
+_RESOLVE_UNKNOWN = """
+WITH evidence AS (
+    SELECT DISTINCT ON (campaign_id, recipient_id) *
+      FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[])
+           AS e(campaign_id, recipient_id, batch_id, message_id)
+), moved AS (
+    UPDATE deliveries d
+       SET status = 'sent', message_id = coalesce(d.message_id, e.message_id),
+           error = NULL
+      FROM evidence e
+     WHERE d.campaign_id = e.campaign_id AND d.recipient_id = e.recipient_id
+       AND d.batch_id = e.batch_id AND d.status = 'unknown'
+    RETURNING d.campaign_id
+)
+SELECT campaign_id, count(*) AS n FROM moved GROUP BY campaign_id ORDER BY campaign_id
 """
 
 # The design gives the tracker the final status; a campaign an admin cancelled (or one not
@@ -148,12 +169,15 @@ class EventsFold:
     duplicates: int = 0
     unmatched: int = 0
     suppressed: Counter[str] = field(default_factory=Counter)
+    # `unknown` recipients that the provider's evidence made `sent`.
+    resolved: int = 0
 
     def merge(self, other: EventsFold) -> None:
         self.folded += other.folded
         self.duplicates += other.duplicates
         self.unmatched += other.unmatched
         self.suppressed += other.suppressed
+        self.resolved += other.resolved
 
 
 def _aware(value: datetime) -> datetime:
@@ -254,6 +278,9 @@ class TrackerStore:
             *(added[status] for status in OUTCOME_STATUSES),
             min(_aware(b.started_at) for b in batches),
             max(_aware(b.finished_at) for b in batches),
+            # Suppressed after planning (issue 11 item 5): counted once, as the outcome row
+            # that the delivery log gained.
+            added["suppressed"],
         )
         assert row is not None
         return _totals(row)
@@ -327,6 +354,7 @@ class TrackerStore:
             await self._write_activities(conn, {k: activities[k] for k in changed})
             for campaign_id in sorted(added):
                 await self._add_activity_to_stats(conn, campaign_id, added[campaign_id])
+            fold.resolved = await self._resolve_unknown(conn, fresh, targets, activities)
             fold.suppressed = await self._suppress(conn, fresh, targets, mailed)
             # Like suppressions, runs of soft bounces count only events matched to a delivery.
             matched = [e for e in fresh if targets.get(e.event_id) in activities]
@@ -362,6 +390,46 @@ class TrackerStore:
                     targets[event.event_id] = key
                     break
         return targets
+
+    async def _resolve_unknown(
+        self,
+        conn: Conn,
+        events: list[DeliveryEvent],
+        targets: dict[str, RecipientKey],
+        activities: dict[RecipientKey, RecipientActivity],
+    ) -> int:
+        """An `unknown` recipient (its dispatcher died mid-send) whose message the provider
+        reports `processed` or `delivered`, with the custom args of the very batch that
+        reported it unknown, was sent: move it from `unknown` to `sent` (issue 11 item 12).
+
+        Exactly once: only fresh (gated) events get here, the rows are locked, and a row
+        moves only while it is still `unknown`, whichever of its events comes first.
+        """
+        evidence = [
+            (*key, str(e.detail["batch_id"]), e.provider_message_id)
+            for e in events
+            if e.event in EVIDENCE_OF_SENDING
+            and isinstance(e.detail.get("batch_id"), str)
+            and (key := targets.get(e.event_id)) is not None
+            and key in activities
+        ]
+        if not evidence:
+            return 0
+        rows = await conn.fetch(
+            _RESOLVE_UNKNOWN,
+            [e[0] for e in evidence],
+            [e[1] for e in evidence],
+            [e[2] for e in evidence],
+            [e[3] for e in evidence],
+        )
+        for row in rows:  # sorted by campaign: one lock order
+            await conn.execute(
+                "UPDATE campaign_stats SET sent = sent + $2::int, unknown = unknown - $2::int"
+                " WHERE campaign_id = $1",
+                row["campaign_id"],
+                row["n"],
+            )
+        return sum(int(row["n"]) for row in rows)
 
     async def _lock_activities(
         self, conn: Conn, keys: set[RecipientKey]

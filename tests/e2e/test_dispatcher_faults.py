@@ -140,6 +140,8 @@ async def assert_exactly_once_or_unknown(
     assert all(statuses[e] == "unknown" for e in missing), "an address was never sent"
     assert all(statuses[e] in ("sent", "unknown") for e in got)
     stats = done["stats"]
+    # Shown with `pytest -s`: the figure issue 11 item 12 asks for (unknown after a kill).
+    print(f"\n{campaign_id}: sent={stats['sent']} unknown={stats['unknown']}")
     assert stats["sent"] + stats["unknown"] == RECIPIENTS and stats["pending"] == 0, stats
     assert stats["sent"] == sum(1 for s in statuses.values() if s == "sent")
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import asyncpg
+from aiosmtpd.controller import Controller
 
+from libs.common.embedded import free_port
 from libs.common.events import BatchReady, BatchRecipient
 
 SUBJECT = "Hello {{ first_name }}"
@@ -57,3 +64,29 @@ def make_batch(
         provider=provider,
         recipients=recipients,
     )
+
+
+class SlowRelay:
+    """aiosmtpd handler of a slow relay: `delay_s` a message; counts every address."""
+
+    def __init__(self, delay_s: float = 0.05) -> None:
+        self.delay_s = delay_s
+        self.received: Counter[str] = Counter()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(self.delay_s)
+        self.received.update(a.lower() for a in envelope.rcpt_tos)
+        return "250 Message accepted"
+
+
+@contextmanager
+def slow_relay_server(delay_s: float = 0.05) -> Iterator[tuple[int, SlowRelay]]:
+    """A real SMTP server (aiosmtpd, in its own thread) on a free port."""
+    relay = SlowRelay(delay_s)
+    port = free_port()
+    controller = Controller(relay, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield port, relay
+    finally:
+        controller.stop()

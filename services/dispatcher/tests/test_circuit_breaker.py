@@ -78,7 +78,7 @@ async def test_batches_fail_over_to_the_fallback_while_the_breaker_is_open(
             headers=HeaderPolicy("http://api", "k"),
             owner="breaker-test",
             mode="at_most_once",
-            takeover_wait_s=0,
+            lease_s=30,
             fallback="sink",
         )
         campaign = uuid.uuid4()

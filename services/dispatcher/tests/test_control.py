@@ -89,7 +89,7 @@ def dispatcher(
         headers=HeaderPolicy("http://api", "k"),
         owner="control-test",
         mode="at_most_once",
-        takeover_wait_s=0,
+        lease_s=30,
         gate=statuses,
     )
 

@@ -118,7 +118,7 @@ async def running_dispatcher(
         MAILFLEET_PROVIDER_MAX_ATTEMPTS=4,
         MAILFLEET_PROVIDER_RETRY_INITIAL_S=0.01,
         MAILFLEET_PROVIDER_RETRY_MAX_S=0.05,
-        MAILFLEET_LEDGER_TAKEOVER_WAIT_S=0,
+        MAILFLEET_LEDGER_LEASE_S=5,
     )
     task = asyncio.create_task(
         main(ctx, group_id=f"dispatcher-test-{uuid.uuid4().hex[:8]}", extra=extra)
@@ -186,7 +186,7 @@ async def test_a_batch_left_sending_is_reported_unknown(
 ) -> None:
     campaign = uuid.uuid4()
     batch = make_batch(campaign, await insert_content(pool, campaign), 0, 10)
-    assert await PostgresLedger(pool).claim(batch.batch_id, campaign, "killed-dispatcher")
+    assert await PostgresLedger(pool).claim(batch.batch_id, campaign, "killed-dispatcher", 0.1)
     await producer.send(Topic.BATCH_READY, batch.batch_id, batch)
     (result,) = await results.wait_for(campaign, lambda rs: len(rs) == 1)
     assert {o.status for o in result.outcomes} == {"unknown"}

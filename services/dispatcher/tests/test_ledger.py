@@ -43,7 +43,7 @@ def dispatcher(
     *,
     mode: DeliveryMode = "at_most_once",
     owner: str = "test-owner",
-    takeover_wait_s: float = 0.0,
+    lease_s: float = 30.0,
     concurrency: int = 4,
 ) -> BatchDispatcher:
     provider = SendGridProvider(
@@ -62,7 +62,7 @@ def dispatcher(
         headers=HeaderPolicy("http://api", "k"),
         owner=owner,
         mode=mode,
-        takeover_wait_s=takeover_wait_s,
+        lease_s=lease_s,
     )
 
 
@@ -96,9 +96,15 @@ async def claim_as_dead_dispatcher(
     pool: asyncpg.Pool, batch_id: str, campaign: uuid.UUID, recorded: list[RecipientOutcome]
 ) -> None:
     ledger = PostgresLedger(pool)
-    assert await ledger.claim(batch_id, campaign, "dead-dispatcher")
+    claim = await ledger.claim(batch_id, campaign, "dead-dispatcher", 30)
+    assert claim is not None
     if recorded:
-        await ledger.add_progress(batch_id, recorded)
+        assert await ledger.add_progress(claim, recorded)
+    # Its lease ran out (by the database's clock) since it died.
+    await pool.execute(
+        "UPDATE send_ledger SET lease_until = now() - interval '1 second' WHERE batch_id = $1",
+        batch_id,
+    )
 
 
 async def test_an_interrupted_send_reports_unknown_except_what_was_recorded(
@@ -139,10 +145,9 @@ async def test_a_live_previous_owner_is_waited_for_then_its_result_replayed(
     campaign = uuid.uuid4()
     batch = make_batch(campaign, await insert_content(pool, campaign), 0, 5)
     ledger = PostgresLedger(pool)
-    assert await ledger.claim(batch.batch_id, campaign, "previous")
-    waiting = asyncio.create_task(
-        dispatcher(pool, sink, session, takeover_wait_s=30).dispatch(batch)
-    )
+    claim = await ledger.claim(batch.batch_id, campaign, "previous", 30)
+    assert claim is not None
+    waiting = asyncio.create_task(dispatcher(pool, sink, session).dispatch(batch))
     await asyncio.sleep(0.3)
     assert not waiting.done()
     # The previous owner (still alive after a rebalance) finishes and stores its result.
@@ -168,7 +173,7 @@ async def test_a_live_previous_owner_is_waited_for_then_its_result_replayed(
         started_at=now,
         finished_at=now,
     )
-    await ledger.finish(batch.batch_id, campaign, "previous", original.model_dump(mode="json"))
+    assert await ledger.finish(claim, original.model_dump(mode="json"))
     replayed = await asyncio.wait_for(waiting, 5)
     assert replayed.replayed and replayed.outcomes == original.outcomes
     assert sink.stats()["messages"] == 0

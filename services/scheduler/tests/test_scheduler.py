@@ -249,3 +249,25 @@ async def test_a_pause_asked_for_by_a_provider_is_applied_with_its_reason(
         "pause_reason": "401: bad key",
         "paused_by": "provider",
     }
+
+
+async def test_addresses_suppressed_after_planning_are_marked_at_emit(pool: asyncpg.Pool) -> None:
+    """Issue 11 item 5: an unsubscribe during a long campaign reaches every later batch."""
+    campaign_id = await seed_campaign(pool, recipients=12)
+    repo = ScheduleRepository(pool)
+    plan = await repo.claim_and_plan(campaign_id, 5)
+    assert plan is not None and plan.suppressed_total == 0
+    late = await pool.fetch(
+        "SELECT r.id, r.email FROM recipients r JOIN campaigns c ON c.list_id = r.list_id"
+        " WHERE c.id = $1 ORDER BY r.id LIMIT 3 OFFSET 4",
+        campaign_id,
+    )
+    await pool.executemany(
+        "INSERT INTO suppressions (email, reason) VALUES ($1, 'unsubscribe')",
+        [(r["email"],) for r in late],
+    )
+    async with repo.batches_to_emit(datetime.now(UTC), 10) as batches:
+        marked = {
+            b.batch_no: b.suppressed_ids for b in batches.batches if b.campaign_id == campaign_id
+        }
+    assert marked == {0: [late[0]["id"]], 1: [late[1]["id"], late[2]["id"]], 2: []}

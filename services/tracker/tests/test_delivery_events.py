@@ -155,3 +155,47 @@ async def test_provider_events_fold_once_into_counters_and_suppressions(
         # The provider retries its webhook: every event again, nothing changes.
         await publish_and_settle(producer, pool, cid, events)
         assert await stats_of(pool, cid) == stats
+
+
+async def test_the_providers_evidence_makes_an_unknown_recipient_sent_once(
+    tracker_settings: Settings, pool: asyncpg.Pool, producer: EventProducer
+) -> None:
+    """Issue 11 item 12: `processed`/`delivered` with the batch's custom args prove a send."""
+    cid = await new_campaign(pool)
+    results = make_results(cid, 1, 10, status_of=lambda rid: "unknown" if rid <= 5 else "sent")
+    batch = results[0].batch_id
+    await publish_results(producer, results)
+    p = f"{uuid.uuid4().hex[:8]}-"
+    events = [
+        provider_event(f"{p}p1", "processed", cid, 1, detail={"batch_id": batch}),
+        provider_event(f"{p}d1", "delivered", cid, 1, minute=1, detail={"batch_id": batch}),
+        provider_event(f"{p}d2", "delivered", cid, 2, detail={"batch_id": batch}),
+        # Not evidence: another batch's args, no batch at all, or not a sending event.
+        provider_event(f"{p}d3", "delivered", cid, 3, detail={"batch_id": f"{cid}:7"}),
+        provider_event(f"{p}p4", "processed", cid, 4),
+        provider_event(f"{p}b5", "bounce", cid, 5, detail={"batch_id": batch, "type": "bounce"}),
+        provider_event(f"{p}d6", "delivered", cid, 6, detail={"batch_id": batch}),
+    ]
+    async with running_tracker(tracker_settings, pool, producer):
+
+        async def folded() -> bool:
+            stats = await stats_of(pool, cid)
+            return stats is not None and stats["batches_done"] == 1
+
+        await wait_for(folded, what="the results")
+        await publish_and_settle(producer, pool, cid, events)
+        await publish_and_settle(producer, pool, cid, events)  # a webhook retry: no change
+        stats = await stats_of(pool, cid)
+    assert stats is not None
+    assert (stats["sent"], stats["unknown"]) == (7, 3)
+    assert counters(stats) == {**await recount(pool, cid), "batches_done": 1}
+    statuses = dict(
+        await pool.fetch("SELECT recipient_id, status FROM deliveries WHERE campaign_id = $1", cid)
+    )
+    assert [statuses[rid] for rid in range(1, 6)] == [
+        "sent",
+        "sent",
+        "unknown",
+        "unknown",
+        "unknown",
+    ]

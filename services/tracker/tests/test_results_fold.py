@@ -229,3 +229,28 @@ async def test_a_final_status_committed_but_not_published_is_published_at_start(
         await wait_for(published, what="the outbox")
     events = await campaign_status_events(tracker_settings, campaign_id)
     assert [(e.status, e.counts["sent"]) for e in events] == [("completed", 3)]
+
+
+async def test_recipients_suppressed_after_planning_are_counted_once_with_the_plans(
+    tracker_settings: Settings, pool: asyncpg.Pool, producer: EventProducer
+) -> None:
+    """Issue 11 item 5: the plan's suppressed count plus each late `suppressed` outcome."""
+    campaign_id = await new_campaign(pool)
+
+    def late(rid: int) -> RecipientStatus:
+        return "suppressed" if rid % 20 == 0 else "sent"
+
+    results = make_results(campaign_id, batches=3, per_batch=100, status_of=late, suppressed=4)
+    await publish_results(producer, results + [results[0], results[2]])  # redeliveries
+    async with running_tracker(tracker_settings, pool, producer):
+
+        async def published() -> bool:
+            stats = await stats_of(pool, campaign_id)
+            return stats is not None and stats["outcome_published_at"] is not None
+
+        await wait_for(published, what="the campaign to complete")
+    stats = await stats_of(pool, campaign_id)
+    assert stats is not None
+    assert (stats["sent"], stats["suppressed"], stats["audience_total"]) == (285, 4 + 15, 304)
+    parts = ("sent", "failed", "invalid", "unknown", "cancelled", "suppressed")
+    assert sum(stats[p] for p in parts) == stats["audience_total"]
