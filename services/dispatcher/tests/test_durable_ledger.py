@@ -4,7 +4,6 @@ ledger that refuses connections a given number of times (the e2e proof is the ch
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import asyncpg
@@ -12,6 +11,7 @@ import pytest
 
 from libs.common.events import RecipientOutcome
 from services.dispatcher.durable_ledger import DurableLedgerWrites
+from services.dispatcher.ledger import Claim
 
 
 class FlakyLedger:
@@ -26,13 +26,15 @@ class FlakyLedger:
             self.refusals -= 1
             raise self.error
 
-    async def finish(self, *args: Any) -> None:
+    async def finish(self, claim: Claim, result: Any) -> bool:
         self._maybe_refuse()
-        self.finished.append(args)
+        self.finished.append((claim, result))
+        return True
 
-    async def add_progress(self, batch_id: str, outcomes: list[RecipientOutcome]) -> None:
+    async def add_progress(self, claim: Claim, outcomes: list[RecipientOutcome]) -> bool:
         self._maybe_refuse()
         self.progress.append(outcomes)
+        return True
 
     async def get(self, batch_id: str) -> str:
         return f"entry of {batch_id}"
@@ -45,9 +47,9 @@ def outcome(n: int) -> RecipientOutcome:
 async def test_a_result_the_database_refused_is_written_once_it_is_back() -> None:
     ledger = FlakyLedger(refusals=3)
     durable = DurableLedgerWrites(ledger, retry_s=0.01)
-    campaign_id = uuid.uuid4()
-    await asyncio.wait_for(durable.finish("b:1", campaign_id, "me", {"ok": True}), 10)
-    assert ledger.finished == [("b:1", campaign_id, "me", {"ok": True})]
+    claim = Claim("b:1", "me", 1)
+    assert await asyncio.wait_for(durable.finish(claim, {"ok": True}), 10)
+    assert ledger.finished == [(claim, {"ok": True})]
     assert await durable.get("b:1") == "entry of b:1"  # everything else passes through
 
 
@@ -55,13 +57,14 @@ async def test_an_error_that_is_not_an_outage_is_raised_at_once() -> None:
     ledger = FlakyLedger(refusals=1, error=asyncpg.DataError("bad data"))
     durable = DurableLedgerWrites(ledger, retry_s=0.01)
     with pytest.raises(asyncpg.DataError):
-        await durable.finish("b:2", uuid.uuid4(), "me", {})
+        await durable.finish(Claim("b:2", "me", 1), {})
     assert ledger.finished == []
 
 
 async def test_progress_the_database_refused_never_fails_the_send_and_goes_with_the_next() -> None:
     ledger = FlakyLedger(refusals=1, error=asyncpg.ConnectionDoesNotExistError("closed"))
     durable = DurableLedgerWrites(ledger, retry_s=0.01)
-    await durable.add_progress("b:3", [outcome(1), outcome(2)])
-    await durable.add_progress("b:3", [outcome(3)])
+    claim = Claim("b:3", "me", 1)
+    assert await durable.add_progress(claim, [outcome(1), outcome(2)])
+    assert await durable.add_progress(claim, [outcome(3)])
     assert [[o.recipient_id for o in batch] for batch in ledger.progress] == [[1, 2, 3]]

@@ -119,7 +119,7 @@ async def sink() -> AsyncIterator[SinkHandle]:
 
 def smtp_provider(port: int) -> SMTPProvider:
     return SMTPProvider(
-        host="127.0.0.1", port=port, username="", password="", starttls=False,
+        host="127.0.0.1", port=port, username="", password="", tls="none",
         max_connections=8, timeout_s=10, limiter=RateLimiter(0), retry=RetryPolicy(2, 0.01, 0.05),
     )  # fmt: skip
 
