@@ -6,10 +6,24 @@ from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ProviderName = Literal["sink", "sendgrid", "smtp"]
+
+DEFAULT_UNSUBSCRIBE_FOOTER = (
+    '<p style="font-size:12px;color:#666666;text-align:center">'
+    "You receive this email because you are on our list. "
+    '<a href="{{ unsubscribe_url }}">Unsubscribe</a></p>'
+)
+
+
+class DkimKeyConfig(BaseModel):
+    """One entry of MAILFLEET_DKIM_KEYS: a From domain, its selector, a PEM private key."""
+
+    domain: str = Field(min_length=1, max_length=253)
+    selector: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._-]+$")
+    key_file: str = Field(min_length=1, max_length=4096)
 
 
 class Settings(BaseSettings):
@@ -71,6 +85,23 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(6000, alias="MAILFLEET_KAFKA_SESSION_TIMEOUT_MS")
     kafka_heartbeat_interval_ms: int = Field(1000, alias="MAILFLEET_KAFKA_HEARTBEAT_MS")
 
+    # --- Deliverability (issue 14 items 3 and 6; owner: DKIM / sender check) ---
+    # JSON list of {"domain", "selector", "key_file"}: SMTP mail from `domain` is signed
+    # with that PEM key (RSA or Ed25519; two entries for one domain give two signatures).
+    dkim_keys: list[DkimKeyConfig] = Field(default_factory=list, alias="MAILFLEET_DKIM_KEYS")
+    # Appended to every HTML body whose template lacks {{ unsubscribe_url }}.
+    unsubscribe_footer: str = Field(
+        DEFAULT_UNSUBSCRIBE_FOOTER, alias="MAILFLEET_UNSUBSCRIBE_FOOTER", max_length=10_000
+    )
+    # The sender check's resolver: comma-separated IPs ("" = the system's resolv.conf).
+    dns_nameservers: str = Field("", alias="MAILFLEET_DNS_NAMESERVERS", max_length=1000)
+    dns_port: int = Field(53, alias="MAILFLEET_DNS_PORT", ge=1, le=65535)
+    # Per sender check (all its queries); scheduling never waits longer than this on DNS.
+    dns_timeout_s: float = Field(2.0, alias="MAILFLEET_DNS_TIMEOUT_S", gt=0, le=30)
+    # Where bounces go (its MX is checked); "" = the From domain.
+    bounce_domain: str = Field("", alias="MAILFLEET_BOUNCE_DOMAIN", max_length=253)
+    # --- end deliverability ---
+
     # Logging.
     log_level: str = Field("INFO", alias="MAILFLEET_LOG_LEVEL")
 
@@ -81,6 +112,14 @@ class Settings(BaseSettings):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown IANA time zone {value!r}, e.g. 'Europe/Berlin'") from exc
+        return value
+
+    @field_validator("unsubscribe_footer")
+    @classmethod
+    def _footer_links(cls, value: str) -> str:
+        # Bulk-sender rules (Gmail, Yahoo) want a visible unsubscribe link in every body.
+        if "unsubscribe_url" not in value:
+            raise ValueError("MAILFLEET_UNSUBSCRIBE_FOOTER must contain {{ unsubscribe_url }}")
         return value
 
     def require_infrastructure(self) -> None:

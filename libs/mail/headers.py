@@ -13,11 +13,14 @@ class HeaderPolicy:
     public_base_url: str
     secret_key: str
     unsubscribe_mailto: str = ""
+    # Appended to HTML bodies without {{ unsubscribe_url }} (rendering); "" = none (tests).
+    unsubscribe_footer: str = ""
+
+    def unsubscribe_link(self, campaign_id: UUID, recipient_id: int) -> str:
+        return unsubscribe_url(self.public_base_url, self.secret_key, campaign_id, recipient_id)
 
     def headers(self, campaign_id: UUID, recipient_id: int, from_email: str) -> dict[str, str]:
-        targets = [
-            f"<{unsubscribe_url(self.public_base_url, self.secret_key, campaign_id, recipient_id)}>"
-        ]
+        targets = [f"<{self.unsubscribe_link(campaign_id, recipient_id)}>"]
         if self.unsubscribe_mailto:
             targets.append(f"<mailto:{self.unsubscribe_mailto}?subject=unsubscribe>")
         return {
@@ -25,7 +28,20 @@ class HeaderPolicy:
             # RFC 8058: mailbox providers may POST this body to the URL, with no user prompt.
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
             "Message-ID": message_id(campaign_id, recipient_id, from_email),
+            **list_headers(campaign_id, from_email),
         }
+
+
+def list_headers(campaign_id: UUID, from_email: str) -> dict[str, str]:
+    """RFC 2919 List-Id and Gmail's Feedback-ID (its feedback loop reports complaint rates
+    per identifier: campaign first, the stable sender id last)."""
+    domain = from_email.rsplit("@", 1)[-1].lower() or "mailfleet.invalid"
+    return {
+        # One list per sending domain: mailfleet has no mailing lists, and a per-campaign
+        # id would make every campaign a new list to mailbox providers' filters.
+        "List-Id": f"<mailfleet.{domain}>",
+        "Feedback-ID": f"{campaign_id.hex}:campaigns:mailfleet:{domain}",
+    }
 
 
 def message_id(campaign_id: UUID, recipient_id: int, from_email: str) -> str:

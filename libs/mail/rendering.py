@@ -8,7 +8,7 @@ values escaped, text and subject values raw); anything richer is rendered per re
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
 
@@ -169,6 +169,25 @@ def _substitutions(
     return values
 
 
+_UNSUBSCRIBE_TAG = re.compile(r"\{\{\s*unsubscribe_url\s*\}\}")
+_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+
+
+def with_unsubscribe_footer(content: Content, footer: str) -> Content:
+    """`content` whose HTML shows an unsubscribe link: `footer` goes before </body> (or at
+    the end) when the template has no {{ unsubscribe_url }} of its own."""
+    if not footer or _UNSUBSCRIBE_TAG.search(content.html):
+        return content
+    end = _BODY_END.search(content.html)
+    at = end.start() if end else len(content.html)
+    return replace(content, html=content.html[:at] + footer + content.html[at:])
+
+
+def with_unsubscribe_url(recipient: BatchRecipient, url: str) -> BatchRecipient:
+    # Ours wins over a recipient field of the same name: the link must be the real one.
+    return recipient.model_copy(update={"fields": {**recipient.fields, "unsubscribe_url": url}})
+
+
 def build_outbox(
     content: Content,
     campaign_id: UUID,
@@ -177,12 +196,17 @@ def build_outbox(
     policy: HeaderPolicy,
 ) -> Outbox:
     outbox = Outbox(sender=Sender(content.from_email, content.from_name))
+    content = with_unsubscribe_footer(content, policy.unsubscribe_footer)
+    links = "unsubscribe_url" in content.html or "unsubscribe_url" in (content.text or "")
     template = substitution_template(content)
     templated: list[TemplatedRecipient] = []
     for recipient in recipients:
         if not is_valid_address(recipient.email):
             outbox.settled.append(_invalid(recipient))
             continue
+        if links:
+            url = policy.unsubscribe_link(campaign_id, recipient.recipient_id)
+            recipient = with_unsubscribe_url(recipient, url)
         headers = policy.headers(campaign_id, recipient.recipient_id, content.from_email)
         args = custom_args(campaign_id, recipient.recipient_id, batch_id)
         values = _substitutions(template, merge_fields(recipient)) if template else None

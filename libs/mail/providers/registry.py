@@ -7,6 +7,7 @@ import aiohttp
 from libs.common.settings import Settings
 from libs.mail.circuit_breaker import CircuitBreaker
 from libs.mail.config import DispatcherSettings
+from libs.mail.dkim_signing import DkimSigner, load_keys
 from libs.mail.providers.base import Provider
 from libs.mail.providers.sendgrid import RetryPolicy, SendGridProvider
 from libs.mail.providers.smtp import SMTPProvider, tls_mode
@@ -62,6 +63,7 @@ def build_providers(
             retry=retry,
             breaker=breaker(),
             retry_ambiguous=retry_ambiguous,
+            signer=DkimSigner(load_keys(settings.dkim_keys)),
         ),
     }
     return providers

@@ -1,0 +1,127 @@
+"""DKIM signatures (RFC 6376, RFC 8463) for the messages mailfleet sends itself (SMTP).
+
+Keys are configured per From domain (`MAILFLEET_DKIM_KEYS`); a domain may have an RSA and
+an Ed25519 key, and the message then carries both signatures (receivers that do not know
+Ed25519 yet still verify the RSA one). A message from a domain without a key goes unsigned.
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+from dataclasses import dataclass
+from email.message import EmailMessage, Message
+from pathlib import Path
+from typing import Literal
+
+import dkim
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from libs.common.settings import DkimKeyConfig
+
+DkimAlgorithm = Literal["rsa-sha256", "ed25519-sha256"]
+
+# Signed when present. Not To/Cc per recipient changes, but they are signed too: mailfleet
+# sends one message per recipient. Listed twice where a header must not be added later.
+SIGNED_HEADERS = (
+    "From", "From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type",
+    "List-Id", "List-Unsubscribe", "List-Unsubscribe-Post", "Feedback-ID", "Reply-To",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DkimKey:
+    domain: str
+    selector: str
+    algorithm: DkimAlgorithm
+    # As dkimpy wants it: PKCS#1 PEM for RSA, the base64 32-byte seed for Ed25519.
+    private: bytes
+    # The p= value of the DNS record (base64), to compare with what DNS publishes.
+    public_b64: str
+
+    def dns_record(self) -> str:
+        kind = "rsa" if self.algorithm == "rsa-sha256" else "ed25519"
+        return f"v=DKIM1; k={kind}; p={self.public_b64}"
+
+
+class DkimKeyError(ValueError):
+    """A configured key file is missing or not an RSA/Ed25519 private key."""
+
+
+def load_key(config: DkimKeyConfig) -> DkimKey:
+    """Read a PEM private key (PKCS#1 or PKCS#8, RSA or Ed25519) from `config.key_file`."""
+    try:
+        data = Path(config.key_file).read_bytes()
+        key = serialization.load_pem_private_key(data, password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise DkimKeyError(f"DKIM key for {config.domain}: {config.key_file}: {exc}") from exc
+    domain, selector = config.domain.lower().rstrip("."), config.selector
+    if isinstance(key, rsa.RSAPrivateKey):
+        private = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+        public = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return DkimKey(domain, selector, "rsa-sha256", private, base64.b64encode(public).decode())
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        seed = key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        raw_public = key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        return DkimKey(
+            domain,
+            selector,
+            "ed25519-sha256",
+            base64.b64encode(seed),
+            base64.b64encode(raw_public).decode(),
+        )
+    raise DkimKeyError(f"DKIM key for {config.domain}: only RSA and Ed25519 keys are supported")
+
+
+def load_keys(configs: list[DkimKeyConfig]) -> list[DkimKey]:
+    return [load_key(c) for c in configs]
+
+
+def from_domain(message: Message) -> str:
+    address = str(message.get("From", ""))
+    return address.rsplit("@", 1)[-1].strip(" >").lower()
+
+
+class DkimSigner:
+    def __init__(self, keys: list[DkimKey]) -> None:
+        self._by_domain: dict[str, list[DkimKey]] = {}
+        for key in keys:
+            self._by_domain.setdefault(key.domain, []).append(key)
+
+    def sign(self, mime: EmailMessage) -> Message:
+        """`mime` with a DKIM-Signature per key of its From domain; unchanged without one.
+
+        The signed message is returned as parsed bytes (compat32): sent as they were signed,
+        byte for byte, rather than re-serialised by the email package's folding policy.
+        """
+        keys = self._by_domain.get(from_domain(mime), [])
+        if not keys:
+            return mime
+        raw = mime.as_bytes(policy=email.policy.SMTP)
+        signatures = b"".join(
+            dkim.sign(
+                raw,
+                key.selector.encode(),
+                key.domain.encode(),
+                key.private,
+                canonicalize=(b"relaxed", b"relaxed"),
+                signature_algorithm=key.algorithm.encode(),
+                include_headers=[h.encode() for h in SIGNED_HEADERS],
+            )
+            for key in keys
+        )
+        return email.message_from_bytes(signatures + raw, policy=email.policy.compat32)

@@ -1,0 +1,193 @@
+"""DKIM: messages sent by the SMTP provider to a real aiosmtpd server carry signatures that
+dkimpy verifies against the public key published by a real DNS server."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dkim
+import dns.exception
+import dns.resolver
+import pytest
+from aiosmtpd.controller import Controller
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from libs.common.embedded import free_port
+from libs.common.events import BatchRecipient, RecipientOutcome
+from libs.common.settings import DEFAULT_UNSUBSCRIBE_FOOTER, DkimKeyConfig
+from libs.mail.dkim_signing import DkimKey, DkimSigner, load_key
+from libs.mail.headers import HeaderPolicy
+from libs.mail.providers.sendgrid import RetryPolicy
+from libs.mail.providers.smtp import SMTPProvider
+from libs.mail.rate_limit import RateLimiter
+from libs.mail.rendering import Content, build_outbox
+from libs.mail.tests.dns_server import Zone, dns_server
+
+
+class Received:
+    def __init__(self) -> None:
+        self.raw: list[bytes] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.raw.append(envelope.original_content or envelope.content)
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[tuple[int, Received]]:
+    handler, port = Received(), free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield port, handler
+    controller.stop()
+
+
+@pytest.fixture
+def dns_zone() -> Iterator[tuple[Zone, int]]:
+    with dns_server() as served:
+        yield served
+
+
+def write_key(folder: Path, kind: str) -> Path:
+    key = (
+        rsa.generate_private_key(65537, 2048)
+        if kind == "rsa"
+        else ed25519.Ed25519PrivateKey.generate()
+    )
+    path = folder / f"{kind}.pem"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return path
+
+
+def dns_lookup(port: int) -> Any:
+    """dkimpy's `dnsfunc`, asking the local DNS server over the network."""
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers, resolver.port, resolver.lifetime = ["127.0.0.1"], port, 5.0
+
+    def lookup(name: bytes, timeout: int = 5) -> bytes | None:
+        try:
+            answer = resolver.resolve(name.decode().rstrip("."), "TXT")
+        except dns.exception.DNSException:
+            return None
+        return b"".join(b"".join(r.strings) for r in answer)
+
+    return lookup
+
+
+async def send_one(port: int, signer: DkimSigner, html: str) -> None:
+    provider = SMTPProvider(
+        host="127.0.0.1", port=port, username="", password="", tls="none", max_connections=1,
+        timeout_s=5, limiter=RateLimiter(0), retry=RetryPolicy(2, 0.01, 0.05), signer=signer,
+    )  # fmt: skip
+    campaign = uuid.uuid4()
+    content = Content(
+        uuid.uuid4(), campaign, "Grüße {{ name }}", html, None, "news@example.com", "Ñews"
+    )
+    people = [BatchRecipient(recipient_id=7, email="zoe@example.org", fields={"name": "Zoë"})]
+    policy = HeaderPolicy(
+        "https://mail.example.com", "k", unsubscribe_footer=DEFAULT_UNSUBSCRIBE_FOOTER
+    )
+    outbox = build_outbox(content, campaign, f"{campaign}:0", people, policy)
+
+    async def ignore(outcomes: list[RecipientOutcome]) -> None:
+        return None
+
+    outcomes = await provider.send(outbox, ignore)
+    await provider.close()
+    assert [o.status for o in outcomes] == ["sent"]
+
+
+def publish(zone: Zone, key: DkimKey) -> None:
+    zone.txt(f"{key.selector}._domainkey.{key.domain}", key.dns_record())
+
+
+@pytest.mark.parametrize("kinds", [["rsa"], ["ed25519"], ["rsa", "ed25519"]])
+async def test_smtp_messages_carry_a_dkim_signature_that_verifies_against_dns(
+    tmp_path: Path, smtp_sink: tuple[int, Received], dns_zone: tuple[Zone, int], kinds: list[str]
+) -> None:
+    (port, received), (zone, dns_port) = smtp_sink, dns_zone
+    keys = [
+        load_key(
+            DkimKeyConfig(
+                domain="example.com", selector=f"s-{k}", key_file=str(write_key(tmp_path, k))
+            )
+        )
+        for k in kinds
+    ]
+    for key in keys:
+        publish(zone, key)
+    await send_one(port, DkimSigner(keys), "<html><body><p>Hi {{ name }}</p></body></html>")
+
+    [raw] = received.raw
+    assert raw.count(b"DKIM-Signature:") == len(kinds)
+    for kind in kinds:
+        algorithm = b"a=rsa-sha256" if kind == "rsa" else b"a=ed25519-sha256"
+        assert algorithm in raw
+    # dkimpy verifies the first signature; each is checked alone by dropping the others.
+    for n in range(len(kinds)):
+        assert dkim.verify(only_signature(raw, n), dnsfunc=dns_lookup(dns_port)), kinds[n]
+
+
+async def test_a_tampered_body_or_a_changed_dns_key_fails_verification(
+    tmp_path: Path, smtp_sink: tuple[int, Received], dns_zone: tuple[Zone, int]
+) -> None:
+    (port, received), (zone, dns_port) = smtp_sink, dns_zone
+    key = load_key(
+        DkimKeyConfig(
+            domain="example.com", selector="s1", key_file=str(write_key(tmp_path, "ed25519"))
+        )
+    )
+    publish(zone, key)
+    await send_one(port, DkimSigner([key]), "<p>Hi {{ name }}</p>")
+    [raw] = received.raw
+    assert dkim.verify(raw, dnsfunc=dns_lookup(dns_port))
+    assert not dkim.verify(raw.replace(b"Hi Zo", b"Hi Jo"), dnsfunc=dns_lookup(dns_port))
+    other = load_key(
+        DkimKeyConfig(
+            domain="example.com", selector="s1", key_file=str(write_key(tmp_path / "..", "ed25519"))
+        )
+    )
+    publish(zone, other)
+    assert not dkim.verify(raw, dnsfunc=dns_lookup(dns_port))
+
+
+async def test_list_headers_and_a_visible_unsubscribe_link_are_sent(
+    smtp_sink: tuple[int, Received],
+) -> None:
+    port, received = smtp_sink
+    await send_one(port, DkimSigner([]), "<html><body><p>Hi {{ name }}</p></body></html>")
+    [raw] = received.raw
+    assert b"DKIM-Signature" not in raw  # no key for the domain: unsigned
+    text = raw.decode()
+    assert "List-Id: <mailfleet.example.com>" in text
+    assert ":campaigns:mailfleet:example.com" in text
+    mail = email.message_from_bytes(raw, policy=email.policy.default)
+    html = mail.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert '<a href="https://mail.example.com/u/' in html and "Unsubscribe</a>" in html
+    assert html.index("Unsubscribe</a>") < html.index("</body>")  # visible: inside the body
+
+
+def only_signature(raw: bytes, keep: int) -> bytes:
+    """`raw` with only its `keep`-th DKIM-Signature header (headers are folded with CRLF SP)."""
+    head, body = raw.split(b"\r\n\r\n", 1)
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\r\n" + line
+        else:
+            fields.append(line)
+    signatures = [f for f in fields if f.lower().startswith(b"dkim-signature:")]
+    kept = [f for f in fields if f not in signatures or f is signatures[keep]]
+    return b"\r\n".join(kept) + b"\r\n\r\n" + body
