@@ -14,6 +14,7 @@ from typing import Literal
 
 import dns.asyncresolver
 import dns.exception
+import dns.name
 import dns.resolver
 
 from libs.mail.dkim_signing import DkimKey
@@ -79,6 +80,8 @@ class Dns:
             return await self._resolver.resolve(name, kind)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return None
+        except (dns.name.NameTooLong, dns.name.LabelTooLong, dns.name.EmptyLabel):
+            return None  # e.g. _dmarc. in front of a 250-character domain: nothing there
         except (dns.resolver.LifetimeTimeout, dns.resolver.NoNameservers) as exc:
             raise DnsUnreachable(str(exc)) from exc
 

@@ -27,6 +27,7 @@ from services.api.routes import (
     lists,
     ops,
     recipients,
+    senders,
     suppressions,
     templates,
     unsubscribe,
@@ -96,6 +97,7 @@ def create_app(
     for module in (suppressions, webhooks, templates, recipients, campaign_test_sends):
         app.include_router(module.router)
     app.include_router(import_rejections.router)
+    app.include_router(senders.router)
     document_problems(app)
     return app
 

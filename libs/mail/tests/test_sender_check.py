@@ -179,3 +179,13 @@ async def test_an_unreachable_resolver_skips_the_check_quickly(tmp_path: Path) -
     assert report.status == "skipped" and report.checks == []
     assert "no DNS resolver answered" in (report.skipped or "")
     assert time.monotonic() - started < 3
+
+
+async def test_a_domain_too_long_for_its_dmarc_name_is_a_verdict_not_an_error(
+    served: tuple[Zone, int], tmp_path: Path
+) -> None:
+    _, port = served
+    longest = ".".join(["a" * 62] * 4)  # 251 characters: _dmarc.<it> exceeds 255 octets
+    setup = SenderSetup("smtp", "relay.example.net", [make_key(tmp_path)])
+    report = await check_sender(longest, setup, Dns(["127.0.0.1"], port, 3.0))
+    assert report.status == "fail" and statuses(report)["dmarc"] == "fail"
