@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import dkim
 import dns.exception
 import dns.resolver
@@ -20,9 +21,11 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from libs.common.embedded import free_port
 from libs.common.events import BatchRecipient, RecipientOutcome
-from libs.common.settings import DEFAULT_UNSUBSCRIBE_FOOTER, DkimKeyConfig
-from libs.mail.dkim_signing import DkimKey, DkimSigner, load_key
+from libs.common.settings import DEFAULT_UNSUBSCRIBE_FOOTER, DkimKeyConfig, Settings
+from libs.mail.config import DispatcherSettings
+from libs.mail.dkim_signing import DkimKey, DkimKeyError, DkimSigner, load_key
 from libs.mail.headers import HeaderPolicy
+from libs.mail.providers.registry import build_providers
 from libs.mail.providers.sendgrid import RetryPolicy
 from libs.mail.providers.smtp import SMTPProvider
 from libs.mail.rate_limit import RateLimiter
@@ -191,3 +194,41 @@ def only_signature(raw: bytes, keep: int) -> bytes:
     signatures = [f for f in fields if f.lower().startswith(b"dkim-signature:")]
     kept = [f for f in fields if f not in signatures or f is signatures[keep]]
     return b"\r\n".join(kept) + b"\r\n\r\n" + body
+
+
+async def test_the_dispatchers_smtp_provider_signs_with_the_configured_keys(
+    tmp_path: Path, smtp_sink: tuple[int, Received], dns_zone: tuple[Zone, int]
+) -> None:
+    (port, received), (zone, dns_port) = smtp_sink, dns_zone
+    entry = DkimKeyConfig(
+        domain="Example.com", selector="mf", key_file=str(write_key(tmp_path, "rsa"))
+    )
+    publish(zone, load_key(entry))
+    settings = Settings(
+        SMTP_HOST="127.0.0.1", SMTP_PORT=port, SMTP_TLS="none", MAILFLEET_DKIM_KEYS=[entry]
+    )
+    async with aiohttp.ClientSession() as session:
+        provider = build_providers(settings, DispatcherSettings(), session)["smtp"]
+        campaign = uuid.uuid4()
+        content = Content(uuid.uuid4(), campaign, "S", "<p>x</p>", None, "news@example.com", None)
+        people = [BatchRecipient(recipient_id=1, email="a@example.org", fields={})]
+        outbox = build_outbox(content, campaign, "b", people, HeaderPolicy("https://m", "k"))
+
+        async def ignore(outcomes: list[RecipientOutcome]) -> None:
+            return None
+
+        assert [o.status for o in await provider.send(outbox, ignore)] == ["sent"]
+        await provider.close()  # type: ignore[attr-defined]
+    [raw] = received.raw
+    assert b"d=example.com" in raw and dkim.verify(raw, dnsfunc=dns_lookup(dns_port))
+
+
+def test_an_unreadable_key_file_stops_the_dispatcher_at_start(tmp_path: Path) -> None:
+    missing = DkimKeyConfig(
+        domain="example.com", selector="mf", key_file=str(tmp_path / "nope.pem")
+    )
+    (tmp_path / "junk.pem").write_text("not a key")
+    junk = DkimKeyConfig(domain="example.com", selector="mf", key_file=str(tmp_path / "junk.pem"))
+    for entry in (missing, junk):
+        with pytest.raises(DkimKeyError, match="DKIM key for example.com"):
+            load_key(entry)
