@@ -46,6 +46,9 @@ class DkimKey:
         return f"v=DKIM1; k={kind}; p={self.public_b64}"
 
 
+_WIRE = email.policy.SMTP.clone(max_line_length=998)
+
+
 class DkimKeyError(ValueError):
     """A configured key file is missing or not an RSA/Ed25519 private key."""
 
@@ -103,15 +106,17 @@ class DkimSigner:
             self._by_domain.setdefault(key.domain, []).append(key)
 
     def sign(self, mime: EmailMessage) -> Message:
-        """`mime` with a DKIM-Signature per key of its From domain; unchanged without one.
+        """`mime` as it goes on the wire, with a DKIM-Signature per key of its From domain
+        (none for a domain without a key).
 
-        The signed message is returned as parsed bytes (compat32): sent as they were signed,
-        byte for byte, rather than re-serialised by the email package's folding policy.
+        The result is the serialised bytes parsed back (compat32), which aiosmtplib sends
+        without re-encoding: what was signed is what is sent (compat32 refolds long lines
+        only at whitespace, which relaxed canonicalisation ignores). Serialised with lines up
+        to RFC 5322's 998 characters: at 78, the email package turns a long header without
+        spaces (List-Unsubscribe's URL, Feedback-ID) into RFC 2047 encoded words, which
+        mailbox providers do not decode in those headers.
         """
-        keys = self._by_domain.get(from_domain(mime), [])
-        if not keys:
-            return mime
-        raw = mime.as_bytes(policy=email.policy.SMTP)
+        raw = mime.as_bytes(policy=_WIRE)
         signatures = b"".join(
             dkim.sign(
                 raw,
@@ -122,6 +127,6 @@ class DkimSigner:
                 signature_algorithm=key.algorithm.encode(),
                 include_headers=[h.encode() for h in SIGNED_HEADERS],
             )
-            for key in keys
+            for key in self._by_domain.get(from_domain(mime), [])
         )
         return email.message_from_bytes(signatures + raw, policy=email.policy.compat32)

@@ -67,6 +67,7 @@ class Content:
     text: str | None
     from_email: str
     from_name: str | None
+    list_id: UUID | None = None  # the campaign's recipient list (List-Id, Feedback-ID)
 
 
 def merge_fields(recipient: BatchRecipient) -> dict[str, Any]:
@@ -207,7 +208,9 @@ def build_outbox(
         if links:
             url = policy.unsubscribe_link(campaign_id, recipient.recipient_id)
             recipient = with_unsubscribe_url(recipient, url)
-        headers = policy.headers(campaign_id, recipient.recipient_id, content.from_email)
+        headers = policy.headers(
+            campaign_id, recipient.recipient_id, content.from_email, list_id=content.list_id
+        )
         args = custom_args(campaign_id, recipient.recipient_id, batch_id)
         values = _substitutions(template, merge_fields(recipient)) if template else None
         if template is not None and values is not None:
