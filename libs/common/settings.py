@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -112,6 +113,18 @@ class Settings(BaseSettings):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown IANA time zone {value!r}, e.g. 'Europe/Berlin'") from exc
+        return value
+
+    @field_validator("dns_nameservers")
+    @classmethod
+    def _nameserver_ips(cls, value: str) -> str:
+        for server in filter(None, (s.strip() for s in value.split(","))):
+            try:
+                ipaddress.ip_address(server)
+            except ValueError as exc:
+                raise ValueError(
+                    f"MAILFLEET_DNS_NAMESERVERS: {server!r} is not an IP address"
+                ) from exc
         return value
 
     @field_validator("unsubscribe_footer")

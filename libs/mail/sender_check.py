@@ -70,7 +70,11 @@ class Dns:
             self._resolver = dns.asyncresolver.Resolver(configure=False)
             self._resolver.nameservers = nameservers
         else:
-            self._resolver = dns.asyncresolver.Resolver()
+            try:
+                self._resolver = dns.asyncresolver.Resolver()
+            except dns.resolver.NoResolverConfiguration:
+                # No resolv.conf: no servers, so every check says it was skipped.
+                self._resolver = dns.asyncresolver.Resolver(configure=False)
         self._resolver.port = port
         self._resolver.lifetime = timeout_s
         self.timeout_s = timeout_s

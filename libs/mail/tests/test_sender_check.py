@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from libs.common.embedded import free_port
-from libs.common.settings import DkimKeyConfig
+from libs.common.settings import DkimKeyConfig, Settings
 from libs.mail.dkim_signing import DkimKey, load_key
 from libs.mail.sender_check import Dns, SenderReport, SenderSetup, check_sender
 from libs.mail.tests.dns_server import Zone, dns_server
@@ -169,6 +169,12 @@ async def test_dmarc_policy_none_warns_and_a_foreign_bounce_domain_without_dkim_
     unsigned = SenderSetup("smtp", "relay.example.net", [], "bounces.mailer.net")
     report = await check_sender(DOMAIN, unsigned, Dns(["127.0.0.1"], port, 3.0))
     assert statuses(report)["dmarc_alignment"] == "fail"
+
+
+def test_nameservers_must_be_ip_addresses() -> None:
+    assert Settings(MAILFLEET_DNS_NAMESERVERS="127.0.0.1, ::1").dns_nameservers
+    with pytest.raises(ValueError, match="not an IP address"):
+        Settings(MAILFLEET_DNS_NAMESERVERS="dns.example.com")
 
 
 async def test_an_unreachable_resolver_skips_the_check_quickly(tmp_path: Path) -> None:

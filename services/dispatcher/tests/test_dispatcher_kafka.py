@@ -158,7 +158,7 @@ async def test_every_recipient_receives_exactly_once_with_its_merge_fields(
     html, text = sample.html, sample.text  # type: ignore[attr-defined]
     # The content, then the unsubscribe footer (the template has no link) with its own link.
     assert html.startswith("<p>Dear Name1234 from Zürich &amp; Co</p><p")
-    assert '/u/' in html.split("<p", 2)[2] and html.endswith("Unsubscribe</a></p>")
+    assert "/u/" in html.split("<p", 2)[2] and html.endswith("Unsubscribe</a></p>")
     assert text.startswith("Dear Name1234 from Zürich & Co\n") and "Unsubscribe" in text
 
 
