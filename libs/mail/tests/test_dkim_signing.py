@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import hashlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import dkim
+import dkim.crypto
 import dns.exception
 import dns.resolver
 import pytest
@@ -23,7 +25,13 @@ from libs.common.embedded import free_port
 from libs.common.events import BatchRecipient, RecipientOutcome
 from libs.common.settings import DEFAULT_UNSUBSCRIBE_FOOTER, DkimKeyConfig, Settings
 from libs.mail.config import DispatcherSettings
-from libs.mail.dkim_signing import DkimKey, DkimKeyError, DkimSigner, load_key
+from libs.mail.dkim_signing import (
+    DkimKey,
+    DkimKeyError,
+    DkimSigner,
+    _rsa_sign_with_openssl,
+    load_key,
+)
 from libs.mail.headers import HeaderPolicy
 from libs.mail.providers.registry import build_providers
 from libs.mail.providers.sendgrid import RetryPolicy
@@ -238,3 +246,15 @@ def test_an_unreadable_key_file_stops_the_dispatcher_at_start(tmp_path: Path) ->
     for entry in (missing, junk):
         with pytest.raises(DkimKeyError, match="DKIM key for example.com"):
             load_key(entry)
+
+
+def test_the_openssl_rsa_signature_is_byte_for_byte_dkimpys(tmp_path: Path) -> None:
+    key = load_key(
+        DkimKeyConfig(domain="example.com", selector="s", key_file=str(write_key(tmp_path, "rsa")))
+    )
+    parsed = dkim.crypto.parse_pem_private_key(key.private)
+    digest = hashlib.sha256(b"header hash input")
+    assert _rsa_sign_with_openssl(digest, parsed) == dkim.crypto.RSASSA_PKCS1_v1_5_sign(
+        digest, parsed
+    )
+    assert dkim.RSASSA_PKCS1_v1_5_sign is _rsa_sign_with_openssl  # what dkim.sign calls
