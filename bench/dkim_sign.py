@@ -15,33 +15,20 @@ import tempfile
 import time
 import uuid
 from email.message import EmailMessage
+from typing import Literal
 
 from aiosmtplib.email import flatten_message
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from libs.common.events import BatchRecipient
 from libs.common.settings import DEFAULT_UNSUBSCRIBE_FOOTER, DkimKeyConfig
-from libs.mail.dkim_signing import DkimKey, DkimSigner, load_key
+from libs.mail.dkim_signing import DkimKey, DkimSigner, load_key, new_key_file
 from libs.mail.headers import HeaderPolicy
 from libs.mail.providers.smtp import mime_message
 from libs.mail.rendering import Content, build_outbox
 
 
-def make_key(folder: pathlib.Path, kind: str) -> DkimKey:
-    key = (
-        rsa.generate_private_key(65537, 2048)
-        if kind == "rsa"
-        else ed25519.Ed25519PrivateKey.generate()
-    )
-    path = folder / f"{kind}.pem"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+def make_key(folder: pathlib.Path, kind: Literal["rsa", "ed25519"]) -> DkimKey:
+    path = new_key_file(folder / f"{kind}.pem", kind)
     return load_key(DkimKeyConfig(domain="example.com", selector=kind, key_file=str(path)))
 
 

@@ -118,6 +118,21 @@ def load_key(config: DkimKeyConfig) -> DkimKey:
     raise DkimKeyError(f"DKIM key for {config.domain}: only RSA and Ed25519 keys are supported")
 
 
+def new_key_file(path: Path, kind: Literal["rsa", "ed25519"]) -> Path:
+    """A new private key (RSA-2048 or Ed25519) written to `path` as PKCS#8 PEM, owner-only."""
+    key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey = (
+        rsa.generate_private_key(65537, 2048)
+        if kind == "rsa"
+        else ed25519.Ed25519PrivateKey.generate()
+    )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path.touch(mode=0o600)
+    path.write_bytes(pem)
+    return path
+
+
 def load_keys(configs: list[DkimKeyConfig]) -> list[DkimKey]:
     return [load_key(c) for c in configs]
 

@@ -18,8 +18,6 @@ import dns.exception
 import dns.resolver
 import pytest
 from aiosmtpd.controller import Controller
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from libs.common.embedded import free_port
 from libs.common.events import BatchRecipient, RecipientOutcome
@@ -31,6 +29,7 @@ from libs.mail.dkim_signing import (
     DkimSigner,
     _rsa_sign_with_openssl,
     load_key,
+    new_key_file,
 )
 from libs.mail.headers import HeaderPolicy
 from libs.mail.providers.registry import build_providers
@@ -66,20 +65,7 @@ def dns_zone() -> Iterator[tuple[Zone, int]]:
 
 
 def write_key(folder: Path, kind: str) -> Path:
-    key = (
-        rsa.generate_private_key(65537, 2048)
-        if kind == "rsa"
-        else ed25519.Ed25519PrivateKey.generate()
-    )
-    path = folder / f"{kind}.pem"
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return path
+    return new_key_file(folder / f"{kind}.pem", "rsa" if kind == "rsa" else "ed25519")
 
 
 def dns_lookup(port: int) -> Any:

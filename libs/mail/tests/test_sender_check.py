@@ -7,12 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from libs.common.embedded import free_port
 from libs.common.settings import DkimKeyConfig, Settings
-from libs.mail.dkim_signing import DkimKey, load_key
+from libs.mail.dkim_signing import DkimKey, load_key, new_key_file
 from libs.mail.sender_check import Dns, SenderReport, SenderSetup, check_sender
 from libs.mail.tests.dns_server import Zone, dns_server
 
@@ -20,14 +18,7 @@ DOMAIN = "example.com"
 
 
 def make_key(folder: Path, name: str = "k") -> DkimKey:
-    path = folder / f"{name}.pem"
-    path.write_bytes(
-        ed25519.Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    path = new_key_file(folder / f"{name}.pem", "ed25519")
     return load_key(DkimKeyConfig(domain=DOMAIN, selector="mf1", key_file=str(path)))
 
 

@@ -7,12 +7,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
 from libs.common.embedded import free_port
 from libs.common.settings import DkimKeyConfig
-from libs.mail.dkim_signing import load_key
+from libs.mail.dkim_signing import load_key, new_key_file
 from libs.mail.tests.dns_server import Zone, dns_server
 from services.api.tests.support import Api
 
@@ -30,14 +27,7 @@ def configured(api: Api, **update: Any) -> Iterator[None]:
 
 @contextmanager
 def good_domain(tmp_path: Path) -> Iterator[tuple[Zone, int, DkimKeyConfig]]:
-    path = tmp_path / "mf1.pem"
-    path.write_bytes(
-        ed25519.Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    path = new_key_file(tmp_path / "mf1.pem", "ed25519")
     config = DkimKeyConfig(domain="good.example", selector="mf1", key_file=str(path))
     with dns_server() as (zone, port):
         zone.a("relay.example.net", "192.0.2.10")
