@@ -8,7 +8,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ProviderName = Literal["sink", "sendgrid", "smtp"]
@@ -26,6 +26,21 @@ def parse_networks(text: str) -> tuple[IpNetwork, ...]:
         except ValueError as exc:
             raise ValueError(f"{item!r} is not an IP address or CIDR, e.g. 10.0.0.0/8") from exc
     return tuple(networks)
+
+
+DEFAULT_UNSUBSCRIBE_FOOTER = (
+    '<p style="font-size:12px;color:#666666;text-align:center">'
+    "You receive this email because you are on our list. "
+    '<a href="{{ unsubscribe_url }}">Unsubscribe</a></p>'
+)
+
+
+class DkimKeyConfig(BaseModel):
+    """One entry of MAILFLEET_DKIM_KEYS: a From domain, its selector, a PEM private key."""
+
+    domain: str = Field(min_length=1, max_length=253)
+    selector: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._-]+$")
+    key_file: str = Field(min_length=1, max_length=4096)
 
 
 class Settings(BaseSettings):
@@ -147,6 +162,22 @@ class Settings(BaseSettings):
     soft_bounce_limit: int = Field(3, alias="MAILFLEET_SOFT_BOUNCE_LIMIT", ge=1, le=100)
     # ----- end of bounces and complaints -----
 
+    # --- Deliverability (issue 14 items 3 and 6; owner: DKIM / sender check) ---
+    # JSON list of {"domain", "selector", "key_file"}: SMTP mail from `domain` is signed
+    # with that PEM key (RSA or Ed25519; two entries for one domain give two signatures).
+    dkim_keys: list[DkimKeyConfig] = Field(default_factory=list, alias="MAILFLEET_DKIM_KEYS")
+    # Appended to every HTML body whose template lacks {{ unsubscribe_url }}.
+    unsubscribe_footer: str = Field(
+        DEFAULT_UNSUBSCRIBE_FOOTER, alias="MAILFLEET_UNSUBSCRIBE_FOOTER", max_length=10_000
+    )
+    # The sender check's resolver: comma-separated IPs ("" = the system's resolv.conf).
+    dns_nameservers: str = Field("", alias="MAILFLEET_DNS_NAMESERVERS", max_length=1000)
+    dns_port: int = Field(53, alias="MAILFLEET_DNS_PORT", ge=1, le=65535)
+    # Per sender check (all its queries); scheduling never waits longer than this on DNS.
+    dns_timeout_s: float = Field(2.0, alias="MAILFLEET_DNS_TIMEOUT_S", gt=0, le=30)
+    # The sender check looks up the MX of MAILFLEET_BOUNCE_DOMAIN (see the bounces block).
+    # --- end deliverability ---
+
     # Logging.
     log_level: str = Field("INFO", alias="MAILFLEET_LOG_LEVEL")
 
@@ -200,6 +231,26 @@ class Settings(BaseSettings):
     def public_base_url(self) -> str:
         """Where unsubscribe links point: the edge, at its public URL when one is set."""
         return self.public_url or f"http://{self.edge_host}:{self.edge_port}"
+
+    @field_validator("dns_nameservers")
+    @classmethod
+    def _nameserver_ips(cls, value: str) -> str:
+        for server in filter(None, (s.strip() for s in value.split(","))):
+            try:
+                ipaddress.ip_address(server)
+            except ValueError as exc:
+                raise ValueError(
+                    f"MAILFLEET_DNS_NAMESERVERS: {server!r} is not an IP address"
+                ) from exc
+        return value
+
+    @field_validator("unsubscribe_footer")
+    @classmethod
+    def _footer_links(cls, value: str) -> str:
+        # Bulk-sender rules (Gmail, Yahoo) want a visible unsubscribe link in every body.
+        if "unsubscribe_url" not in value:
+            raise ValueError("MAILFLEET_UNSUBSCRIBE_FOOTER must contain {{ unsubscribe_url }}")
+        return value
 
     def require_infrastructure(self) -> None:
         """Fail with a clear message when a service is started without broker or database."""

@@ -13,11 +13,16 @@ class HeaderPolicy:
     public_base_url: str
     secret_key: str
     unsubscribe_mailto: str = ""
+    # Appended to HTML bodies without {{ unsubscribe_url }} (rendering); "" = none (tests).
+    unsubscribe_footer: str = ""
 
-    def headers(self, campaign_id: UUID, recipient_id: int, from_email: str) -> dict[str, str]:
-        targets = [
-            f"<{unsubscribe_url(self.public_base_url, self.secret_key, campaign_id, recipient_id)}>"
-        ]
+    def unsubscribe_link(self, campaign_id: UUID, recipient_id: int) -> str:
+        return unsubscribe_url(self.public_base_url, self.secret_key, campaign_id, recipient_id)
+
+    def headers(
+        self, campaign_id: UUID, recipient_id: int, from_email: str, list_id: UUID | None = None
+    ) -> dict[str, str]:
+        targets = [f"<{self.unsubscribe_link(campaign_id, recipient_id)}>"]
         if self.unsubscribe_mailto:
             targets.append(f"<mailto:{self.unsubscribe_mailto}?subject=unsubscribe>")
         return {
@@ -25,7 +30,20 @@ class HeaderPolicy:
             # RFC 8058: mailbox providers may POST this body to the URL, with no user prompt.
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
             "Message-ID": message_id(campaign_id, recipient_id, from_email),
+            **list_headers(campaign_id, from_email, list_id),
         }
+
+
+def list_headers(campaign_id: UUID, from_email: str, list_id: UUID | None) -> dict[str, str]:
+    """RFC 2919 List-Id and Gmail's Feedback-ID, whose feedback loop reports complaint rates
+    per identifier: campaign, list, then the stable sender id last."""
+    domain = from_email.rsplit("@", 1)[-1].lower() or "mailfleet.invalid"
+    # The recipient list is the mailing list: filters and unsubscribe UIs group by it.
+    list_name = list_id.hex if list_id is not None else "mailfleet"
+    return {
+        "List-Id": f"<{list_name}.lists.{domain}>",
+        "Feedback-ID": f"{campaign_id.hex}:{list_name}:mailfleet:{domain}",
+    }
 
 
 def message_id(campaign_id: UUID, recipient_id: int, from_email: str) -> str:

@@ -11,7 +11,7 @@ fails alone: its recipient is settled `failed` with the reason, the others go ou
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
 
@@ -73,6 +73,7 @@ class Content:
     text: str | None
     from_email: str
     from_name: str | None
+    list_id: UUID | None = None  # the campaign's recipient list (List-Id, Feedback-ID)
 
 
 def merge_fields(recipient: BatchRecipient) -> dict[str, Any]:
@@ -220,6 +221,25 @@ def _substitutions(
     return values
 
 
+_UNSUBSCRIBE_TAG = re.compile(r"\{\{\s*unsubscribe_url\s*\}\}")
+_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+
+
+def with_unsubscribe_footer(content: Content, footer: str) -> Content:
+    """`content` whose HTML shows an unsubscribe link: `footer` goes before </body> (or at
+    the end) when the template has no {{ unsubscribe_url }} of its own."""
+    if not footer or _UNSUBSCRIBE_TAG.search(content.html):
+        return content
+    end = _BODY_END.search(content.html)
+    at = end.start() if end else len(content.html)
+    return replace(content, html=content.html[:at] + footer + content.html[at:])
+
+
+def with_unsubscribe_url(recipient: BatchRecipient, url: str) -> BatchRecipient:
+    # Ours wins over a recipient field of the same name: the link must be the real one.
+    return recipient.model_copy(update={"fields": {**recipient.fields, "unsubscribe_url": url}})
+
+
 def build_outbox(
     content: Content,
     campaign_id: UUID,
@@ -234,13 +254,20 @@ def build_outbox(
     if sender_problem is not None:  # content frozen before the API refused such names
         outbox.settled.extend(_failed(r, sender_problem) for r in recipients)
         return outbox
+    content = with_unsubscribe_footer(content, policy.unsubscribe_footer)
+    links = "unsubscribe_url" in content.html or "unsubscribe_url" in (content.text or "")
     template = substitution_template(content)
     templated: list[TemplatedRecipient] = []
     for recipient in recipients:
         if not is_valid_address(recipient.email):
             outbox.settled.append(_invalid(recipient))
             continue
-        headers = policy.headers(campaign_id, recipient.recipient_id, content.from_email)
+        if links:
+            url = policy.unsubscribe_link(campaign_id, recipient.recipient_id)
+            recipient = with_unsubscribe_url(recipient, url)
+        headers = policy.headers(
+            campaign_id, recipient.recipient_id, content.from_email, list_id=content.list_id
+        )
         args = custom_args(campaign_id, recipient.recipient_id, batch_id)
         values = _substitutions(template, merge_fields(recipient)) if template else None
         if template is not None and values is not None:

@@ -33,6 +33,7 @@ from services.api.routes import (
     lists,
     ops,
     recipients,
+    senders,
     suppressions,
     templates,
 )
@@ -117,6 +118,7 @@ def create_app(
     app.include_router(import_rejections.router)
     install_console(app, settings)
     app.include_router(audit.router)
+    app.include_router(senders.router)
     document_problems(app)
     return app
 

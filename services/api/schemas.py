@@ -274,6 +274,30 @@ class CampaignOut(BaseModel):
         None, description="Who paused it: an admin, or a service (a provider outage, the guard)."
     )
     stats: StatsOut | None = Field(None, description="Shown when reading one campaign.")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Set by schedule: the sender check's failures for the From domain"
+        " (scheduling goes ahead), or why the check was skipped.",
+    )
+
+
+class SenderCheckItem(BaseModel):
+    name: str = Field(
+        description="spf, spf_provider, spf_lookups, dkim, dmarc, dmarc_alignment, bounce_mx"
+    )
+    status: Literal["pass", "warn", "fail"]
+    detail: str
+    fix: str | None = Field(None, description="What to change in DNS or in the configuration.")
+
+
+class SenderCheckOut(BaseModel):
+    domain: str
+    provider: str
+    status: Literal["pass", "warn", "fail", "skipped"] = Field(
+        description="The worst check's status; skipped when no DNS resolver answered."
+    )
+    skipped: str | None = Field(None, description="Why the checks could not be run.")
+    checks: list[SenderCheckItem]
 
 
 class PreviewOut(BaseModel):

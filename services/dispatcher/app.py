@@ -74,7 +74,9 @@ def header_policy(settings: Settings, extra: DispatcherSettings) -> HeaderPolicy
     if not settings.secret_key:
         # Every message must carry a working one-click unsubscribe link (RFC 8058).
         raise SystemExit("MAILFLEET_SECRET_KEY is not set: it signs the unsubscribe links")
-    return HeaderPolicy(base, settings.secret_key, extra.unsubscribe_mailto)
+    return HeaderPolicy(
+        base, settings.secret_key, extra.unsubscribe_mailto, settings.unsubscribe_footer
+    )
 
 
 async def _track_partition_share(

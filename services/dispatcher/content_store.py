@@ -26,8 +26,11 @@ class ContentRepository:
             self._cache.move_to_end(content_id)
             return cached
         row = await self._pool.fetchrow(
-            "SELECT id, campaign_id, subject, html, text, from_email, from_name"
-            " FROM content_snapshots WHERE id = $1",
+            # The list only names the List-Id and Feedback-ID headers: a campaign that started
+            # is never deleted, and a missing one just gives the per-domain List-Id.
+            "SELECT s.id, s.campaign_id, s.subject, s.html, s.text, s.from_email, s.from_name,"
+            " c.list_id FROM content_snapshots s LEFT JOIN campaigns c ON c.id = s.campaign_id"
+            " WHERE s.id = $1",
             content_id,
         )
         if row is None:

@@ -8,6 +8,7 @@ from libs.common.settings import Settings
 from libs.mail.bounces import verp_sender_for
 from libs.mail.circuit_breaker import CircuitBreaker
 from libs.mail.config import DispatcherSettings
+from libs.mail.dkim_signing import DkimSigner, load_keys
 from libs.mail.providers.base import Provider
 from libs.mail.providers.sendgrid import RetryPolicy, SendGridProvider
 from libs.mail.providers.smtp import SMTPProvider, tls_mode
@@ -67,6 +68,7 @@ def build_providers(
             envelope_sender=verp_sender_for(settings.secret_key, settings.bounce_domain)
             if settings.bounce_domain and settings.secret_key
             else None,
+            signer=DkimSigner(load_keys(settings.dkim_keys)),
         ),
     }
     return providers

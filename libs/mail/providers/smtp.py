@@ -22,6 +22,7 @@ import ssl
 import time
 from collections.abc import Callable
 from email.message import EmailMessage
+from email.message import Message as MIMEMessage
 from email.utils import formataddr
 from typing import Any, Literal
 
@@ -38,6 +39,7 @@ from libs.common.events import RecipientOutcome
 from libs.common.logging import get_logger
 from libs.mail.bounces import classify_reply, hard_bounce_error
 from libs.mail.circuit_breaker import CircuitBreaker
+from libs.mail.dkim_signing import DkimSigner
 from libs.mail.messages import Message, Outbox, Sender
 from libs.mail.metrics import PROVIDER_REQUEST_SECONDS, PROVIDER_RETRIES, start_provider_series
 from libs.mail.providers.base import (
@@ -141,6 +143,7 @@ class SMTPProvider:
         ca_file: str = "",
         retry_ambiguous: bool = False,
         envelope_sender: EnvelopeSender | None = None,
+        signer: DkimSigner | None = None,
     ) -> None:
         start_provider_series(self.name)
         self.breaker = breaker or CircuitBreaker()
@@ -150,6 +153,7 @@ class SMTPProvider:
         self._ca_file = ca_file or None
         self._retry_ambiguous = retry_ambiguous
         self._envelope_sender = envelope_sender
+        self._signer = signer or DkimSigner([])
         self._timeout = timeout_s
         self.limiter = limiter
         self._retry = retry
@@ -208,11 +212,12 @@ class SMTPProvider:
 
         async def one(message: Message) -> list[RecipientOutcome]:
             async with building:
-                return [await self.send_message(mime_message(outbox.sender, message), message)]
+                mime = self._signer.sign(mime_message(outbox.sender, message))
+                return [await self.send_message(mime, message)]
 
         return await send_all(self.name, messages, one, on_progress)
 
-    async def send_message(self, mime: EmailMessage, message: Message) -> RecipientOutcome:
+    async def send_message(self, mime: MIMEMessage, message: Message) -> RecipientOutcome:
         retrying = AsyncRetrying(
             retry=retry_if_exception(self._worth_retrying),
             stop=stop_after_attempt(self._retry.max_attempts),
@@ -264,7 +269,7 @@ class SMTPProvider:
             return failed(message.recipient_id, message.email, error)
         return sent(message.recipient_id, message.email, message.headers.get("Message-ID"))
 
-    async def _deliver(self, mime: EmailMessage, envelope_sender: str | None = None) -> None:
+    async def _deliver(self, mime: MIMEMessage, envelope_sender: str | None = None) -> None:
         async with self._slots:
             client = self._idle.get_nowait() if not self._idle.empty() else None
             if client is not None:

@@ -28,6 +28,7 @@ from services.api.deletion_rules import why_campaign_is_kept
 from services.api.deps import ApiResources, CanEdit, CanRead, Resources
 from services.api.pagination import BadCursor
 from services.api.routes.common import DEFAULT_PAGE, Cursor, Limit, bad_cursor, not_found
+from services.api.routes.senders import schedule_warnings
 from services.api.scheduling import UnrepresentableTime, resolve_send_at
 from services.api.schemas import (
     CampaignCreate,
@@ -247,7 +248,12 @@ async def schedule_campaign(
             timezone=timezone,
             revision=row["schedule_revision"],
         )
-    return await campaign_with_stats(resources, row)
+    scheduled = await campaign_with_stats(resources, row)
+    # After the commit: a slow or failing DNS never holds the transaction or the schedule.
+    scheduled.warnings = await schedule_warnings(
+        resources.settings, row["from_email"], row["provider"]
+    )
+    return scheduled
 
 
 @router.post(

@@ -155,8 +155,11 @@ async def test_every_recipient_receives_exactly_once_with_its_merge_fields(
     assert len({m.email for m in received}) == 2000  # type: ignore[attr-defined]
     sample = next(m for m in received if m.email.startswith("r1234."))  # type: ignore[attr-defined]
     assert sample.subject == "Hello Name1234"  # type: ignore[attr-defined]
-    assert sample.html == "<p>Dear Name1234 from Zürich &amp; Co</p>"  # type: ignore[attr-defined]
-    assert sample.text == "Dear Name1234 from Zürich & Co\n"  # type: ignore[attr-defined]
+    html, text = sample.html, sample.text  # type: ignore[attr-defined]
+    # The content, then the unsubscribe footer (the template has no link) with its own link.
+    assert html.startswith("<p>Dear Name1234 from Zürich &amp; Co</p><p")
+    assert "/u/" in html.split("<p", 2)[2] and html.endswith("Unsubscribe</a></p>")
+    assert text.startswith("Dear Name1234 from Zürich & Co\n") and "Unsubscribe" in text
 
 
 async def test_a_redelivered_batch_is_replayed_not_resent(
