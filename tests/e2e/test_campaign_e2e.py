@@ -12,10 +12,17 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
+import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from libs.common.settings import Settings
+from services.edge.tests.support import WEBHOOK_PATH, public_key_b64, sendgrid_event, signed
 from tests.e2e.harness import RunningStack, start_stack
+
+# The key SendGrid would sign its event webhook with; the edge verifies with its public half.
+WEBHOOK_KEY = ec.generate_private_key(ec.SECP256R1())
 
 RECIPIENTS = 20_000
 
@@ -28,6 +35,7 @@ async def stack(
         settings.database_url,
         settings.kafka_bootstrap_servers,
         tmp_path_factory.mktemp("e2e-logs"),
+        env={"SENDGRID_WEBHOOK_VERIFICATION_KEY": public_key_b64(WEBHOOK_KEY)},
     )
     yield running
     await running.stop()
@@ -113,30 +121,42 @@ def test_logs_are_json_lines_with_ids(stack: RunningStack) -> None:
 async def test_a_hard_bounce_reported_by_webhook_is_skipped_by_the_next_campaign(
     stack: RunningStack,
 ) -> None:
-    """Provider event → API webhook → delivery.event → tracker suppression → scheduler skips it."""
+    """Provider event (signed) → edge → delivery.event → tracker suppression → the next
+    campaign's scheduler skips it. The bounce is of a delivery of a first campaign: an event
+    that matches no delivery suppresses nobody (issue 12)."""
     bounced = f"bounce-{uuid.uuid4().hex[:8]}@example.com"
     others = [f"keep{i}-{uuid.uuid4().hex[:8]}@example.com" for i in range(2)]
     api = stack.client()
     try:
-        # The address is on the list before it bounces (the importer skips suppressed ones).
         list_id = await api.create_list("after-bounce")
         rows = "email,first_name\n" + "".join(f"{e},X\n" for e in [bounced, *others])
         job = await api.wait_import(await api.import_csv(list_id, rows.encode()))
         assert job["status"] == "completed", job
-        webhook = await api.http.post(
-            f"{stack.api_url}/api/v1/webhooks/sendgrid",
-            json=[
-                {
-                    "email": bounced,
-                    "event": "bounce",
-                    "type": "bounce",
-                    "reason": "550 5.1.1 no such user",
-                    "sg_event_id": uuid.uuid4().hex,
-                    "sg_message_id": "abc.filter0001",
-                    "timestamp": int(time.time()),
-                }
-            ],
+        first = await api.create_campaign(
+            name="before bounce",
+            subject="Hi",
+            html="<p>Hi</p>",
+            from_email="news@example.com",
+            list_id=list_id,
         )
+        await api.schedule(first)
+        assert (await api.wait_campaign(first, timeout=120))["status"] == "completed"
+        mailed = await api.http.get(f"/campaigns/{first}/deliveries", params={"limit": 10})
+        recipient_id = next(
+            d["recipient_id"] for d in mailed.json()["items"] if d["email"] == bounced
+        )
+        event = sendgrid_event(
+            "bounce",
+            email=bounced,
+            type="bounce",
+            reason="550 5.1.1 no such user",
+            campaign_id=first,
+            recipient_id=str(recipient_id),
+            timestamp=int(time.time()),
+        )
+        body = orjson.dumps([event])
+        async with httpx.AsyncClient(base_url=stack.edge_url, timeout=30) as edge:
+            webhook = await edge.post(WEBHOOK_PATH, content=body, headers=signed(WEBHOOK_KEY, body))
         assert webhook.status_code == 200, webhook.text
         deadline = time.monotonic() + 60
         while True:
