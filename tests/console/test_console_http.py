@@ -142,6 +142,19 @@ async def test_static_assets_are_served_with_cache_headers(console: Console) -> 
         assert "immutable" in asset.headers["cache-control"]
 
 
+def _campaign_form(csrf: str, list_id: str, **fields: str) -> dict[str, str]:
+    """The new-campaign form as a person fills it in; `fields` change some of it."""
+    form = {
+        "csrf_token": csrf,
+        "name": "A campaign",
+        "from_email": "news@example.com",
+        "list_id": list_id,
+        "subject": "Hi",
+        "html": "<p>Hi</p>",
+    }
+    return form | fields
+
+
 async def test_wrong_campaign_input_is_shown_next_to_its_field(console: Console) -> None:
     async with console.client() as client:
         await sign_in(client, ADMIN_EMAIL)
@@ -151,14 +164,9 @@ async def test_wrong_campaign_input_is_shown_next_to_its_field(console: Console)
         list_id = form.text.split('<option value="', 2)[2].split('"', 1)[0]
         answer = await client.post(
             "/console/campaigns/new",
-            data={
-                "csrf_token": csrf,
-                "name": "Broken",
-                "from_email": "news@example.com",
-                "list_id": list_id,
-                "subject": "Hi",
-                "html": "<p>line one</p>\n<p>{{ unclosed </p>",
-            },
+            data=_campaign_form(
+                csrf, list_id, name="Broken", html="<p>line one</p>\n<p>{{ unclosed </p>"
+            ),
         )
         assert answer.status_code == 422
         assert 'id="html-error"' in answer.text and "line 2" in answer.text
@@ -401,3 +409,77 @@ async def test_an_open_event_stream_ends_with_its_session(
         )
         assert answer.status_code == 200
         assert "event: progress" not in answer.text
+
+
+async def _audit(console: Console, action: str) -> list[dict[str, object]]:
+    async with console.client() as api:
+        answer = await api.get(
+            "/api/v1/audit",
+            params={"action": action, "limit": 200},
+            headers={"Authorization": f"Bearer {console.settings.bootstrap_api_key}"},
+        )
+    assert answer.status_code == 200, answer.text
+    items: list[dict[str, object]] = answer.json()["items"]
+    return items
+
+
+async def _user_id(console: Console, email: str) -> str:
+    db = console.app.state.resources.db
+    return str(await db.fetchval("SELECT id FROM console_users WHERE email = $1", email))
+
+
+async def test_console_actions_are_audited_as_the_signed_in_user(console: Console) -> None:
+    admin_id = await _user_id(console, ADMIN_EMAIL)
+    editor_id = await _user_id(console, "editor@example.com")
+    list_id, _ = await _campaign_with_log(console)
+    new_email = f"audited-{uuid.uuid4().hex[:8]}@example.com"
+    async with console.client() as admin, console.client() as editor:
+        await sign_in(editor, "editor@example.com")
+        csrf = await page_csrf(editor)
+        draft = await editor.post(
+            "/console/campaigns/new", data=_campaign_form(csrf, list_id, name="Audited")
+        )
+        assert draft.status_code == 303, draft.text
+        campaign_id = draft.headers["location"].rsplit("/", 1)[1]
+        scheduled = await editor.post(
+            f"/console/campaigns/{campaign_id}/schedule",
+            data={"csrf_token": csrf, "day": "2030-03-01", "at": "09:00", "timezone": "UTC"},
+        )
+        assert scheduled.status_code == 303, scheduled.text
+        out = await editor.post("/console/logout", data={"csrf_token": csrf})
+        assert out.status_code == 303
+
+        await sign_in(admin, ADMIN_EMAIL)
+        admin_csrf = await page_csrf(admin, "/console/settings/users")
+        created = await admin.post(
+            "/console/settings/users",
+            data={
+                "csrf_token": admin_csrf,
+                "email": new_email,
+                "password": PASSWORD,
+                "role": "viewer",
+            },
+        )
+        assert created.status_code == 303, created.text
+        new_id = await _user_id(console, new_email)
+        disabled = await admin.post(
+            f"/console/settings/users/{new_id}/disable", data={"csrf_token": admin_csrf}
+        )
+        assert disabled.status_code == 303, disabled.text
+
+    schedule = [
+        e for e in await _audit(console, "campaign.schedule") if e["target_id"] == campaign_id
+    ]
+    assert len(schedule) == 1
+    assert (schedule[0]["actor_kind"], schedule[0]["actor_id"]) == ("user", editor_id)
+    assert schedule[0]["actor_name"] == "editor@example.com"
+    for action, actor_id, target_id in (
+        ("console_user.create", admin_id, new_id),
+        ("console_user.disable", admin_id, new_id),
+        ("console_user.sign_in", editor_id, editor_id),
+        ("console_user.sign_out", editor_id, editor_id),
+        ("console_user.sign_in", admin_id, admin_id),
+    ):
+        found = [e for e in await _audit(console, action) if e["actor_id"] == actor_id]
+        assert found, (action, actor_id)
+        assert all(e["actor_kind"] == "user" and e["target_id"] == target_id for e in found)
