@@ -6,10 +6,17 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import aiohttp
 import pytest
 
+from libs.mail.providers.base import ProviderOutage
+from libs.mail.sink import start_sink
 from services.api.console import live, queries, sessions
 from services.api.console.auth import ConsoleState
+from services.dispatcher.provider_status import publish_once
+from services.dispatcher.provider_status_store import PostgresStatusStore
+from services.dispatcher.tests.test_sendgrid_provider import outbox, send
+from services.dispatcher.tests.test_sendgrid_provider import provider as sendgrid_client
 from tests.console.conftest import Console
 from tests.console.support import ADMIN_EMAIL, PASSWORD, csrf_in, page_csrf, sign_in
 
@@ -483,3 +490,43 @@ async def test_console_actions_are_audited_as_the_signed_in_user(console: Consol
         found = [e for e in await _audit(console, action) if e["actor_id"] == actor_id]
         assert found, (action, actor_id)
         assert all(e["actor_kind"] == "user" and e["target_id"] == target_id for e in found)
+
+
+def _row_of(html: str, instance: str) -> str:
+    rows = [row for row in html.split("<tr") if instance in row]
+    assert len(rows) == 1, (instance, rows)
+    return rows[0]
+
+
+async def test_settings_show_the_provider_status_the_dispatchers_publish(
+    console: Console,
+) -> None:
+    db = console.app.state.resources.db
+    sink = await start_sink("127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as session:
+            refused = sendgrid_client(sink, session)
+            sink.inject_fault(401, count=100)
+            with pytest.raises(ProviderOutage):
+                await send(refused, outbox(3))
+    finally:
+        await sink.stop()
+    instance = f"console-test-{uuid.uuid4().hex[:8]}"
+    assert await publish_once(PostgresStatusStore(db), instance, {"sink": refused})
+    silent = f"console-silent-{uuid.uuid4().hex[:8]}"
+    await db.execute(
+        "INSERT INTO provider_status (instance, provider, breaker_state, rate_limit_per_s,"
+        " updated_at) VALUES ($1, 'smtp', 'closed', 12.5, now() - interval '5 minutes')",
+        silent,
+    )
+    async with console.client() as client:
+        await sign_in(client, "viewer@example.com")
+        page = await client.get("/console/settings")
+    assert page.status_code == 200
+    assert '<th scope="col">Circuit breaker</th>' in page.text
+    row = _row_of(page.text, instance)
+    assert 'data-breaker="open"' in row and "open: 401: injected fault" in row
+    assert "unlimited" in row and "stale" not in row
+    old = _row_of(page.text, silent)
+    assert 'data-breaker="closed"' in old and "12.5 emails/s" in old
+    assert "<strong>stale</strong>" in old and "none" in old

@@ -17,6 +17,7 @@ from services.api.audit import Target, record_audit
 from services.api.console import passwords, users_repo
 from services.api.console.auth import AdminPost, AdminView, Session, Viewer, writer
 from services.api.console.forms import field_errors_from_validation
+from services.api.console.provider_status import provider_statuses
 from services.api.console.web import ConsoleRoute, render
 from services.api.keys import Role
 from services.api.repository import Row
@@ -32,17 +33,24 @@ Short = Annotated[str, Form(max_length=1024)]
 AnyonePost = Annotated[Session, writer(Role.VIEWER)]
 
 
+async def _settings_page(
+    request: Request, session: Session, status_code: int = 200, **extra: object
+) -> Response:
+    providers = await provider_statuses(request.app.state.resources.db)
+    return render(
+        request, "settings.html", session, status_code, zones=ZONES, providers=providers, **extra
+    )
+
+
 @router.get("/settings")
 async def settings_page(request: Request, session: Viewer) -> Response:
-    return render(request, "settings.html", session, zones=ZONES)
+    return await _settings_page(request, session)
 
 
 @router.post("/settings/timezone")
 async def set_timezone(request: Request, session: AnyonePost, timezone: Short = "") -> Response:
     if timezone and timezone not in ZONES:
-        return render(
-            request, "settings.html", session, 422, zones=ZONES, error="Unknown time zone."
-        )
+        return await _settings_page(request, session, 422, error="Unknown time zone.")
     await users_repo.set_timezone(request.app.state.resources.db, session.user_id, timezone or None)
     return RedirectResponse("/console/settings", status_code=303)
 
