@@ -7,6 +7,9 @@ traffic through again (half-open): one success closes it, one failure re-opens i
 
 An auth or configuration error (a revoked key) `trip`s it at once, with its reason: no
 number of retries will mend that.
+
+It also keeps the last failure it was told of, with its wall-clock time, for the
+operators (the dispatcher publishes it to the `provider_status` table).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class CircuitBreaker:
         failure_threshold: int = 5,
         cooldown_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.failure_threshold = failure_threshold
         self.cooldown_s = cooldown_s
@@ -35,6 +39,9 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at: float | None = None
         self.outage_reason: str | None = None
+        self._wall_clock = wall_clock
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None  # seconds since the epoch
 
     @property
     def state(self) -> BreakerState:
@@ -58,8 +65,15 @@ class CircuitBreaker:
         self._failures = max(self._failures, self.failure_threshold)
         self._opened_at = self._clock()
         self.outage_reason = reason
+        self._remember(reason)
 
-    def record_failure(self) -> None:
+    def record_failure(self, reason: str | None = None) -> None:
         self._failures += 1
+        if reason is not None:
+            self._remember(reason)
         if self.state is BreakerState.HALF_OPEN or self._failures >= self.failure_threshold:
             self._opened_at = self._clock()
+
+    def _remember(self, reason: str) -> None:
+        self.last_error = reason[:1000]
+        self.last_error_at = self._wall_clock()

@@ -69,6 +69,11 @@ class DispatcherSettings(BaseSettings):
     # Threads that render batches (user templates) off the event loop. Rendering holds the
     # GIL: more threads than cores only share the same CPU.
     render_threads: int = Field(2, alias="MAILFLEET_RENDER_THREADS", ge=1, le=32)
+    # How often each instance writes its providers' breaker, rate limit and last error to
+    # the provider_status table (shown on the console's Settings page).
+    provider_status_every_s: float = Field(
+        5.0, alias="MAILFLEET_PROVIDER_STATUS_EVERY_S", ge=0.05, le=60
+    )
 
 
 @lru_cache(maxsize=1)

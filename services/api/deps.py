@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Annotated, TextIO
+from typing import Annotated, Literal, TextIO
 from uuid import UUID
 
 import asyncpg
@@ -67,14 +67,18 @@ _bearer = HTTPBearer(
 
 @dataclass(frozen=True)
 class Caller:
+    """Who calls a route function: an API key, or a console user acting through the
+    console (then `key_id` holds the user's id and `name` the user's email)."""
+
     key_id: UUID
     name: str
     role: Role
+    kind: Literal["api_key", "user"] = "api_key"
 
     @property
     def actor(self) -> Actor:
         """Who this caller is in the audit log."""
-        return Actor("api_key", str(self.key_id), self.name)
+        return Actor(self.kind, str(self.key_id), self.name)
 
 
 def client_of(request: Request, resources: ApiResources) -> str:

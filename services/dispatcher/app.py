@@ -30,6 +30,8 @@ from services.dispatcher.dispatch import BatchDispatcher, HandedBack
 from services.dispatcher.durable_ledger import DurableLedgerWrites
 from services.dispatcher.ledger_store import PostgresLedger
 from services.dispatcher.metrics import BREAKER_OPEN, RATE_LIMIT, start_failover_series
+from services.dispatcher.provider_status import publish_provider_status
+from services.dispatcher.provider_status_store import PostgresStatusStore
 
 log = get_logger(__name__)
 
@@ -170,6 +172,15 @@ async def main(
                 )
             ),
             asyncio.create_task(statuses.run(ctx.stop)),
+            asyncio.create_task(
+                publish_provider_status(
+                    PostgresStatusStore(ctx.pool),
+                    owner,
+                    providers,
+                    ctx.stop,
+                    extra.provider_status_every_s,
+                )
+            ),
             asyncio.create_task(follow_control_events(ctx.settings, statuses, ctx.stop)),
         ]
         log.info("dispatcher consuming", group_id=group_id, owner=owner)

@@ -6,10 +6,17 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import aiohttp
 import pytest
 
+from libs.mail.providers.base import ProviderOutage
+from libs.mail.sink import start_sink
 from services.api.console import live, queries, sessions
 from services.api.console.auth import ConsoleState
+from services.dispatcher.provider_status import publish_once
+from services.dispatcher.provider_status_store import PostgresStatusStore
+from services.dispatcher.tests.test_sendgrid_provider import outbox, send
+from services.dispatcher.tests.test_sendgrid_provider import provider as sendgrid_client
 from tests.console.conftest import Console
 from tests.console.support import ADMIN_EMAIL, PASSWORD, csrf_in, page_csrf, sign_in
 
@@ -142,6 +149,19 @@ async def test_static_assets_are_served_with_cache_headers(console: Console) -> 
         assert "immutable" in asset.headers["cache-control"]
 
 
+def _campaign_form(csrf: str, list_id: str, **fields: str) -> dict[str, str]:
+    """The new-campaign form as a person fills it in; `fields` change some of it."""
+    form = {
+        "csrf_token": csrf,
+        "name": "A campaign",
+        "from_email": "news@example.com",
+        "list_id": list_id,
+        "subject": "Hi",
+        "html": "<p>Hi</p>",
+    }
+    return form | fields
+
+
 async def test_wrong_campaign_input_is_shown_next_to_its_field(console: Console) -> None:
     async with console.client() as client:
         await sign_in(client, ADMIN_EMAIL)
@@ -151,14 +171,9 @@ async def test_wrong_campaign_input_is_shown_next_to_its_field(console: Console)
         list_id = form.text.split('<option value="', 2)[2].split('"', 1)[0]
         answer = await client.post(
             "/console/campaigns/new",
-            data={
-                "csrf_token": csrf,
-                "name": "Broken",
-                "from_email": "news@example.com",
-                "list_id": list_id,
-                "subject": "Hi",
-                "html": "<p>line one</p>\n<p>{{ unclosed </p>",
-            },
+            data=_campaign_form(
+                csrf, list_id, name="Broken", html="<p>line one</p>\n<p>{{ unclosed </p>"
+            ),
         )
         assert answer.status_code == 422
         assert 'id="html-error"' in answer.text and "line 2" in answer.text
@@ -401,3 +416,117 @@ async def test_an_open_event_stream_ends_with_its_session(
         )
         assert answer.status_code == 200
         assert "event: progress" not in answer.text
+
+
+async def _audit(console: Console, action: str) -> list[dict[str, object]]:
+    async with console.client() as api:
+        answer = await api.get(
+            "/api/v1/audit",
+            params={"action": action, "limit": 200},
+            headers={"Authorization": f"Bearer {console.settings.bootstrap_api_key}"},
+        )
+    assert answer.status_code == 200, answer.text
+    items: list[dict[str, object]] = answer.json()["items"]
+    return items
+
+
+async def _user_id(console: Console, email: str) -> str:
+    db = console.app.state.resources.db
+    return str(await db.fetchval("SELECT id FROM console_users WHERE email = $1", email))
+
+
+async def test_console_actions_are_audited_as_the_signed_in_user(console: Console) -> None:
+    admin_id = await _user_id(console, ADMIN_EMAIL)
+    editor_id = await _user_id(console, "editor@example.com")
+    list_id, _ = await _campaign_with_log(console)
+    new_email = f"audited-{uuid.uuid4().hex[:8]}@example.com"
+    async with console.client() as admin, console.client() as editor:
+        await sign_in(editor, "editor@example.com")
+        csrf = await page_csrf(editor)
+        draft = await editor.post(
+            "/console/campaigns/new", data=_campaign_form(csrf, list_id, name="Audited")
+        )
+        assert draft.status_code == 303, draft.text
+        campaign_id = draft.headers["location"].rsplit("/", 1)[1]
+        scheduled = await editor.post(
+            f"/console/campaigns/{campaign_id}/schedule",
+            data={"csrf_token": csrf, "day": "2030-03-01", "at": "09:00", "timezone": "UTC"},
+        )
+        assert scheduled.status_code == 303, scheduled.text
+        out = await editor.post("/console/logout", data={"csrf_token": csrf})
+        assert out.status_code == 303
+
+        await sign_in(admin, ADMIN_EMAIL)
+        admin_csrf = await page_csrf(admin, "/console/settings/users")
+        created = await admin.post(
+            "/console/settings/users",
+            data={
+                "csrf_token": admin_csrf,
+                "email": new_email,
+                "password": PASSWORD,
+                "role": "viewer",
+            },
+        )
+        assert created.status_code == 303, created.text
+        new_id = await _user_id(console, new_email)
+        disabled = await admin.post(
+            f"/console/settings/users/{new_id}/disable", data={"csrf_token": admin_csrf}
+        )
+        assert disabled.status_code == 303, disabled.text
+
+    schedule = [
+        e for e in await _audit(console, "campaign.schedule") if e["target_id"] == campaign_id
+    ]
+    assert len(schedule) == 1
+    assert (schedule[0]["actor_kind"], schedule[0]["actor_id"]) == ("user", editor_id)
+    assert schedule[0]["actor_name"] == "editor@example.com"
+    for action, actor_id, target_id in (
+        ("console_user.create", admin_id, new_id),
+        ("console_user.disable", admin_id, new_id),
+        ("console_user.sign_in", editor_id, editor_id),
+        ("console_user.sign_out", editor_id, editor_id),
+        ("console_user.sign_in", admin_id, admin_id),
+    ):
+        found = [e for e in await _audit(console, action) if e["actor_id"] == actor_id]
+        assert found, (action, actor_id)
+        assert all(e["actor_kind"] == "user" and e["target_id"] == target_id for e in found)
+
+
+def _row_of(html: str, instance: str) -> str:
+    rows = [row for row in html.split("<tr") if instance in row]
+    assert len(rows) == 1, (instance, rows)
+    return rows[0]
+
+
+async def test_settings_show_the_provider_status_the_dispatchers_publish(
+    console: Console,
+) -> None:
+    db = console.app.state.resources.db
+    sink = await start_sink("127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as session:
+            refused = sendgrid_client(sink, session)
+            sink.inject_fault(401, count=100)
+            with pytest.raises(ProviderOutage):
+                await send(refused, outbox(3))
+    finally:
+        await sink.stop()
+    instance = f"console-test-{uuid.uuid4().hex[:8]}"
+    assert await publish_once(PostgresStatusStore(db), instance, {"sink": refused})
+    silent = f"console-silent-{uuid.uuid4().hex[:8]}"
+    await db.execute(
+        "INSERT INTO provider_status (instance, provider, breaker_state, rate_limit_per_s,"
+        " updated_at) VALUES ($1, 'smtp', 'closed', 12.5, now() - interval '5 minutes')",
+        silent,
+    )
+    async with console.client() as client:
+        await sign_in(client, "viewer@example.com")
+        page = await client.get("/console/settings")
+    assert page.status_code == 200
+    assert '<th scope="col">Circuit breaker</th>' in page.text
+    row = _row_of(page.text, instance)
+    assert 'data-breaker="open"' in row and "open: 401: injected fault" in row
+    assert "unlimited" in row and "stale" not in row
+    old = _row_of(page.text, silent)
+    assert 'data-breaker="closed"' in old and "12.5 emails/s" in old
+    assert "<strong>stale</strong>" in old and "none" in old

@@ -225,16 +225,16 @@ class SendGridProvider:
                     answer = await response.read()
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 # The connection was never opened: nothing was sent.
-                self.breaker.record_failure()
+                self.breaker.record_failure(f"connection error: {exc!r}")
                 raise RetryableResponse("connection", f"connection error: {exc!r}") from exc
             except TimeoutError as exc:
-                self.breaker.record_failure()
+                self.breaker.record_failure("no answer within the timeout")
                 raise RetryableResponse(
                     "timeout", "no answer within the timeout", ambiguous=True
                 ) from exc
             except aiohttp.ClientError as exc:
                 # Reset or closed once the request was (maybe) written.
-                self.breaker.record_failure()
+                self.breaker.record_failure(f"connection lost: {exc!r}")
                 raise RetryableResponse(
                     "connection", f"connection lost: {exc!r}", ambiguous=True
                 ) from exc
@@ -251,10 +251,11 @@ class SendGridProvider:
             wait = _throttle_wait(response.headers, self._retry.max_wait_s)
             raise RetryableResponse("throttled", "429: " + provider_errors(answer), wait)
         if response.status >= 500:
-            self.breaker.record_failure()
+            reason = f"{response.status}: {provider_errors(answer)}"
+            self.breaker.record_failure(reason)
             raise RetryableResponse(
                 "server_error",
-                f"{response.status}: {provider_errors(answer)}",
+                reason,
                 ambiguous=response.status not in _UNSENT_SERVER_ERRORS,
             )
         # Any answer below 500 (a 429, a rejected payload) shows a working provider.

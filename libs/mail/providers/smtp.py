@@ -292,14 +292,14 @@ class SMTPProvider:
                     raise _Transient("server_error", f"{exc.code}: {exc.message}") from exc
                 raise
             except aiosmtplib.SMTPTimeoutError as exc:  # before OSError: a TimeoutError is one
-                self.breaker.record_failure()
+                self.breaker.record_failure(repr(exc))
                 in_data = client is not None and client.data_started
                 if client is not None:
                     client.close()
                 client = None
                 raise _Transient("timeout", repr(exc), ambiguous=in_data) from exc
             except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPConnectError, OSError) as exc:
-                self.breaker.record_failure()
+                self.breaker.record_failure(repr(exc))
                 in_data = client is not None and client.data_started
                 client = None  # broken: the retry opens a new connection
                 raise _Transient("connection", repr(exc), ambiguous=in_data) from exc

@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
 
 from libs.common.logging import bind_contextvars
+from services.api.audit import Actor
 from services.api.console import sessions, users_repo
 from services.api.deps import ApiResources, Caller, get_resources
 from services.api.keys import Role, role_allows
@@ -51,12 +52,18 @@ class Session:
     def may(self, role: Role) -> bool:
         return role_allows(self.role, role)
 
+    @property
+    def actor(self) -> Actor:
+        """The signed-in person in the audit log."""
+        return user_actor(self.user_id, self.email)
+
     def as_caller(self) -> Caller:
-        # The route functions the console calls take the caller of the REST API.
-        # TODO(audit, issue 13): when `security`'s audit log lands, record console actions
-        # with an actor of kind `user` (self.user_id, self.email) instead of this key-shaped
-        # stand-in; every call site of as_caller() is a user action to audit.
-        return Caller(key_id=self.user_id, name=f"console user {self.email}", role=self.role)
+        """The caller the REST route functions take: they audit it as this user."""
+        return Caller(key_id=self.user_id, name=self.email, role=self.role, kind="user")
+
+
+def user_actor(user_id: UUID, email: str) -> Actor:
+    return Actor("user", str(user_id), email)
 
 
 class SignInNeeded(Exception):

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import math
 from typing import Annotated
+from uuid import UUID
 
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import RedirectResponse
 
 from libs.common.logging import get_logger
+from services.api.audit import Target, record_audit
 from services.api.console import passwords, sessions, users_repo
-from services.api.console.auth import Viewer, console_state
+from services.api.console.auth import Viewer, console_state, user_actor
 from services.api.console.web import ConsoleRoute, render
 from services.api.deps import Resources
 
@@ -26,6 +28,10 @@ def _safe_next(target: str | None) -> str:
     if target and target.startswith("/console") and "//" not in target and "\\" not in target:
         return target
     return "/console"
+
+
+def _user_target(user_id: UUID) -> Target:
+    return Target("console_user", str(user_id))
 
 
 def _secure(request: Request) -> bool:
@@ -102,10 +108,16 @@ async def login(
             request, 400, error="Wrong email or password.", email=email, next_path=next
         )
     token = sessions.new_token()
-    await users_repo.insert_session(
-        resources.db, sessions.token_hash(token), found["id"], state.clock()
-    )
-    # TODO(audit, issue 13): record "console sign-in" for actor user found["id"].
+    async with resources.db.acquire() as conn, conn.transaction():
+        await users_repo.insert_session(
+            conn, sessions.token_hash(token), found["id"], state.clock()
+        )
+        await record_audit(
+            conn,
+            user_actor(found["id"], email),
+            "console_user.sign_in",
+            _user_target(found["id"]),
+        )
     log.info("console sign-in", console_user_id=str(found["id"]))
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(
@@ -129,8 +141,11 @@ async def logout(request: Request, resources: Resources, session: Viewer) -> Res
         console_state(request).secret, session.token, token if isinstance(token, str) else None
     ):
         return render(request, "error.html", session, 403, message="The form expired; reload.")
-    await users_repo.delete_session(resources.db, sessions.token_hash(session.token))
-    # TODO(audit, issue 13): record "console sign-out" for actor user session.user_id.
+    async with resources.db.acquire() as conn, conn.transaction():
+        await users_repo.delete_session(conn, sessions.token_hash(session.token))
+        await record_audit(
+            conn, session.actor, "console_user.sign_out", _user_target(session.user_id)
+        )
     response = RedirectResponse("/console/login", status_code=303)
     response.delete_cookie(sessions.SESSION_COOKIE, path="/")
     return response

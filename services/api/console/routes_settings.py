@@ -13,11 +13,14 @@ from pydantic import ValidationError
 
 from libs.common.logging import get_logger
 from services.api import repository
+from services.api.audit import Target, record_audit
 from services.api.console import passwords, users_repo
 from services.api.console.auth import AdminPost, AdminView, Session, Viewer, writer
 from services.api.console.forms import field_errors_from_validation
+from services.api.console.provider_status import provider_statuses
 from services.api.console.web import ConsoleRoute, render
 from services.api.keys import Role
+from services.api.repository import Row
 from services.api.routes import api_keys
 from services.api.schemas import ApiKeyCreate
 
@@ -30,17 +33,24 @@ Short = Annotated[str, Form(max_length=1024)]
 AnyonePost = Annotated[Session, writer(Role.VIEWER)]
 
 
+async def _settings_page(
+    request: Request, session: Session, status_code: int = 200, **extra: object
+) -> Response:
+    providers = await provider_statuses(request.app.state.resources.db)
+    return render(
+        request, "settings.html", session, status_code, zones=ZONES, providers=providers, **extra
+    )
+
+
 @router.get("/settings")
 async def settings_page(request: Request, session: Viewer) -> Response:
-    return render(request, "settings.html", session, zones=ZONES)
+    return await _settings_page(request, session)
 
 
 @router.post("/settings/timezone")
 async def set_timezone(request: Request, session: AnyonePost, timezone: Short = "") -> Response:
     if timezone and timezone not in ZONES:
-        return render(
-            request, "settings.html", session, 422, zones=ZONES, error="Unknown time zone."
-        )
+        return await _settings_page(request, session, 422, error="Unknown time zone.")
     await users_repo.set_timezone(request.app.state.resources.db, session.user_id, timezone or None)
     return RedirectResponse("/console/settings", status_code=303)
 
@@ -69,6 +79,19 @@ async def users_page(request: Request, session: AdminView) -> Response:
     return await _admin_page(request, session)
 
 
+async def _insert_user_audited(
+    request: Request, session: Session, email: str, hashed: str, role: str
+) -> Row | None:
+    """The user and its audit record commit together; None when the email is taken."""
+    async with request.app.state.resources.db.acquire() as conn, conn.transaction():
+        row = await users_repo.insert_user(conn, email, hashed, role)
+        if row is not None:
+            target = Target("console_user", str(row["id"]))
+            details = {"email": email, "role": role}
+            await record_audit(conn, session.actor, "console_user.create", target, details)
+        return row
+
+
 @router.post("/settings/users")
 async def create_user(
     request: Request, session: AdminPost, email: Short = "", password: Short = "", role: Short = ""
@@ -85,12 +108,10 @@ async def create_user(
         errors["role"] = "Choose a role."
     if not errors:
         hashed = await asyncio.to_thread(passwords.hash_password, password)
-        row = await users_repo.insert_user(request.app.state.resources.db, email, hashed, role)
+        row = await _insert_user_audited(request, session, email, hashed, role)
         if row is None:
             errors["email"] = "A user with this email exists already."
         else:
-            # TODO(audit, issue 13): record "console user created" (row["id"], role) by
-            # actor user session.user_id.
             log.info("console user created", user_id=str(row["id"]), role=role)
             return RedirectResponse("/console/settings/users", status_code=303)
     values = {"email": email, "role": role}
@@ -101,8 +122,10 @@ async def create_user(
 async def disable_user(request: Request, session: AdminPost, user_id: UUID) -> Response:
     if user_id == session.user_id:
         return await _admin_page(request, session, 409, notice="You cannot disable yourself.")
-    await users_repo.disable_user(request.app.state.resources.db, user_id)
-    # TODO(audit, issue 13): record "console user disabled" by actor user session.user_id.
+    async with request.app.state.resources.db.acquire() as conn, conn.transaction():
+        if await users_repo.disable_user(conn, user_id):
+            target = Target("console_user", str(user_id))
+            await record_audit(conn, session.actor, "console_user.disable", target)
     log.info("console user disabled", user_id=str(user_id))
     return RedirectResponse("/console/settings/users", status_code=303)
 

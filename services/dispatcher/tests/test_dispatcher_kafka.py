@@ -31,6 +31,8 @@ from services.dispatcher.tests.support import insert_content, make_batch
 
 pytestmark = pytest.mark.timeout(120)
 
+INSTANCE = f"dispatcher-test-{uuid.uuid4().hex[:8]}"
+
 
 @pytest.fixture(scope="module")
 def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -119,9 +121,15 @@ async def running_dispatcher(
         MAILFLEET_PROVIDER_RETRY_INITIAL_S=0.01,
         MAILFLEET_PROVIDER_RETRY_MAX_S=0.05,
         MAILFLEET_LEDGER_LEASE_S=5,
+        MAILFLEET_PROVIDER_STATUS_EVERY_S=0.2,
     )
     task = asyncio.create_task(
-        main(ctx, group_id=f"dispatcher-test-{uuid.uuid4().hex[:8]}", extra=extra)
+        main(
+            ctx,
+            group_id=f"dispatcher-test-{uuid.uuid4().hex[:8]}",
+            extra=extra,
+            instance_id=INSTANCE,
+        )
     )
     yield
     stop.set()
@@ -222,37 +230,20 @@ async def test_server_errors_are_retried_and_rejections_fail_with_the_providers_
     assert len(sink_messages_of(sink, campaign)) == 20
 
 
-async def test_a_refused_api_key_hands_the_batch_back_and_asks_for_a_pause(
-    running_dispatcher: None,
-    dispatcher_settings: Settings,
-    pool: asyncpg.Pool,
-    producer: EventProducer,
-    results: Results,
-    sink: SinkHandle,
-) -> None:
-    campaign = uuid.uuid4()
-    batch = make_batch(campaign, await insert_content(pool, campaign), 0, 40)
-    sink.inject_fault(401, count=1000)
-    try:
-        await producer.send(Topic.BATCH_READY, batch.batch_id, batch)
-        (pause,) = await first_events(
-            dispatcher_settings.kafka_bootstrap_servers,
-            Topic.CAMPAIGN_CONTROL,
-            CampaignControl,
-            lambda e: e.campaign_id == campaign,
+async def _sink_status(
+    pool: asyncpg.Pool, predicate: Callable[[asyncpg.Record], bool]
+) -> asyncpg.Record:
+    """The sink's row that this test module's dispatcher published, once it matches."""
+    deadline = time.monotonic() + 30
+    while True:
+        row = await pool.fetchrow(
+            "SELECT * FROM provider_status WHERE instance = $1 AND provider = 'sink'", INSTANCE
         )
-    finally:
-        sink.state.faults.clear()
-    assert pause.action == "pause" and pause.origin == "provider"
-    assert pause.reason is not None and "401" in pause.reason
-    entry = await PostgresLedger(pool).get(batch.batch_id)
-    assert entry is not None and entry.released and entry.recorded_outcomes() == []
-    assert results.by_campaign[campaign] == []  # nobody failed
-    # Resumed: the scheduler emits the batch again, and it is sent once.
-    await producer.send(Topic.BATCH_READY, batch.batch_id, batch.model_copy(update={"emitted": 2}))
-    (result,) = await results.wait_for(campaign, lambda rs: len(rs) == 1)
-    assert {o.status for o in result.outcomes} == {"sent"}
-    assert len(sink_messages_of(sink, campaign)) == 40
+        if row is not None and predicate(row):
+            return row
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no matching provider status: {row}")
+        await asyncio.sleep(0.05)
 
 
 class LoopLag:
@@ -281,6 +272,47 @@ RUNAWAY_HTML = (
 
 
 @pytest.mark.timeout(90)  # today's code never comes back: the red run ends here
+async def test_a_refused_api_key_hands_the_batch_back_asks_for_a_pause_and_is_published(
+    running_dispatcher: None,
+    dispatcher_settings: Settings,
+    pool: asyncpg.Pool,
+    producer: EventProducer,
+    results: Results,
+    sink: SinkHandle,
+) -> None:
+    campaign = uuid.uuid4()
+    batch = make_batch(campaign, await insert_content(pool, campaign), 0, 40)
+    sink.inject_fault(401, count=1000)
+    try:
+        await producer.send(Topic.BATCH_READY, batch.batch_id, batch)
+        (pause,) = await first_events(
+            dispatcher_settings.kafka_bootstrap_servers,
+            Topic.CAMPAIGN_CONTROL,
+            CampaignControl,
+            lambda e: e.campaign_id == campaign,
+        )
+        opened = await _sink_status(pool, lambda r: r["breaker_state"] == "open")
+    finally:
+        sink.state.faults.clear()
+    # The breaker the refusal opened is published for the console, with its reason.
+    assert opened["breaker_reason"].startswith("401")
+    assert opened["last_error"] == opened["breaker_reason"]
+    assert opened["last_error_at"] is not None and opened["rate_limit_per_s"] == 0
+    assert pause.action == "pause" and pause.origin == "provider"
+    assert pause.reason is not None and "401" in pause.reason
+    entry = await PostgresLedger(pool).get(batch.batch_id)
+    assert entry is not None and entry.released and entry.recorded_outcomes() == []
+    assert results.by_campaign[campaign] == []  # nobody failed
+    # Resumed: the scheduler emits the batch again, and it is sent once.
+    await producer.send(Topic.BATCH_READY, batch.batch_id, batch.model_copy(update={"emitted": 2}))
+    (result,) = await results.wait_for(campaign, lambda rs: len(rs) == 1)
+    assert {o.status for o in result.outcomes} == {"sent"}
+    assert len(sink_messages_of(sink, campaign)) == 40
+    # A send that works closes the breaker; the last error stays on show.
+    closed = await _sink_status(pool, lambda r: r["breaker_state"] == "closed")
+    assert closed["breaker_reason"] is None and closed["last_error"].startswith("401")
+
+
 async def test_a_runaway_template_fails_its_recipients_alone_and_the_loop_stays_free(
     running_dispatcher: None,
     pool: asyncpg.Pool,
