@@ -166,6 +166,14 @@ async def run_dev_stack(dispatchers: int, data_dir: Path) -> None:
     console.print("stopped.")
 
 
+def _shown_login(console_login: str, data_dir: Path) -> str:
+    """The generated console password only on a terminal, like the key."""
+    if console.is_terminal or " / password " not in console_login:
+        return console_login
+    email = console_login.split(" / password ", 1)[0]
+    return f"{email}, password in {data_dir / 'admin-password'} (not shown: not a terminal)"
+
+
 def _shown_key(api_key: str, data_dir: Path) -> str:
     """The key itself only on a terminal: redirected output is a log file."""
     if console.is_terminal:
@@ -191,7 +199,7 @@ def _print_banner(
     table.add_row("API", api_url)
     table.add_row("API docs", f"{api_url}/docs")
     table.add_row("Console", f"{api_url}/console")
-    table.add_row("Console sign-in", console_login)
+    table.add_row("Console sign-in", _shown_login(console_login, data_dir))
     table.add_row("Edge (public: unsubscribe, webhooks)", edge_url)
     table.add_row("Admin API key", _shown_key(api_key, data_dir))
     table.add_row("Kafka", bootstrap)

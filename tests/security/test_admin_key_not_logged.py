@@ -103,6 +103,7 @@ def test_dev_banner_shows_the_key_only_on_a_terminal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key = "mf_" + "d" * 43
+    password = "p" * 24
     (tmp_path / "admin-key").write_text(key + "\n")
 
     def banner(terminal: bool) -> str:
@@ -112,11 +113,21 @@ def test_dev_banner_shows_the_key_only_on_a_terminal(
         )
         supervisor = Supervisor({}, tmp_path / "logs")
         devstack._print_banner(
-            "http://127.0.0.1:8000", key, "k:9092", "pg", False, tmp_path, supervisor
+            "http://127.0.0.1:8000",
+            "http://127.0.0.1:8001",
+            key,
+            f"admin@mailfleet.local / password {password}",
+            "k:9092",
+            "pg",
+            False,
+            tmp_path,
+            supervisor,
         )
         return out.getvalue()
 
     redirected = banner(terminal=False)  # `make dev > dev.log`
-    assert key not in redirected
+    assert key not in redirected and password not in redirected
     assert str(tmp_path / "admin-key") in redirected
-    assert key in banner(terminal=True)
+    assert str(tmp_path / "admin-password") in redirected
+    shown = banner(terminal=True)
+    assert key in shown and password in shown
