@@ -30,6 +30,16 @@ DOCS_HTML_POLICY = (
     "frame-ancestors 'none'"
 )
 
+# The admin console (services/api/console): its own vendored scripts and stylesheet, SSE
+# and htmx requests to this origin, forms posting back. Its campaign preview is a sandboxed
+# `srcdoc` iframe, which inherits this policy: the email's inline styles and remote images
+# are allowed there (styles and images only; no script runs in the sandbox).
+CONSOLE_HTML_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: https:; connect-src 'self'; font-src 'self'; frame-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+
 _ALWAYS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),

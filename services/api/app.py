@@ -15,7 +15,11 @@ from libs.common.logging import configure, get_logger
 from libs.common.settings import Settings, get_settings
 from libs.web.middleware import RequestContextMiddleware
 from libs.web.problems import install_problem_handlers
-from libs.web.security_headers import DOCS_HTML_POLICY, SecurityHeadersMiddleware
+from libs.web.security_headers import (
+    CONSOLE_HTML_POLICY,
+    DOCS_HTML_POLICY,
+    SecurityHeadersMiddleware,
+)
 from libs.web.server import serve
 from services.api.bootstrap import ensure_admin_key, operator_terminal, show_generated_key
 from services.api.console.bootstrap import ensure_first_admin
@@ -109,6 +113,7 @@ def create_app(
         html_policies={
             app.docs_url or "/docs": DOCS_HTML_POLICY,
             app.redoc_url or "/redoc": DOCS_HTML_POLICY,
+            "/console": CONSOLE_HTML_POLICY,
         },
     )
     for module in (ops, lists, campaigns, campaign_control, api_keys):

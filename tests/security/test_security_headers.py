@@ -52,3 +52,14 @@ async def test_admin_api_pages_carry_security_headers(api: Api) -> None:
     data = await api.client.get("/api/v1/lists", headers=api.auth("viewer"))
     assert data.headers["x-content-type-options"] == "nosniff"
     assert "content-security-policy" not in data.headers  # JSON needs none
+
+
+async def test_console_pages_may_run_their_own_scripts_only(api: Api) -> None:
+    """The console's vendored htmx and upload script load from this origin (a policy
+    without `script-src 'self'` left it without them: imports never started)."""
+    login = await api.client.get("/console/login")
+    assert login.status_code == 200
+    _assert_html_protected(login)
+    policy = login.headers["content-security-policy"]
+    assert "script-src 'self';" in policy and "unsafe-inline" not in policy.split("style-src")[0]
+    assert "connect-src 'self'" in policy  # server-sent events and htmx requests
