@@ -73,6 +73,9 @@ async def start_stack(
         "MAILFLEET_SINK_URL": sink.url,
         "MAILFLEET_SCHEDULER_TICK_SECONDS": "0.2",
         "MAILFLEET_CHILD": "1",
+        # Its own dispatcher group per stack: Tansu holds a group's joins for long after an
+        # earlier stack's members were killed (a later stack then received no batch at all).
+        "MAILFLEET_DISPATCHER_GROUP": f"dispatcher-{uuid.uuid4().hex[:8]}",
         **(env or {}),
     }
     services = ("api", "edge", "importer", "scheduler", "tracker")

@@ -343,6 +343,8 @@ async def ledger_stack(
             "SMTP_HOST": "127.0.0.1",
             "SMTP_PORT": str(ledger_relay[0]),
             "SMTP_MAX_CONNECTIONS": "8",
+            # The test relay speaks plain SMTP on loopback (TLS is the default).
+            "SMTP_TLS": "none",
         },
     )
     yield running

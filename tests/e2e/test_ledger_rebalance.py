@@ -24,8 +24,8 @@ from libs.common.supervisor import ChildSpec
 from services.dispatcher.tests.support import SlowRelay, slow_relay_server
 from tests.e2e.harness import start_stack
 from tests.e2e.test_chaos import (
-    assert_counts_reconcile,
-    report,
+    assert_ledger_counts_reconcile,
+    report_ledger_case,
     start_provider_campaign,
     wait_finished,
 )
@@ -61,6 +61,8 @@ async def test_a_dispatcher_joining_mid_batch_on_a_slow_relay_sends_nobody_twice
             "SMTP_HOST": "127.0.0.1",
             "SMTP_PORT": str(port),
             "SMTP_MAX_CONNECTIONS": "8",
+            # The test relay speaks plain SMTP on loopback (TLS is the default).
+            "SMTP_TLS": "none",
             "MAILFLEET_BATCH_SIZE": "200",
             "MAILFLEET_LEDGER_LEASE_S": "8",
             "MAILFLEET_DISPATCHER_GROUP": f"dispatcher-{uuid.uuid4().hex[:8]}",
@@ -75,7 +77,7 @@ async def test_a_dispatcher_joining_mid_batch_on_a_slow_relay_sends_nobody_twice
         await stack.supervisor.start([ChildSpec("dispatcher-3", "dispatcher")])
         assert len(relay.received) < SMTP_RECIPIENTS, "joined too late to prove anything"
         stats = await wait_finished(pool, campaign_id, WAIT_S)
-        report("slow-relay-rebalance", campaign_id, stats, time.monotonic() - started)
+        report_ledger_case("slow-relay-rebalance", campaign_id, stats, time.monotonic() - started)
     finally:
         await stack.stop()
     assert max(relay.received.values()) == 1, "an address arrived twice"
@@ -86,7 +88,7 @@ async def test_a_dispatcher_joining_mid_batch_on_a_slow_relay_sends_nobody_twice
     )
     assert stats["status"] == "completed"
     assert stats["sent"] == SMTP_RECIPIENTS and stats["unknown"] == 0, (stats, errors)
-    assert_counts_reconcile(stats, SMTP_RECIPIENTS)
+    assert_ledger_counts_reconcile(stats, SMTP_RECIPIENTS)
     finished = Counter(
         record["batch_id"]
         for path in log_dir.glob("dispatcher-*.log")
