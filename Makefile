@@ -36,7 +36,7 @@ tools:
 
 ## Lint, type-check and run every test against a real broker and PostgreSQL.
 test: install lint typecheck tools
-	$(BIN)/pytest -q -m "not bench"
+	$(BIN)/pytest -q -m "not bench" --durations=25
 
 lint: install
 	$(BIN)/ruff check .
