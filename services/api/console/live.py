@@ -83,9 +83,7 @@ async def _session_valid(request: Request, session: Session) -> bool:
 
 
 @router.get("/campaigns/{campaign_id}/live")
-async def live(
-    request: Request, session: Viewer, campaign_id: UUID, compact: bool = False
-) -> EventSourceResponse:
+async def live(request: Request, session: Viewer, campaign_id: UUID) -> EventSourceResponse:
     if not await repository.campaign_exists(request.app.state.resources.db, campaign_id):
         raise ProblemError(404, "There is no such campaign.")
 
@@ -102,11 +100,45 @@ async def live(
             row = await repository.get_campaign(db, campaign_id)
             counters = await read_models.campaign_counters(db, campaign_id)
             rate = meter.add(time.monotonic(), int(counters["sent"]) if counters else 0)
-            html = _fragment(request, session, row, counters, rate, compact)
+            html = _fragment(request, session, row, counters, rate, compact=False)
             if html != last:
                 last = html
                 yield {"event": "progress", "data": html}
             ended = row is None or row["status"] in ENDED
+            await asyncio.sleep(ENDED_EVERY_S if ended else UPDATE_EVERY_S)
+
+    return EventSourceResponse(updates(), ping=15)
+
+
+@router.get("/live")
+async def dashboard_live(request: Request, session: Viewer) -> EventSourceResponse:
+    """Every running campaign of the dashboard over one stream, an event per campaign
+    (`progress-<id>`). One stream per card would not do: a browser opens at most six
+    connections to a host over HTTP/1.1, so a dashboard with six running campaigns held
+    them all and the next page the person opened never loaded."""
+    db = request.app.state.resources.db
+    campaign_ids = [c["id"] for c in await queries.running_campaigns(db)]
+
+    async def updates() -> AsyncIterator[dict[str, str]]:
+        meters = {cid: RateMeter() for cid in campaign_ids}
+        last: dict[UUID, str] = {}
+        checked = time.monotonic()
+        while True:
+            if time.monotonic() - checked > RECHECK_SESSION_S:
+                if not await _session_valid(request, session):
+                    return
+                checked = time.monotonic()
+            rows = await queries.campaigns_by_id(db, campaign_ids)
+            counters = await queries.counters_by_campaign(db, campaign_ids)
+            now = time.monotonic()
+            for cid in campaign_ids:
+                found = counters.get(cid)
+                rate = meters[cid].add(now, int(found["sent"]) if found else 0)
+                html = _fragment(request, session, rows.get(cid), found, rate, compact=True)
+                if html != last.get(cid):
+                    last[cid] = html
+                    yield {"event": f"progress-{cid}", "data": html}
+            ended = all(r["status"] in ENDED for r in rows.values())
             await asyncio.sleep(ENDED_EVERY_S if ended else UPDATE_EVERY_S)
 
     return EventSourceResponse(updates(), ping=15)

@@ -60,6 +60,21 @@ async def progress_by_campaign(db: Executor, campaign_ids: list[UUID]) -> dict[U
     return {cid: found.get(cid) or progress_of(None) for cid in campaign_ids}
 
 
+async def campaigns_by_id(db: Executor, campaign_ids: list[UUID]) -> dict[UUID, dict[str, Any]]:
+    rows = await db.fetch("SELECT * FROM campaigns WHERE id = ANY($1::uuid[])", campaign_ids)
+    return {r["id"]: dict(r) for r in rows}
+
+
+async def counters_by_campaign(
+    db: Executor, campaign_ids: list[UUID]
+) -> dict[UUID, dict[str, Any]]:
+    """The raw `campaign_stats` rows of several campaigns in one query."""
+    rows = await db.fetch(
+        "SELECT * FROM campaign_stats WHERE campaign_id = ANY($1::uuid[])", campaign_ids
+    )
+    return {r["campaign_id"]: dict(r) for r in rows}
+
+
 async def running_campaigns(db: Executor) -> list[dict[str, Any]]:
     rows = await db.fetch(
         "SELECT id, name, status, started_at FROM campaigns WHERE status = ANY($1::text[])"
