@@ -195,7 +195,9 @@ class Settings(BaseSettings):
     guard_min_delivered: int = Field(
         1000, alias="MAILFLEET_GUARD_MIN_DELIVERED", ge=1, le=10_000_000
     )
-    guard_max_deferral_rate: float = Field(0.0, alias="MAILFLEET_GUARD_MAX_DEFERRAL_RATE", ge=0, le=1)
+    guard_max_deferral_rate: float = Field(
+        0.0, alias="MAILFLEET_GUARD_MAX_DEFERRAL_RATE", ge=0, le=1
+    )
     guard_max_provider_error_rate: float = Field(
         0.0, alias="MAILFLEET_GUARD_MAX_PROVIDER_ERROR_RATE", ge=0, le=1
     )

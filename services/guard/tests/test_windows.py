@@ -124,9 +124,7 @@ def test_deferral_and_provider_error_checks_are_off_unless_set() -> None:
     c.add(Counts(deferrals=500, provider_errors=500, sends=500))
     assert breach(c, Thresholds()) is None
     assert breach(c, Thresholds(max_deferral_rate=0.2)) == "deferral_rate 0.33 > 0.20"
-    assert breach(c, Thresholds(max_provider_error_rate=0.1)) == (
-        "provider_error_rate 0.33 > 0.10"
-    )
+    assert breach(c, Thresholds(max_provider_error_rate=0.1)) == ("provider_error_rate 0.33 > 0.10")
 
 
 def test_campaign_overrides() -> None:
