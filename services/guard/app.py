@@ -61,6 +61,7 @@ class Guard:
         self.hold_off_s = settings.guard_hold_off_seconds
         self._states: dict[UUID, tuple[float, CampaignState | None]] = {}
         self._asked: dict[UUID, float] = {}
+        self._held: dict[UUID, float] = {}  # when a held-off pause was last counted
 
     # ----- counting -----
 
@@ -136,21 +137,26 @@ class Guard:
         those asked for."""
         asked = []
         for campaign_id in campaign_ids:
-            if now - self._asked.get(campaign_id, -math.inf) < REASK_S:
-                continue
             counts = self.windows.campaign(campaign_id, now)
             if counts.sends == 0 and counts.delivered == 0:
                 continue  # no rate has a denominator: nothing to read the campaign for
-            limits = self.defaults
             state = await self._state(campaign_id, now)
             if state is None:
                 continue
+            if state.status != "in_progress":
+                # Paused (by us or anyone), finished: once resumed it is looked at afresh.
+                self._asked.pop(campaign_id, None)
+                continue
+            if now - self._asked.get(campaign_id, -math.inf) < REASK_S:
+                continue  # asked already; the scheduler has not applied it yet
+            limits = self.defaults
             reason = pause_reason(counts, state, limits, now, self.hold_off_s)
             if reason is None:
-                if state.status == "in_progress" and held_off(state, now, self.hold_off_s):
-                    if breach(counts, limits.overridden(state.guard)) is not None:
-                        metrics.HELD_OFF.inc()
-                        self._asked[campaign_id] = now  # counted once per REASK_S
+                if held_off(state, now, self.hold_off_s):
+                    recently = now - self._held.get(campaign_id, -math.inf) < REASK_S
+                    if not recently and breach(counts, limits.overridden(state.guard)):
+                        metrics.HELD_OFF.inc()  # counted once per REASK_S and campaign
+                        self._held[campaign_id] = now
                 continue
             await self._ask_pause(campaign_id, reason, counts, now)
             asked.append(campaign_id)
@@ -193,12 +199,14 @@ class Guard:
         window that hops can cross a threshold without a new record)."""
         now = self.clock()
         self.windows.expire(now)
-        for campaign_id in [c for c, t in self._asked.items() if now - t > REASK_S]:
-            del self._asked[campaign_id]
+        for asked in (self._asked, self._held):
+            for campaign_id in [c for c, t in asked.items() if now - t > REASK_S]:
+                del asked[campaign_id]
         for campaign_id in [c for c, (t, _) in self._states.items() if now - t > STATE_TTL_S]:
             del self._states[campaign_id]
         self.refresh_gauges(now)
         await self.evaluate(self.windows.campaigns(now), now)
+        metrics.LAST_TICK.set(time.time())
 
     async def run_clock(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -30,6 +30,10 @@ HELD_OFF = Counter(
     "mailfleet_guard_held_off_total",
     "Pauses not asked for because an admin resumed the campaign within the hold-off.",
 )
+LAST_TICK = Gauge(
+    "mailfleet_guard_last_tick_timestamp_seconds",
+    "When the guard last looked at every campaign in its window (once a hop).",
+)
 REBUILT_RECORDS = Gauge(
     "mailfleet_guard_rebuilt_records",
     "Records read back from PostgreSQL into the windows at the guard's last start.",
