@@ -62,6 +62,7 @@ class Guard:
         self._states: dict[UUID, tuple[float, CampaignState | None]] = {}
         self._asked: dict[UUID, float] = {}
         self._held: dict[UUID, float] = {}  # when a held-off pause was last counted
+        self._reading = False
 
     # ----- counting -----
 
@@ -83,6 +84,9 @@ class Guard:
 
     async def on_results(self, items: list[Consumed[DeliveryResult]]) -> None:
         now = self.clock()
+        if not self._reading:
+            self._reading = True
+            log.info("reading delivery.result", partition=items[0].partition)
         touched = set()
         for item in items:
             if self.count_result(item.event, _learned_at(item, now), now):
