@@ -8,7 +8,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ProviderName = Literal["sink", "sendgrid", "smtp"]
@@ -238,6 +238,17 @@ class Settings(BaseSettings):
         30, alias="MAILFLEET_IMPORT_REJECTIONS_RETENTION_DAYS", ge=1, le=3650
     )
     # --- end of security settings ---
+
+    @field_validator("guard_hop_seconds")
+    @classmethod
+    def _hop_within_window(cls, value: float, info: ValidationInfo) -> float:
+        window = info.data.get("guard_window_seconds")
+        if window is not None and value > window:
+            raise ValueError(
+                f"MAILFLEET_GUARD_HOP_SECONDS ({value}) must not exceed"
+                f" MAILFLEET_GUARD_WINDOW_SECONDS ({window})"
+            )
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

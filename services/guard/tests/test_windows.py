@@ -5,7 +5,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from pydantic import ValidationError
 
+from libs.common.settings import Settings
 from services.guard.rules import CampaignState, Thresholds, breach, pause_reason, reason_text
 from services.guard.windows import (
     Counts,
@@ -89,6 +91,10 @@ def test_a_record_counts_once_and_old_records_not_at_all() -> None:
 def test_window_rejects_a_hop_longer_than_the_window() -> None:
     with pytest.raises(ValueError):
         HoppingWindows(size_s=10, hop_s=30)
+    # The settings refuse it first, naming both variables.
+    with pytest.raises(ValidationError, match="MAILFLEET_GUARD_HOP_SECONDS"):
+        Settings(guard_window_seconds=10, guard_hop_seconds=30)
+    assert Settings(guard_window_seconds=60, guard_hop_seconds=30).guard_hop_seconds == 30
 
 
 def test_hard_bounces_need_the_minimum_volume() -> None:
