@@ -136,7 +136,8 @@ class HoppingWindows:
         self.size_s = size_s
         self.hop_s = hop_s
         self.buckets_per_window = max(1, math.ceil(size_s / hop_s))
-        self._buckets: dict[int, dict[Key, Counts]] = {}
+        # bucket -> campaign -> domain group -> counts
+        self._buckets: dict[int, dict[UUID, dict[str, Counts]]] = {}
         self._seen: dict[str, int] = {}  # record id -> its bucket
 
     def _bucket(self, at: float) -> int:
@@ -153,9 +154,9 @@ class HoppingWindows:
             return False
         self._seen[record_id] = bucket
         into = self._buckets.setdefault(bucket, {})
-        for key, value in counts.items():
+        for (campaign, group), value in counts.items():
             if not value.is_empty():
-                into.setdefault(key, Counts()).add(value)
+                into.setdefault(campaign, {}).setdefault(group, Counts()).add(value)
         return True
 
     def expire(self, now: float) -> None:
@@ -166,27 +167,27 @@ class HoppingWindows:
         for record_id in [r for r, b in self._seen.items() if b < oldest]:
             del self._seen[record_id]
 
-    def _in_window(self, now: float) -> Iterable[dict[Key, Counts]]:
+    def _in_window(self, now: float) -> Iterable[dict[UUID, dict[str, Counts]]]:
         oldest, newest = self._oldest(now), self._bucket(now)
-        return (keys for b, keys in self._buckets.items() if oldest <= b <= newest)
+        return (campaigns for b, campaigns in self._buckets.items() if oldest <= b <= newest)
 
     def campaigns(self, now: float) -> set[UUID]:
-        return {campaign for keys in self._in_window(now) for campaign, _ in keys}
+        return {campaign for campaigns in self._in_window(now) for campaign in campaigns}
 
     def campaign(self, campaign_id: UUID, now: float) -> Counts:
         total = Counts()
-        for keys in self._in_window(now):
-            for (campaign, _), value in keys.items():
-                if campaign == campaign_id:
-                    total.add(value)
+        for campaigns in self._in_window(now):
+            for value in campaigns.get(campaign_id, {}).values():
+                total.add(value)
         return total
 
     def by_group(self, now: float, campaign_id: UUID | None = None) -> dict[str, Counts]:
         """Each domain group's counts, over every campaign or over one."""
         totals = {group: Counts() for group in GROUPS}
-        for keys in self._in_window(now):
-            for (campaign, group), value in keys.items():
-                if campaign_id is None or campaign == campaign_id:
+        for campaigns in self._in_window(now):
+            chosen = campaigns.values() if campaign_id is None else [campaigns.get(campaign_id, {})]
+            for groups in chosen:
+                for group, value in groups.items():
                     totals[group].add(value)
         return totals
 
