@@ -36,6 +36,7 @@ from services.scheduler.app import _apply_requested_pause
 from services.scheduler.repository import ScheduleRepository
 
 DOMAINS = ("gmail.com", "yahoo.com", "outlook.com", "example.org")
+OURS: set[uuid.UUID] = set()  # campaigns this module made
 REASON = "hard_bounce_rate 0.10 > 0.05"
 
 
@@ -97,6 +98,8 @@ async def applying_pauses(
 
     async def handle(events: list[Consumed[CampaignControl]]) -> None:
         for item in events:
+            if item.event.campaign_id not in OURS:
+                continue  # other tests' campaigns in the shared database are left alone
             if item.event.action == "pause" and item.event.origin != "admin":
                 await _apply_requested_pause(ctx, repo, item.event)
 
@@ -119,6 +122,7 @@ async def new_campaign(pool: asyncpg.Pool, name: str) -> uuid.UUID:
         name,
         list_id,
     )
+    OURS.add(campaign_id)
     return campaign_id
 
 
