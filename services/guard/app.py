@@ -87,11 +87,13 @@ class Guard:
         if not self._reading:
             self._reading = True
             log.info("reading delivery.result", partition=items[0].partition)
+        # Every campaign named is looked at, counted now or before: a handler retried after
+        # a failed evaluation (database away) finds its records counted already.
         touched = set()
         for item in items:
             if self.count_result(item.event, _learned_at(item, now), now):
                 metrics.RECORDS_COUNTED.labels(Topic.DELIVERY_RESULT.value).inc()
-                touched.add(item.event.campaign_id)
+            touched.add(item.event.campaign_id)
         await self.evaluate(touched, now)
 
     async def on_events(self, items: list[Consumed[DeliveryEvent]]) -> None:
@@ -100,8 +102,9 @@ class Guard:
         for item in items:
             if self.count_event(item.event, _learned_at(item, now), now):
                 metrics.RECORDS_COUNTED.labels(Topic.DELIVERY_EVENT.value).inc()
+            if item.event.campaign_id is not None:
                 touched.add(item.event.campaign_id)
-        await self.evaluate({c for c in touched if c is not None}, now)
+        await self.evaluate(touched, now)
 
     async def rebuild(self) -> int:
         """Count what the tracker folded within the window back in: the broker may have
