@@ -1,34 +1,49 @@
-"""Bounces and complaints over SMTP, every service its own process (issue 14 item 2):
+"""Deliverability end to end over SMTP, every service its own process (issue 14):
+2,000 recipients, a real SMTP server (aiosmtpd), a real IMAP mailbox (dovecot) and a real
+DNS server (dnslib) publishing the DKIM key.
 
-- the SMTP server (aiosmtpd) refuses some addresses at RCPT with 550 5.1.1: they fail as
-  hard bounces and are suppressed;
-- later, DSNs and an ARF complaint addressed to the VERP envelope senders the server saw
-  land in a real dovecot mailbox: `mailfleet run bounces` reads them, the tracker
-  suppresses those addresses and moves nothing twice;
-- the next campaign to the same list skips every one of them.
+- 2 % are refused at RCPT with 550 5.1.1: they fail as hard bounces and are suppressed;
+- 1 % bounce later: DSNs in Gmail's, Outlook's and Postfix's formats, addressed to the
+  VERP envelope senders the server saw, land in the dovecot mailbox; `mailfleet run
+  bounces` reads them and the tracker suppresses those addresses, folding a DSN delivered
+  twice once; a soft DSN alone suppresses nobody;
+- 3 complaints arrive as ARF reports (Outlook and Yahoo formats);
+- every received message carries a DKIM signature that dkimpy verifies against DNS;
+- the campaign's stats match exactly, and the next campaign skips every one of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aioimaplib
 import asyncpg
+import dkim
 import pytest
 from aiosmtpd.controller import Controller
 
 from libs.common.embedded import free_port
-from libs.common.settings import Settings
+from libs.common.settings import DkimKeyConfig, Settings
+from libs.mail.dkim_signing import load_key, new_key_file
+from libs.mail.tests.dns_server import Zone, dns_server
+from libs.mail.tests.test_dkim_signing import dns_lookup
 from services.bounces.tests.dovecot import PASSWORD, USER, Dovecot, private_dovecot
 from services.bounces.tests.samples import sample
 from tests.e2e.harness import RunningStack, start_stack
 
-RECIPIENTS = 40
-DEAD = 4  # refused at RCPT
+RECIPIENTS = 2000
+DEAD = 40  # 2 %, refused at RCPT
+BOUNCE_LATER = 20  # 1 %, a DSN into the bounce mailbox
+COMPLAINTS = 3
+DSN_FORMATS = ("gmail_dsn_hard", "outlook_ndr_hard", "postfix_dsn_hard")
+ARF_FORMATS = ("outlook_arf_complaint", "yahoo_arf_complaint")
+SENDING_DOMAIN = "example.com"
 pytestmark = pytest.mark.timeout(400)
 
 
@@ -38,6 +53,7 @@ class Mailserver:
     def __init__(self) -> None:
         self.envelope_from: dict[str, str] = {}
         self.delivered: dict[str, int] = {}
+        self.raw: dict[str, bytes] = {}
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
@@ -51,6 +67,7 @@ class Mailserver:
         for rcpt in envelope.rcpt_tos:
             self.envelope_from[rcpt] = envelope.mail_from
             self.delivered[rcpt] = self.delivered.get(rcpt, 0) + 1
+            self.raw[rcpt] = envelope.original_content or envelope.content
         return "250 Message accepted"
 
 
@@ -71,12 +88,29 @@ def mailserver() -> Iterator[tuple[int, Mailserver]]:
 
 
 @pytest.fixture(scope="module")
+def dns_zone() -> Iterator[tuple[Zone, int]]:
+    with dns_server() as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def dkim_key(tmp_path_factory: pytest.TempPathFactory, dns_zone: tuple[Zone, int]) -> Path:
+    """An RSA key for the sending domain, its public half published in the DNS zone."""
+    path = new_key_file(tmp_path_factory.mktemp("dkim") / "rsa.pem", "rsa")
+    key = load_key(DkimKeyConfig(domain=SENDING_DOMAIN, selector="mf1", key_file=str(path)))
+    dns_zone[0].txt(f"mf1._domainkey.{SENDING_DOMAIN}", key.dns_record())
+    return path
+
+
+@pytest.fixture(scope="module")
 async def stack(
     settings: Settings,
     tmp_path_factory: pytest.TempPathFactory,
     dovecot: Dovecot,
     mailserver: tuple[int, Mailserver],
+    dkim_key: Path,
 ) -> AsyncIterator[RunningStack]:
+    keys = [{"domain": SENDING_DOMAIN, "selector": "mf1", "key_file": str(dkim_key)}]
     running = await start_stack(
         settings.database_url,
         settings.kafka_bootstrap_servers,
@@ -94,6 +128,7 @@ async def stack(
             "MAILFLEET_BOUNCE_IMAP_USER": USER,
             "MAILFLEET_BOUNCE_IMAP_PASSWORD": PASSWORD,
             "MAILFLEET_BOUNCE_POLL_SECONDS": "0.3",
+            "MAILFLEET_DKIM_KEYS": json.dumps(keys),
         },
     )
     yield running
@@ -117,39 +152,46 @@ async def append(server: Dovecot, mails: list[bytes]) -> None:
     await client.logout()
 
 
-async def test_smtp_bounces_and_complaints_are_suppressed_and_skipped_next_time(
+async def test_two_thousand_recipients_bounces_complaints_and_dkim_over_smtp(
     stack: RunningStack,
     dovecot: Dovecot,
     mailserver: tuple[int, Mailserver],
+    dns_zone: tuple[Zone, int],
     pool: asyncpg.Pool,
 ) -> None:
     _, server = mailserver
     tag = uuid.uuid4().hex[:8]
     dead = [f"dead-{i}-{tag}@example.com" for i in range(DEAD)]
     alive = [f"alive-{i}-{tag}@example.com" for i in range(RECIPIENTS - DEAD)]
-    later_bounced, later_soft, complained = alive[0], alive[1], alive[2]
+    bounced_later = alive[:BOUNCE_LATER]
+    complained = alive[BOUNCE_LATER : BOUNCE_LATER + COMPLAINTS]
+    soft = alive[BOUNCE_LATER + COMPLAINTS]
     api = stack.client()
     try:
-        list_id = await api.create_list(f"bounces-{tag}")
+        list_id = await api.create_list(f"deliverability-{tag}")
         rows = "email,first_name\n" + "".join(f"{e},X\n" for e in [*dead, *alive])
         job = await api.wait_import(await api.import_csv(list_id, rows.encode()))
         assert job["status"] == "completed", job
 
         async def campaign() -> dict[str, Any]:
             campaign_id = await api.create_campaign(
-                name=f"bounces {tag}",
+                name=f"deliverability {tag}",
                 subject="Hi",
                 html="<p>Hi {{ first_name }}</p>",
-                from_email="news@example.com",
+                from_email=f"news@{SENDING_DOMAIN}",
                 list_id=list_id,
             )
             await api.schedule(campaign_id)
-            return await api.wait_campaign(campaign_id, timeout=180)
+            return await api.wait_campaign(campaign_id, timeout=240)
 
         first = await campaign()
         assert first["status"] == "completed", first
         stats = first["stats"]
-        assert (stats["sent"], stats["failed"], stats["total"]) == (RECIPIENTS - DEAD, DEAD, 40)
+        assert (stats["sent"], stats["failed"], stats["total"]) == (
+            RECIPIENTS - DEAD,
+            DEAD,
+            RECIPIENTS,
+        )
 
         async def reasons() -> dict[str, str]:
             rows = await pool.fetch(
@@ -161,43 +203,66 @@ async def test_smtp_bounces_and_complaints_are_suppressed_and_skipped_next_time(
         await wait_for("send-time bounces suppressed", lambda: _has(reasons, len(dead)))
         assert await reasons() == dict.fromkeys(dead, "bounce")
 
-        # Later: a DSN (hard), a soft DSN (one is not enough) and a complaint, each sent to
-        # the VERP envelope sender that the receiving server saw.
+        # Every message the server received verifies against the key published in DNS.
+        lookup = dns_lookup(dns_zone[1])
+        assert sorted(server.raw) == sorted(alive)
+        unsigned = [r for r, raw in server.raw.items() if not dkim.verify(raw, dnsfunc=lookup)]
+        assert unsigned == []
+
+        # Later: hard DSNs in three providers' formats, a soft DSN (one is not enough) and
+        # ARF complaints, each sent to the VERP envelope sender that the server saw.
         def report(name: str, rcpt: str) -> bytes:
             return sample(
                 name,
                 verp=server.envelope_from[rcpt],
                 rcpt=rcpt,
                 message_id=f"<unknown-{tag}@example.com>",  # VERP alone must match
-                report_id=f"{name}-{tag}",
+                report_id=f"{name}-{rcpt}",
             )
 
         mails = [
-            report("gmail_dsn_hard", later_bounced),
-            report("postfix_dsn_soft", later_soft),
-            report("outlook_arf_complaint", complained),
+            *(report(DSN_FORMATS[n % 3], r) for n, r in enumerate(bounced_later)),
+            *(report(ARF_FORMATS[n % 2], r) for n, r in enumerate(complained)),
+            report("postfix_dsn_soft", soft),
         ]
-        await append(dovecot, [*mails, mails[0]])  # the DSN delivered twice
-        await wait_for("reports suppressed", lambda: _has(reasons, len(dead) + 2))
+        await append(dovecot, [*mails, mails[0]])  # one DSN delivered twice
+        expected = {
+            **dict.fromkeys(dead, "bounce"),
+            **dict.fromkeys(bounced_later, "bounce"),
+            **dict.fromkeys(complained, "spamreport"),
+        }
+        await wait_for("reports suppressed", lambda: _has(reasons, len(expected)))
 
+        # `bounced` counts the bounces reported after the server took the message (hard
+        # and soft DSNs); a refusal at RCPT was never accepted and stays in `failed`.
+        later_bounces = BOUNCE_LATER + 1
+
+        async def reported() -> dict[str, Any] | None:
+            current: dict[str, Any] = (await api.campaign(first["id"]))["stats"]
+            done = current["spam_reports"] >= COMPLAINTS and current["bounced"] >= later_bounces
+            return current if done else None
+
+        after = await wait_for("the first campaign's stats", reported)
         second = await campaign()
     finally:
         await api.close()
-    assert await reasons() == {
-        **dict.fromkeys(dead, "bounce"),
-        later_bounced: "bounce",
-        complained: "spamreport",
-    }
+    assert await reasons() == expected
+    assert (after["bounced"], after["spam_reports"]) == (later_bounces, COMPLAINTS)
+    assert (after["sent"], after["failed"]) == (RECIPIENTS - DEAD, DEAD)
     assert second["status"] == "completed", second
     stats = second["stats"]
-    skipped = DEAD + 2
-    assert (stats["sent"], stats["suppressed"], stats["failed"]) == (40 - skipped, skipped, 0)
+    skipped = len(expected)
+    assert (stats["sent"], stats["suppressed"], stats["failed"]) == (
+        RECIPIENTS - skipped,
+        skipped,
+        0,
+    )
     # Nobody mailed twice by one campaign; the suppressed never got the second one.
-    assert server.delivered[later_bounced] == 1 and server.delivered[complained] == 1
-    assert server.delivered[later_soft] == 2
+    assert all(server.delivered[r] == 1 for r in [*bounced_later, *complained])
+    assert server.delivered[soft] == 2
     bounced = await pool.fetchval(
         "SELECT count(*) FROM delivery_events WHERE email = $1 AND event = 'bounce'",
-        later_bounced,
+        bounced_later[0],
     )
     assert bounced == 1  # the DSN read twice, folded once
 
