@@ -27,7 +27,7 @@ from libs.mail.tracking import (
     read_click_token,
     read_open_token,
 )
-from libs.web.problems import problem_responses
+from libs.web.problems import ProblemError, problem_responses
 from services.edge.deps import EdgeResources
 from services.edge.metrics import TRACKING_REFUSED
 from services.edge.unsubscribe_page import message_page
@@ -50,7 +50,17 @@ def _resources(request: Request) -> EdgeResources:
     return resources
 
 
-@router.get("/o/{token}", response_class=Response, responses=problem_responses(404))
+_PIXEL_DOC: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/gif": {}}, "description": "A transparent 1x1 GIF."},
+    **problem_responses(404),
+}
+_CLICK_DOC: dict[int | str, dict[str, Any]] = {
+    302: {"description": "To the URL the link was made for."},
+    404: {"content": {"text/html": {}}, "description": "A page: the link is not valid."},
+}
+
+
+@router.get("/o/{token}", response_class=Response, responses=_PIXEL_DOC)
 async def open_pixel(token: str, request: Request) -> Response:
     """The open pixel: always a GIF for a valid token, whatever happens to the hit."""
     resources = _resources(request)
@@ -58,12 +68,14 @@ async def open_pixel(token: str, request: Request) -> Response:
         hit = read_open_token(resources.settings.secret_key, token)
     except (BadTrackingToken, ValueError):
         TRACKING_REFUSED.labels("open").inc()
-        return Response(status_code=404, headers=_NO_STORE)
+        raise ProblemError(404, "this tracking link is not valid", kind="bad-token") from None
     _publish(resources, request, hit)
     return Response(PIXEL, media_type="image/gif", headers=_NO_STORE)
 
 
-@router.get("/c/{link}/{who}", response_class=RedirectResponse, status_code=302)
+@router.get(
+    "/c/{link}/{who}", response_class=RedirectResponse, status_code=302, responses=_CLICK_DOC
+)
 async def click(link: str, who: str, request: Request) -> Response:
     """A tracked link: 302 to the URL it was made for, which its signature covers."""
     resources = _resources(request)

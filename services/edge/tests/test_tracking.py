@@ -37,9 +37,7 @@ async def _event(settings: Settings, campaign: uuid.UUID, kind: str) -> tuple[by
     return key, event
 
 
-async def test_pixel_answers_a_gif_and_publishes_an_open(
-    settings: Settings, edge_url: str
-) -> None:
+async def test_pixel_answers_a_gif_and_publishes_an_open(settings: Settings, edge_url: str) -> None:
     campaign = uuid.uuid4()
     token = open_token(settings.secret_key, campaign, 31, int(time.time()) - 3600)
     async with httpx.AsyncClient(base_url=edge_url) as client:
@@ -126,6 +124,7 @@ async def test_forged_links_get_a_page_and_no_redirect(settings: Settings, edge_
         forged_open = open_token("not-our-secret", campaign, 9, 0)
         answer = await client.get(f"/o/{forged_open}")
         assert answer.status_code == 404 and answer.content != PIXEL
+        assert answer.headers["content-type"] == "application/problem+json"
     # The genuine link still works: the refusals were about the forgeries only.
     async with httpx.AsyncClient(base_url=edge_url) as client:
         answer = await client.get(f"/c/{good}/{who}")
