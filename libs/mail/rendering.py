@@ -279,7 +279,9 @@ def build_outbox(
 
     With `content.tracking`, links and the open pixel carry `now` (default: the clock) as
     the send time, which the edge compares with a click's time to spot link scanners."""
-    outbox = Outbox(sender=Sender(content.from_email, content.from_name))
+    outbox = Outbox(
+        sender=Sender(content.from_email, content.from_name), own_tracking=content.tracking
+    )
     sender_problem = line_break_problem("from_name", content.from_name)
     if sender_problem is not None:  # content frozen before the API refused such names
         outbox.settled.extend(_failed(r, sender_problem) for r in recipients)

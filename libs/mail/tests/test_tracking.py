@@ -212,3 +212,27 @@ def test_machine_hits() -> None:
     assert machine_reason(clicked, browser, "203.0.113.9", SENT + 600) is None
     # Apple's proxy prefetches images, not links: a later click from 17/8 is a person's.
     assert machine_reason(clicked, "Mozilla/5.0", "17.58.101.4", SENT + 600) is None
+
+
+def test_sendgrid_adds_no_tracking_of_its_own_when_we_track() -> None:
+    from libs.mail.providers.sendgrid_payload import (
+        message_payload,
+        templated_payloads,
+        without_sendgrid_tracking,
+    )
+
+    for tracking in (True, False):
+        content = Content(
+            uuid.uuid4(), CAMPAIGN, "S", HTML, None, "a@example.com", None, tracking=tracking
+        )
+        outbox = build_outbox(
+            content, CAMPAIGN, "b", [BatchRecipient(recipient_id=1, email="u1@x.org")], POLICY
+        )
+        assert outbox.own_tracking is tracking
+    assert outbox.templated is not None
+    ((payload, _),) = templated_payloads(outbox.sender, outbox.templated)
+    assert "tracking_settings" not in payload  # the account's own settings apply
+    off = without_sendgrid_tracking(payload)["tracking_settings"]
+    assert off["click_tracking"]["enable"] is False and off["open_tracking"]["enable"] is False
+    message = outbox.templated.expand(outbox.templated.recipients[0])
+    assert "tracking_settings" in without_sendgrid_tracking(message_payload(outbox.sender, message))
