@@ -150,7 +150,7 @@ def read_click_token(secret: str, link: str, who: str) -> Hit:
 # ----- which links -----
 
 _ANCHOR_HREF = re.compile(
-    r"""(<(?:a|area)\b[^>]*?\bhref\s*=\s*)(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))""",
+    r"""(<(?:a|area)\b[^>]*?(?<![\w:-])href\s*=\s*)(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))""",
     re.IGNORECASE,
 )
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)

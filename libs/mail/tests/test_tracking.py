@@ -130,12 +130,15 @@ def test_links_already_on_the_edge_and_odd_urls_are_left_alone() -> None:
     html = (
         f'<a href="{BASE}/u/abc">u</a><a href="javascript:alert(1)">j</a>'
         '<a href="https://ok.example.org/">ok</a><a href="https://x.example.org/'
-        + "a" * 2100
+        + "a"
+        * 2100
         + '">long</a><a name="x">no href</a><area href="https://map.example.org/">'
+        '<a data-href="https://data.example.org/" HREF=https://bare.example.org/x>d</a>'
     )
     assert [link.url for link in trackable_links(html, BASE)] == [
         "https://ok.example.org/",
         "https://map.example.org/",
+        "https://bare.example.org/x",
     ]
 
 
