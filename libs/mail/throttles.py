@@ -85,7 +85,9 @@ _ENTRY = re.compile(
 def _count(value: object, what: str) -> int | None:
     if value is None or value == "-":
         return None
-    if isinstance(value, bool) or not isinstance(value, int | str):
+    if isinstance(value, bool) or not (
+        isinstance(value, int) or (isinstance(value, str) and value.isascii() and value.isdigit())
+    ):
         raise ValueError(f"{what}: a whole number or '-' expected, not {value!r}")
     number = int(value)
     if not 1 <= number <= MAX_LIMIT:
