@@ -44,7 +44,10 @@ async def test_concurrent_reservations_never_pass_the_limit(pool: asyncpg.Pool) 
 async def test_a_group_without_room_holds_only_its_own_recipients(pool: asyncpg.Pool) -> None:
     provider = _provider()
     policy = ThrottlePolicy(
-        {(provider, "gmail"): GroupLimit(per_minute=1000, per_hour=10), (provider, "yahoo"): GroupLimit(per_minute=3)}
+        {
+            (provider, "gmail"): GroupLimit(per_minute=1000, per_hour=10),
+            (provider, "yahoo"): GroupLimit(per_minute=3),
+        }
     )
     store = PostgresThrottles(pool, policy, WarmupSchedule(), minute_s=60)
     domain = _domain()
