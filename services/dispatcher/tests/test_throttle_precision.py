@@ -24,6 +24,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from conftest import make_settings
 from libs.common.embedded import EmbeddedBroker
@@ -177,3 +178,62 @@ async def test_a_group_limit_is_held_within_five_percent_across_two_dispatchers(
     # sent as soon as there was room.
     assert all(c >= LIMIT * 0.95 for c in steady[:-1]), counts
     print(f"gmail received per {WINDOW_S} s window (limit {LIMIT}): {counts}")
+
+
+async def test_a_batch_that_waits_longer_than_a_handling_may_is_requeued_and_completes(
+    database_url: str, private_broker: str, pool: asyncpg.Pool, sink: SinkHandle
+) -> None:
+    """The wait of one handling is bounded (the consumer must poll within its interval):
+    the batch goes back on `batch.ready`, its offset is committed, and it completes later."""
+    settings = make_settings(database_url, private_broker, sink_url=sink.url)
+    await ensure_topics(settings)
+    producer = EventProducer(settings)
+    await producer.start()
+    stop = asyncio.Event()
+    extra = DispatcherSettings(
+        MAILFLEET_DOMAIN_THROTTLES="sink.yahoo:4/-",
+        MAILFLEET_THROTTLE_MINUTE_S=WINDOW_S,
+        MAILFLEET_THROTTLE_MAX_WAIT_S=1,
+        MAILFLEET_DISPATCHER_GROUP=f"requeue-{uuid.uuid4().hex[:8]}",
+    )
+    requeued_before = _requeued()
+    ctx = ServiceContext("dispatcher", settings, pool, producer, stop)
+    task = asyncio.create_task(main(ctx, extra=extra, instance_id="requeue-a"))
+    try:
+        campaign = uuid.uuid4()
+        content = await insert_content(pool, campaign)
+        batch = make_batch(campaign, content, 0, 10)
+        batch = batch.model_copy(
+            update={
+                "recipients": [
+                    r.model_copy(
+                        update={"email": f"r{r.recipient_id}.{campaign.hex[:8]}@yahoo.com"}
+                    )
+                    for r in batch.recipients
+                ]
+            }
+        )
+        await producer.send(Topic.BATCH_READY, batch.batch_id, batch)
+        await wait_for(
+            "SELECT count(*) = 1 FROM send_ledger WHERE campaign_id = $1 AND state = 'done'",
+            pool, campaign, within_s=40,
+        )  # fmt: skip
+        result = await pool.fetchval(
+            "SELECT result FROM send_ledger WHERE campaign_id = $1", campaign
+        )
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await producer.stop()
+    assert [o["status"] for o in result["outcomes"]] == ["sent"] * 10
+    emails = {r.email for r in batch.recipients}
+    received = Counter(m.email for m in sink.messages if m.email in emails)
+    assert len(received) == 10 and set(received.values()) == {1}
+    assert _requeued() > requeued_before
+
+
+def _requeued() -> float:
+    value = REGISTRY.get_sample_value(
+        "mailfleet_dispatcher_throttle_requeued_total", {"provider": "sink"}
+    )
+    return value or 0.0
