@@ -68,6 +68,10 @@ class PostgresThrottles:
         if not wants:
             return Reservation({})
         await self.note_domain(from_domain)
+        if not self.warmup.enabled and not any(
+            self.policy.limit(provider, group).limited for group in wants
+        ):
+            return Reservation(dict(wants))  # nothing to count: no round trip
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "SELECT extract(epoch FROM now())::float8, (now() AT TIME ZONE 'UTC')::date,"

@@ -119,3 +119,15 @@ async def test_old_windows_are_pruned(pool: asyncpg.Pool) -> None:
     assert await store.prune() >= 1
     left = await pool.fetchval("SELECT count(*) FROM throttle_windows WHERE scope = $1", scope)
     assert left == 1
+
+
+async def test_groups_without_a_limit_are_granted_without_counting(pool: asyncpg.Pool) -> None:
+    provider = _provider()
+    policy = ThrottlePolicy({(provider, "gmail"): GroupLimit(per_minute=1)})
+    store = PostgresThrottles(pool, policy, WarmupSchedule())
+    granted = await store.reserve(provider, _domain(), {"other": 500, "yahoo": 3})
+    assert granted.granted == {"other": 500, "yahoo": 3} and not granted.held
+    rows = await pool.fetchval(
+        "SELECT count(*) FROM throttle_windows WHERE scope LIKE $1", f"{provider}:%"
+    )
+    assert rows == 0
