@@ -154,7 +154,7 @@ class Ledger(Protocol):
     async def finish(self, claim: Claim, result: Any) -> bool: ...
     async def settle(self, batch_id: str, campaign_id: UUID, owner: str, result: Any) -> bool: ...
     async def release(self, claim: Claim) -> bool: ...
-    async def park(self, claim: Claim) -> bool: ...
+    async def park(self, claim: Claim, outcomes: list[RecipientOutcome]) -> bool: ...
     async def unpark(self, claim: Claim) -> bool: ...
 
 
@@ -227,6 +227,12 @@ class _ProgressRecorder:
         self._pending.extend(outcomes)
         if time.monotonic() - self._last_flush >= _PROGRESS_FLUSH_S:
             await self.write(self._pending)
+
+    def written(self) -> None:
+        """Everything seen so far is in the ledger (written with the parking)."""
+        self._written.update(o.recipient_id for o in self.seen)
+        self._pending = []
+        self._last_flush = time.monotonic()
 
     async def write(self, outcomes: list[RecipientOutcome]) -> None:
         """Record `outcomes` now (fenced by the claim), less those already written."""
@@ -589,8 +595,7 @@ class BatchDispatcher:
                 if waited_from is None:
                     waited_from = time.monotonic()
                 if not parked:
-                    await progress.write(progress.seen)
-                    parked = await self._park(claim)
+                    parked = await self._park(claim, progress)
                     if parked:
                         slot.lend()
                 cancelled = await self._wait_for_room(
@@ -614,12 +619,18 @@ class BatchDispatcher:
             THROTTLE_WAITING.labels(provider, group).dec()
         return now
 
-    async def _park(self, claim: Claim) -> bool:
+    async def _park(self, claim: Claim, progress: _ProgressRecorder) -> bool:
+        """Park the row with every outcome this claim has seen, in one write (progress a
+        database blink left in memory must not be missing from a row that says the rest
+        was never sent)."""
         try:
-            return await self._ledger.park(claim)
+            parked = await self._ledger.park(claim, progress.seen)
         except Exception as exc:  # not parked: the wait is as before, only less crash-proof
             log.warning("ledger row not parked", error=repr(exc))
             return False
+        if parked:
+            progress.written()
+        return parked
 
     def _raise_if_stopping_deferred(self) -> None:
         if self._stopping():

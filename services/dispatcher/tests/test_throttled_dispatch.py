@@ -7,6 +7,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -14,7 +15,7 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from libs.common.events import BatchReady, BatchRecipient
+from libs.common.events import BatchReady, BatchRecipient, RecipientOutcome
 from libs.mail.headers import HeaderPolicy
 from libs.mail.providers.sendgrid import RetryPolicy, SendGridProvider
 from libs.mail.rate_limit import RateLimiter
@@ -23,6 +24,7 @@ from libs.mail.throttles import GroupLimit, ThrottlePolicy, WarmupSchedule
 from services.dispatcher.campaign_status import CampaignStatuses
 from services.dispatcher.content_store import ContentRepository
 from services.dispatcher.dispatch import BatchDispatcher, HandedBack
+from services.dispatcher.ledger import Decision, decide
 from services.dispatcher.ledger_store import PostgresLedger
 from services.dispatcher.tests.support import insert_content, make_batch
 from services.dispatcher.tests.test_control import new_campaign, set_status
@@ -253,3 +255,43 @@ async def test_a_pause_or_a_stop_while_waiting_hands_the_batch_back_and_the_rest
     finally:
         stop_statuses.set()
         await follow
+
+
+async def test_a_parked_row_holds_every_outcome_seen_and_is_waited_for_while_its_lease_lives(
+    pool: asyncpg.Pool,
+) -> None:
+    ledger = PostgresLedger(pool)
+    campaign = uuid.uuid4()
+    batch_id = f"{campaign}:0"
+    claim = await ledger.claim(batch_id, campaign, "a", 30)
+    assert claim is not None
+
+    def sent(*ids: int) -> list[RecipientOutcome]:
+        return [RecipientOutcome(recipient_id=i, email=f"{i}@x.org", status="sent") for i in ids]
+
+    # Progress a database blink kept in memory (never written) is written with the parking.
+    assert await ledger.add_progress(claim, sent(1))
+    assert await ledger.park(claim, sent(1, 2, 3))
+    entry = await ledger.get(batch_id)
+    assert entry is not None and entry.released and not entry.lease_expired
+    assert sorted(o.recipient_id for o in entry.recorded_outcomes()) == [1, 2, 3]
+    # Another instance waits for the live owner; once the lease ran out it sends the rest.
+    assert decide(entry, me="b", mode="at_most_once") is Decision.WAIT
+    assert decide(entry, me="a", mode="at_most_once") is Decision.RESEND
+    expired = replace(entry, lease_expired=True)
+    assert decide(expired, me="b", mode="at_most_once") is Decision.RESEND
+    # Unparked before the next send: from then on, what is not recorded may have gone out.
+    assert await ledger.unpark(claim)
+    entry = await ledger.get(batch_id)
+    assert entry is not None and not entry.released
+    assert decide(replace(entry, lease_expired=True), me="b", mode="at_most_once") is (
+        Decision.UNKNOWN
+    )
+    # A lost claim can neither park nor unpark.
+    await pool.execute(
+        "UPDATE send_ledger SET lease_until = now() - interval '1 second' WHERE batch_id = $1",
+        batch_id,
+    )
+    taken = await ledger.take_over(claim, "b", 30)
+    assert taken is not None
+    assert not await ledger.park(claim, sent(4)) and not await ledger.unpark(claim)
