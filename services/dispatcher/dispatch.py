@@ -518,8 +518,10 @@ class BatchDispatcher:
         except ProviderOutage as outage:
             await self._release(batch, provider, progress, claim, outage)
         except _Deferred as deferred:
-            # Parked: its progress is written and nothing unrecorded was sent.
-            await self._ledger.release(claim)
+            # Nothing unrecorded was sent: park it with every outcome seen (if it was not
+            # parked already), then end its lease, so that its next reader sends the rest.
+            if await self._ledger.park(claim, progress.seen):
+                await self._ledger.release(claim)
             log.info("batch handed back while it waited for a domain throttle",
                      reason=deferred.reason, sent=len(progress.seen))  # fmt: skip
             BATCHES.labels(provider.name, "handed_back").inc()
@@ -684,7 +686,8 @@ class BatchDispatcher:
     ) -> NoReturn:  # fmt: skip
         """The provider refused the account: keep what it settled, release the rest (the
         lease ends at once, so whoever reads the batch after the resume takes it over)."""
-        await progress.write(outage.settled)
+        # With every outcome seen before (a throttled batch sends in several pieces).
+        await progress.write(progress.seen + outage.settled)
         await self._ledger.release(claim)
         log.error("batch handed back: provider outage", provider=provider.name,
                   reason=outage.reason, settled=len(outage.settled))  # fmt: skip
