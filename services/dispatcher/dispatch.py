@@ -590,7 +590,7 @@ class BatchDispatcher:
                             log.error("claim lost while waiting for a domain throttle")
                             return outcomes  # the claim's holder decides; our finish is fenced
                         parked = False
-                    outcomes += await provider.send(now, progress)
+                    outcomes += await self._send_piece(provider, now, rest, progress)
                 if rest.recipient_count == 0:
                     return outcomes
                 waiting = self._note_waiting(provider.name, waiting, set(held), wait_s)
@@ -609,6 +609,31 @@ class BatchDispatcher:
         finally:
             for group in waiting:
                 THROTTLE_WAITING.labels(provider.name, group).dec()
+
+    async def _send_piece(
+        self, provider: Provider, now: Outbox, rest: Outbox, progress: _ProgressRecorder
+    ) -> list[RecipientOutcome]:
+        """One send of a throttled batch. When it raises and recipients still wait, those
+        were never handed over: this piece's unanswered ones are `unknown` (they may have
+        gone out), and the batch is handed back for its next reader to send the rest."""
+        try:
+            return await provider.send(now, progress)
+        except (asyncio.CancelledError, ProviderOutage):
+            raise
+        except Exception as exc:
+            if rest.recipient_count == 0:
+                raise  # nothing waits: settled per recipient as any send that raised
+            log.exception("a send of a throttled batch raised; the rest is handed back")
+            BATCHES.labels(provider.name, "send_error").inc()
+            answered = {o.recipient_id for o in progress.seen}
+            reason = f"send interrupted by an error ({type(exc).__name__}); the provider may or may not have accepted it"
+            await progress(
+                unknown_outcomes(
+                    [r for r in _outbox_recipients(now) if r.recipient_id not in answered],
+                    reason[:300],
+                )
+            )
+            raise _Deferred("throttled") from exc
 
     def _note_waiting(
         self, provider: str, before: set[str], now: set[str], wait_s: float | None

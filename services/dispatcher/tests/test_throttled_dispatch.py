@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -17,10 +18,18 @@ from prometheus_client import REGISTRY
 
 from libs.common.events import BatchReady, BatchRecipient, RecipientOutcome
 from libs.mail.headers import HeaderPolicy
+from libs.mail.messages import Outbox
+from libs.mail.providers.base import ProgressCallback
 from libs.mail.providers.sendgrid import RetryPolicy, SendGridProvider
 from libs.mail.rate_limit import RateLimiter
 from libs.mail.sink import SinkHandle, start_sink
-from libs.mail.throttles import GroupLimit, ThrottlePolicy, WarmupSchedule
+from libs.mail.throttles import (
+    GroupLimit,
+    ThrottlePolicy,
+    WarmupSchedule,
+    group_counts,
+    split_outbox,
+)
 from services.dispatcher.campaign_status import CampaignStatuses
 from services.dispatcher.content_store import ContentRepository
 from services.dispatcher.dispatch import BatchDispatcher, HandedBack
@@ -295,3 +304,43 @@ async def test_a_parked_row_holds_every_outcome_seen_and_is_waited_for_while_its
     taken = await ledger.take_over(claim, "b", 30)
     assert taken is not None
     assert not await ledger.park(claim, sent(4)) and not await ledger.unpark(claim)
+
+
+class RaisingOnSecondSend:
+    """The sink's SendGrid provider, whose second send delivers one recipient, then raises."""
+
+    def __init__(self, inner: SendGridProvider) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.limiter = inner.limiter
+        self.breaker = inner.breaker
+        self.sends = 0
+
+    async def send(self, outbox: Outbox, on_progress: ProgressCallback) -> list[RecipientOutcome]:
+        self.sends += 1
+        if self.sends != 2:
+            return await self.inner.send(outbox, on_progress)
+        one, _ = split_outbox(outbox, dict.fromkeys(group_counts(outbox), 1))
+        await self.inner.send(one, on_progress)
+        raise RuntimeError("boom in the middle of a throttled batch")
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_a_send_that_raises_hands_the_waiting_rest_back_instead_of_calling_it_unknown(
+    pool: asyncpg.Pool, sink: SinkHandle, session: aiohttp.ClientSession
+) -> None:
+    batch = await throttled_batch(pool, {"gmail": 9})
+    limits = throttles(pool, "gmail", 3, 1)
+    first = dispatcher(pool, sink, session, "a", limits)
+    first._providers = {"sink": RaisingOnSecondSend(first._providers["sink"])}  # type: ignore[dict-item,arg-type]
+    with pytest.raises(HandedBack) as handed:
+        await first.dispatch(batch)
+    assert handed.value.reason == "throttled"
+    assert sum(received(sink, batch).values()) == 4  # 3, then 1 before the error
+    result = await dispatcher(pool, sink, session, "b", limits).dispatch(batch)
+    statuses = Counter(o.status for o in result.outcomes)
+    # The two the raising send was asked for are unknown; the three still waiting were sent.
+    assert statuses == {"sent": 7, "unknown": 2}, statuses
+    assert set(received(sink, batch).values()) == {1} and len(received(sink, batch)) == 7
