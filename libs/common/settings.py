@@ -178,6 +178,13 @@ class Settings(BaseSettings):
     # The sender check looks up the MX of MAILFLEET_BOUNCE_DOMAIN (see the bounces block).
     # --- end deliverability ---
 
+    # --- Own open and click tracking (issue 14 item 1) ---
+    # A click this soon after the message was rendered for sending is a link scanner's
+    # (security gateways follow every link on arrival): kept, flagged `machine`.
+    tracking_scanner_seconds: float = Field(
+        10.0, alias="MAILFLEET_TRACKING_SCANNER_SECONDS", ge=0, le=3600
+    )
+    # --- end tracking ---
     # --- Reputation guard (issue 14 item 5; services/guard) ---
     # Sliding windows of `window` seconds, hopping every `hop` seconds, over delivery.result
     # and delivery.event. A campaign is paused when a rate is above its maximum once the

@@ -21,7 +21,7 @@ Row = dict[str, Any]
 CAMPAIGN_COLUMNS = (
     "id, name, subject, html, text, from_email, from_name, list_id, provider, status,"
     " send_at, timezone, schedule_revision, created_at, updated_at, started_at, finished_at,"
-    " template_id, template_version, pause_reason, paused_by, guard"
+    " template_id, template_version, pause_reason, paused_by, tracking, guard"
 )
 EDITABLE_STATUSES = ("draft", "scheduled")
 
@@ -212,8 +212,8 @@ async def page_imports(
 async def insert_campaign(db: Executor, fields: Row) -> Row:
     record = await db.fetchrow(
         "INSERT INTO campaigns (name, subject, html, text, from_email, from_name, list_id,"  # noqa: S608
-        " provider, template_id, template_version, guard)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        " provider, template_id, template_version, tracking, guard)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         f" RETURNING {CAMPAIGN_COLUMNS}",
         fields["name"],
         fields["subject"],
@@ -225,6 +225,7 @@ async def insert_campaign(db: Executor, fields: Row) -> Row:
         fields["provider"],
         fields.get("template_id"),
         fields.get("template_version"),
+        fields.get("tracking", True),
         guard_thresholds(fields.get("guard")),
     )
     assert record is not None
@@ -275,7 +276,7 @@ async def update_campaign_content(db: Executor, campaign_id: UUID, changes: Row)
     """Apply `changes` if the campaign is still editable (compare-and-set on status)."""
     allowed = (
         "name", "subject", "html", "text", "from_email", "from_name", "list_id", "provider",
-        "guard",
+        "tracking", "guard",
     )  # fmt: skip
     if "guard" in changes:
         changes = {**changes, "guard": guard_thresholds(changes["guard"])}

@@ -142,6 +142,11 @@ class CampaignCreate(Strict):
     from_name: HeaderText | None = Field(None, max_length=200)
     list_id: UUID
     provider: ProviderName | None = Field(None, description="Default: MAILFLEET_DEFAULT_PROVIDER.")
+    tracking: bool = Field(
+        True,
+        description="Own open and click tracking: links in the HTML go through signed redirects"
+        " on the edge and an open pixel is added (the unsubscribe link never changes).",
+    )
     guard: CampaignGuard | None = Field(None, description="Default: the global thresholds.")
 
     _email = field_validator("from_email")(_check_email)
@@ -158,6 +163,7 @@ class CampaignUpdate(Strict):
     from_name: HeaderText | None = Field(None, max_length=200)
     list_id: UUID | None = None
     provider: ProviderName | None = None
+    tracking: bool | None = Field(None, description="Own open and click tracking on or off.")
     guard: CampaignGuard | None = Field(None, description="null: the global thresholds again.")
 
     _email = field_validator("from_email")(_check_email)
@@ -206,6 +212,12 @@ class StatsOut(BaseModel):
     opens: int = Field(0, description="All opens.")
     clicked: int = Field(0, description="Recipients who clicked (unique clicks).")
     clicks: int = Field(0, description="All clicks.")
+    machine_opens: int = Field(
+        0, description="Opens of machines (Apple Mail Privacy Protection), in `opens` only."
+    )
+    machine_clicks: int = Field(
+        0, description="Clicks of link scanners (within seconds of the send), in `clicks` only."
+    )
     unsubscribed: int = 0
     spam_reports: int = 0
     delivered_rate: float | None = Field(
@@ -277,6 +289,7 @@ class CampaignOut(BaseModel):
     from_name: str | None
     list_id: UUID
     provider: str
+    tracking: bool = Field(True, description="Own open and click tracking.")
     status: CampaignStatusName
     send_at: datetime | None = Field(description="UTC, ISO-8601.")
     timezone: str | None = Field(description="The IANA zone the schedule was set in.")

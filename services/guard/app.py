@@ -22,6 +22,7 @@ from libs.common.kafka import Consumed, EventConsumer, Handler
 from libs.common.logging import bound_contextvars, get_logger
 from libs.common.service import ServiceContext, run_service
 from libs.common.settings import get_settings
+from libs.mail.throttles import domain_group
 from services.guard import metrics
 from services.guard.repository import GuardRepository
 from services.guard.rules import CampaignState, Thresholds, breach, held_off, pause_reason
@@ -30,7 +31,6 @@ from services.guard.windows import (
     Counts,
     HoppingWindows,
     Key,
-    domain_group,
     event_counts,
     outcome_counts,
 )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
-from services.guard.windows import GROUPS, RATES
+from libs.mail.throttles import GROUPS
+from services.guard.windows import RATES
 
 PAUSES = Counter(
     "mailfleet_guard_pauses_total",

@@ -17,38 +17,12 @@ adds nothing.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from uuid import UUID
 
-GROUPS = ("gmail", "yahoo", "microsoft", "other")
-
-_GMAIL = frozenset({"gmail.com", "googlemail.com"})
-_YAHOO_EXACT = frozenset({"ymail.com", "rocketmail.com", "aim.com"})
-_MICROSOFT_EXACT = frozenset({"msn.com", "windowslive.com"})
-_BRANDS = {"yahoo": "yahoo", "aol": "yahoo", "outlook": "microsoft", "hotmail": "microsoft",
-           "live": "microsoft"}  # fmt: skip
-# A brand label followed only by a public suffix (`yahoo.com`, `yahoo.co.uk`,
-# `hotmail.com.br`), never a brand label inside someone else's domain (`live.example.org`).
-_SUFFIX_LABEL = re.compile(r"^[a-z]{2,3}$")
-
-
-def domain_group(address: str) -> str:
-    """gmail, yahoo (Yahoo and AOL), microsoft (Outlook, Hotmail, Live) or other."""
-    domain = address.rsplit("@", 1)[-1].strip().rstrip(".").lower()
-    if domain in _GMAIL:
-        return "gmail"
-    if domain in _YAHOO_EXACT:
-        return "yahoo"
-    if domain in _MICROSOFT_EXACT:
-        return "microsoft"
-    labels = domain.split(".")
-    if len(labels) >= 2 and labels[0] in _BRANDS:
-        suffix = labels[1:]
-        if len(suffix) <= 2 and all(_SUFFIX_LABEL.match(label) for label in suffix):
-            return _BRANDS[labels[0]]
-    return "other"
+# Domain groups as the dispatcher's per-domain throttles define them: one classifier.
+from libs.mail.throttles import GROUPS
 
 
 @dataclass

@@ -8,11 +8,11 @@ import pytest
 from pydantic import ValidationError
 
 from libs.common.settings import Settings
+from libs.mail.throttles import domain_group
 from services.guard.rules import CampaignState, Thresholds, breach, pause_reason, reason_text
 from services.guard.windows import (
     Counts,
     HoppingWindows,
-    domain_group,
     event_counts,
     outcome_counts,
 )
