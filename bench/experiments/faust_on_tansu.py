@@ -6,7 +6,7 @@ Not a project dependency: install it beside the project, in a folder of its own,
         mode-streaming==0.7.1 venusian==3.1.0 croniter==5.0.1 pytz==2026.6 \
         intervaltree==3.2.1 terminaltables==3.1.10 aiohttp-cors==0.8.1 colorlog==6.12.0 \
         click==8.3.3 six==1.17.0
-    FAUST_LIB=/tmp/faustlib .venv/bin/python bench/faust_on_tansu.py
+    FAUST_LIB=/tmp/faustlib .venv/bin/python bench/experiments/faust_on_tansu.py
 
 (faust-streaming 0.15.3 wants click<8.4; requirements.lock pins click 8.5.1, hence the
 separate folder.) A sole worker counts 200 records in a plain table and in a tumbling
