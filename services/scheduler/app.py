@@ -294,9 +294,10 @@ async def _clock(ctx: ServiceContext, repo: ScheduleRepository, emitter: BatchEm
             await asyncio.wait_for(ctx.stop.wait(), settings.scheduler_tick_seconds)
 
 
-async def main(ctx: ServiceContext) -> None:
+async def main(ctx: ServiceContext, clock: Clock = real_clock) -> None:
+    """`clock`: when campaigns and zoned batches are due (tests drive it)."""
     repo = ScheduleRepository(ctx.pool)
-    emitter = BatchEmitter(ctx, repo)
+    emitter = BatchEmitter(ctx, repo, clock=clock)
     await asyncio.gather(
         _consume_schedules(ctx, repo),
         _consume_control(ctx, repo),

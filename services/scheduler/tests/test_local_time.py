@@ -3,6 +3,7 @@ PostgreSQL, driven by an injected clock: the plan per zone, and emission tick by
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -10,9 +11,15 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaConsumer
 
+from conftest import make_settings
+from libs.common.events import BatchReady, CampaignScheduled, Topic
+from libs.common.kafka import EventProducer
 from libs.common.sendtime import earliest_instant, local_instant
-from services.scheduler.app import NO_CUTOFF
+from libs.common.service import ServiceContext
+from libs.common.settings import Settings
+from services.scheduler.app import NO_CUTOFF, main
 from services.scheduler.repository import ScheduleRepository
 
 # New York changes to summer time that day (02:30 does not exist there).
@@ -293,3 +300,73 @@ async def test_plain_campaigns_keep_the_zoneless_plan(repo: ScheduleRepository) 
     assert plan is not None
     rows = await plan_rows(repo, campaign_id)
     assert [(r["zone"], r["due_at"]) for r in rows] == [(None, None)]
+
+
+async def test_the_running_scheduler_follows_its_clock(
+    pool: asyncpg.Pool, settings: Settings, repo: ScheduleRepository
+) -> None:
+    """Through the broker: a local-time `campaign.scheduled` from an internal service, and
+    `batch.ready` for each zone only once the injected clock reaches its 09:00."""
+    campaign_id = await seed(pool, ["Asia/Kolkata", "America/New_York"])
+    await pool.execute(
+        "UPDATE campaigns SET status = 'draft', send_at = NULL, local_time = false,"
+        " local_send_at = NULL WHERE id = $1",
+        campaign_id,
+    )
+    await pool.execute("DELETE FROM schedules WHERE campaign_id = $1", campaign_id)
+    s = make_settings(
+        settings.database_url, settings.kafka_bootstrap_servers, scheduler_tick_seconds=0.05
+    )
+    now = [earliest_instant(DAY_NINE)]
+    producer = EventProducer(s)
+    await producer.start()
+    ctx = ServiceContext("scheduler", s, pool, producer, asyncio.Event())
+    task = asyncio.create_task(main(ctx, clock=lambda: now[0]))
+    try:
+        event = CampaignScheduled(
+            campaign_id=campaign_id,
+            send_at=earliest_instant(DAY_NINE),
+            timezone="UTC",
+            local_time=True,
+            local_send_at=DAY_NINE,
+        )
+        await producer.send(Topic.CAMPAIGN_SCHEDULED, str(campaign_id), event)
+        consumer = AIOKafkaConsumer(
+            Topic.BATCH_READY.value,
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            group_id=f"test-{uuid.uuid4().hex}",
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=50,
+        )
+        await consumer.start()
+        found: list[BatchReady] = []
+
+        async def until(count: int) -> None:
+            async with asyncio.timeout(30):
+                while len(found) < count:
+                    for records in (await consumer.getmany(timeout_ms=200)).values():
+                        events = [BatchReady.model_validate_json(r.value) for r in records]
+                        found.extend(e for e in events if e.campaign_id == campaign_id)
+
+        try:
+            now[0] = datetime(2027, 3, 14, 3, 30, tzinfo=UTC)  # 09:00 in Kolkata
+            await until(1)
+            assert [r.fields["timezone"] for r in found[0].recipients] == ["Asia/Kolkata"]
+            # The event goes out before its emit transaction commits: the row lock waits
+            # for that commit. Then New York's batch, not due, is still waiting.
+            emitted = await pool.fetch(
+                "SELECT zone, emitted FROM batch_plans WHERE campaign_id = $1"
+                " ORDER BY due_at FOR UPDATE",
+                campaign_id,
+            )
+            assert [tuple(e) for e in emitted] == [("Asia/Kolkata", 1), ("America/New_York", 0)]
+            now[0] = datetime(2027, 3, 14, 13, 0, tzinfo=UTC)  # 09:00 EDT in New York
+            await until(2)
+            assert found[1].recipients[0].fields["timezone"] == "America/New_York"
+            assert [b.emitted for b in found] == [1, 1]
+        finally:
+            await consumer.stop()
+    finally:
+        ctx.stop.set()
+        await asyncio.wait_for(task, 30)
+        await producer.stop()
