@@ -112,6 +112,12 @@ class CampaignScheduled(Event):
         None, description="Batches outside it, in the recipient's local time, wait for it."
     )
 
+    @model_validator(mode="after")
+    def _local_needs_wall_time(self) -> CampaignScheduled:
+        if self.local_time and self.local_send_at is None:
+            raise ValueError("local_time needs local_send_at")
+        return self
+
 
 class CampaignControl(Event):
     campaign_id: UUID

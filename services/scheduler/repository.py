@@ -20,6 +20,7 @@ import asyncpg
 from libs.common.events import SendWindow
 from libs.common.logging import get_logger
 from libs.common.sendtime import known_zones, local_instant, next_opening, zone_or_none
+from services.scheduler.metrics import BATCHES_WINDOW_DEFERRED, INVALID_TIMEZONES
 from services.scheduler.planner import (
     RECIPIENT_OVERHEAD_BYTES,
     PlanSummary,
@@ -234,6 +235,7 @@ class ScheduleRepository:
                 batches, invalid = await _plan_zoned_batches(
                     conn, campaign_id, campaign, batch_size, max_message_bytes
                 )
+                INVALID_TIMEZONES.inc(invalid)
                 log.info("zoned plan", batches=batches, invalid_timezones=invalid)
             else:
                 batches = await _plan_batches(
@@ -633,6 +635,7 @@ async def _defer_closed(
     `now` in their batch's zone, and move their `due_at` to its next opening. Returns how
     many were deferred."""
     moved: list[tuple[str, datetime]] = []
+    campaigns: set[str] = set()
     for row in rows:
         if row["status"] != "in_progress" or row["send_window"] is None or row["zone"] is None:
             continue
@@ -643,7 +646,14 @@ async def _defer_closed(
         if opening > now:
             row["deferred"] = True
             moved.append((row["batch_id"], opening))
+            campaigns.add(str(row["campaign_id"]))
     if moved:
         await conn.executemany("UPDATE batch_plans SET due_at = $2 WHERE batch_id = $1", moved)
-        log.info("batches wait for their send window", batches=len(moved))
+        BATCHES_WINDOW_DEFERRED.inc(len(moved))
+        log.info(
+            "batches wait for their send window",
+            batches=len(moved),
+            campaign_ids=sorted(campaigns),
+            first_opening=min(at for _, at in moved).isoformat(),
+        )
     return len(moved)
