@@ -479,15 +479,21 @@ async def _plan_zoned_batches(
         for name in (list_default, campaign["timezone"], "UTC")
         if name and zone_or_none(name) is not None
     )
+    wall = campaign["local_send_at"] if campaign["local_time"] else None
+
+    def due_in(name: str) -> datetime:
+        tz = zone_or_none(name)
+        if wall is None or tz is None:
+            return campaign["send_at"]
+        return local_instant(wall, tz)
+
     # One name per key: a recipient matches one zone, whatever the case of its field.
-    names = list({n.lower(): n for n in reversed(known_zones())}.values())
-    wall = campaign["local_send_at"]
-    if campaign["local_time"] and wall is not None:
-        due = [local_instant(wall, zone_or_none(n)) for n in names]  # type: ignore[arg-type]
-        fallback_due = local_instant(wall, zone_or_none(fallback))  # type: ignore[arg-type]
-    else:
-        due = [campaign["send_at"]] * len(names)
-        fallback_due = campaign["send_at"]
+    # Zones are numbered in the order they fall due: the plan sorts integers, not names.
+    by_key = {n.lower(): n for n in reversed(known_zones())}
+    by_key.setdefault(fallback.lower(), fallback)
+    names = sorted(by_key.values(), key=lambda n: (due_in(n), n))
+    due = [due_in(n) for n in names]
+    fallback_no = names.index(by_key[fallback.lower()]) + 1
     largest = await conn.fetchval(
         f"""
         SELECT coalesce(max({_RECIPIENT_SIZE}), 0) FROM recipients r
@@ -499,33 +505,30 @@ async def _plan_zoned_batches(
     chunk = byte_chunk(recipient_bytes_budget(max_message_bytes), int(largest))
     counts = await conn.fetchrow(
         f"""
-        WITH z AS (SELECT * FROM unnest($5::text[], $6::text[], $7::timestamptz[])
-                                 AS z(key, name, due_at)),
+        WITH z AS (SELECT * FROM unnest($5::text[]) WITH ORDINALITY AS z(key, zone_no)),
         sized AS (
-            SELECT r.id, {_RECIPIENT_SIZE} AS size,
-                   coalesce(z.name, $8) AS zone, coalesce(z.due_at, $9) AS due_at,
-                   z.name IS NULL AND coalesce(btrim(r.fields->>'timezone'), '') <> ''
+            SELECT r.id, {_RECIPIENT_SIZE} AS size, coalesce(z.zone_no, $8) AS zone_no,
+                   z.zone_no IS NULL AND coalesce(btrim(r.fields->>'timezone'), '') <> ''
                        AS invalid
               FROM recipients r
               LEFT JOIN z ON z.key = lower(btrim(r.fields->>'timezone'))
              WHERE r.list_id = $2
                AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)),
         windowed AS (
-            SELECT id, zone, due_at, invalid,
-                   (sum(size) OVER (PARTITION BY zone ORDER BY id) - size) / $4 AS window_no
+            SELECT id, zone_no, invalid,
+                   (sum(size) OVER (PARTITION BY zone_no ORDER BY id) - size) / $4 AS window_no
               FROM sized),
         numbered AS (
-            SELECT *, row_number() OVER (PARTITION BY zone, window_no ORDER BY id) AS n
+            SELECT *, row_number() OVER (PARTITION BY zone_no, window_no ORDER BY id) AS n
               FROM windowed),
         cut AS (
-            SELECT id, zone, due_at, invalid,
-                   dense_rank() OVER (ORDER BY due_at, zone, window_no, (n - 1) / $3) - 1
-                       AS batch_no
+            SELECT id, zone_no, invalid,
+                   dense_rank() OVER (ORDER BY zone_no, window_no, (n - 1) / $3) - 1 AS batch_no
               FROM numbered),
         planned AS (
             INSERT INTO batch_plans (batch_id, campaign_id, batch_no, recipient_ids, zone, due_at)
             SELECT $1::text || ':' || batch_no, $1::uuid, batch_no, array_agg(id ORDER BY id),
-                   min(zone), min(due_at)
+                   ($6::text[])[min(zone_no)], ($7::timestamptz[])[min(zone_no)]
               FROM cut GROUP BY batch_no
             RETURNING 1)
         SELECT (SELECT count(*) FROM planned) AS batches,
@@ -538,8 +541,7 @@ async def _plan_zoned_batches(
         [n.lower() for n in names],
         names,
         due,
-        fallback,
-        fallback_due,
+        fallback_no,
     )
     assert counts is not None
     return int(counts["batches"]), int(counts["invalid"])
