@@ -153,31 +153,11 @@ def crm_csv_bytes(rows: list[list[str]]) -> bytes:
 
 
 def crm_xlsx_bytes(rows: list[list[str]]) -> bytes:
-    import openpyxl
-
-    book = openpyxl.Workbook(write_only=True)
-    sheet = book.create_sheet("export")
-    sheet.append(CRM_HEADER)
-    for row in rows:
-        sheet.append(row)
-    out = io.BytesIO()
-    book.save(out)
-    return out.getvalue()
+    return xlsx_bytes(rows, CRM_HEADER, "export")
 
 
 def kept_crm_rows(rows: list[list[str]]) -> list[tuple[str, dict[str, Any]]]:
-    import re
-
-    pattern = re.compile(ADDRESS)
-    seen: set[str] = set()
-    kept = []
-    for email, *fields in rows:
-        address = email.strip().lower()
-        if not pattern.match(address) or address in seen:
-            continue
-        seen.add(address)
-        kept.append((address, dict(zip(CRM_KEYS, fields, strict=True))))
-    return kept
+    return kept_rows(rows, lambda fields: dict(zip(CRM_KEYS, fields, strict=True)))
 
 
 def csv_bytes(rows: list[list[str]]) -> bytes:
@@ -188,34 +168,42 @@ def csv_bytes(rows: list[list[str]]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def xlsx_bytes(rows: list[list[str]]) -> bytes:
+def xlsx_bytes(
+    rows: list[list[str]], header: list[str] = HEADER, sheet_name: str = "people"
+) -> bytes:
+    """The rows as a spreadsheet; a column of whole numbers (the age) as numbers."""
     import openpyxl
 
     book = openpyxl.Workbook(write_only=True)
-    sheet = book.create_sheet("people")
-    sheet.append(HEADER)
+    sheet = book.create_sheet(sheet_name)
+    sheet.append(header)
     for row in rows:
-        sheet.append([*row[:4], int(row[4])])
+        sheet.append([int(v) if v.isdigit() else v for v in row])
     out = io.BytesIO()
     book.save(out)
     return out.getvalue()
 
 
-def kept_rows(rows: list[list[str]]) -> list[tuple[str, dict[str, Any]]]:
+def _people_fields(fields: list[str]) -> dict[str, Any]:
+    first, last, city, age = fields
+    return {"first_name": first, "last_name": last, "city": city, "age": int(age)}
+
+
+def kept_rows(
+    rows: list[list[str]], fields_of: Callable[[list[str]], dict[str, Any]] = _people_fields
+) -> list[tuple[str, dict[str, Any]]]:
     """What an import keeps: normalised valid addresses, first row of each, file order."""
     import re
 
     pattern = re.compile(ADDRESS)
     seen: set[str] = set()
     kept = []
-    for email, first, last, city, age in rows:
+    for email, *fields in rows:
         address = email.strip().lower()
         if not pattern.match(address) or address in seen:
             continue
         seen.add(address)
-        kept.append(
-            (address, {"first_name": first, "last_name": last, "city": city, "age": int(age)})
-        )
+        kept.append((address, fields_of(fields)))
     return kept
 
 

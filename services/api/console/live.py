@@ -82,6 +82,20 @@ async def _session_valid(request: Request, session: Session) -> bool:
     )
 
 
+class SessionWatch:
+    """An open stream's session, re-checked every RECHECK_SESSION_S (not on every update)."""
+
+    def __init__(self, request: Request, session: Session) -> None:
+        self.request, self.session = request, session
+        self.checked = time.monotonic()
+
+    async def still_valid(self) -> bool:
+        if time.monotonic() - self.checked <= RECHECK_SESSION_S:
+            return True
+        self.checked = time.monotonic()
+        return await _session_valid(self.request, self.session)
+
+
 @router.get("/campaigns/{campaign_id}/live")
 async def live(request: Request, session: Viewer, campaign_id: UUID) -> EventSourceResponse:
     if not await repository.campaign_exists(request.app.state.resources.db, campaign_id):
@@ -91,12 +105,8 @@ async def live(request: Request, session: Viewer, campaign_id: UUID) -> EventSou
         meter = RateMeter()
         last = ""
         db = request.app.state.resources.db
-        checked = time.monotonic()
-        while True:
-            if time.monotonic() - checked > RECHECK_SESSION_S:
-                if not await _session_valid(request, session):
-                    return
-                checked = time.monotonic()
+        watch = SessionWatch(request, session)
+        while await watch.still_valid():
             row = await repository.get_campaign(db, campaign_id)
             counters = await read_models.campaign_counters(db, campaign_id)
             rate = meter.add(time.monotonic(), int(counters["sent"]) if counters else 0)
@@ -122,12 +132,8 @@ async def dashboard_live(request: Request, session: Viewer) -> EventSourceRespon
     async def updates() -> AsyncIterator[dict[str, str]]:
         meters = {cid: RateMeter() for cid in campaign_ids}
         last: dict[UUID, str] = {}
-        checked = time.monotonic()
-        while True:
-            if time.monotonic() - checked > RECHECK_SESSION_S:
-                if not await _session_valid(request, session):
-                    return
-                checked = time.monotonic()
+        watch = SessionWatch(request, session)
+        while await watch.still_valid():
             rows = await queries.campaigns_by_id(db, campaign_ids)
             counters = await queries.counters_by_campaign(db, campaign_ids)
             now = time.monotonic()
