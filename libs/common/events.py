@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NaiveDatetime,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -49,6 +50,19 @@ class Event(BaseModel):
 
     schema_version: Literal[1] = 1
 
+
+# A wall time without offset (local-time delivery). Its JSON Schema is a pattern, not
+# `format: date-time`, which RFC 3339 defines with an offset.
+WallTime = Annotated[
+    NaiveDatetime,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$",
+            "examples": ["2030-03-01T09:00:00"],
+        }
+    ),
+]
 
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
@@ -105,7 +119,7 @@ class CampaignScheduled(Event):
         "field, else the list's default zone, else `timezone`); `send_at` is then the "
         "earliest instant any zone reaches it (local_send_at - 14 h, as UTC).",
     )
-    local_send_at: NaiveDatetime | None = Field(
+    local_send_at: WallTime | None = Field(
         None, description="With local_time: the wall time, without offset."
     )
     send_window: SendWindow | None = Field(

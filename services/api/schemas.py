@@ -9,7 +9,7 @@ from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from libs.common.events import SendWindow
+from libs.common.events import SendWindow, WallTime
 from libs.common.settings import ProviderName
 from services.api.keys import Role
 from services.api.scheduling import UnknownTimezone, zone
@@ -352,7 +352,7 @@ class CampaignOut(BaseModel):
         None, description="Its own reputation guard thresholds; null: the global ones."
     )
     local_time: bool = Field(False, description="Delivered at local time (see schedule).")
-    local_send_at: datetime | None = Field(
+    local_send_at: WallTime | None = Field(
         None, description="With local_time: the wall time each recipient gets it at."
     )
     send_window: SendWindow | None = None

@@ -4,6 +4,7 @@ progress per zone read from the scheduler's plan."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -94,6 +95,12 @@ async def test_local_time_schedule_starts_when_utc_plus_14_reaches_it(api: Api) 
     assert datetime.fromisoformat(scheduled["send_at"]) == datetime(2030, 2, 28, 19, tzinfo=UTC)
     assert scheduled["local_time"] is True
     assert scheduled["local_send_at"] == "2030-03-01T09:00:00"
+    # Its documented schema admits a time without offset (`format: date-time` does not:
+    # the OpenAPI fuzz test found the listing violating it).
+    document = (await api.client.get("/openapi.json")).json()
+    field = document["components"]["schemas"]["CampaignOut"]["properties"]["local_send_at"]
+    text = next(s for s in field["anyOf"] if s.get("type") == "string")
+    assert "format" not in text and re.match(text["pattern"], scheduled["local_send_at"])
     assert scheduled["send_window"] == WINDOW
     _, event = await find_event(
         api.settings, "campaign.scheduled", lambda e: e.get("campaign_id") == campaign["id"]
