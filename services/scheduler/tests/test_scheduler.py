@@ -241,8 +241,11 @@ async def test_a_pause_asked_for_by_a_provider_is_applied_with_its_reason(
         lambda e: e.campaign_id == campaign_id,
     )
     assert [(s.status, s.reason) for s in statuses] == [("paused", "401: bad key")]
+    # The event is published before the pause commits: the row lock waits for the commit
+    # (reading at once failed now and then).
     row = await pool.fetchrow(
-        "SELECT status, pause_reason, paused_by FROM campaigns WHERE id = $1", campaign_id
+        "SELECT status, pause_reason, paused_by FROM campaigns WHERE id = $1 FOR UPDATE",
+        campaign_id,
     )
     assert dict(row) == {
         "status": "paused",
