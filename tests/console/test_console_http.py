@@ -603,6 +603,11 @@ async def test_scheduling_at_local_time_from_the_console(console: Console) -> No
         assert "2030-02-28 19:00 UTC" in preview.text and "own zone" in preview.text
         no_day = await editor.get("/console/schedule-preview", params={"local_time": "true"})
         assert "Give a date and a time" in no_day.text
+        too_early = await editor.get(
+            "/console/schedule-preview",
+            params={"day": "0001-01-01", "at": "00:00", "timezone": "Asia/Kolkata"},
+        )
+        assert too_early.status_code == 200 and "outside the supported range" in too_early.text
         scheduled = await editor.post(
             f"/console/campaigns/{campaign_id}/schedule",
             data={
