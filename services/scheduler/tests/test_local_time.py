@@ -107,6 +107,7 @@ async def emit_until(
     end: datetime,
     emitted: dict[str, datetime],
     paused: tuple[datetime, datetime] | None = None,
+    tick: timedelta = TICK,
 ) -> None:
     """Tick the clock from `start` to `end`, as the scheduler's loop does, recording when
     each batch of the campaign is first emitted; `paused`: [from, to) the campaign is."""
@@ -125,7 +126,7 @@ async def emit_until(
                 emitted[batch.batch_id] = now
             if not window.batches:
                 break
-        now += TICK
+        now += tick
 
 
 async def plan_rows(repo: ScheduleRepository, campaign_id: uuid.UUID) -> list[asyncpg.Record]:
@@ -273,7 +274,9 @@ async def test_local_nine_on_a_weekend_waits_for_the_window(repo: ScheduleReposi
     assert await repo.claim_and_plan(campaign_id, 10, now=claim) is not None
     rows = await plan_rows(repo, campaign_id)
     emitted: dict[str, datetime] = {}
-    await emit_until(repo, campaign_id, claim, claim + timedelta(days=3), emitted)
+    # Quarter-hour ticks over three days: every instant here falls on one.
+    quarter = timedelta(minutes=15)
+    await emit_until(repo, campaign_id, claim, claim + timedelta(days=3), emitted, tick=quarter)
     for row in rows:
         local = emitted[row["batch_id"]].astimezone(ZoneInfo(row["zone"]))
         assert local.strftime("%a %H:%M") == "Sat 09:00", row["zone"]
@@ -284,7 +287,7 @@ async def test_local_nine_on_a_weekend_waits_for_the_window(repo: ScheduleReposi
     assert await repo.claim_and_plan(campaign_id, 10, now=claim) is not None
     rows = await plan_rows(repo, campaign_id)
     emitted = {}
-    await emit_until(repo, campaign_id, claim, claim + timedelta(days=3), emitted)
+    await emit_until(repo, campaign_id, claim, claim + timedelta(days=3), emitted, tick=quarter)
     for row in rows:
         local = emitted[row["batch_id"]].astimezone(ZoneInfo(row["zone"]))
         assert local.strftime("%a %H:%M") == "Mon 08:00", row["zone"]
