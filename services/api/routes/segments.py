@@ -74,7 +74,11 @@ class SegmentCount(BaseModel):
 
 def checked_filter(raw: dict[str, Any]) -> segments.Node:
     """The parsed filter, or a 422 naming the bad node (`$.and[1].op`)."""
-    if len(orjson.dumps(raw)) > MAX_FILTER_BYTES:
+    try:
+        size = len(orjson.dumps(raw))
+    except orjson.JSONEncodeError as exc:  # lone surrogates, or nested past orjson's limit
+        raise _bad_filter("$", f"not storable as JSON: {exc}") from exc
+    if size > MAX_FILTER_BYTES:
         raise _bad_filter("$", f"a filter is at most {MAX_FILTER_BYTES} bytes of JSON")
     try:
         return segments.parse(raw)
