@@ -14,6 +14,7 @@ forgotten does not stop at ownership lines. What it does, table by table:
   is replaced by the token in the batches that mailed it.
 - `soft_bounce_streaks`: deleted. `import_rejections`: rows whose raw text holds the
   address are deleted.
+- `segments`: a saved filter that quotes the address gets the token instead.
 - `audit_log`: records that name the address (an earlier `suppression.add`, ...) get the
   token instead; who did what, and when, stays (migration 0024 allows only that change).
 
@@ -112,6 +113,7 @@ class Erased:
     ledger_batches: int = 0
     import_rejections: int = 0
     audit_records: int = 0
+    segments: int = 0
     suppression_replaced: str | None = None
     pending_uploads: int = 0
 
@@ -123,6 +125,7 @@ class Erased:
             "ledger_batches": self.ledger_batches,
             "import_rejections": self.import_rejections,
             "audit_records": self.audit_records,
+            "segments": self.segments,
             "suppression_replaced": self.suppression_replaced,
             "pending_uploads": self.pending_uploads,
         }
@@ -208,6 +211,16 @@ async def erase(conn: Conn, address: str, key: bytes) -> Erased:
             " details = regexp_replace(details::text, $1, $2, 'gi')::jsonb"
             " WHERE strpos(lower(target_id), $3) > 0 OR strpos(lower(actor_name), $3) > 0"
             " OR strpos(lower(details::text), $3) > 0 RETURNING id",
+            pattern,
+            token,
+            address,
+        )
+    )
+    # A saved filter may name the address (`{"field": "email", "op": "eq", ...}`).
+    done.segments = len(
+        await conn.fetch(
+            "UPDATE segments SET filter = regexp_replace(filter::text, $1, $2, 'gi')::jsonb"
+            " WHERE strpos(lower(filter::text), $3) > 0 RETURNING id",
             pattern,
             token,
             address,

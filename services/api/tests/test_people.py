@@ -169,6 +169,12 @@ async def test_export_then_erase_leaves_nothing_and_the_person_never_returns(
     )
     assert added.status_code == 201
     await _plant_history(pool, list_a, address)
+    saved = await api.client.post(
+        "/api/v1/segments",
+        json={"name": "her", "filter": {"field": "email", "op": "eq", "value": address}},
+        headers=api.auth("editor"),
+    )
+    assert saved.status_code == 201
     assert set(await _columns_holding(pool, address)) >= {
         "recipients.email",
         "suppressions.email",
@@ -180,6 +186,7 @@ async def test_export_then_erase_leaves_nothing_and_the_person_never_returns(
         "soft_bounce_streaks.email",
         "import_rejections.raw",
         "audit_log.target_id",
+        "segments.filter",
     }
 
     # Export: admin only, everything in one document, and audited without the address.
@@ -216,6 +223,7 @@ async def test_export_then_erase_leaves_nothing_and_the_person_never_returns(
         "ledger_batches": 1,
         "import_rejections": 2,
         "audit_records": 1,
+        "segments": 1,
         "suppression_replaced": "manual",
         "pending_uploads": 0,
     }
