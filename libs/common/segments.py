@@ -328,16 +328,19 @@ class Compiled:
     scope_list: str | None = None
     scoped_where: str | None = None
 
-    def count_sql(self) -> str:
-        """How many distinct addresses the segment holds (params: `self.params`)."""
+    def count_sql(self, also: str | None = None) -> str:
+        """How many distinct addresses the segment holds (params: `self.params`); `also`
+        is a further condition on `r` (fixed SQL of the caller's, e.g. the lists of a
+        campaign), whose parameters come after these."""
+        extra = f" AND {also}" if also else ""
         if self.scope_list is not None:
             return (
                 f"SELECT count(*) FROM recipients r{self.joins}"  # noqa: S608
-                f" WHERE r.list_id = {self.scope_list}::uuid AND {self.scoped_where}"
+                f" WHERE r.list_id = {self.scope_list}::uuid AND {self.scoped_where}{extra}"
             )
         return (
             "SELECT count(*) FROM (SELECT DISTINCT r.email"  # noqa: S608
-            f" FROM recipients r{self.joins} WHERE {self.where}) AS people"
+            f" FROM recipients r{self.joins} WHERE {self.where}{extra}) AS people"
         )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
@@ -105,7 +106,7 @@ async def suppressed_among(pool: asyncpg.Pool, emails: list[str]) -> set[str]:
 # ---- erased people (issue 15 item 5) ---------------------------------------------------
 #
 # An erasure keeps only a keyed hash of the address in the suppression list:
-# `email = 'erased:<hex HMAC-SHA256>'`, reason `erased`. The key is derived from
+# `email = 'erased:<bucket>:<hex HMAC-SHA256>'`, reason `erased`. The key is derived from
 # MAILFLEET_SECRET_KEY and never stored: a copy of the database alone cannot tell whether
 # a guessed address was erased. Every writer of `recipients` refuses an address whose
 # token is there (the importer in bulk through `mailfleet_erased_token`, migration 0024;
@@ -126,16 +127,40 @@ def erasure_key(secret_key: str) -> bytes:
     return hmac.new(secret_key.encode(), b"mailfleet erasure v1", hashlib.sha256).digest()
 
 
-def erased_token(address: str, key: bytes) -> str:
-    """The suppression-list entry that stands for an erased (normalised) address."""
-    digest = hmac.new(key, address.encode(), hashlib.sha256).hexdigest()
-    return ERASED_PREFIX + digest
+@dataclass(frozen=True)
+class ErasureKey:
+    """What SQL needs to compute tokens: the HMAC pads and the bucket's seed."""
+
+    ipad: bytes
+    opad: bytes
+    seed: int
+
+    @classmethod
+    def of(cls, key: bytes) -> ErasureKey:
+        padded = key.ljust(_HMAC_BLOCK, b"\0")
+        seed = hmac.new(key, b"bucket", hashlib.sha256).digest()[:8]
+        return cls(
+            bytes(b ^ 0x36 for b in padded),
+            bytes(b ^ 0x5C for b in padded),
+            int.from_bytes(seed, "big", signed=True),
+        )
 
 
-def erasure_pads(key: bytes) -> tuple[bytes, bytes]:
-    """(ipad, opad) of HMAC-SHA256 for `mailfleet_erased_token` in SQL."""
-    padded = key.ljust(_HMAC_BLOCK, b"\0")
-    return bytes(b ^ 0x36 for b in padded), bytes(b ^ 0x5C for b in padded)
+def hmac_part(address: str, key: bytes) -> str:
+    """The HMAC hex digest that ends an address's token (the bucket is computed in SQL)."""
+    return hmac.new(key, address.encode(), hashlib.sha256).hexdigest()
+
+
+async def erased_token(
+    db: asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy, address: str, key: bytes
+) -> str:
+    """The suppression-list entry that stands for an erased (normalised) address:
+    `erased:<bucket>:<hex HMAC-SHA256>` (migration 0024's `mailfleet_erased_token`)."""
+    k = ErasureKey.of(key)
+    token: str = await db.fetchval(
+        "SELECT mailfleet_erased_token($1, $2, $3, $4)", address, k.ipad, k.opad, k.seed
+    )
+    return token
 
 
 async def any_erased(db: asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy) -> bool:
@@ -150,7 +175,7 @@ async def any_erased(db: asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
 async def is_erased(
     db: asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy, address: str, key: bytes
 ) -> bool:
-    token = erased_token(address.strip().lower(), key)
+    token = await erased_token(db, address.strip().lower(), key)
     return bool(
         await db.fetchval("SELECT EXISTS (SELECT 1 FROM suppressions WHERE email = $1)", token)
     )

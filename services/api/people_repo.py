@@ -134,7 +134,7 @@ class Erased:
 async def erase(conn: Conn, address: str, key: bytes) -> Erased:
     """Erase `address` (normalised) everywhere; call inside a transaction. Raises InFlight
     (nothing changed) while a batch holding it is being sent."""
-    token = suppressions.erased_token(address, key)
+    token = await suppressions.erased_token(conn, address, key)
     done = Erased(token)
     await conn.execute(f"SET LOCAL statement_timeout = {ERASURE_TIMEOUT_MS}")
     # The audit trigger lets this transaction replace the address in its records.

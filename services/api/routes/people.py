@@ -73,8 +73,9 @@ def _key(resources: ApiResources) -> bytes:
 async def export_person(email: EmailPath, resources: Resources, caller: IsAdmin) -> PersonExport:
     """Everything held about one address, as JSON (GDPR art. 15). Admin only; audited."""
     address = _address(email)
-    token = suppressions.erased_token(address, _key(resources))
+    key = _key(resources)
     async with resources.db.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+        token = await suppressions.erased_token(conn, address, key)
         data = await people_repo.export(conn, address)
         await record_audit(conn, caller.actor, "person.export", Target("person", token))
     log.info("person exported", api_key=caller.name)
