@@ -36,7 +36,9 @@ from services.api.routes import (
     import_rejections,
     lists,
     ops,
+    people,
     recipients,
+    segments,
     senders,
     suppressions,
     templates,
@@ -124,6 +126,8 @@ def create_app(
     install_console(app, settings)
     app.include_router(audit.router)
     app.include_router(senders.router)
+    app.include_router(segments.router)
+    app.include_router(people.router)
     document_problems(app)
     return app
 
