@@ -1,0 +1,254 @@
+"""Webhooks wiring: consume `campaign.status`, `delivery.event` and `contact.event` into
+the PostgreSQL outbox (before the offsets are committed), and deliver the outbox over
+HTTPS, signed, in order per campaign and endpoint, retrying with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+from libs.common.events import CampaignStatus, ContactEvent, DeliveryEvent, Event, Topic
+from libs.common.kafka import Consumed, EventConsumer
+from libs.common.logging import bound_contextvars, get_logger
+from libs.common.service import ServiceContext, run_service
+from libs.common.settings import Settings, get_settings
+from libs.webhooks.backoff import Backoff
+from libs.webhooks.secret_box import SecretUnreadable, open_sealed
+from libs.webhooks.signing import sign
+from services.webhooks import metrics
+from services.webhooks.http import Attempt, WebhookClient
+from services.webhooks.mapping import (
+    Outgoing,
+    from_campaign_status,
+    from_contact_event,
+    from_delivery_event,
+)
+from services.webhooks.store import Claimed, WebhookStore
+
+log = get_logger(__name__)
+
+E = TypeVar("E", bound=Event)
+Clock = Callable[[], datetime]
+
+EVENTS_PER_BATCH = 500
+GAUGES_EVERY_SECONDS = 10.0
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def backoff_of(settings: Settings) -> Backoff:
+    return Backoff(
+        base_s=settings.webhook_backoff_base_s,
+        cap_s=settings.webhook_backoff_cap_s,
+        give_up_after_s=settings.webhook_retry_window_s,
+    )
+
+
+class Outbox:
+    """Kafka side: every consumed batch becomes outbox rows before its offsets commit."""
+
+    def __init__(self, store: WebhookStore, clock: Clock = utc_now) -> None:
+        self.store = store
+        self.clock = clock
+
+    async def _enqueue(self, outgoing: list[Outgoing]) -> None:
+        written = await self.store.enqueue(outgoing, self.clock())
+        for item in outgoing:
+            metrics.ENQUEUED.labels(item.event_type)  # the series exists from the start
+        if written:
+            log.debug("webhook deliveries enqueued", events=len(outgoing), rows=written)
+            kinds: dict[str, int] = {}
+            for item in outgoing:
+                kinds[item.event_type] = kinds.get(item.event_type, 0) + 1
+            # Per type, events (not rows): rows depend on subscriptions.
+            for kind, count in kinds.items():
+                metrics.ENQUEUED.labels(kind).inc(count)
+
+    async def on_status(self, items: list[Consumed[CampaignStatus]]) -> None:
+        await self._enqueue([from_campaign_status(i.event) for i in items])
+
+    async def on_delivery(self, items: list[Consumed[DeliveryEvent]]) -> None:
+        await self._enqueue([o for i in items if (o := from_delivery_event(i.event))])
+
+    async def on_contact(self, items: list[Consumed[ContactEvent]]) -> None:
+        await self._enqueue([o for i in items if (o := from_contact_event(i.event))])
+
+
+class Sender:
+    """PostgreSQL side: claims due deliveries and posts them, at most `concurrency` at once."""
+
+    def __init__(
+        self,
+        store: WebhookStore,
+        client: WebhookClient,
+        settings: Settings,
+        clock: Clock = utc_now,
+        rand: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.settings = settings
+        self.clock = clock
+        self.backoff = backoff_of(settings)
+        self.rand = rand or random.Random()
+        self.lease = timedelta(seconds=settings.webhook_timeout_s + 30)
+
+    async def run_once(self) -> int:
+        """Claim and deliver one round; returns how many were attempted."""
+        now = self.clock()
+        claimed = await self.store.claim(now, now + self.lease, self.settings.webhook_concurrency)
+        if claimed:
+            await asyncio.gather(*(self._deliver(d) for d in claimed))
+        return len(claimed)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        delay = self.settings.webhook_poll_s
+        while not stop.is_set():
+            try:
+                attempted = await self.run_once()
+                delay = self.settings.webhook_poll_s
+            except Exception as exc:  # the database blinked: wait it out, never exit
+                log.warning("webhook sender round failed; retrying", error=repr(exc))
+                attempted = 0
+                delay = min(delay * 2, 10.0)
+            if attempted:
+                continue  # more may be due at once
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+
+    async def _deliver(self, delivery: Claimed) -> None:
+        with bound_contextvars(
+            webhook_endpoint_id=str(delivery.endpoint_id),
+            webhook_event_id=str(delivery.event_id),
+            campaign_id=delivery.order_key,
+            delivery_id=str(delivery.id),
+        ):
+            try:
+                secret = open_sealed(self.settings.secret_key, delivery.secret_sealed)
+            except SecretUnreadable as exc:
+                await self._failed(delivery, Attempt(False, None, str(exc)))
+                return
+            started = time.perf_counter()
+            attempt = await self.client.post(
+                delivery.url,
+                delivery.payload,
+                sign(secret, delivery.payload, int(self.clock().timestamp())),
+                str(delivery.event_id),
+                delivery.event_type,
+            )
+            metrics.ATTEMPT_SECONDS.observe(time.perf_counter() - started)
+            if attempt.ok:
+                await self.store.delivered(delivery, self.clock(), attempt.status_code or 200)
+                metrics.ATTEMPTS.labels("delivered").inc()
+                log.debug("webhook delivered", attempts=delivery.attempts)
+            else:
+                await self._failed(delivery, attempt)
+
+    async def _failed(self, delivery: Claimed, attempt: Attempt) -> None:
+        now = self.clock()
+        next_at = self.backoff.next_attempt(
+            delivery.created_at.timestamp(), now.timestamp(), delivery.attempts, self.rand
+        )
+        retry_at = datetime.fromtimestamp(next_at, UTC) if next_at is not None else None
+        error = attempt.error or "failed"
+        state = await self.store.failed(
+            delivery,
+            now,
+            attempt.status_code,
+            error,
+            retry_at,
+            self.settings.webhook_disable_after_failures,
+        )
+        refused = error.startswith("refused")
+        metrics.ATTEMPTS.labels(
+            "refused" if refused else ("retry" if retry_at is not None else "gave_up")
+        ).inc()
+        if retry_at is None:
+            log.warning(
+                "webhook delivery given up after the retry window",
+                attempts=delivery.attempts,
+                error=error,
+            )
+        else:
+            log.info(
+                "webhook delivery failed; will retry",
+                attempts=delivery.attempts,
+                status_code=attempt.status_code,
+                error=error,
+                retry_in_s=round((retry_at - now).total_seconds(), 3),
+            )
+        if state.just_disabled:
+            metrics.ENDPOINTS_DISABLED.inc()
+            log.error(
+                "webhook endpoint disabled after failing repeatedly; an admin must re-enable it",
+                failure_streak=state.failure_streak,
+                last_error=error,
+                alert="webhook_endpoint_disabled",
+            )
+
+
+async def _refresh_gauges(store: WebhookStore, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            metrics.PENDING.set((await store.backlog()).get("pending", 0))
+            metrics.DISABLED_FAILING.set(await store.disabled_failing())
+        except Exception as exc:
+            log.warning("webhook gauges not refreshed", error=repr(exc))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), GAUGES_EVERY_SECONDS)
+
+
+async def _consume(
+    ctx: ServiceContext,
+    topic: Topic,
+    group_id: str,
+    handler: Callable[[list[Consumed[E]]], Awaitable[None]],
+) -> None:
+    consumer: EventConsumer[E] = EventConsumer(
+        ctx.settings,
+        topic,
+        group_id,
+        ctx.producer,
+        max_records=EVENTS_PER_BATCH,
+        epoch=ctx.epoch,
+    )
+    await consumer.start()
+    try:
+        await consumer.run(handler, ctx.stop)
+    finally:
+        await consumer.stop()
+
+
+async def main(ctx: ServiceContext, group_id: str = "webhooks") -> None:
+    """Run until `ctx.stop` is set. Any number of instances may run: the outbox rows are
+    unique per (endpoint, event) and claims are leased with SKIP LOCKED."""
+    store = WebhookStore(ctx.pool)
+    outbox = Outbox(store)
+    client = WebhookClient(
+        ctx.settings.webhook_target_policy(),
+        ctx.settings.webhook_ca_file,
+        ctx.settings.webhook_timeout_s,
+    )
+    await client.start()
+    metrics.start_series()
+    try:
+        await asyncio.gather(
+            _consume(ctx, Topic.CAMPAIGN_STATUS, f"{group_id}.status", outbox.on_status),
+            _consume(ctx, Topic.DELIVERY_EVENT, f"{group_id}.events", outbox.on_delivery),
+            _consume(ctx, Topic.CONTACT_EVENT, f"{group_id}.contacts", outbox.on_contact),
+            Sender(store, client, ctx.settings).run(ctx.stop),
+            _refresh_gauges(store, ctx.stop),
+        )
+    finally:
+        await client.close()
+
+
+def run() -> None:
+    asyncio.run(run_service("webhooks", main, get_settings()))
