@@ -40,6 +40,7 @@ from services.api.routes import (
     senders,
     suppressions,
     templates,
+    webhooks,
 )
 
 log = get_logger(__name__)
@@ -124,6 +125,7 @@ def create_app(
     install_console(app, settings)
     app.include_router(audit.router)
     app.include_router(senders.router)
+    app.include_router(webhooks.router)
     document_problems(app)
     return app
 
