@@ -24,9 +24,15 @@ console = Console()
 DEV_POSTGRES_PORT = 55432
 DEV_BROKER_PORT = 9092
 SINK_PORT = 8025
-METRICS_PORTS = {"importer": 9101, "scheduler": 9102, "dispatcher": 9103, "tracker": 9104}
+METRICS_PORTS = {
+    "importer": 9101,
+    "scheduler": 9102,
+    "dispatcher": 9103,
+    "tracker": 9104,
+    "webhooks": 9121,
+}
 # Past the dispatchers' ports (9103, then 9105 up to 9115 for 12 of them).
-BOUNCES_METRICS_PORT = 9120
+BOUNCES_METRICS_PORT = 9120  # webhooks: 9121
 
 
 def _port_free(port: int) -> bool:
@@ -64,7 +70,7 @@ def _console_admin(settings: Settings, data_dir: Path, env: dict[str, str]) -> s
 
 def child_specs(dispatchers: int, with_sink: bool, with_bounces: bool = False) -> list[ChildSpec]:
     specs = [ChildSpec("api", "api"), ChildSpec("edge", "edge")]
-    for service in ("importer", "scheduler", "tracker"):
+    for service in ("importer", "scheduler", "tracker", "webhooks"):
         specs.append(
             ChildSpec(service, service, {"MAILFLEET_METRICS_PORT": str(METRICS_PORTS[service])})
         )
