@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+import time
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +74,21 @@ def test_generated_secrets_are_long_and_distinct() -> None:
     secrets = {generate_secret() for _ in range(50)}
     assert len(secrets) == 50
     assert all(s.startswith("whsec_") and len(s) >= 40 for s in secrets)
+
+
+def test_the_readme_verification_snippet_accepts_ours_and_refuses_replays() -> None:
+    """The snippet users copy from README.md agrees with the signer."""
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = readme.split("### Outbound webhooks", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match is not None
+    namespace: dict[str, object] = {}
+    exec(match.group(1), namespace)  # noqa: S102
+    snippet = namespace["verify"]
+    assert callable(snippet)
+    now = int(time.time())
+    snippet(SECRET, BODY, sign(SECRET, BODY, timestamp=now))
+    with pytest.raises(ValueError, match="bad signature"):
+        snippet(SECRET, BODY + b"x", sign(SECRET, BODY, timestamp=now))
+    with pytest.raises(ValueError, match="replay"):
+        snippet(SECRET, BODY, sign(SECRET, BODY, timestamp=now - 301))
