@@ -98,7 +98,9 @@ class Sender:
         self.clock = clock
         self.backoff = backoff_of(settings)
         self.rand = rand or random.Random()
-        self.lease = timedelta(seconds=settings.webhook_timeout_s + 30)
+        # Longer than one attempt can take (the client's total timeout), plus the write of
+        # its outcome: a sender killed mid-attempt hands the delivery over after this.
+        self.lease = timedelta(seconds=settings.webhook_timeout_s + 5)
 
     async def run_once(self) -> int:
         """Claim and deliver one round; returns how many were attempted."""
