@@ -241,6 +241,10 @@ class Settings(BaseSettings):
     # Deliveries in flight at once (all endpoints), and how often the outbox is polled.
     webhook_concurrency: int = Field(16, alias="MAILFLEET_WEBHOOK_CONCURRENCY", ge=1, le=256)
     webhook_poll_s: float = Field(0.5, alias="MAILFLEET_WEBHOOK_POLL_S", gt=0, le=60)
+    # Delivered and failed entries of the delivery log are deleted after this many days.
+    webhook_log_retention_days: int = Field(
+        30, alias="MAILFLEET_WEBHOOK_LOG_RETENTION_DAYS", ge=1, le=3650
+    )
     # --- end of webhooks ---
 
     @field_validator("webhook_allowed_targets")

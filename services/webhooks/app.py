@@ -196,13 +196,27 @@ class Sender:
             )
 
 
-async def _refresh_gauges(store: WebhookStore, stop: asyncio.Event) -> None:
+async def maintain(store: WebhookStore, settings: Settings, now: datetime) -> None:
+    """Expire what disabled endpoints kept past the retry window; prune the old log."""
+    expired = await store.expire(now - timedelta(seconds=settings.webhook_retry_window_s))
+    if expired:
+        metrics.EXPIRED.inc(expired)
+        log.warning("webhook deliveries expired on disabled endpoints", count=expired)
+    pruned = await store.prune(now - timedelta(days=settings.webhook_log_retention_days))
+    if pruned:
+        log.info("old webhook delivery log entries deleted", count=pruned)
+    metrics.PENDING.set((await store.backlog()).get("pending", 0))
+    metrics.DISABLED_FAILING.set(await store.disabled_failing())
+
+
+async def _maintain_loop(
+    store: WebhookStore, settings: Settings, stop: asyncio.Event, clock: Clock = utc_now
+) -> None:
     while not stop.is_set():
         try:
-            metrics.PENDING.set((await store.backlog()).get("pending", 0))
-            metrics.DISABLED_FAILING.set(await store.disabled_failing())
-        except Exception as exc:
-            log.warning("webhook gauges not refreshed", error=repr(exc))
+            await maintain(store, settings, clock())
+        except Exception as exc:  # the database blinked: next round
+            log.warning("webhook maintenance failed; retrying", error=repr(exc))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), GAUGES_EVERY_SECONDS)
 
@@ -246,7 +260,7 @@ async def main(ctx: ServiceContext, group_id: str = "webhooks") -> None:
             _consume(ctx, Topic.DELIVERY_EVENT, f"{group_id}.events", outbox.on_delivery),
             _consume(ctx, Topic.CONTACT_EVENT, f"{group_id}.contacts", outbox.on_contact),
             Sender(store, client, ctx.settings).run(ctx.stop),
-            _refresh_gauges(store, ctx.stop),
+            _maintain_loop(store, ctx.settings, ctx.stop),
         )
     finally:
         await client.close()

@@ -31,6 +31,10 @@ DISABLED_FAILING = Gauge(
     "mailfleet_webhook_endpoints_disabled_failing",
     "Endpoints currently disabled because they kept failing (an admin must re-enable).",
 )
+EXPIRED = Counter(
+    "mailfleet_webhook_deliveries_expired_total",
+    "Pending deliveries given up because their endpoint stayed disabled past the retry window.",
+)
 PENDING = Gauge("mailfleet_webhook_pending", "Deliveries waiting in the outbox.")
 
 

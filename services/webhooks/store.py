@@ -51,7 +51,10 @@ class WebhookStore:
             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[])
                  WITH ORDINALITY AS i (event_id, event_type, order_key, payload, n)
             JOIN webhook_endpoints e
-              ON e.enabled AND e.deleted_at IS NULL AND i.event_type = ANY (e.event_types)
+              ON e.deleted_at IS NULL AND i.event_type = ANY (e.event_types)
+             -- A failing endpoint the sender disabled keeps its events (for up to the retry
+             -- window) until an admin re-enables it; one an admin disabled gets none.
+             AND (e.enabled OR e.disabled_reason = 'failing')
             ORDER BY i.n, e.id
             ON CONFLICT (endpoint_id, event_id) DO NOTHING
             """,
@@ -160,6 +163,29 @@ class WebhookStore:
                 just_disabled,
             )
         return EndpointState(streak, just_disabled)
+
+    async def expire(self, older_than: datetime) -> int:
+        """Give up pending deliveries of disabled endpoints past the retry window (the
+        sender gives up those of enabled endpoints itself, at their next attempt)."""
+        status = await self.pool.execute(
+            "UPDATE webhook_deliveries d SET status = 'failed', leased_until = NULL,"
+            " last_error = 'expired: the endpoint was disabled for the whole retry window'"
+            " FROM webhook_endpoints e"
+            " WHERE e.id = d.endpoint_id AND NOT e.enabled AND d.status = 'pending'"
+            " AND d.created_at < $1",
+            older_than,
+        )
+        return int(status.split()[-1])
+
+    async def prune(self, older_than: datetime, limit: int = 10_000) -> int:
+        """Delete finished entries of the delivery log older than the retention."""
+        status = await self.pool.execute(
+            "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries"
+            " WHERE status <> 'pending' AND created_at < $1 LIMIT $2)",
+            older_than,
+            limit,
+        )
+        return int(status.split()[-1])
 
     async def backlog(self) -> dict[str, int]:
         rows = await self.pool.fetch(

@@ -14,8 +14,9 @@ import asyncpg
 from libs.common.events import DeliveryEvent
 from libs.common.kafka import Consumed
 from libs.common.settings import Settings
+from services.api import webhooks_repo
 from services.webhooks import metrics
-from services.webhooks.app import Outbox, Sender
+from services.webhooks.app import Outbox, Sender, maintain
 from services.webhooks.http import WebhookClient
 from services.webhooks.mapping import from_delivery_event
 from services.webhooks.store import WebhookStore
@@ -334,3 +335,78 @@ async def test_certificates_are_verified(
             assert receiver.received == []
         finally:
             await retire_endpoints(pool, [endpoint])
+
+
+async def test_disabled_for_failing_keeps_events_until_re_enabled(
+    pool: asyncpg.Pool, webhook_settings: Settings, tls: Tls
+) -> None:
+    settings = webhook_settings.model_copy(update={"webhook_disable_after_failures": 2})
+    async with receiving(tls) as receiver:
+        healthy = False
+        receiver.answer = lambda body: 200 if healthy else 500
+        failing = await add_endpoint(
+            pool, settings.secret_key, f"{receiver.url}/fix", ALL_DELIVERY, receiver
+        )
+        paused = await add_endpoint(
+            pool, settings.secret_key, f"{receiver.url}/paused", ALL_DELIVERY, receiver
+        )
+        await webhooks_repo.update_endpoint(pool, paused, {"enabled": False})  # by an admin
+        try:
+            campaign = uuid.uuid4()
+            events = events_for(campaign, 4)
+            await enqueue(pool, events[:2])
+
+            async def disabled() -> bool:
+                return not await pool.fetchval(
+                    "SELECT enabled FROM webhook_endpoints WHERE id = $1", failing
+                )
+
+            async with sending(pool, settings):
+                await wait_for(disabled, what="the endpoint disabled")
+            # Events go on arriving while it is disabled for failing: they are kept...
+            await enqueue(pool, events[2:])
+            assert len(await log_rows(pool, failing)) == 4
+            # ...while an endpoint an admin disabled gets none.
+            assert await log_rows(pool, paused) == []
+            healthy = True
+            await webhooks_repo.update_endpoint(pool, failing, {"enabled": True})
+            async with sending(pool, settings):
+                await wait_for(lambda: len(receiver.delivered()) >= 4, what="the backlog")
+            assert [r.event_id for r in receiver.delivered()] == expected_ids(events)
+        finally:
+            await retire_endpoints(pool, [failing, paused])
+
+
+async def test_maintenance_expires_disabled_backlogs_and_prunes_the_log(
+    pool: asyncpg.Pool, webhook_settings: Settings
+) -> None:
+    endpoint = await add_endpoint(
+        pool, webhook_settings.secret_key, "https://127.0.0.1:9/m", ALL_DELIVERY
+    )
+    try:
+        await enqueue(pool, events_for(uuid.uuid4(), 3))
+        await pool.execute(
+            "UPDATE webhook_deliveries SET status = 'delivered' WHERE endpoint_id = $1"
+            " AND seq = (SELECT min(seq) FROM webhook_deliveries WHERE endpoint_id = $1)",
+            endpoint,
+        )
+        store = WebhookStore(pool)
+        day = timedelta(days=1)
+        await maintain(store, webhook_settings, datetime.now(UTC) + 2 * day)
+        # Enabled: the sender itself gives up at the next attempt; nothing expired here.
+        assert [r["status"] for r in await log_rows(pool, endpoint)] == [
+            "delivered",
+            "pending",
+            "pending",
+        ]
+        await webhooks_repo.update_endpoint(pool, endpoint, {"enabled": False})
+        before = metrics.EXPIRED._value.get()  # noqa: SLF001
+        await maintain(store, webhook_settings, datetime.now(UTC) + 2 * day)
+        rows = await log_rows(pool, endpoint)
+        assert [r["status"] for r in rows] == ["delivered", "failed", "failed"]
+        assert rows[1]["last_error"].startswith("expired")
+        assert metrics.EXPIRED._value.get() == before + 2  # noqa: SLF001
+        await maintain(store, webhook_settings, datetime.now(UTC) + 31 * day)
+        assert await log_rows(pool, endpoint) == []
+    finally:
+        await retire_endpoints(pool, [endpoint])
