@@ -107,7 +107,12 @@ class Sender:
         now = self.clock()
         claimed = await self.store.claim(now, now + self.lease, self.settings.webhook_concurrency)
         if claimed:
-            await asyncio.gather(*(self._deliver(d) for d in claimed))
+            outcomes = await asyncio.gather(*(self._deliver(d) for d in claimed))
+            # The round's successes in one transaction (failures are written as they come).
+            succeeded = [outcome for outcome in outcomes if outcome is not None]
+            if succeeded:
+                await self.store.delivered(succeeded, self.clock())
+                metrics.ATTEMPTS.labels("delivered").inc(len(succeeded))
         return len(claimed)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -125,7 +130,9 @@ class Sender:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
 
-    async def _deliver(self, delivery: Claimed) -> None:
+    async def _deliver(self, delivery: Claimed) -> tuple[Claimed, int] | None:
+        """Attempt one delivery: (it, status code) on success, for the caller to record;
+        None after recording a failure."""
         with bound_contextvars(
             webhook_endpoint_id=str(delivery.endpoint_id),
             webhook_event_id=str(delivery.event_id),
@@ -136,7 +143,7 @@ class Sender:
                 secret = open_sealed(self.settings.secret_key, delivery.secret_sealed)
             except SecretUnreadable as exc:
                 await self._failed(delivery, Attempt(False, None, str(exc)))
-                return
+                return None
             started = time.perf_counter()
             attempt = await self.client.post(
                 delivery.url,
@@ -147,11 +154,10 @@ class Sender:
             )
             metrics.ATTEMPT_SECONDS.observe(time.perf_counter() - started)
             if attempt.ok:
-                await self.store.delivered(delivery, self.clock(), attempt.status_code or 200)
-                metrics.ATTEMPTS.labels("delivered").inc()
                 log.debug("webhook delivered", attempts=delivery.attempts)
-            else:
-                await self._failed(delivery, attempt)
+                return delivery, attempt.status_code or 200
+            await self._failed(delivery, attempt)
+            return None
 
     async def _failed(self, delivery: Claimed, attempt: Attempt) -> None:
         now = self.clock()

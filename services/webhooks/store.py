@@ -70,53 +70,85 @@ class WebhookStore:
         """Due deliveries that head their (endpoint, campaign) queue, leased to this sender.
 
         A delivery waits while an earlier one of the same endpoint and order key is pending
-        (failing, or in flight elsewhere): order per campaign. SKIP LOCKED lets several
-        senders share the outbox; the lease hands an abandoned claim to another later.
+        (failing, or in flight elsewhere): order per campaign. The heads are found with a
+        loose index scan over the pending queues (one index probe per queue, however many
+        deliveries wait behind each head); deliveries without an order key are taken from
+        their own due index. The lease is taken by a conditional update, so two senders
+        never both take one delivery, and an abandoned lease passes to another later.
         """
+        candidates = await self.pool.fetch(
+            """
+            WITH RECURSIVE queues AS (
+                (SELECT endpoint_id, order_key FROM webhook_deliveries
+                 WHERE status = 'pending' AND order_key IS NOT NULL
+                 ORDER BY endpoint_id, order_key LIMIT 1)
+                UNION ALL
+                SELECT n.endpoint_id, n.order_key
+                FROM queues q, LATERAL (
+                    SELECT d.endpoint_id, d.order_key FROM webhook_deliveries d
+                    WHERE d.status = 'pending' AND d.order_key IS NOT NULL
+                      AND (d.endpoint_id, d.order_key) > (q.endpoint_id, q.order_key)
+                    ORDER BY d.endpoint_id, d.order_key LIMIT 1
+                ) n
+            ),
+            heads AS (
+                SELECT h.id, h.next_attempt_at, h.leased_until, h.endpoint_id
+                FROM queues q, LATERAL (
+                    SELECT d.id, d.next_attempt_at, d.leased_until, d.endpoint_id
+                    FROM webhook_deliveries d
+                    WHERE d.endpoint_id = q.endpoint_id AND d.order_key = q.order_key
+                      AND d.status = 'pending'
+                    ORDER BY d.seq LIMIT 1
+                ) h
+                UNION ALL
+                (SELECT id, next_attempt_at, leased_until, endpoint_id
+                 FROM webhook_deliveries
+                 WHERE status = 'pending' AND order_key IS NULL AND next_attempt_at <= $1
+                 ORDER BY next_attempt_at LIMIT $2)
+            )
+            SELECT h.id FROM heads h JOIN webhook_endpoints e ON e.id = h.endpoint_id
+            WHERE h.next_attempt_at <= $1 AND (h.leased_until IS NULL OR h.leased_until <= $1)
+              AND e.enabled AND e.deleted_at IS NULL
+            ORDER BY h.next_attempt_at
+            LIMIT $2
+            """,
+            now,
+            limit,
+        )
+        if not candidates:
+            return []
         rows = await self.pool.fetch(
             """
-            WITH due AS (
-                SELECT d.id
-                FROM webhook_deliveries d
-                JOIN webhook_endpoints e ON e.id = d.endpoint_id
-                WHERE d.status = 'pending' AND d.next_attempt_at <= $1
-                  AND (d.leased_until IS NULL OR d.leased_until <= $1)
-                  AND e.enabled AND e.deleted_at IS NULL
-                  AND NOT EXISTS (
-                      SELECT 1 FROM webhook_deliveries p
-                      WHERE p.endpoint_id = d.endpoint_id AND p.order_key = d.order_key
-                        AND p.status = 'pending' AND p.seq < d.seq)
-                ORDER BY d.next_attempt_at, d.seq
-                LIMIT $3
-                FOR UPDATE OF d SKIP LOCKED
-            )
             UPDATE webhook_deliveries w
-            SET leased_until = $2, attempts = w.attempts + 1, last_attempt_at = $1
-            FROM due, webhook_endpoints e
-            WHERE w.id = due.id AND e.id = w.endpoint_id
+            SET leased_until = $3, attempts = w.attempts + 1, last_attempt_at = $2
+            FROM webhook_endpoints e
+            WHERE w.id = ANY ($1::uuid[]) AND e.id = w.endpoint_id AND w.status = 'pending'
+              AND (w.leased_until IS NULL OR w.leased_until <= $2)
             RETURNING w.id, w.endpoint_id, w.event_id, w.event_type, w.order_key, w.payload,
                       w.attempts, w.created_at, e.url, e.secret_sealed
             """,
+            [r["id"] for r in candidates],
             now,
             lease_until,
-            limit,
         )
         return [Claimed(**dict(r)) for r in rows]
 
-    async def delivered(self, delivery: Claimed, now: datetime, status_code: int) -> None:
+    async def delivered(self, done: Sequence[tuple[Claimed, int]], now: datetime) -> None:
+        """Record successful attempts (delivery, HTTP status): one transaction for all."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
-                "UPDATE webhook_deliveries SET status = 'delivered', delivered_at = $2,"
-                " last_status_code = $3, last_error = NULL, leased_until = NULL"
-                " WHERE id = $1 AND status = 'pending'",
-                delivery.id,
+                "UPDATE webhook_deliveries w SET status = 'delivered', delivered_at = $3,"
+                " last_status_code = u.code, last_error = NULL, leased_until = NULL"
+                " FROM unnest($1::uuid[], $2::int[]) AS u (id, code)"
+                " WHERE w.id = u.id AND w.status = 'pending'",
+                [delivery.id for delivery, _ in done],
+                [code for _, code in done],
                 now,
-                status_code,
             )
             await conn.execute(
                 "UPDATE webhook_endpoints SET failure_streak = 0, last_success_at = $2"
-                " WHERE id = $1",
-                delivery.endpoint_id,
+                " WHERE id = ANY ($1::uuid[])",
+                sorted({delivery.endpoint_id for delivery, _ in done}),
                 now,
             )
 

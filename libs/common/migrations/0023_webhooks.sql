@@ -44,8 +44,11 @@ CREATE TABLE webhook_deliveries (
     UNIQUE (endpoint_id, event_id)
 );
 
-CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
-    WHERE status = 'pending';
-CREATE INDEX webhook_deliveries_order ON webhook_deliveries (endpoint_id, order_key, seq)
-    WHERE status = 'pending';
+-- The sender finds each queue's head by a loose index scan over this index (one probe per
+-- (endpoint, campaign) queue, not a scan of what waits behind the heads)...
+CREATE INDEX webhook_deliveries_queues ON webhook_deliveries (endpoint_id, order_key, seq)
+    WHERE status = 'pending' AND order_key IS NOT NULL;
+-- ...and deliveries with no order to keep by this one.
+CREATE INDEX webhook_deliveries_unordered ON webhook_deliveries (next_attempt_at)
+    WHERE status = 'pending' AND order_key IS NULL;
 CREATE INDEX webhook_deliveries_log ON webhook_deliveries (endpoint_id, created_at DESC, id DESC);
