@@ -88,11 +88,15 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         print(f"machine: {machine()}")
         store = WebhookStore(pool)
         outbox = Outbox(store)
-        await add_endpoint(pool, settings.secret_key, f"{receiver.url}/b", ["delivery.open"], receiver)
+        await add_endpoint(
+            pool, settings.secret_key, f"{receiver.url}/b", ["delivery.open"], receiver
+        )
         campaigns = [uuid.uuid4() for _ in range(args.campaigns)]
         items = events(campaigns, args.events)
         seconds = await enqueue(outbox, items)
-        print(f"enqueue: {len(items):,} rows in {seconds:.2f} s = {len(items) / seconds:,.0f} rows/s")
+        print(
+            f"enqueue: {len(items):,} rows in {seconds:.2f} s = {len(items) / seconds:,.0f} rows/s"
+        )
 
         sender = Sender(store, client, settings)
         stop = asyncio.Event()

@@ -553,6 +553,25 @@ def provider() -> dict[str, Any]:
                         " rate limiter (1 = one dispatcher always waiting).",
                     ),
                     Panel(
+                        "Batches waiting for a domain throttle",
+                        [
+                            (
+                                "sum by (provider, group) ("
+                                "mailfleet_dispatcher_throttle_waiting_batches)",
+                                "{{provider}} {{group}}",
+                            ),
+                            (
+                                "sum by (provider) (increase("
+                                f"mailfleet_dispatcher_throttle_requeued_total[{RATE}]))",
+                                "{{provider}} requeued",
+                            ),
+                        ],
+                        description="Batches whose recipient-domain group (gmail, yahoo,"
+                        " microsoft, other) or From domain warm-up has no room this window:"
+                        " they wait, then go; requeued: put back on batch.ready after"
+                        " MAILFLEET_THROTTLE_MAX_WAIT_S.",
+                    ),
+                    Panel(
                         "Circuit breaker open",
                         [("max by (provider) (mailfleet_provider_circuit_open)", "{{provider}}")],
                         custom={"drawStyle": "line", "lineInterpolation": "stepAfter"},

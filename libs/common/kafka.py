@@ -202,6 +202,8 @@ class Consumed(Generic[E]):
     event: E
     partition: int
     offset: int
+    # The record's timestamp (producer's create time), when the broker gave one.
+    timestamp_ms: int | None = None
 
 
 Handler = Callable[[list[Consumed[E]]], Awaitable[None]]
@@ -355,7 +357,9 @@ class EventConsumer(Generic[E]):
         for record in records:
             event = await self._decode_or_dead_letter(record)
             if event is not None:
-                good.append((record, Consumed(event, record.partition, record.offset)))
+                good.append(
+                    (record, Consumed(event, record.partition, record.offset, record.timestamp))
+                )
         if good:
             in_flight = EVENTS_IN_FLIGHT.labels(self.topic.value)
             in_flight.inc(len(good))

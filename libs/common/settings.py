@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -181,6 +181,42 @@ class Settings(BaseSettings):
     # The sender check looks up the MX of MAILFLEET_BOUNCE_DOMAIN (see the bounces block).
     # --- end deliverability ---
 
+    # --- Own open and click tracking (issue 14 item 1) ---
+    # A click this soon after the message was rendered for sending is a link scanner's
+    # (security gateways follow every link on arrival): kept, flagged `machine`.
+    tracking_scanner_seconds: float = Field(
+        10.0, alias="MAILFLEET_TRACKING_SCANNER_SECONDS", ge=0, le=3600
+    )
+    # --- end tracking ---
+    # --- Reputation guard (issue 14 item 5; services/guard) ---
+    # Sliding windows of `window` seconds, hopping every `hop` seconds, over delivery.result
+    # and delivery.event. A campaign is paused when a rate is above its maximum once the
+    # window holds at least the minimum volume. 0 turns a rate's check off. A campaign may
+    # override each value (API field `guard`).
+    guard_window_seconds: int = Field(300, alias="MAILFLEET_GUARD_WINDOW_SECONDS", ge=10, le=86400)
+    guard_hop_seconds: float = Field(30.0, alias="MAILFLEET_GUARD_HOP_SECONDS", ge=0.1, le=3600)
+    guard_max_hard_bounce_rate: float = Field(
+        0.05, alias="MAILFLEET_GUARD_MAX_HARD_BOUNCE_RATE", ge=0, le=1
+    )
+    guard_min_sends: int = Field(1000, alias="MAILFLEET_GUARD_MIN_SENDS", ge=1, le=10_000_000)
+    guard_max_complaint_rate: float = Field(
+        0.001, alias="MAILFLEET_GUARD_MAX_COMPLAINT_RATE", ge=0, le=1
+    )
+    guard_min_delivered: int = Field(
+        1000, alias="MAILFLEET_GUARD_MIN_DELIVERED", ge=1, le=10_000_000
+    )
+    guard_max_deferral_rate: float = Field(
+        0.0, alias="MAILFLEET_GUARD_MAX_DEFERRAL_RATE", ge=0, le=1
+    )
+    guard_max_provider_error_rate: float = Field(
+        0.0, alias="MAILFLEET_GUARD_MAX_PROVIDER_ERROR_RATE", ge=0, le=1
+    )
+    # After an admin resumes a campaign the guard paused, the guard leaves it alone this long.
+    guard_hold_off_seconds: float = Field(
+        900.0, alias="MAILFLEET_GUARD_HOLD_OFF_SECONDS", ge=0, le=7 * 86400
+    )
+    # --- end of reputation guard ---
+
     # Logging.
     log_level: str = Field("INFO", alias="MAILFLEET_LOG_LEVEL")
 
@@ -212,6 +248,17 @@ class Settings(BaseSettings):
         30, alias="MAILFLEET_IMPORT_REJECTIONS_RETENTION_DAYS", ge=1, le=3650
     )
     # --- end of security settings ---
+
+    @field_validator("guard_hop_seconds")
+    @classmethod
+    def _hop_within_window(cls, value: float, info: ValidationInfo) -> float:
+        window = info.data.get("guard_window_seconds")
+        if window is not None and value > window:
+            raise ValueError(
+                f"MAILFLEET_GUARD_HOP_SECONDS ({value}) must not exceed"
+                f" MAILFLEET_GUARD_WINDOW_SECONDS ({window})"
+            )
+        return value
 
     # --- Outbound webhooks (issue 18 item 3; services/webhooks) ---
     # Comma-separated CIDRs and host names webhooks may reach besides public addresses

@@ -8,8 +8,10 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from libs.mail.throttles import ThrottlePolicy, WarmupSchedule
 
 
 class DispatcherSettings(BaseSettings):
@@ -74,6 +76,36 @@ class DispatcherSettings(BaseSettings):
     provider_status_every_s: float = Field(
         5.0, alias="MAILFLEET_PROVIDER_STATUS_EVERY_S", ge=0.05, le=60
     )
+
+    # Per-domain throttles (issue 14 item 4): `[provider.]group:per_minute/per_hour` entries
+    # over the defaults (`libs.mail.throttles.DEFAULT_LIMITS`), or a JSON object; `off`: none.
+    domain_throttles: str = Field("", alias="MAILFLEET_DOMAIN_THROTTLES", max_length=4000)
+    # Day-by-day limits of a new From domain, e.g. `1000,2000,5000,10000,20000,50000`, then
+    # unlimited; empty: no warm-up.
+    warmup_schedule: str = Field("", alias="MAILFLEET_WARMUP_SCHEDULE", max_length=4000)
+    # The throttles' "minute" in seconds (an hour is 60 of them); shorter only in tests.
+    throttle_minute_s: int = Field(60, alias="MAILFLEET_THROTTLE_MINUTE_S", ge=1, le=60)
+    # How long one handling of a batch waits for a domain throttle before the batch is put
+    # back on `batch.ready`: well under the consumer's max.poll.interval (300 s).
+    throttle_max_wait_s: float = Field(120.0, alias="MAILFLEET_THROTTLE_MAX_WAIT_S", ge=1, le=240)
+
+    @field_validator("domain_throttles")
+    @classmethod
+    def _check_throttles(cls, value: str) -> str:
+        ThrottlePolicy.parse(value)  # a ValueError names the bad entry
+        return value
+
+    @field_validator("warmup_schedule")
+    @classmethod
+    def _check_warmup(cls, value: str) -> str:
+        WarmupSchedule.parse(value)
+        return value
+
+    def throttle_policy(self) -> ThrottlePolicy:
+        return ThrottlePolicy.parse(self.domain_throttles)
+
+    def warmup(self) -> WarmupSchedule:
+        return WarmupSchedule.parse(self.warmup_schedule)
 
 
 @lru_cache(maxsize=1)

@@ -87,6 +87,9 @@ class Outbox:
     templated: TemplatedGroup | None = None
     individual: list[Message] = field(default_factory=list)
     settled: list[RecipientOutcome] = field(default_factory=list)
+    # mailfleet tracks opens and clicks itself (links and pixel already rewritten): a
+    # provider must not add its own on top (SendGrid's would count every hit twice).
+    own_tracking: bool = False
 
     @property
     def recipient_count(self) -> int:

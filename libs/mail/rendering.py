@@ -11,6 +11,7 @@ fails alone: its recipient is settled `failed` with the reason, the others go ou
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
@@ -38,6 +39,7 @@ from libs.mail.messages import (
     TemplatedRecipient,
     is_valid_address,
 )
+from libs.mail.tracking import LinkTracker, templated_hrefs
 
 # SendGrid: "the total collective size of your substitutions may not exceed 10,000 bytes
 # per personalization object".
@@ -74,6 +76,8 @@ class Content:
     from_email: str
     from_name: str | None
     list_id: UUID | None = None  # the campaign's recipient list (List-Id, Feedback-ID)
+    # Own open and click tracking (campaigns.tracking; off for test sends and old callers).
+    tracking: bool = False
 
 
 def merge_fields(recipient: BatchRecipient) -> dict[str, Any]:
@@ -110,9 +114,11 @@ def render_message(
     headers: dict[str, str],
     args: dict[str, str],
     limits: RenderLimits | None = None,
+    tracker: LinkTracker | None = None,
 ) -> Message:
     """Raises `TemplateTooCostly` past `limits`, `UnsafeHeader`, or whatever the user's
-    template raises."""
+    template raises. With `tracker`, the HTML's links are tracked and an open pixel added
+    (the text part, derived before, keeps the links as they are)."""
     context = merge_fields(recipient)
     budget = RenderBudget(limits or RenderLimits())
     subject = render(content.subject, context, html=False, budget=budget)
@@ -124,6 +130,8 @@ def render_message(
         else html_to_text(html)
     )
     html = inline_css(html)
+    if tracker is not None:
+        html = tracker.rewrite(html, recipient.recipient_id)
     size = sum(len(part.encode()) for part in (subject, html, text))
     budget.check_size(size, "the message")
     return Message(
@@ -199,9 +207,12 @@ def substitution_template(content: Content) -> _SubstitutionTemplate | None:
 
 
 def _substitutions(
-    template: _SubstitutionTemplate, fields: dict[str, Any]
+    template: _SubstitutionTemplate,
+    fields: dict[str, Any],
+    extra: dict[str, str] | None = None,
 ) -> dict[str, str] | None:
-    """Per-recipient substitution values, or None when they cannot be sent as substitutions."""
+    """Per-recipient substitution values (with `extra`: the tracking links), or None when
+    they cannot be sent as substitutions."""
     values: dict[str, str] = {}
     for name in template.text_fields:
         values[text_tag(name)] = format_value(fields[name], html=False) if name in fields else ""
@@ -209,6 +220,7 @@ def _substitutions(
         values[html_tag(name)] = format_value(fields[name], html=True) if name in fields else ""
     if any(_TAG_PREFIX in v for v in values.values()):
         return None
+    values.update(extra or {})
     # A line break in the subject is refused per recipient (by `render_message`).
     if any(line_break_problem(n, values[text_tag(n)]) for n in template.subject_fields):
         return None
@@ -240,6 +252,20 @@ def with_unsubscribe_url(recipient: BatchRecipient, url: str) -> BatchRecipient:
     return recipient.model_copy(update={"fields": {**recipient.fields, "unsubscribe_url": url}})
 
 
+def _tracked_template(
+    template: _SubstitutionTemplate | None, tracker: LinkTracker
+) -> tuple[_SubstitutionTemplate | None, list[str]]:
+    """The shared body with tracking tags, and the link parts; None (render each message)
+    when a link's URL holds a merge field: its tracked URL differs per recipient."""
+    if template is None:
+        return None, []
+    unsubscribe = html_tag("unsubscribe_url")
+    if any(href.strip() != unsubscribe for href in templated_hrefs(template.html)):
+        return None, []
+    html, parts = tracker.rewrite_shared(template.html)
+    return replace(template, html=html), parts
+
+
 def build_outbox(
     content: Content,
     campaign_id: UUID,
@@ -247,9 +273,15 @@ def build_outbox(
     recipients: list[BatchRecipient],
     policy: HeaderPolicy,
     limits: RenderLimits | None = None,
+    now: float | None = None,
 ) -> Outbox:
-    """CPU-bound (user templates): call it off the event loop, see `render_pool`."""
-    outbox = Outbox(sender=Sender(content.from_email, content.from_name))
+    """CPU-bound (user templates): call it off the event loop, see `render_pool`.
+
+    With `content.tracking`, links and the open pixel carry `now` (default: the clock) as
+    the send time, which the edge compares with a click's time to spot link scanners."""
+    outbox = Outbox(
+        sender=Sender(content.from_email, content.from_name), own_tracking=content.tracking
+    )
     sender_problem = line_break_problem("from_name", content.from_name)
     if sender_problem is not None:  # content frozen before the API refused such names
         outbox.settled.extend(_failed(r, sender_problem) for r in recipients)
@@ -257,6 +289,12 @@ def build_outbox(
     content = with_unsubscribe_footer(content, policy.unsubscribe_footer)
     links = "unsubscribe_url" in content.html or "unsubscribe_url" in (content.text or "")
     template = substitution_template(content)
+    tracker: LinkTracker | None = None
+    link_parts: list[str] = []
+    if content.tracking:
+        sent_at = int(time.time() if now is None else now)
+        tracker = LinkTracker(policy.public_base_url, policy.secret_key, campaign_id, sent_at)
+        template, link_parts = _tracked_template(template, tracker)
     templated: list[TemplatedRecipient] = []
     for recipient in recipients:
         if not is_valid_address(recipient.email):
@@ -269,14 +307,15 @@ def build_outbox(
             campaign_id, recipient.recipient_id, content.from_email, list_id=content.list_id
         )
         args = custom_args(campaign_id, recipient.recipient_id, batch_id)
-        values = _substitutions(template, merge_fields(recipient)) if template else None
+        tracked = tracker.substitutions(link_parts, recipient.recipient_id) if tracker else None
+        values = _substitutions(template, merge_fields(recipient), tracked) if template else None
         if template is not None and values is not None:
             templated.append(
                 TemplatedRecipient(recipient.recipient_id, recipient.email, values, headers, args)
             )
         else:
             try:
-                message = render_message(content, recipient, headers, args, limits)
+                message = render_message(content, recipient, headers, args, limits, tracker)
             except Exception as exc:  # a user template may fail at runtime in any way
                 outbox.settled.append(_failed(recipient, render_failure(exc)))
                 continue

@@ -18,4 +18,8 @@ ACTIVITY_COUNTERS: tuple[str, ...] = (
     "unique_clicks",
     "spam_reports",
     "unsubscribes",
+    # Opens and clicks of machines (Apple's privacy proxy, link scanners): in the totals
+    # above, never in the unique counters.
+    "machine_opens",
+    "machine_clicks",
 )

@@ -69,6 +69,8 @@ def campaign_report(stats: Mapping[str, Any]) -> dict[str, Any]:
         "opens": c["opens"],
         "clicked": c["unique_clicks"],
         "clicks": c["clicks"],
+        "machine_opens": c["machine_opens"],
+        "machine_clicks": c["machine_clicks"],
         "unsubscribed": c["unsubscribes"],
         "spam_reports": c["spam_reports"],
         "delivered_rate": delivered_share,

@@ -21,7 +21,7 @@ Row = dict[str, Any]
 CAMPAIGN_COLUMNS = (
     "id, name, subject, html, text, from_email, from_name, list_id, provider, status,"
     " send_at, timezone, schedule_revision, created_at, updated_at, started_at, finished_at,"
-    " template_id, template_version, pause_reason, paused_by"
+    " template_id, template_version, pause_reason, paused_by, tracking, guard"
 )
 EDITABLE_STATUSES = ("draft", "scheduled")
 
@@ -212,8 +212,8 @@ async def page_imports(
 async def insert_campaign(db: Executor, fields: Row) -> Row:
     record = await db.fetchrow(
         "INSERT INTO campaigns (name, subject, html, text, from_email, from_name, list_id,"  # noqa: S608
-        " provider, template_id, template_version)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        " provider, template_id, template_version, tracking, guard)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         f" RETURNING {CAMPAIGN_COLUMNS}",
         fields["name"],
         fields["subject"],
@@ -225,9 +225,19 @@ async def insert_campaign(db: Executor, fields: Row) -> Row:
         fields["provider"],
         fields.get("template_id"),
         fields.get("template_version"),
+        fields.get("tracking", True),
+        guard_thresholds(fields.get("guard")),
     )
     assert record is not None
     return dict(record)
+
+
+def guard_thresholds(guard: Row | None) -> Row | None:
+    """What `campaigns.guard` stores: only the keys given (None: the global settings)."""
+    if not guard:
+        return None
+    given = {key: value for key, value in guard.items() if value is not None}
+    return given or None
 
 
 async def get_campaign(db: Executor, campaign_id: UUID, *, lock: bool = False) -> Row | None:
@@ -264,7 +274,12 @@ async def page_campaigns(
 
 async def update_campaign_content(db: Executor, campaign_id: UUID, changes: Row) -> Row | None:
     """Apply `changes` if the campaign is still editable (compare-and-set on status)."""
-    allowed = ("name", "subject", "html", "text", "from_email", "from_name", "list_id", "provider")
+    allowed = (
+        "name", "subject", "html", "text", "from_email", "from_name", "list_id", "provider",
+        "tracking", "guard",
+    )  # fmt: skip
+    if "guard" in changes:
+        changes = {**changes, "guard": guard_thresholds(changes["guard"])}
     names = [name for name in allowed if name in changes]
     sets = ", ".join(f"{name} = ${i + 2}" for i, name in enumerate(names))
     sql = (

@@ -104,6 +104,24 @@ def _check_email(value: str | None) -> str | None:
     return value
 
 
+class CampaignGuard(Strict):
+    """The reputation guard's thresholds for this campaign (issue 14 item 5). A field left
+    out, or null, keeps the global MAILFLEET_GUARD_* value; a maximum of 0 turns that check
+    off. Rates are shares (0.05 = 5 %) over the guard's sliding window."""
+
+    enabled: bool | None = Field(None, description="false: the guard never pauses it.")
+    max_hard_bounce_rate: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    min_sends: int | None = Field(
+        None, ge=1, le=10_000_000, description="Sends in the window before bounces count."
+    )
+    max_complaint_rate: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    min_delivered: int | None = Field(
+        None, ge=1, le=10_000_000, description="Delivered in the window before complaints count."
+    )
+    max_deferral_rate: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    max_provider_error_rate: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+
+
 class CampaignCreate(Strict):
     """Content is either `subject` + `html` (+ `text`), or `template_id` (+ `template_version`),
     whose content is copied into the campaign."""
@@ -124,6 +142,12 @@ class CampaignCreate(Strict):
     from_name: HeaderText | None = Field(None, max_length=200)
     list_id: UUID
     provider: ProviderName | None = Field(None, description="Default: MAILFLEET_DEFAULT_PROVIDER.")
+    tracking: bool = Field(
+        True,
+        description="Own open and click tracking: links in the HTML go through signed redirects"
+        " on the edge and an open pixel is added (the unsubscribe link never changes).",
+    )
+    guard: CampaignGuard | None = Field(None, description="Default: the global thresholds.")
 
     _email = field_validator("from_email")(_check_email)
 
@@ -139,6 +163,8 @@ class CampaignUpdate(Strict):
     from_name: HeaderText | None = Field(None, max_length=200)
     list_id: UUID | None = None
     provider: ProviderName | None = None
+    tracking: bool | None = Field(None, description="Own open and click tracking on or off.")
+    guard: CampaignGuard | None = Field(None, description="null: the global thresholds again.")
 
     _email = field_validator("from_email")(_check_email)
 
@@ -186,6 +212,12 @@ class StatsOut(BaseModel):
     opens: int = Field(0, description="All opens.")
     clicked: int = Field(0, description="Recipients who clicked (unique clicks).")
     clicks: int = Field(0, description="All clicks.")
+    machine_opens: int = Field(
+        0, description="Opens of machines (Apple Mail Privacy Protection), in `opens` only."
+    )
+    machine_clicks: int = Field(
+        0, description="Clicks of link scanners (within seconds of the send), in `clicks` only."
+    )
     unsubscribed: int = 0
     spam_reports: int = 0
     delivered_rate: float | None = Field(
@@ -257,6 +289,7 @@ class CampaignOut(BaseModel):
     from_name: str | None
     list_id: UUID
     provider: str
+    tracking: bool = Field(True, description="Own open and click tracking.")
     status: CampaignStatusName
     send_at: datetime | None = Field(description="UTC, ISO-8601.")
     timezone: str | None = Field(description="The IANA zone the schedule was set in.")
@@ -272,6 +305,9 @@ class CampaignOut(BaseModel):
     )
     paused_by: Literal["admin", "provider", "guard"] | None = Field(
         None, description="Who paused it: an admin, or a service (a provider outage, the guard)."
+    )
+    guard: CampaignGuard | None = Field(
+        None, description="Its own reputation guard thresholds; null: the global ones."
     )
     stats: StatsOut | None = Field(None, description="Shown when reading one campaign.")
     warnings: list[str] = Field(

@@ -32,6 +32,7 @@ from services.dispatcher.ledger_store import PostgresLedger
 from services.dispatcher.metrics import BREAKER_OPEN, RATE_LIMIT, start_failover_series
 from services.dispatcher.provider_status import publish_provider_status
 from services.dispatcher.provider_status_store import PostgresStatusStore
+from services.dispatcher.throttle_store import PostgresThrottles
 
 log = get_logger(__name__)
 
@@ -39,6 +40,8 @@ _SHARE_REFRESH_S = 1.0
 # A provider outage hands back every batch in flight; one pause request per campaign is
 # enough, repeated at most this often while batches keep coming back.
 _PAUSE_REQUEST_EVERY_S = 5.0
+# Throttle windows older than two days are dropped this often.
+_PRUNE_THROTTLES_EVERY_S = 600.0
 
 
 class PauseRequests:
@@ -116,6 +119,9 @@ async def main(
         providers = build_providers(ctx.settings, extra, session)
         start_failover_series(list(providers))
         statuses = CampaignStatuses(ctx.pool, refresh_s=extra.campaign_status_refresh_s)
+        throttles = PostgresThrottles(
+            ctx.pool, extra.throttle_policy(), extra.warmup(), minute_s=extra.throttle_minute_s
+        )
         dispatcher = BatchDispatcher(
             content=ContentRepository(ctx.pool),
             ledger=DurableLedgerWrites(PostgresLedger(ctx.pool)),
@@ -130,6 +136,8 @@ async def main(
             renderer=RenderPool(extra.render_threads, render_limits(ctx.settings)),
             suppressed=partial(suppressed_among, ctx.pool),
             max_sending=extra.max_batches_sending,
+            throttles=throttles,
+            throttle_max_wait_s=extra.throttle_max_wait_s,
         )
 
         in_flight = asyncio.Semaphore(extra.max_batches_in_flight)
@@ -143,6 +151,17 @@ async def main(
             settled = await asyncio.gather(
                 *(dispatch_bounded(i.event) for i in items), return_exceptions=True
             )
+            # A batch that waited the longest a handling may for a domain throttle goes back
+            # on `batch.ready` (same key, so the same partition): its offset is then committed
+            # and the consumer polls again within its interval. Its parked ledger row makes
+            # whoever reads it next send the rest, once.
+            requeue = [
+                (i.event.batch_id, i.event)
+                for i, outcome in zip(items, settled, strict=True)
+                if isinstance(outcome, HandedBack) and outcome.reason == "throttled"
+            ]
+            if requeue:
+                await ctx.producer.send_many(Topic.BATCH_READY, requeue)
             results = [r for r in settled if isinstance(r, DeliveryResult)]
             # Published after the ledger says `done`; the offset is committed after this.
             await ctx.producer.send_many(
@@ -182,6 +201,7 @@ async def main(
                 )
             ),
             asyncio.create_task(follow_control_events(ctx.settings, statuses, ctx.stop)),
+            asyncio.create_task(_prune_throttles(throttles, ctx.stop)),
         ]
         log.info("dispatcher consuming", group_id=group_id, owner=owner)
         try:
@@ -195,13 +215,26 @@ async def main(
                 await provider.close()
 
 
+async def _prune_throttles(throttles: PostgresThrottles, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await throttles.prune()
+        except Exception as exc:  # the database may be away: next time
+            log.warning("throttle windows not pruned", error=repr(exc))
+        try:
+            await asyncio.wait_for(stop.wait(), _PRUNE_THROTTLES_EVERY_S)
+        except TimeoutError:
+            pass
+
+
 def raise_unless_committable(settled: list[DeliveryResult | BaseException]) -> None:
     """Batches handed back for a pause, or for a provider outage that pauses the campaign,
-    may have their offsets committed (the scheduler re-emits them on resume); a batch handed
-    back because this instance is stopping, or one that failed, must be read again: raising
-    keeps the partition's offset uncommitted."""
+    may have their offsets committed (the scheduler re-emits them on resume), and so may a
+    batch put back on `batch.ready` after a long domain-throttle wait; a batch handed back
+    because this instance is stopping, or one that failed, must be read again: raising keeps
+    the partition's offset uncommitted."""
     for outcome in settled:
-        if isinstance(outcome, HandedBack) and outcome.reason in ("paused", "outage"):
+        if isinstance(outcome, HandedBack) and outcome.reason in ("paused", "outage", "throttled"):
             continue
         if isinstance(outcome, BaseException):
             raise outcome

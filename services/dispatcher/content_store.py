@@ -29,7 +29,9 @@ class ContentRepository:
             # The list only names the List-Id and Feedback-ID headers: a campaign that started
             # is never deleted, and a missing one just gives the per-domain List-Id.
             "SELECT s.id, s.campaign_id, s.subject, s.html, s.text, s.from_email, s.from_name,"
-            " c.list_id FROM content_snapshots s LEFT JOIN campaigns c ON c.id = s.campaign_id"
+            # Tracking is set while the campaign is editable, so it is fixed once it sends.
+            " c.list_id, coalesce(c.tracking, false) AS tracking"
+            " FROM content_snapshots s LEFT JOIN campaigns c ON c.id = s.campaign_id"
             " WHERE s.id = $1",
             content_id,
         )

@@ -18,6 +18,13 @@ claimed when its turn under the rate limit came and a sending slot is free, that
 it is about to go out, so a killed instance leaves few `unknown`.
 Addresses suppressed since planning are reported `suppressed` and never mailed (item 5);
 once this instance is stopping it claims nothing more (item 6).
+
+Per-domain throttles (issue 14 item 4) are reserved after the claim, in PostgreSQL, per
+recipient-domain group: the recipients with room are sent, the rest wait, under the lease,
+with the ledger row parked (what is not recorded was never handed to a provider) and the
+sending slot lent to other batches. A wait ends in a send, a pause or stop (handed back,
+released), or after `throttle_max_wait_s` (handed back `throttled`: the caller puts the
+batch back on `batch.ready`, so that the consumer's poll interval is never exceeded).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from libs.mail.messages import Outbox, Sender
 from libs.mail.providers.base import Provider, ProviderOutage
 from libs.mail.render_pool import RenderPool
 from libs.mail.rendering import Content
+from libs.mail.throttles import domain_of, group_counts, split_outbox
 from services.dispatcher.control import Verdict, cancelled_outcomes, verdict_for
 from services.dispatcher.ledger import (
     Claim,
@@ -47,7 +55,15 @@ from services.dispatcher.ledger import (
     unknown_outcomes,
     unsettled,
 )
-from services.dispatcher.metrics import BATCHES, EMAILS, FAILOVERS, RATE_LIMIT_WAIT
+from services.dispatcher.metrics import (
+    BATCHES,
+    EMAILS,
+    FAILOVERS,
+    RATE_LIMIT_WAIT,
+    THROTTLE_WAIT,
+    THROTTLE_WAITING,
+    THROTTLED_BATCHES,
+)
 
 log = get_logger(__name__)
 
@@ -62,6 +78,8 @@ _TURN_POLL_S = 0.2
 # this share of the period stops sending, as another instance may soon take it over.
 _RENEWALS_PER_LEASE = 4
 _SELF_FENCE_SHARE = 0.75
+# A batch waiting for a domain throttle asks again this long after the full window ended.
+_THROTTLE_WAKE_MARGIN_S = 0.01
 
 
 class CampaignGate(Protocol):
@@ -100,13 +118,14 @@ class HandedBack(Exception):  # noqa: N818 - an outcome, not an error
     be committed. `outage`: the provider refused the account (`detail` says how); the
     campaign is to be paused, and the offset may be committed as for `paused`. `stopping`:
     this instance is shutting down; its offset must not be committed, so that the
-    partition's next owner reads it again.
+    partition's next owner reads it again. `throttled`: it waited for a domain throttle as
+    long as one handling may; the caller puts it back on `batch.ready` before committing.
     """
 
     def __init__(
         self,
         batch_id: str,
-        reason: Literal["paused", "outage", "stopping"],
+        reason: Literal["paused", "outage", "stopping", "throttled"],
         *,
         campaign_id: UUID | None = None,
         detail: str = "",
@@ -135,6 +154,57 @@ class Ledger(Protocol):
     async def finish(self, claim: Claim, result: Any) -> bool: ...
     async def settle(self, batch_id: str, campaign_id: UUID, owner: str, result: Any) -> bool: ...
     async def release(self, claim: Claim) -> bool: ...
+    async def park(self, claim: Claim, outcomes: list[RecipientOutcome]) -> bool: ...
+    async def unpark(self, claim: Claim) -> bool: ...
+
+
+class Reserved(Protocol):
+    @property
+    def granted(self) -> dict[str, int]: ...
+    @property
+    def held(self) -> dict[str, int]: ...
+    @property
+    def wait_s(self) -> float | None: ...
+
+
+class Throttles(Protocol):
+    """See `throttle_store.PostgresThrottles`."""
+
+    def applies_to(self, provider: str) -> bool: ...
+    async def note_domain(self, domain: str) -> None: ...
+    async def reserve(self, provider: str, from_domain: str, wants: dict[str, int]) -> Reserved: ...
+
+
+class _Deferred(Exception):  # noqa: N818 - an outcome, not an error
+    def __init__(self, reason: Literal["paused", "stopping", "throttled"]) -> None:
+        super().__init__(reason)
+        self.reason: Literal["paused", "stopping", "throttled"] = reason
+
+
+class _Slot:
+    """One of the instance's sending slots, lent to other batches while a batch waits for a
+    domain throttle (parked, it leaves nothing `unknown` if the instance dies)."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots = slots
+        self.held = False
+
+    async def __aenter__(self) -> _Slot:
+        await self.take()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.lend()
+
+    async def take(self) -> None:
+        if not self.held:
+            await self._slots.acquire()
+            self.held = True
+
+    def lend(self) -> None:
+        if self.held:
+            self._slots.release()
+            self.held = False
 
 
 class _ProgressRecorder:
@@ -157,6 +227,12 @@ class _ProgressRecorder:
         self._pending.extend(outcomes)
         if time.monotonic() - self._last_flush >= _PROGRESS_FLUSH_S:
             await self.write(self._pending)
+
+    def written(self) -> None:
+        """Everything seen so far is in the ledger (written with the parking)."""
+        self._written.update(o.recipient_id for o in self.seen)
+        self._pending = []
+        self._last_flush = time.monotonic()
 
     async def write(self, outcomes: list[RecipientOutcome]) -> None:
         """Record `outcomes` now (fenced by the claim), less those already written."""
@@ -215,8 +291,12 @@ class BatchDispatcher:
         max_sending: int = 1,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         renderer: RenderPool | None = None,
+        throttles: Throttles | None = None,
+        throttle_max_wait_s: float = 120.0,
     ) -> None:
         self._renderer = renderer or RenderPool()
+        self._throttles = throttles
+        self._throttle_max_wait_s = throttle_max_wait_s
         self._gate: CampaignGate = gate or _AlwaysSend()
         self._fallback = fallback or None
         self._stopping = stopping
@@ -380,7 +460,7 @@ class BatchDispatcher:
             return await self._settle(batch, started, stale, settled)
         # Its turn came: claim it once a sending slot is free (only then is it about to go
         # out). The campaign's status and this instance's stop are looked at again there.
-        async with self._sending:
+        async with _Slot(self._sending) as slot:
             if verdict is Verdict.SEND:
                 self._raise_if_stopping(batch)
                 verdict = await self._verdict(
@@ -400,7 +480,7 @@ class BatchDispatcher:
             claim = await self._claim(batch, stale)
             if claim is None:
                 return None
-            sent = await self._send_claimed(batch, provider, outbox, claim)
+            sent = await self._send_claimed(batch, provider, outbox, claim, slot)
             return await self._finish(batch, started, claim, settled + sent, provider.name)
 
     async def _claim(self, batch: BatchReady, stale: LedgerEntry | None) -> Claim | None:
@@ -411,7 +491,7 @@ class BatchDispatcher:
         return await self._ledger.take_over(stale.claim, self.owner, self._lease_s)
 
     async def _send_claimed(
-        self, batch: BatchReady, provider: Provider, outbox: Outbox, claim: Claim
+        self, batch: BatchReady, provider: Provider, outbox: Outbox, claim: Claim, slot: _Slot
     ) -> list[RecipientOutcome]:
         """The provider's outcomes, under a lease kept alive meanwhile. An exception, or the
         loss of the lease, ends the batch with what the provider answered so far; the rest
@@ -419,7 +499,12 @@ class BatchDispatcher:
         requests = len(outbox.individual) + (1 if outbox.templated else 0)
         progress = _ProgressRecorder(self._ledger, claim, enabled=requests > 1)
         lease = _Lease(self._ledger, claim, self._lease_s)
-        sending = asyncio.ensure_future(provider.send(outbox, progress))
+        throttled = await self._throttled(provider, outbox)
+        sending = asyncio.ensure_future(
+            self._send_throttled(batch, provider, outbox, claim, progress, slot)
+            if throttled
+            else provider.send(outbox, progress)
+        )
         keeper = asyncio.create_task(lease.keep(sending))
         try:
             outcomes = await sending
@@ -432,6 +517,19 @@ class BatchDispatcher:
             reason = "lease lost while sending; the provider may or may not have accepted it"
         except ProviderOutage as outage:
             await self._release(batch, provider, progress, claim, outage)
+        except _Deferred as deferred:
+            # Nothing unrecorded was sent: park it with every outcome seen (if it was not
+            # parked already), then end its lease, so that its next reader sends the rest.
+            if await self._ledger.park(claim, progress.seen):
+                await self._ledger.release(claim)
+            log.info("batch handed back while it waited for a domain throttle",
+                     reason=deferred.reason, sent=len(progress.seen))  # fmt: skip
+            BATCHES.labels(provider.name, "handed_back").inc()
+            if deferred.reason == "throttled":
+                THROTTLED_BATCHES.labels(provider.name).inc()
+            raise HandedBack(
+                batch.batch_id, deferred.reason, campaign_id=batch.campaign_id
+            ) from None
         except Exception as exc:
             log.exception("batch send raised; settled per recipient")
             reason = f"send interrupted by an error ({type(exc).__name__}); the provider may or may not have accepted it"
@@ -441,6 +539,155 @@ class BatchDispatcher:
         answered = {o.recipient_id for o in progress.seen}
         unanswered = [r for r in _outbox_recipients(outbox) if r.recipient_id not in answered]
         return progress.seen + unknown_outcomes(unanswered, reason[:300])
+
+    async def _throttled(self, provider: Provider, outbox: Outbox) -> bool:
+        """Whether this send reserves per-domain throttles; the From domain's first send day
+        is recorded either way (a warm-up enabled later counts from it)."""
+        if self._throttles is None:
+            return False
+        if self._throttles.applies_to(provider.name):
+            return True
+        try:
+            await self._throttles.note_domain(domain_of(outbox.sender.email))
+        except Exception as exc:  # a record for later: never a reason not to send
+            log.warning("first send day not recorded", error=repr(exc))
+        return False
+
+    async def _send_throttled(
+        self,
+        batch: BatchReady,
+        provider: Provider,
+        outbox: Outbox,
+        claim: Claim,
+        progress: _ProgressRecorder,
+        slot: _Slot,
+    ) -> list[RecipientOutcome]:
+        """Send the recipients whose domain group has room, and wait for room for the rest
+        (parked, its slot lent), until all are sent, or the campaign is cancelled (the rest
+        `cancelled`); raises `_Deferred` on a pause, a stop, or a wait too long."""
+        assert self._throttles is not None
+        domain = domain_of(outbox.sender.email)
+        rest = outbox
+        outcomes: list[RecipientOutcome] = []
+        parked = False
+        waited_from: float | None = None
+        waiting: set[str] = set()
+        try:
+            while True:
+                wants = group_counts(rest)
+                try:
+                    reserved = await self._throttles.reserve(provider.name, domain, wants)
+                    granted, held, wait_s = reserved.granted, reserved.held, reserved.wait_s
+                except Exception as exc:  # the database may be away: wait, nothing was sent
+                    log.warning("throttle reservation failed; waiting", error=repr(exc))
+                    granted, held, wait_s = {}, wants, 1.0
+                now, rest = split_outbox(rest, granted)
+                if now.recipient_count:
+                    if parked:
+                        await slot.take()
+                        self._raise_if_stopping_deferred()
+                        if not await self._ledger.unpark(claim):
+                            log.error("claim lost while waiting for a domain throttle")
+                            return outcomes  # the claim's holder decides; our finish is fenced
+                        parked = False
+                    outcomes += await self._send_piece(provider, now, rest, progress)
+                if rest.recipient_count == 0:
+                    return outcomes
+                waiting = self._note_waiting(provider.name, waiting, set(held), wait_s)
+                if waited_from is None:
+                    waited_from = time.monotonic()
+                if not parked:
+                    parked = await self._park(claim, progress)
+                    if parked:
+                        slot.lend()
+                cancelled = await self._wait_for_room(
+                    batch, provider.name, held, wait_s or 0.0, waited_from
+                )
+                if cancelled:
+                    log.info("batch not sent further: campaign cancelled while it waited")
+                    return outcomes + cancelled_outcomes(_outbox_recipients(rest))
+        finally:
+            for group in waiting:
+                THROTTLE_WAITING.labels(provider.name, group).dec()
+
+    async def _send_piece(
+        self, provider: Provider, now: Outbox, rest: Outbox, progress: _ProgressRecorder
+    ) -> list[RecipientOutcome]:
+        """One send of a throttled batch. When it raises and recipients still wait, those
+        were never handed over: this piece's unanswered ones are `unknown` (they may have
+        gone out), and the batch is handed back for its next reader to send the rest."""
+        try:
+            return await provider.send(now, progress)
+        except (asyncio.CancelledError, ProviderOutage):
+            raise
+        except Exception as exc:
+            if rest.recipient_count == 0:
+                raise  # nothing waits: settled per recipient as any send that raised
+            log.exception("a send of a throttled batch raised; the rest is handed back")
+            BATCHES.labels(provider.name, "send_error").inc()
+            answered = {o.recipient_id for o in progress.seen}
+            reason = f"send interrupted by an error ({type(exc).__name__}); the provider may or may not have accepted it"
+            await progress(
+                unknown_outcomes(
+                    [r for r in _outbox_recipients(now) if r.recipient_id not in answered],
+                    reason[:300],
+                )
+            )
+            raise _Deferred("throttled") from exc
+
+    def _note_waiting(
+        self, provider: str, before: set[str], now: set[str], wait_s: float | None
+    ) -> set[str]:
+        for group in now - before:
+            THROTTLE_WAITING.labels(provider, group).inc()
+            log.info("batch waits for a domain throttle", group=group, provider=provider,
+                     wait_s=round(wait_s or 0.0, 3))  # fmt: skip
+        for group in before - now:
+            THROTTLE_WAITING.labels(provider, group).dec()
+        return now
+
+    async def _park(self, claim: Claim, progress: _ProgressRecorder) -> bool:
+        """Park the row with every outcome this claim has seen, in one write (progress a
+        database blink left in memory must not be missing from a row that says the rest
+        was never sent)."""
+        try:
+            parked = await self._ledger.park(claim, progress.seen)
+        except Exception as exc:  # not parked: the wait is as before, only less crash-proof
+            log.warning("ledger row not parked", error=repr(exc))
+            return False
+        if parked:
+            progress.written()
+        return parked
+
+    def _raise_if_stopping_deferred(self) -> None:
+        if self._stopping():
+            raise _Deferred("stopping")
+
+    async def _wait_for_room(
+        self, batch: BatchReady, provider: str, held: dict[str, int], wait_s: float,
+        waited_from: float,
+    ) -> bool:  # fmt: skip
+        """Sleep until the first full window ends, watching the campaign and this instance's
+        stop. True when the campaign was cancelled meanwhile."""
+        started = time.monotonic()
+        wake = started + max(wait_s, 0.0) + _THROTTLE_WAKE_MARGIN_S
+        try:
+            while (remaining := wake - time.monotonic()) > 0:
+                await asyncio.sleep(min(remaining, _TURN_POLL_S))
+                self._raise_if_stopping_deferred()
+                verdict = await self._verdict(
+                    batch.campaign_id, self._gate.latest(batch.campaign_id)
+                )
+                if verdict is Verdict.CANCEL:
+                    return True
+                if verdict is Verdict.HAND_BACK:
+                    raise _Deferred("paused")
+                if time.monotonic() - waited_from >= self._throttle_max_wait_s:
+                    raise _Deferred("throttled")
+            return False
+        finally:
+            for group in held:
+                THROTTLE_WAIT.labels(provider, group).inc(time.monotonic() - started)
 
     async def _settle(
         self,
@@ -464,7 +711,8 @@ class BatchDispatcher:
     ) -> NoReturn:  # fmt: skip
         """The provider refused the account: keep what it settled, release the rest (the
         lease ends at once, so whoever reads the batch after the resume takes it over)."""
-        await progress.write(outage.settled)
+        # With every outcome seen before (a throttled batch sends in several pieces).
+        await progress.write(progress.seen + outage.settled)
         await self._ledger.release(claim)
         log.error("batch handed back: provider outage", provider=provider.name,
                   reason=outage.reason, settled=len(outage.settled))  # fmt: skip

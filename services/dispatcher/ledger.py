@@ -74,8 +74,12 @@ def decide(entry: LedgerEntry | None, *, me: str, mode: DeliveryMode) -> Decisio
     if entry.state == "done":
         return Decision.REPLAY
     if entry.released:
-        # Its sender stopped on a provider outage and released it (lease ended): what it
-        # did not record was refused, so it is sent again in either mode.
+        # Its sender stopped on a provider outage and released it (lease ended), or parked it
+        # while it waits for a domain throttle: what it did not record was never sent, so it
+        # is sent again in either mode, once no live owner holds it (a parked row's owner
+        # renews its lease while it waits).
+        if entry.owner != me and not entry.lease_expired:
+            return Decision.WAIT
         return Decision.RESEND
     if entry.owner != me and not entry.lease_expired:
         # Its owner is alive (it renews the lease): after a rebalance the previous owner

@@ -86,6 +86,42 @@ class PostgresLedger:
         )
         return released is not None
 
+    async def park(self, claim: Claim, outcomes: list[RecipientOutcome]) -> bool:
+        """Mark our `sending` row as waiting for a domain throttle (fenced by the claim),
+        with `outcomes` (all the sender has seen) added to its progress where missing, in
+        the same write: no send is in progress and what is not recorded was never handed to
+        a provider, so were this instance to die now, whoever takes the row over once its
+        lease expired sends the rest (`released`), in any mode. The lease stays ours."""
+        parked = await self._pool.fetchval(
+            "UPDATE send_ledger SET result = jsonb_set(jsonb_set(coalesce(result, '{}'::jsonb),"
+            " '{partial}', coalesce(result->'partial', '[]'::jsonb) || coalesce(("
+            "   SELECT jsonb_agg(o) FROM jsonb_array_elements($4::jsonb) AS o"
+            "   WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements("
+            "     coalesce(result->'partial', '[]'::jsonb)) AS p"
+            "     WHERE p->'recipient_id' = o->'recipient_id')), '[]'::jsonb)),"
+            " '{released}', 'true'::jsonb)"
+            " WHERE batch_id = $1 AND owner = $2 AND claim = $3 AND state = 'sending'"
+            " RETURNING 1",
+            claim.batch_id,
+            claim.owner,
+            claim.number,
+            [o.model_dump(mode="json") for o in outcomes],
+        )
+        return parked is not None
+
+    async def unpark(self, claim: Claim) -> bool:
+        """Before the next send of a parked batch: from now on what is not recorded may have
+        gone out. False when the claim was lost (then nothing may be sent)."""
+        unparked = await self._pool.fetchval(
+            "UPDATE send_ledger SET result = result - 'released'"
+            " WHERE batch_id = $1 AND owner = $2 AND claim = $3 AND state = 'sending'"
+            " RETURNING 1",
+            claim.batch_id,
+            claim.owner,
+            claim.number,
+        )
+        return unparked is not None
+
     async def renew(self, claim: Claim, lease_s: float) -> bool:
         """Extend the lease; False when the claim was lost (taken over or finished)."""
         renewed = await self._pool.fetchval(

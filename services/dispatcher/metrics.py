@@ -55,3 +55,20 @@ LEDGER_WRITES_HELD = Gauge(
     "mailfleet_dispatcher_ledger_writes_held",
     "Batch results a provider accepted that wait in memory for the database to come back.",
 )
+THROTTLE_WAIT = Counter(
+    "mailfleet_dispatcher_throttle_wait_seconds_total",
+    "Seconds claimed batches waited for room under a per-domain throttle (per domain group"
+    " held back: gmail, yahoo, microsoft, other).",
+    ["provider", "group"],
+)
+THROTTLE_WAITING = Gauge(
+    "mailfleet_dispatcher_throttle_waiting_batches",
+    "Batches waiting now for room under a per-domain throttle, by the domain group held back.",
+    ["provider", "group"],
+)
+THROTTLED_BATCHES = Counter(
+    "mailfleet_dispatcher_throttle_requeued_total",
+    "Batches put back on batch.ready after waiting the longest one handling may for a"
+    " per-domain throttle (MAILFLEET_THROTTLE_MAX_WAIT_S).",
+    ["provider"],
+)

@@ -1,7 +1,7 @@
 """The public edge: wiring only (routes, middleware, lifespan, uvicorn).
 
 Everything the internet must reach lives here, apart from the admin API: unsubscribe
-links and provider webhooks. It is stateless (no database), verifies signed tokens and
+links, open and click tracking, and provider webhooks. It is stateless (no database), verifies signed tokens and
 webhook signatures, and publishes events to Kafka; any number of instances may run.
 """
 
@@ -21,7 +21,7 @@ from libs.web.security_headers import SecurityHeadersMiddleware
 from libs.web.server import serve
 from services.edge.broker import wait_for_topics
 from services.edge.deps import EdgeResources
-from services.edge.routes import ops, unsubscribe, webhooks
+from services.edge.routes import ops, tracking, unsubscribe, webhooks
 from services.edge.webhook_policy import WebhookMisconfigured, webhook_policy
 
 log = get_logger(__name__)
@@ -39,7 +39,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if resources.webhooks.warning:
         log.warning(resources.webhooks.warning)
     if not settings.secret_key:
-        log.warning("MAILFLEET_SECRET_KEY is not set: unsubscribe links answer 503")
+        log.warning(
+            "MAILFLEET_SECRET_KEY is not set: unsubscribe links answer 503, tracking links 404"
+        )
     await wait_for_topics(settings)
     producer = EventProducer(settings)
     await producer.start()
@@ -48,6 +50,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await resources.hits.drain()
         resources.producer = None
         await producer.stop()
         log.info("edge stopped")
@@ -77,7 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
         streaming_suffixes=(),
     )
     app.add_middleware(SecurityHeadersMiddleware)
-    for module in (ops, unsubscribe, webhooks):
+    for module in (ops, unsubscribe, webhooks, tracking):
         app.include_router(module.router)
     return app
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from libs.common.kafka import EventProducer
-from libs.common.settings import Settings
+from libs.common.settings import IpNetwork, Settings
 from libs.web.problems import ProblemError
+from services.edge.hits import HitPublisher
 from services.edge.webhook_policy import WebhookPolicy
 
 
@@ -20,6 +21,12 @@ class EdgeResources:
     settings: Settings
     webhooks: WebhookPolicy
     producer: EventProducer | None = None
+    hits: HitPublisher = field(init=False)
+    trusted_proxies: tuple[IpNetwork, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.hits = HitPublisher(lambda: self.events)
+        self.trusted_proxies = self.settings.trusted_proxy_networks()
 
     @property
     def events(self) -> EventProducer:

@@ -19,3 +19,13 @@ UNSUBSCRIBES = Counter(
     "Unsubscribe requests published to contact.event, by source (one-click, page).",
     ["source"],
 )
+TRACKING_HITS = Counter(
+    "mailfleet_edge_tracking_hits_total",
+    "Own open and click hits, by kind (open, click) and outcome (published, lost, dropped).",
+    ["kind", "outcome"],
+)
+TRACKING_REFUSED = Counter(
+    "mailfleet_edge_tracking_refused_total",
+    "Tracking links refused (bad or forged token), by kind.",
+    ["kind"],
+)

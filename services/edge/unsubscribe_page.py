@@ -27,3 +27,8 @@ def confirm_page(action_path: str) -> str:
 def done_page() -> str:
     body = "<p>You are unsubscribed: this address will get no more mail from us.</p>"
     return _PAGE.format(title="Unsubscribed", body=body)
+
+
+def message_page(title: str, text: str) -> str:
+    """A page that only says something (a tracking link that is not valid)."""
+    return _PAGE.format(title=html.escape(title), body=f"<p>{html.escape(text)}</p>")

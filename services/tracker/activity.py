@@ -74,13 +74,17 @@ def apply_event(activity: RecipientActivity, event: DeliveryEvent) -> Counter[st
     elif kind == "open":
         activity.open_count += 1
         added["opens"] += 1
-        if activity.opened_at is None:
+        if is_machine(event):
+            added["machine_opens"] += 1
+        elif activity.opened_at is None:
             activity.opened_at = at
             added["unique_opens"] += 1
     elif kind == "click":
         activity.click_count += 1
         added["clicks"] += 1
-        if activity.clicked_at is None:
+        if is_machine(event):
+            added["machine_clicks"] += 1
+        elif activity.clicked_at is None:
             activity.clicked_at = at
             added["unique_clicks"] += 1
     elif kind == "spamreport" and activity.spam_reported_at is None:
@@ -92,6 +96,13 @@ def apply_event(activity: RecipientActivity, event: DeliveryEvent) -> Counter[st
     if activity.last_event_at is None or at >= activity.last_event_at:
         activity.last_event, activity.last_event_at = kind, at
     return +added
+
+
+def is_machine(event: DeliveryEvent) -> bool:
+    """An open or click that no person made: flagged by the edge (`machine`, with a
+    `machine_reason`) or by SendGrid (`sg_machine_open`, Apple's privacy proxy). Counted in
+    the totals, never as the recipient's first open or click (the unique counters)."""
+    return event.detail.get("machine") is True or event.detail.get("sg_machine_open") is True
 
 
 def bounce_type(event: DeliveryEvent) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from libs.common.events import DeliveryEvent, DeliveryResult
@@ -122,6 +123,25 @@ UPDATE campaigns SET status = $2, finished_at = now(), updated_at = now()
 RETURNING finished_at
 """
 
+# Our own hits (the edge's opens and clicks) can reach the tracker before the result of the
+# batch that sent the message: results and events are read by separate consumers. They are
+# stored unmatched, and the results fold that inserts the delivery folds them then. This
+# lock (per campaign: exclusive for a results fold, shared for an events fold that found
+# own hits without a delivery) orders the two, so that no hit falls between them.
+OWN_PROVIDER = "mailfleet"
+_HITS_LOCK_CLASS = 19
+_LOCK_RESULTS = "SELECT pg_advisory_xact_lock($1, hashtext($2::text))"
+_LOCK_EVENTS = "SELECT pg_advisory_xact_lock_shared($1, hashtext($2::text))"
+_EARLY_HITS = """
+SELECT event_id, campaign_id, recipient_id, email, event, provider, provider_message_id,
+       occurred_at, detail
+  FROM delivery_events
+ WHERE NOT matched AND provider = 'mailfleet'
+   AND (campaign_id, recipient_id) IN (SELECT * FROM unnest($1::uuid[], $2::bigint[]))
+ ORDER BY occurred_at, event_id
+   FOR UPDATE
+"""
+
 _ACTIVITY_COLUMNS = RecipientActivity.column_names()
 _ACTIVITY_TYPES = {
     "bounce_type": "text",
@@ -199,6 +219,8 @@ class TrackerStore:
         unique, duplicates = first_of_each_batch(results)
         fold = ResultsFold(duplicates=duplicates)
         async with self.pool.acquire() as conn, conn.transaction():
+            for campaign_id in sorted({r.campaign_id for r in unique}):
+                await conn.execute(_LOCK_RESULTS, _HITS_LOCK_CLASS, str(campaign_id))
             new_ids = await self._gate_batches(conn, unique)
             fresh = [r for r in unique if r.batch_id in new_ids]
             fold.duplicates += len(unique) - len(fresh)
@@ -219,7 +241,36 @@ class TrackerStore:
                 )
                 if finished is not None:
                     fold.finished.append(finished)
+            await self._fold_early_hits(conn, fresh)
         return fold
+
+    async def _fold_early_hits(self, conn: Conn, results: list[DeliveryResult]) -> None:
+        """Fold our own opens and clicks that came before these deliveries were written.
+        Inside the batch gate, and each hit flips to matched: folded once."""
+        keys = sorted({(r.campaign_id, o.recipient_id) for r in results for o in r.outcomes})
+        rows = await conn.fetch(_EARLY_HITS, [k[0] for k in keys], [k[1] for k in keys])
+        if not rows:
+            return
+        hits = [((row["campaign_id"], row["recipient_id"]), _stored_event(row)) for row in rows]
+        activities, mailed = await self._lock_activities(conn, {key for key, _ in hits})
+        added: dict[UUID, Counter[str]] = defaultdict(Counter)
+        changed: set[RecipientKey] = set()
+        matched: list[tuple[str, str]] = []
+        for key, event in hits:
+            if key in activities:
+                added[key[0]] += apply_event(activities[key], event)
+                changed.add(key)
+                matched.append((event.event_id, mailed[key]))
+        await self._write_activities(conn, {k: activities[k] for k in changed})
+        for campaign_id in sorted(added):
+            await self._add_activity_to_stats(conn, campaign_id, added[campaign_id])
+        await conn.execute(
+            "UPDATE delivery_events e SET matched = true, email = v.email"
+            " FROM unnest($1::text[], $2::text[]) AS v(event_id, email)"
+            " WHERE e.event_id = v.event_id",
+            [m[0] for m in matched],
+            [m[1] for m in matched],
+        )
 
     async def _gate_batches(self, conn: Conn, results: list[DeliveryResult]) -> set[str]:
         if not results:
@@ -338,6 +389,7 @@ class TrackerStore:
         async with self.pool.acquire() as conn, conn.transaction():
             targets = await self._resolve_recipients(conn, unique)
             activities, mailed = await self._lock_activities(conn, set(targets.values()))
+            await self._wait_for_pending_deliveries(conn, unique, targets, activities, mailed)
             new_ids = await self._gate_events(conn, unique, targets, mailed)
             fresh = [e for e in unique if e.event_id in new_ids]
             fold.duplicates += len(unique) - len(fresh)
@@ -360,6 +412,32 @@ class TrackerStore:
             matched = [e for e in fresh if targets.get(e.event_id) in activities]
             fold.suppressed += await self._count_soft_bounces(conn, matched)
         return fold
+
+    async def _wait_for_pending_deliveries(
+        self,
+        conn: Conn,
+        events: list[DeliveryEvent],
+        targets: dict[str, RecipientKey],
+        activities: dict[RecipientKey, RecipientActivity],
+        mailed: dict[RecipientKey, str],
+    ) -> None:
+        """Own hits whose delivery is not there: wait for a results fold of their campaign
+        under way (see `_LOCK_RESULTS`), then look again. Whatever is still missing is
+        stored unmatched and folded by the results fold that writes its delivery."""
+        missing = {
+            key
+            for e in events
+            if e.provider == OWN_PROVIDER
+            and (key := targets.get(e.event_id)) is not None
+            and key not in activities
+        }
+        if not missing:
+            return
+        for campaign_id in sorted({k[0] for k in missing}):
+            await conn.execute(_LOCK_EVENTS, _HITS_LOCK_CLASS, str(campaign_id))
+        found, found_mailed = await self._lock_activities(conn, missing)
+        activities.update(found)
+        mailed.update(found_mailed)
 
     async def _resolve_recipients(
         self, conn: Conn, events: list[DeliveryEvent]
@@ -602,6 +680,21 @@ async def _insert_suppressions(conn: Conn, wanted: dict[str, tuple[str, str]]) -
         [v[1] for v in wanted.values()],
     )
     return Counter(row["reason"] for row in rows)
+
+
+def _stored_event(row: Any) -> DeliveryEvent:
+    detail = row["detail"]
+    return DeliveryEvent(
+        event_id=row["event_id"],
+        campaign_id=row["campaign_id"],
+        recipient_id=row["recipient_id"],
+        email=row["email"],
+        event=row["event"],
+        provider=row["provider"],
+        provider_message_id=row["provider_message_id"],
+        occurred_at=_aware(row["occurred_at"]),
+        detail=detail if isinstance(detail, dict) else orjson.loads(detail),
+    )
 
 
 def _totals(row: Any) -> CampaignTotals:

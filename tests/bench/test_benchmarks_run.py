@@ -16,6 +16,7 @@ SMALL_RUNS = {
     "e2e.py": ["--recipients", "2000"],
     "console_pages.py": ["--recipients", "2000", "--deliveries", "20000", "--rounds", "2"],
     "dkim_sign.py": ["--messages", "20"],
+    "edge_pixel.py": ["--requests", "200"],
     "webhooks.py": ["--events", "300", "--campaigns", "10", "--blocked", "2000"],
 }  # fmt: skip
 # What each prints once it has measured (a figure line, not only its banner).
@@ -24,6 +25,7 @@ FIGURES = {
     "e2e.py": "end-to-end emails/s",
     "console_pages.py": "/console/lists",
     "dkim_sign.py": "msg/s",
+    "edge_pixel.py": "pixel p50",
     "webhooks.py": "blocked rows",
 }
 

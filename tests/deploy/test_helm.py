@@ -17,7 +17,7 @@ kubernetes_validate = pytest.importorskip(
 
 CHART = ROOT / "deploy" / "helm" / "mailfleet"
 KUBERNETES = "1.31"
-SERVICES = ["api", "edge", "importer", "scheduler", "dispatcher", "tracker", "webhooks"]
+SERVICES = ["api", "edge", "importer", "scheduler", "dispatcher", "tracker", "guard", "webhooks"]
 HTTP_PORTS = {"api": 8000, "edge": 8001}
 CRDS = {"monitoring.coreos.com/v1"}  # not in the Kubernetes schemas; checked by hand
 
@@ -203,7 +203,8 @@ def test_only_the_edge_gets_an_ingress(values: dict[str, Any]) -> None:
         for rule in ingress["spec"]["rules"]
         for p in rule["http"]["paths"]
     }
-    assert backends == {(p, "mf-mailfleet-edge") for p in ("/u/", "/unsubscribe/", "/webhooks/")}
+    public = ("/u/", "/unsubscribe/", "/webhooks/", "/o/", "/c/")
+    assert backends == {(p, "mf-mailfleet-edge") for p in public}
     services = by_kind(docs, "Service")
     assert services["mf-mailfleet-api"]["spec"]["type"] == "ClusterIP"
     assert services["mf-mailfleet-edge"]["spec"]["ports"][0]["name"] == "http"

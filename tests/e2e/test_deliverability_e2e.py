@@ -8,6 +8,7 @@ DNS server (dnslib) publishing the DKIM key.
   bounces` reads them and the tracker suppresses those addresses, folding a DSN delivered
   twice once; a soft DSN alone suppresses nobody;
 - 3 complaints arrive as ARF reports (Outlook and Yahoo formats);
+- 30 % open and 10 % click, through the signed pixel and redirects of the edge;
 - every received message carries a DKIM signature that dkimpy verifies against DNS;
 - the campaign's stats match exactly, and the next campaign skips every one of them.
 """
@@ -15,7 +16,10 @@ DNS server (dnslib) publishing the DKIM key.
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -25,6 +29,7 @@ from typing import Any
 import aioimaplib
 import asyncpg
 import dkim
+import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
@@ -41,6 +46,9 @@ RECIPIENTS = 2000
 DEAD = 40  # 2 %, refused at RCPT
 BOUNCE_LATER = 20  # 1 %, a DSN into the bounce mailbox
 COMPLAINTS = 3
+OPENS = 600  # 30 %
+CLICKS = 200  # 10 %
+BROWSER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/131"
 DSN_FORMATS = ("gmail_dsn_hard", "outlook_ndr_hard", "postfix_dsn_hard")
 ARF_FORMATS = ("outlook_arf_complaint", "yahoo_arf_complaint")
 SENDING_DOMAIN = "example.com"
@@ -129,6 +137,8 @@ async def stack(
             "MAILFLEET_BOUNCE_IMAP_PASSWORD": PASSWORD,
             "MAILFLEET_BOUNCE_POLL_SECONDS": "0.3",
             "MAILFLEET_DKIM_KEYS": json.dumps(keys),
+            # Readers here click at once: no click is taken for a scanner's.
+            "MAILFLEET_TRACKING_SCANNER_SECONDS": "0",
         },
     )
     yield running
@@ -177,7 +187,7 @@ async def test_two_thousand_recipients_bounces_complaints_and_dkim_over_smtp(
             campaign_id = await api.create_campaign(
                 name=f"deliverability {tag}",
                 subject="Hi",
-                html="<p>Hi {{ first_name }}</p>",
+                html='<p>Hi {{ first_name }}, <a href="https://shop.example.org/">shop</a></p>',
                 from_email=f"news@{SENDING_DOMAIN}",
                 list_id=list_id,
             )
@@ -208,6 +218,9 @@ async def test_two_thousand_recipients_bounces_complaints_and_dkim_over_smtp(
         assert sorted(server.raw) == sorted(alive)
         unsigned = [r for r, raw in server.raw.items() if not dkim.verify(raw, dnsfunc=lookup)]
         assert unsigned == []
+
+        # Readers open and click through the edge's signed links in the mail they got.
+        await read_and_click(stack.edge_url, [server.raw[r] for r in alive[-OPENS:]], CLICKS)
 
         # Later: hard DSNs in three providers' formats, a soft DSN (one is not enough) and
         # ARF complaints, each sent to the VERP envelope sender that the server saw.
@@ -240,6 +253,7 @@ async def test_two_thousand_recipients_bounces_complaints_and_dkim_over_smtp(
         async def reported() -> dict[str, Any] | None:
             current: dict[str, Any] = (await api.campaign(first["id"]))["stats"]
             done = current["spam_reports"] >= COMPLAINTS and current["bounced"] >= later_bounces
+            done = done and current["opens"] >= OPENS and current["clicks"] >= CLICKS
             return current if done else None
 
         after = await wait_for("the first campaign's stats", reported)
@@ -248,6 +262,12 @@ async def test_two_thousand_recipients_bounces_complaints_and_dkim_over_smtp(
         await api.close()
     assert await reasons() == expected
     assert (after["bounced"], after["spam_reports"]) == (later_bounces, COMPLAINTS)
+    assert (after["opened"], after["opens"], after["machine_opens"]) == (OPENS, OPENS, 0)
+    assert (after["clicked"], after["clicks"], after["machine_clicks"]) == (CLICKS, CLICKS, 0)
+    assert (after["unique_open_rate"], after["unique_click_rate"]) == (
+        round(OPENS / (RECIPIENTS - DEAD), 4),
+        round(CLICKS / (RECIPIENTS - DEAD), 4),
+    )
     assert (after["sent"], after["failed"]) == (RECIPIENTS - DEAD, DEAD)
     assert second["status"] == "completed", second
     stats = second["stats"]
@@ -265,6 +285,31 @@ async def test_two_thousand_recipients_bounces_complaints_and_dkim_over_smtp(
         bounced_later[0],
     )
     assert bounced == 1  # the DSN read twice, folded once
+
+
+def _html_of(raw: bytes) -> str:
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    part = message.get_body(preferencelist=("html",))
+    assert part is not None
+    return str(part.get_content())
+
+
+async def read_and_click(edge_url: str, mails: list[bytes], clicks: int) -> None:
+    base = re.escape(edge_url)
+    pixel, link = re.compile(rf'src="({base}/o/[^"]+)"'), re.compile(rf'href="({base}/c/[^"]+)"')
+    limits = httpx.Limits(max_connections=20)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+
+        async def read(n: int, raw: bytes) -> None:
+            html = _html_of(raw)
+            (src,) = pixel.findall(html)
+            assert (await http.get(src, headers={"user-agent": BROWSER})).status_code == 200
+            if n < clicks:
+                (href,) = link.findall(html)
+                answer = await http.get(href, headers={"user-agent": BROWSER})
+                assert answer.status_code == 302, answer.text
+
+        await asyncio.gather(*(read(n, raw) for n, raw in enumerate(mails)))
 
 
 async def _has(reasons: Any, n: int) -> bool:

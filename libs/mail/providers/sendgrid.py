@@ -49,6 +49,7 @@ from libs.mail.providers.sendgrid_payload import (
     Payload,
     message_payload,
     templated_payloads,
+    without_sendgrid_tracking,
 )
 from libs.mail.rate_limit import RateLimiter
 
@@ -171,6 +172,8 @@ class SendGridProvider:
                     [Recipient(message.recipient_id, message.email)],
                 )
             )
+        if outbox.own_tracking:
+            requests = [(without_sendgrid_tracking(p), r) for p, r in requests]
 
         async def one(request: tuple[Payload, list[Recipient]]) -> list[RecipientOutcome]:
             return await self.post(*request)

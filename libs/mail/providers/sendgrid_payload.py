@@ -61,6 +61,18 @@ def templated_payloads(
     return chunks
 
 
+# Our own tracking is on: SendGrid's click tracking would wrap our signed redirects in its
+# own, and its pixel would count every open a second time.
+SENDGRID_TRACKING_OFF: Payload = {
+    "click_tracking": {"enable": False, "enable_text": False},
+    "open_tracking": {"enable": False},
+}
+
+
+def without_sendgrid_tracking(payload: Payload) -> Payload:
+    return {**payload, "tracking_settings": SENDGRID_TRACKING_OFF}
+
+
 def message_payload(sender: Sender, message: Message) -> Payload:
     payload = _shared(sender, message.subject, message.text, message.html)
     payload["personalizations"] = [

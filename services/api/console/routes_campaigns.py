@@ -96,7 +96,10 @@ async def _campaign_form(request: Request) -> dict[str, str]:
     """The editor's fields as typed (already parsed by the CSRF check; each is bounded by
     the schema below and the whole body by the API's body limit)."""
     form = await request.form()
-    return {name: str(form.get(name, "")) for name in CAMPAIGN_FIELDS}
+    values = {name: str(form.get(name, "")) for name in CAMPAIGN_FIELDS}
+    # A checkbox is sent only when ticked; the editor always shows it.
+    values["tracking"] = "on" if form.get("tracking") == "on" else ""
+    return values
 
 
 async def _editor(
@@ -150,10 +153,11 @@ async def merge_fields(
 async def create_campaign(request: Request, session: EditorPost) -> Response:
     values = await _campaign_form(request)
     # Empty fields are "not given"; with a template, its content replaces subject and html.
-    given = {k: v for k, v in values.items() if v.strip()}
+    given: dict[str, Any] = {k: v for k, v in values.items() if v.strip()}
     if "template_id" in given:
         for part in ("subject", "html", "text"):
             given.pop(part, None)
+    given["tracking"] = values["tracking"] == "on"
     try:
         body = CampaignCreate.model_validate(given)
         created = await campaigns.create_campaign(
@@ -168,6 +172,7 @@ async def create_campaign(request: Request, session: EditorPost) -> Response:
 async def edit_campaign_form(request: Request, session: Viewer, campaign_id: UUID) -> Response:
     row = await _campaign_or_404(request, campaign_id)
     values = {k: "" if row[k] is None else str(row[k]) for k in EDITABLE}
+    values["tracking"] = "on" if row["tracking"] else ""
     return await _editor(request, session, values, {}, campaign=row)
 
 
@@ -179,6 +184,7 @@ async def edit_campaign(request: Request, session: EditorPost, campaign_id: UUID
     changes: dict[str, Any] = {k: values[k] for k in EDITABLE}
     for name in OPTIONAL:
         changes[name] = changes[name] if changes[name].strip() else None
+    changes["tracking"] = values["tracking"] == "on"
     try:
         body = CampaignUpdate.model_validate(changes)
         await campaigns.update_campaign(

@@ -33,14 +33,21 @@ class AuditEntryOut(BaseModel):
 
 
 Filter = Annotated[str | None, Query(min_length=1, max_length=400)]
+# Actions are "<thing>.<verb>" and kinds one word, as `record_audit` writes them.
+ActionFilter = Annotated[
+    str | None, Query(max_length=100, pattern=r"^[a-z_]+\.[a-z_]+$", examples=["list.delete"])
+]
+KindFilter = Annotated[
+    str | None, Query(max_length=100, pattern=r"^[a-z_]+$", examples=["suppression"])
+]
 
 
 @router.get("", response_model=Page[AuditEntryOut], responses=problem_responses(401, 403, 422))
 async def list_audit(
     resources: Resources,
     _: IsAdmin,
-    action: Filter = None,
-    target_kind: Filter = None,
+    action: ActionFilter = None,
+    target_kind: KindFilter = None,
     target_id: Filter = None,
     cursor: Cursor = None,
     limit: Limit = DEFAULT_PAGE,

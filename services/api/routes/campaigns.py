@@ -172,7 +172,7 @@ async def update_campaign(
 ) -> CampaignOut:
     """Edit while draft or scheduled; a running campaign sends its frozen content."""
     changes = body.model_dump(exclude_unset=True)
-    for required in ("name", "subject", "html", "from_email", "list_id", "provider"):
+    for required in ("name", "subject", "html", "from_email", "list_id", "provider", "tracking"):
         if required in changes and changes[required] is None:
             raise ProblemError(
                 422,
