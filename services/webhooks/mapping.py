@@ -86,12 +86,14 @@ def from_delivery_event(event: DeliveryEvent) -> Outgoing | None:
     ident = event_id(Topic.DELIVERY_EVENT, f"{event.provider}|{event.event_id}")
     data: dict[str, Any] = {
         "event": event.event,
-        "email": event.email,
+        # Our own open/click tracking knows no address (the tracker resolves it later):
+        # null then, and `recipient_id` names the person.
+        "email": event.email or None,
         "recipient_id": event.recipient_id,
         "provider": event.provider,
         "provider_message_id": event.provider_message_id,
     }
-    for key in ("url", "reason", "status", "type", "machine"):
+    for key in ("url", "link", "reason", "status", "type", "machine", "machine_reason"):
         if key in event.detail:
             data[key] = event.detail[key]
     order_key = str(event.campaign_id) if event.campaign_id else None
