@@ -60,16 +60,13 @@ class Outbox:
 
     async def _enqueue(self, outgoing: list[Outgoing]) -> None:
         written = await self.store.enqueue(outgoing, self.clock())
+        kinds: dict[str, int] = {}
         for item in outgoing:
-            metrics.ENQUEUED.labels(item.event_type)  # the series exists from the start
+            kinds[item.event_type] = kinds.get(item.event_type, 0) + 1
+        for kind, count in kinds.items():
+            metrics.ENQUEUED.labels(kind).inc(count)
         if written:
             log.debug("webhook deliveries enqueued", events=len(outgoing), rows=written)
-            kinds: dict[str, int] = {}
-            for item in outgoing:
-                kinds[item.event_type] = kinds.get(item.event_type, 0) + 1
-            # Per type, events (not rows): rows depend on subscriptions.
-            for kind, count in kinds.items():
-                metrics.ENQUEUED.labels(kind).inc(count)
 
     async def on_status(self, items: list[Consumed[CampaignStatus]]) -> None:
         await self._enqueue([from_campaign_status(i.event) for i in items])

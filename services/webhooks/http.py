@@ -55,7 +55,13 @@ class CheckingResolver(AbstractResolver):
 def ssl_context(ca_file: str) -> ssl.SSLContext:
     context = ssl.create_default_context()
     if ca_file:
-        context.load_verify_locations(cafile=ca_file)
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise SystemExit(
+                f"MAILFLEET_WEBHOOK_CA_FILE={ca_file!r} is not a readable PEM file of CA "
+                f"certificates: {exc}"
+            ) from exc
     return context
 
 

@@ -9,7 +9,8 @@ from libs.webhooks.events import EVENT_TYPES
 
 ENQUEUED = Counter(
     "mailfleet_webhook_deliveries_enqueued_total",
-    "Outbox rows written (one per subscribed endpoint and event), by event type.",
+    "Events read that have a webhook type (each becomes one outbox row per subscribed"
+    " endpoint; a redelivered event is counted again but adds no row), by event type.",
     ["event_type"],
 )
 ATTEMPTS = Counter(

@@ -8,8 +8,10 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
+import pytest
 
 from libs.common.events import DeliveryEvent
 from libs.common.kafka import Consumed
@@ -17,7 +19,7 @@ from libs.common.settings import Settings
 from services.api import webhooks_repo
 from services.webhooks import metrics
 from services.webhooks.app import Outbox, Sender, maintain
-from services.webhooks.http import WebhookClient
+from services.webhooks.http import WebhookClient, ssl_context
 from services.webhooks.mapping import from_delivery_event
 from services.webhooks.store import WebhookStore
 from services.webhooks.tests.support import (
@@ -410,3 +412,11 @@ async def test_maintenance_expires_disabled_backlogs_and_prunes_the_log(
         assert await log_rows(pool, endpoint) == []
     finally:
         await retire_endpoints(pool, [endpoint])
+
+
+def test_an_unreadable_ca_file_stops_the_service_with_a_clear_message(tmp_path: Path) -> None:
+    bad = tmp_path / "not-a-ca.pem"
+    bad.write_text("not a certificate")
+    for path in (str(bad), str(tmp_path / "missing.pem")):
+        with pytest.raises(SystemExit, match="MAILFLEET_WEBHOOK_CA_FILE"):
+            ssl_context(path)
