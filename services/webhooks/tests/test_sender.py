@@ -16,10 +16,11 @@ import pytest
 from libs.common.events import DeliveryEvent
 from libs.common.kafka import Consumed
 from libs.common.settings import Settings
+from libs.webhooks.targets import TargetPolicy, TargetRefused
 from services.api import webhooks_repo
 from services.webhooks import metrics
 from services.webhooks.app import Outbox, Sender, maintain
-from services.webhooks.http import WebhookClient, ssl_context
+from services.webhooks.http import CheckingResolver, WebhookClient, ssl_context
 from services.webhooks.mapping import from_delivery_event
 from services.webhooks.store import WebhookStore
 from services.webhooks.tests.support import (
@@ -420,3 +421,20 @@ def test_an_unreadable_ca_file_stops_the_service_with_a_clear_message(tmp_path: 
     for path in (str(bad), str(tmp_path / "missing.pem")):
         with pytest.raises(SystemExit, match="MAILFLEET_WEBHOOK_CA_FILE"):
             ssl_context(path)
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.1", "2130706433", "0x7f.0.0.1", "0"])
+async def test_names_that_resolve_to_loopback_are_refused(host: str) -> None:
+    """Spellings of 127.0.0.1 that are not an address literal reach the resolver, which
+    checks what they resolve to."""
+    resolver = CheckingResolver(TargetPolicy.parse("", require_https=True))
+    try:
+        with pytest.raises(TargetRefused, match="private or special-purpose"):
+            await resolver.resolve(host, 443)
+    finally:
+        await resolver.close()
+    allowing = CheckingResolver(TargetPolicy.parse("127.0.0.0/8,::1/128", require_https=True))
+    try:
+        assert await allowing.resolve("localhost", 443)
+    finally:
+        await allowing.close()
