@@ -8,9 +8,9 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from libs.common.events import CampaignStatus, ContactEvent, DeliveryEvent, Event, Topic
 from libs.common.kafka import Consumed, EventConsumer
@@ -99,33 +99,69 @@ class Sender:
         # its outcome: a sender killed mid-attempt hands the delivery over after this.
         self.lease = timedelta(seconds=settings.webhook_timeout_s + 5)
 
-    async def run_once(self) -> int:
-        """Claim and deliver one round; returns how many were attempted."""
-        now = self.clock()
-        claimed = await self.store.claim(now, now + self.lease, self.settings.webhook_concurrency)
-        if claimed:
-            outcomes = await asyncio.gather(*(self._deliver(d) for d in claimed))
-            # The round's successes in one transaction (failures are written as they come).
-            succeeded = [outcome for outcome in outcomes if outcome is not None]
-            if succeeded:
-                await self.store.delivered(succeeded, self.clock())
-                metrics.ATTEMPTS.labels("delivered").inc(len(succeeded))
-        return len(claimed)
-
     async def run(self, stop: asyncio.Event) -> None:
-        delay = self.settings.webhook_poll_s
-        while not stop.is_set():
+        """Keep up to `webhook_concurrency` attempts in flight: claim as slots free up (a
+        slow endpoint holds one slot, not a whole round), write the successes in one
+        transaction per wake-up, and finish what is in flight when `stop` is set."""
+        poll = self.settings.webhook_poll_s
+        delay = poll
+        in_flight: set[asyncio.Future[Any]] = set()
+        succeeded: list[tuple[Claimed, int]] = []
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while True:
+                succeeded = await self._record(succeeded)
+                if stop.is_set():
+                    break
+                free = self.settings.webhook_concurrency - len(in_flight)
+                if free > 0:
+                    try:
+                        now = self.clock()
+                        for delivery in await self.store.claim(now, now + self.lease, free):
+                            in_flight.add(asyncio.create_task(self._deliver(delivery)))
+                        delay = poll
+                    except Exception as exc:  # the database blinked: wait it out, never exit
+                        log.warning("webhook claim failed; retrying", error=repr(exc))
+                        delay = min(delay * 2, 10.0)
+                done, _ = await asyncio.wait(
+                    {*in_flight, stopping}, timeout=delay, return_when=asyncio.FIRST_COMPLETED
+                )
+                succeeded += self._collect(done - {stopping}, in_flight)
+        finally:
+            if in_flight:
+                done, _ = await asyncio.wait(in_flight)
+                succeeded += self._collect(done, in_flight)
+            await self._record(succeeded)
+            stopping.cancel()
+
+    def _collect(
+        self, done: Iterable[asyncio.Future[Any]], in_flight: set[asyncio.Future[Any]]
+    ) -> list[tuple[Claimed, int]]:
+        found: list[tuple[Claimed, int]] = []
+        for task in done:
+            in_flight.discard(task)
             try:
-                attempted = await self.run_once()
-                delay = self.settings.webhook_poll_s
-            except Exception as exc:  # the database blinked: wait it out, never exit
-                log.warning("webhook sender round failed; retrying", error=repr(exc))
-                attempted = 0
-                delay = min(delay * 2, 10.0)
-            if attempted:
-                continue  # more may be due at once
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+                outcome = task.result()
+            except Exception as exc:  # recording a failure met a database outage
+                log.warning(
+                    "webhook attempt not recorded; retried after its lease", error=repr(exc)
+                )
+                continue
+            if outcome is not None:
+                found.append(outcome)
+        return found
+
+    async def _record(self, succeeded: list[tuple[Claimed, int]]) -> list[tuple[Claimed, int]]:
+        """Write successes; returns what is still to write (kept on a database error)."""
+        if not succeeded:
+            return succeeded
+        try:
+            await self.store.delivered(succeeded, self.clock())
+        except Exception as exc:
+            log.warning("webhook successes not recorded yet; retrying", error=repr(exc))
+            return succeeded
+        metrics.ATTEMPTS.labels("delivered").inc(len(succeeded))
+        return []
 
     async def _deliver(self, delivery: Claimed) -> tuple[Claimed, int] | None:
         """Attempt one delivery: (it, status code) on success, for the caller to record;

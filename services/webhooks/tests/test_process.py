@@ -92,13 +92,15 @@ async def test_killed_process_loses_and_doubles_nothing(
             what="failing attempts",
         )
         supervisor.kill("webhooks", signal.SIGKILL)  # restarted by the supervisor
+        await wait_for(lambda: supervisor.children["webhooks"].starts >= 2, what="the restart")
+        # Healthy only now: an attempt the killed process had in flight was answered 500
+        # (had it been answered 200, at-least-once would rightly send it again).
         healthy = True
         await wait_for(
             lambda: len(receiver.delivered({str(campaign)})) >= len(events),
             timeout=60,
             what="every click after the restart",
         )
-        await wait_for(lambda: supervisor.children["webhooks"].starts >= 2, what="the restart")
         delivered = receiver.delivered({str(campaign)})
         expected = [str(o.event_id) for e in events if (o := from_delivery_event(e))]
         assert [r.event_id for r in delivered] == expected  # once each, in order
