@@ -50,6 +50,8 @@ class Receiver:
     bad_signatures: list[str] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     url: str = ""
+    # Requests to these paths wait for their event before being answered (a slow endpoint).
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
 
     async def handle(self, request: web.Request) -> web.Response:
         raw = await request.read()
@@ -64,6 +66,9 @@ class Receiver:
             return web.Response(status=401)
         body = orjson.loads(raw)
         assert request.headers[EVENT_ID_HEADER] == body["id"]
+        gate = self.gates.get(request.path)
+        if gate is not None:
+            await gate.wait()
         status = self.answer(body)
         self.received.append(Received(body["id"], body["type"], body["campaign_id"], status, body))
         self._changed()

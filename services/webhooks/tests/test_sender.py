@@ -439,3 +439,36 @@ async def test_names_that_resolve_to_loopback_are_refused(host: str) -> None:
         assert await allowing.resolve("localhost", 443)
     finally:
         await allowing.close()
+
+
+async def test_a_slow_endpoint_holds_one_slot_not_the_others(
+    pool: asyncpg.Pool, webhook_settings: Settings, tls: Tls
+) -> None:
+    async with receiving(tls) as receiver:
+        receiver.gates["/slow"] = asyncio.Event()
+        slow = await add_endpoint(
+            pool, webhook_settings.secret_key, f"{receiver.url}/slow", ALL_DELIVERY, receiver
+        )
+        fast = await add_endpoint(
+            pool, webhook_settings.secret_key, f"{receiver.url}/fast", ALL_DELIVERY, receiver
+        )
+        try:
+            campaigns = [uuid.uuid4() for _ in range(4)]
+            events = [e for c in campaigns for e in events_for(c, 10)]
+            await enqueue(pool, events)
+            async with sending(pool, webhook_settings):
+                # Every event reaches the fast endpoint while the slow one answers nothing.
+                await wait_for(
+                    lambda: len(receiver.delivered({str(c) for c in campaigns})) >= len(events),
+                    what="the fast endpoint's deliveries",
+                )
+                assert {r["status"] for r in await log_rows(pool, slow)} == {"pending"}
+                receiver.gates["/slow"].set()
+                await wait_for(
+                    lambda: len(receiver.delivered({str(c) for c in campaigns})) >= 2 * len(events),
+                    what="the slow endpoint's deliveries",
+                )
+            for endpoint in (slow, fast):
+                assert {r["status"] for r in await log_rows(pool, endpoint)} == {"delivered"}
+        finally:
+            await retire_endpoints(pool, [slow, fast])
