@@ -25,6 +25,7 @@ SERVICES = {
     "tracker": "services.tracker.app:run",
     "bounces": "services.bounces.app:run",
     "guard": "services.guard.app:run",
+    "webhooks": "services.webhooks.app:run",
     "sink": "libs.mail.sink:run_sink",
 }
 

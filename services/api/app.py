@@ -42,6 +42,7 @@ from services.api.routes import (
     senders,
     suppressions,
     templates,
+    webhooks,
 )
 
 log = get_logger(__name__)
@@ -128,6 +129,7 @@ def create_app(
     app.include_router(senders.router)
     app.include_router(segments.router)
     app.include_router(people.router)
+    app.include_router(webhooks.router)
     document_problems(app)
     return app
 

@@ -18,6 +18,7 @@ SMALL_RUNS = {
     "dkim_sign.py": ["--messages", "20"],
     "edge_pixel.py": ["--requests", "200"],
     "segment_count.py": ["--recipients", "2000", "--rounds", "2"],
+    "webhooks.py": ["--events", "300", "--campaigns", "10", "--blocked", "2000"],
 }  # fmt: skip
 # What each prints once it has measured (a figure line, not only its banner).
 FIGURES = {
@@ -27,6 +28,7 @@ FIGURES = {
     "dkim_sign.py": "msg/s",
     "edge_pixel.py": "pixel p50",
     "segment_count.py": "baseline: count(*) of the list",
+    "webhooks.py": "blocked rows",
 }
 
 
