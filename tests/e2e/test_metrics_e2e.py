@@ -18,7 +18,9 @@ from tests.deploy.metric_refs import PENDING, exported_names, referenced_metrics
 from tests.e2e.harness import RunningStack, start_stack
 
 RECIPIENTS = 300
-BACKGROUND = ["importer", "scheduler", "tracker", "dispatcher-1", "dispatcher-2", "guard"]
+BACKGROUND = [
+    "importer", "scheduler", "tracker", "dispatcher-1", "dispatcher-2", "guard", "webhooks",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,8 @@ async def stack(
         tmp_path_factory.mktemp("metrics-e2e-logs"),
         dispatchers=2,
         metrics_ports=ports,
-        extra_children=["guard"],  # the reputation alerts read its metrics
+        # The reputation and webhook alerts read the metrics of these two.
+        extra_children=["guard", "webhooks"],
     )
     yield running, ports
     await running.stop()
