@@ -161,6 +161,14 @@ async def test_reports_in_the_mailbox_are_folded_once_and_moved_away(
                 address(4): "spamreport",
                 address(5): "bounce",
             }
+
+            # Suppressions and the campaign's counters are written by separate folds:
+            # wait for the counters too, then hold them to exactly these values.
+            async def counted() -> bool:
+                stats = await stats_of(pool, cid)
+                return stats is not None and stats["bounced"] + stats["spam_reports"] >= 6
+
+            await wait_for(counted, timeout=60, what="the bounces counted")
             before = await stats_of(pool, cid)
             assert before is not None
             assert (before["bounced"], before["spam_reports"]) == (4, 2)
