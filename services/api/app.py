@@ -35,6 +35,7 @@ from services.api.routes import (
     campaigns,
     import_rejections,
     lists,
+    messages,
     ops,
     recipients,
     senders,
@@ -124,6 +125,7 @@ def create_app(
     install_console(app, settings)
     app.include_router(audit.router)
     app.include_router(senders.router)
+    app.include_router(messages.router)
     document_problems(app)
     return app
 
