@@ -9,8 +9,8 @@ from typing import Annotated
 from uuid import UUID
 
 import orjson
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Header, Response
-from kafka.errors import KafkaError
 
 from libs.common.events import MAX_MERGE_DATA_BYTES, InlineContent, MessageRequested, Topic
 from libs.common.idempotency import accept, body_hash
