@@ -17,6 +17,7 @@ SMALL_RUNS = {
     "console_pages.py": ["--recipients", "2000", "--deliveries", "20000", "--rounds", "2"],
     "dkim_sign.py": ["--messages", "20"],
     "edge_pixel.py": ["--requests", "200"],
+    "transactional.py": ["--campaign-recipients", "3000", "--rate", "20", "--seconds", "3"],
 }  # fmt: skip
 # What each prints once it has measured (a figure line, not only its banner).
 FIGURES = {
@@ -25,6 +26,7 @@ FIGURES = {
     "console_pages.py": "/console/lists",
     "dkim_sign.py": "msg/s",
     "edge_pixel.py": "pixel p50",
+    "transactional.py": "transactional p99 beside the campaign",
 }
 
 
