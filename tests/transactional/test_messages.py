@@ -19,7 +19,14 @@ from aiokafka import AIOKafkaConsumer
 
 from conftest import make_settings
 from libs.common.embedded import EmbeddedBroker
-from libs.common.events import DeliveryEvent, DeliveryResult, MessageRequested, Topic
+from libs.common.events import (
+    ContactEvent,
+    DeliveryEvent,
+    DeliveryResult,
+    MessageRequested,
+    Topic,
+)
+from libs.common.idempotency import accept
 from libs.common.kafka import EventProducer, ensure_topics
 from libs.common.service import ServiceContext
 from libs.common.settings import Settings
@@ -407,3 +414,53 @@ async def test_a_too_long_idempotency_key_is_422(stack: httpx.AsyncClient) -> No
     )
     assert answer.status_code == 422
     assert any("idempotency" in e["field"].lower() for e in answer.json()["errors"])
+
+
+async def test_an_unsubscribe_from_a_marketing_message_suppresses_the_address(
+    stack: httpx.AsyncClient, sink: SinkHandle, tx_settings: Settings
+) -> None:
+    to = address()
+    first = await final(
+        stack,
+        (await stack.post("/api/v1/messages", json={"to": to, "content": INLINE})).json()["id"],
+    )
+    assert first["status"] == "sent"
+    # What the edge publishes for a click on the message's signed unsubscribe link.
+    producer = EventProducer(tx_settings)
+    await producer.start()
+    try:
+        await producer.send(
+            Topic.CONTACT_EVENT, first["id"],
+            ContactEvent(
+                event_id=f"unsub-{first['id']}", action="unsubscribe",
+                campaign_id=uuid.UUID(first["id"]), recipient_id=0,
+                occurred_at=datetime.now(UTC), source="one-click",
+            ),
+        )  # fmt: skip
+    finally:
+        await producer.stop()
+
+    async def refused() -> dict[str, Any] | None:
+        answer = await stack.post("/api/v1/messages", json={"to": to, "content": INLINE})
+        shown = await final(stack, answer.json()["id"])
+        return shown if shown["status"] == "suppressed" else None
+
+    assert await wait_until(refused)
+    assert len([m for m in sink.messages if m.email == to]) >= 1
+
+
+async def test_a_key_is_free_again_after_24_hours(pool: asyncpg.Pool) -> None:
+    key = f"old-{uuid.uuid4()}"
+    first, second = uuid.uuid4(), uuid.uuid4()
+    kwargs: dict[str, Any] = {"key": key, "recipient": "a@example.org", "category": None}
+    made = await accept(pool, message_id=first, digest=b"a", source="api", **kwargs)
+    assert made.outcome == "new"
+    clash = await accept(pool, message_id=second, digest=b"b", source="api", **kwargs)
+    assert (clash.outcome, clash.message_id) == ("conflict", first)
+    await pool.execute(
+        "UPDATE message_requests SET created_at = now() - interval '25 hours'"
+        " WHERE message_id = $1",
+        first,
+    )
+    again = await accept(pool, message_id=second, digest=b"b", source="api", **kwargs)
+    assert (again.outcome, again.message_id) == ("new", second)
