@@ -128,6 +128,9 @@ async def main(
     extra = extra or get_dispatcher_settings()
     group_id = group_id or extra.consumer_group
     owner = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    if extra.lanes == "messages":
+        await run_message_lane(ctx, group_id, extra, owner)
+        return
     connector = aiohttp.TCPConnector(limit=ctx.settings.provider_concurrency * 2)
     async with aiohttp.ClientSession(connector=connector) as session:
         providers = build_providers(ctx.settings, extra, session)
@@ -220,9 +223,10 @@ async def main(
         log.info("dispatcher consuming", group_id=group_id, owner=owner)
         try:
             # The message lane runs beside the batch consumer; either failing ends both.
-            await asyncio.gather(
-                consumer.run(handle, ctx.stop), run_message_lane(ctx, group_id, extra, owner)
-            )
+            lanes = [consumer.run(handle, ctx.stop)]
+            if extra.lanes == "all":
+                lanes.append(run_message_lane(ctx, group_id, extra, owner))
+            await asyncio.gather(*lanes)
         finally:
             for task in background:
                 task.cancel()
