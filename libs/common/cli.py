@@ -24,6 +24,8 @@ SERVICES = {
     "dispatcher": "services.dispatcher.app:run",
     "tracker": "services.tracker.app:run",
     "bounces": "services.bounces.app:run",
+    "guard": "services.guard.app:run",
+    "webhooks": "services.webhooks.app:run",
     "sink": "libs.mail.sink:run_sink",
 }
 

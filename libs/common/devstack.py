@@ -25,6 +25,10 @@ DEV_POSTGRES_PORT = 55432
 DEV_BROKER_PORT = 9092
 SINK_PORT = 8025
 METRICS_PORTS = {"importer": 9101, "scheduler": 9102, "dispatcher": 9103, "tracker": 9104}
+# The reputation guard, past the bounce poller's port.
+GUARD_METRICS_PORT = 9121
+# Outbound webhooks, past the guard's.
+WEBHOOKS_METRICS_PORT = 9122
 # Past the dispatchers' ports (9103, then 9105 up to 9115 for 12 of them).
 BOUNCES_METRICS_PORT = 9120
 
@@ -73,6 +77,10 @@ def child_specs(dispatchers: int, with_sink: bool, with_bounces: bool = False) -
         specs.append(
             ChildSpec(f"dispatcher-{n + 1}", "dispatcher", {"MAILFLEET_METRICS_PORT": str(port)})
         )
+    specs.append(ChildSpec("guard", "guard", {"MAILFLEET_METRICS_PORT": str(GUARD_METRICS_PORT)}))
+    specs.append(
+        ChildSpec("webhooks", "webhooks", {"MAILFLEET_METRICS_PORT": str(WEBHOOKS_METRICS_PORT)})
+    )
     if with_bounces:  # only with a bounce mailbox configured (MAILFLEET_BOUNCE_IMAP_HOST)
         specs.append(
             ChildSpec("bounces", "bounces", {"MAILFLEET_METRICS_PORT": str(BOUNCES_METRICS_PORT)})
@@ -208,6 +216,8 @@ def _print_banner(
         table.add_row("Sink (mail 'sent')", f"http://127.0.0.1:{SINK_PORT}/sink/messages")
     for service, port in METRICS_PORTS.items():
         table.add_row(f"{service} metrics", f"http://127.0.0.1:{port}/metrics")
+    table.add_row("guard metrics", f"http://127.0.0.1:{GUARD_METRICS_PORT}/metrics")
+    table.add_row("webhooks metrics", f"http://127.0.0.1:{WEBHOOKS_METRICS_PORT}/metrics")
     table.add_row("Logs", f"{data_dir / 'logs'}/<service>.log")
     table.add_row("Processes", ", ".join(supervisor.children))
     console.print(table)

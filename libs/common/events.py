@@ -11,10 +11,21 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NaiveDatetime,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from libs.common.sendtime import Window, parse_hhmm
 
 
 class Topic(StrEnum):
@@ -42,6 +53,61 @@ class Event(BaseModel):
     schema_version: Literal[1] = 1
 
 
+# A wall time without offset (local-time delivery). Its JSON Schema is a pattern, not
+# `format: date-time`, which RFC 3339 defines with an offset.
+WallTime = Annotated[
+    NaiveDatetime,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$",
+            "examples": ["2030-03-01T09:00:00"],
+        }
+    ),
+]
+
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+def _every_day() -> list[Day]:
+    return ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class SendWindow(BaseModel):
+    """When batches may go out, in each recipient's local time: from `start` to `end`
+    (HH:MM, `end` after `start`: no window across midnight) on `days`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: str = Field(max_length=5, examples=["08:00"], description="HH:MM, 24 h, inclusive.")
+    end: str = Field(max_length=5, examples=["20:00"], description="HH:MM, 24 h, exclusive.")
+    days: list[Day] = Field(
+        default_factory=_every_day,
+        min_length=1,
+        max_length=7,
+        examples=[["mon", "tue", "wed", "thu", "fri"]],
+        description="Days it opens on; default every day.",
+    )
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, value: str) -> str:
+        parse_hhmm(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> SendWindow:
+        start, end = parse_hhmm(self.start), parse_hhmm(self.end)
+        if end <= start:
+            raise ValueError(f"end {self.end} must be after start {self.start} (same day)")
+        if len(set(self.days)) != len(self.days):
+            raise ValueError("days must not repeat")
+        return self
+
+    def window(self) -> Window:
+        return Window.parse(self.start, self.end, list(self.days))
+
+
 class CampaignScheduled(Event):
     """Start `campaign_id` at `send_at`. A higher `revision` replaces an earlier schedule."""
 
@@ -49,6 +115,24 @@ class CampaignScheduled(Event):
     send_at: AwareDatetime = Field(description="When to start, with its UTC offset.")
     timezone: str = Field("UTC", description="IANA zone the time was chosen in, for display.")
     revision: int = Field(1, ge=1, description="Increases with every (re)schedule.")
+    local_time: bool = Field(
+        False,
+        description="Deliver at `local_send_at` in each recipient's zone (their `timezone` "
+        "field, else the list's default zone, else `timezone`); `send_at` is then the "
+        "earliest instant any zone reaches it (local_send_at - 14 h, as UTC).",
+    )
+    local_send_at: WallTime | None = Field(
+        None, description="With local_time: the wall time, without offset."
+    )
+    send_window: SendWindow | None = Field(
+        None, description="Batches outside it, in the recipient's local time, wait for it."
+    )
+
+    @model_validator(mode="after")
+    def _local_needs_wall_time(self) -> CampaignScheduled:
+        if self.local_time and self.local_send_at is None:
+            raise ValueError("local_time needs local_send_at")
+        return self
 
 
 class CampaignControl(Event):

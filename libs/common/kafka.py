@@ -84,9 +84,10 @@ async def ensure_topics(settings: Settings, epoch: BrokerEpoch | None = None) ->
     """Create the topics that are missing; returns the names it created.
 
     Creating a topic means the broker is new or lost its state: `epoch` is bumped so that
-    every consumer re-reads from the start of the new logs. Only a topic this call really
-    created counts: when several services race to create the same topics, the losers (told
-    "already exists") must not bump it again, or every consumer would replay once more.
+    every consumer re-reads from the start of the new logs, once. Services race to create
+    the topics of a new broker and may split them between them, so the bump belongs to
+    whoever created one marker topic (the first), which is created alone: "already exists"
+    never counts, and two winners of different topics do not bump twice (seen under load).
     """
     admin = AIOKafkaAdminClient(**kafka_connection_options(settings))
     await admin.start()
@@ -97,26 +98,47 @@ async def ensure_topics(settings: Settings, epoch: BrokerEpoch | None = None) ->
         if not missing:
             return []
         configs = topic_configs(settings)
-        response = await admin.create_topics(
-            [
-                NewTopic(n, wanted[n], settings.replication_factor, topic_configs=configs)
-                for n in missing
-            ]
-        )
-        created = []
-        for name, code, *_ in response.topic_errors:
-            if code == 0:
-                created.append(name)
-            elif code != _TOPIC_ALREADY_EXISTS:
-                raise KafkaError(f"creating topic {name} failed with error code {code}")
+        # One topic marks the broker's generation: it is created alone, first, and only the
+        # caller that really created it bumps the epoch. Racing callers split the other
+        # topics between them in any way, but exactly one of them creates the marker.
+        marker = next(iter(wanted))
+        first = [marker] if marker in missing else []
+        rest = [name for name in missing if name != marker]
+        created: list[str] = []
+        for names in (first, rest):
+            if names:
+                created += await _create(admin, names, wanted, configs, settings)
         if not created:
             return []
         log.info("topics created", topics=created)
-        if epoch is not None:
+        if epoch is not None and marker in created:
             await epoch.bump()
         return created
     finally:
         await admin.close()
+
+
+async def _create(
+    admin: AIOKafkaAdminClient,
+    names: list[str],
+    partitions: dict[str, int],
+    configs: dict[str, str],
+    settings: Settings,
+) -> list[str]:
+    """Create `names`; returns those this call created ("already exists" is not created)."""
+    response = await admin.create_topics(
+        [
+            NewTopic(n, partitions[n], settings.replication_factor, topic_configs=configs)
+            for n in names
+        ]
+    )
+    created = []
+    for name, code, *_ in response.topic_errors:
+        if code == 0:
+            created.append(name)
+        elif code != _TOPIC_ALREADY_EXISTS:
+            raise KafkaError(f"creating topic {name} failed with error code {code}")
+    return created
 
 
 async def wait_for_broker(
@@ -202,6 +224,8 @@ class Consumed(Generic[E]):
     event: E
     partition: int
     offset: int
+    # The record's timestamp (producer's create time), when the broker gave one.
+    timestamp_ms: int | None = None
 
 
 Handler = Callable[[list[Consumed[E]]], Awaitable[None]]
@@ -358,7 +382,9 @@ class EventConsumer(Generic[E]):
         for record in records:
             event = await self._decode_or_dead_letter(record)
             if event is not None:
-                good.append((record, Consumed(event, record.partition, record.offset)))
+                good.append(
+                    (record, Consumed(event, record.partition, record.offset, record.timestamp))
+                )
         if good:
             in_flight = EVENTS_IN_FLIGHT.labels(self.topic.value)
             in_flight.inc(len(good))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from uuid import UUID
 
 import asyncpg
 from aiohttp import web
@@ -81,16 +82,40 @@ class CampaignGauges:
     async def _query(self) -> tuple[dict[str, int], float]:
         async with self.pool.acquire() as conn:
             rows = await conn.fetch("SELECT status, count(*) AS n FROM campaigns GROUP BY status")
-            stall = await conn.fetchval(
-                """
-                SELECT coalesce(max(extract(epoch FROM now() - greatest(
-                    coalesce(c.started_at, c.updated_at),
-                    (SELECT max(t.folded_at) FROM tracker_batches t WHERE t.campaign_id = c.id)
-                ))), 0)::float8
-                FROM campaigns c WHERE c.status = 'in_progress'
-                """
-            )
-        return {r["status"]: int(r["n"]) for r in rows}, float(stall)
+            stall = await longest_stall_seconds(conn)
+        return {r["status"]: int(r["n"]) for r in rows}, stall
+
+
+async def longest_stall_seconds(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    campaign_ids: list[UUID] | None = None,
+) -> float:
+    """Among in-progress campaigns (those of `campaign_ids`, default all), the longest time
+    since one last made progress: its start, its last batch folded by the tracker, or, for
+    a local-time or windowed plan, its last batch that fell due. Such a campaign whose
+    unaccounted batches are all due later is waiting for a zone's instant or its window,
+    not stuck: left out (issue 17)."""
+    stall = await conn.fetchval(
+        """
+        SELECT coalesce(max(extract(epoch FROM now() - greatest(
+            coalesce(c.started_at, c.updated_at),
+            (SELECT max(t.folded_at) FROM tracker_batches t WHERE t.campaign_id = c.id),
+            (SELECT max(b.due_at) FROM batch_plans b
+              WHERE b.campaign_id = c.id AND b.due_at <= now())
+        ))), 0)::float8
+        FROM campaigns c
+        WHERE c.status = 'in_progress'
+          AND ($1::uuid[] IS NULL OR c.id = ANY($1::uuid[]))
+          AND (NOT EXISTS (SELECT 1 FROM batch_plans b
+                            WHERE b.campaign_id = c.id AND b.due_at IS NOT NULL)
+               OR EXISTS (SELECT 1 FROM batch_plans b
+                           WHERE b.campaign_id = c.id AND b.due_at <= now()
+                             AND NOT EXISTS (SELECT 1 FROM tracker_batches t
+                                              WHERE t.batch_id = b.batch_id)))
+        """,
+        campaign_ids,
+    )
+    return float(stall)
 
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]

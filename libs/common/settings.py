@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import ipaddress
 from functools import lru_cache
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from libs.webhooks.targets import TargetPolicy
 
 ProviderName = Literal["sink", "sendgrid", "smtp"]
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -185,6 +188,34 @@ class Settings(BaseSettings):
         10.0, alias="MAILFLEET_TRACKING_SCANNER_SECONDS", ge=0, le=3600
     )
     # --- end tracking ---
+    # --- Reputation guard (issue 14 item 5; services/guard) ---
+    # Sliding windows of `window` seconds, hopping every `hop` seconds, over delivery.result
+    # and delivery.event. A campaign is paused when a rate is above its maximum once the
+    # window holds at least the minimum volume. 0 turns a rate's check off. A campaign may
+    # override each value (API field `guard`).
+    guard_window_seconds: int = Field(300, alias="MAILFLEET_GUARD_WINDOW_SECONDS", ge=10, le=86400)
+    guard_hop_seconds: float = Field(30.0, alias="MAILFLEET_GUARD_HOP_SECONDS", ge=0.1, le=3600)
+    guard_max_hard_bounce_rate: float = Field(
+        0.05, alias="MAILFLEET_GUARD_MAX_HARD_BOUNCE_RATE", ge=0, le=1
+    )
+    guard_min_sends: int = Field(1000, alias="MAILFLEET_GUARD_MIN_SENDS", ge=1, le=10_000_000)
+    guard_max_complaint_rate: float = Field(
+        0.001, alias="MAILFLEET_GUARD_MAX_COMPLAINT_RATE", ge=0, le=1
+    )
+    guard_min_delivered: int = Field(
+        1000, alias="MAILFLEET_GUARD_MIN_DELIVERED", ge=1, le=10_000_000
+    )
+    guard_max_deferral_rate: float = Field(
+        0.0, alias="MAILFLEET_GUARD_MAX_DEFERRAL_RATE", ge=0, le=1
+    )
+    guard_max_provider_error_rate: float = Field(
+        0.0, alias="MAILFLEET_GUARD_MAX_PROVIDER_ERROR_RATE", ge=0, le=1
+    )
+    # After an admin resumes a campaign the guard paused, the guard leaves it alone this long.
+    guard_hold_off_seconds: float = Field(
+        900.0, alias="MAILFLEET_GUARD_HOLD_OFF_SECONDS", ge=0, le=7 * 86400
+    )
+    # --- end of reputation guard ---
 
     # --- Transactional messages (issue 18 item 1) ---
     # Categories an admin marks essential (receipts, password resets): their messages
@@ -235,6 +266,68 @@ class Settings(BaseSettings):
         30, alias="MAILFLEET_IMPORT_REJECTIONS_RETENTION_DAYS", ge=1, le=3650
     )
     # --- end of security settings ---
+
+    @field_validator("guard_hop_seconds")
+    @classmethod
+    def _hop_within_window(cls, value: float, info: ValidationInfo) -> float:
+        window = info.data.get("guard_window_seconds")
+        if window is not None and value > window:
+            raise ValueError(
+                f"MAILFLEET_GUARD_HOP_SECONDS ({value}) must not exceed"
+                f" MAILFLEET_GUARD_WINDOW_SECONDS ({window})"
+            )
+        return value
+
+    # --- Outbound webhooks (issue 18 item 3; services/webhooks) ---
+    # Comma-separated CIDRs and host names webhooks may reach besides public addresses
+    # (private, loopback, link-local and other special ranges are refused by default).
+    webhook_allowed_targets: str = Field(
+        "", alias="MAILFLEET_WEBHOOK_ALLOWED_TARGETS", max_length=4000
+    )
+    # PEM bundle of extra CAs trusted for endpoints' certificates (beside the system's).
+    webhook_ca_file: str = Field("", alias="MAILFLEET_WEBHOOK_CA_FILE", max_length=4096)
+    # Plain http:// endpoints, for local setups only: refused in production.
+    webhook_allow_http: bool = Field(False, alias="MAILFLEET_WEBHOOK_ALLOW_HTTP")
+    webhook_timeout_s: float = Field(10.0, alias="MAILFLEET_WEBHOOK_TIMEOUT_S", gt=0, le=60)
+    # Retries: the n-th waits base * 2**(n-1) up to the cap; given up after the window.
+    webhook_backoff_base_s: float = Field(
+        5.0, alias="MAILFLEET_WEBHOOK_BACKOFF_BASE_S", gt=0, le=3600
+    )
+    webhook_backoff_cap_s: float = Field(
+        3600.0, alias="MAILFLEET_WEBHOOK_BACKOFF_CAP_S", gt=0, le=86400
+    )
+    webhook_retry_window_s: float = Field(
+        86400.0, alias="MAILFLEET_WEBHOOK_RETRY_WINDOW_S", gt=0, le=7 * 86400
+    )
+    # An endpoint is disabled after this many failed attempts in a row (none succeeding).
+    webhook_disable_after_failures: int = Field(
+        100, alias="MAILFLEET_WEBHOOK_DISABLE_AFTER_FAILURES", ge=1, le=100_000
+    )
+    # Deliveries in flight at once (all endpoints), and how often the outbox is polled.
+    webhook_concurrency: int = Field(16, alias="MAILFLEET_WEBHOOK_CONCURRENCY", ge=1, le=256)
+    webhook_poll_s: float = Field(0.5, alias="MAILFLEET_WEBHOOK_POLL_S", gt=0, le=60)
+    # Delivered and failed entries of the delivery log are deleted after this many days.
+    webhook_log_retention_days: int = Field(
+        30, alias="MAILFLEET_WEBHOOK_LOG_RETENTION_DAYS", ge=1, le=3650
+    )
+    # --- end of webhooks ---
+
+    @field_validator("webhook_allowed_targets")
+    @classmethod
+    def _webhook_targets(cls, value: str) -> str:
+        from libs.webhooks.targets import TargetPolicy
+
+        try:
+            TargetPolicy.parse(value, require_https=True)
+        except ValueError as exc:
+            raise ValueError(f"MAILFLEET_WEBHOOK_ALLOWED_TARGETS: {exc}") from exc
+        return value
+
+    def webhook_target_policy(self) -> TargetPolicy:
+        from libs.webhooks.targets import TargetPolicy
+
+        require_https = self.environment == "production" or not self.webhook_allow_http
+        return TargetPolicy.parse(self.webhook_allowed_targets, require_https=require_https)
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -342,6 +435,11 @@ def production_problems(settings: Settings) -> list[str]:
         problems.append(
             "KAFKA_SECURITY_PROTOCOL is PLAINTEXT: use SSL or SASL_SSL (events carry addresses), "
             "or set MAILFLEET_KAFKA_ALLOW_PLAINTEXT=true for a broker on a private network"
+        )
+    if settings.webhook_allow_http:
+        problems.append(
+            "MAILFLEET_WEBHOOK_ALLOW_HTTP is on: webhooks (signed, but carrying addresses) "
+            "would leave in clear; endpoints must be https://"
         )
     if settings.kafka_security_protocol == "SASL_SSL" and not settings.kafka_sasl_username:
         problems.append("KAFKA_SASL_USERNAME is empty with KAFKA_SECURITY_PROTOCOL=SASL_SSL")

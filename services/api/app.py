@@ -37,10 +37,13 @@ from services.api.routes import (
     lists,
     messages,
     ops,
+    people,
     recipients,
+    segments,
     senders,
     suppressions,
     templates,
+    webhooks,
 )
 
 log = get_logger(__name__)
@@ -126,6 +129,9 @@ def create_app(
     app.include_router(audit.router)
     app.include_router(senders.router)
     app.include_router(messages.router)
+    app.include_router(segments.router)
+    app.include_router(people.router)
+    app.include_router(webhooks.router)
     document_problems(app)
     return app
 

@@ -21,7 +21,8 @@ Row = dict[str, Any]
 CAMPAIGN_COLUMNS = (
     "id, name, subject, html, text, from_email, from_name, list_id, provider, status,"
     " send_at, timezone, schedule_revision, created_at, updated_at, started_at, finished_at,"
-    " template_id, template_version, pause_reason, paused_by, tracking"
+    " template_id, template_version, pause_reason, paused_by, tracking, guard, local_time,"
+    " local_send_at, send_window"
 )
 EDITABLE_STATUSES = ("draft", "scheduled")
 
@@ -118,16 +119,35 @@ async def revoke_key(db: Executor, key_id: UUID) -> Row | None:
 # ----- lists -----
 
 
-async def insert_list(db: Executor, name: str) -> Row:
+_LIST_COLUMNS = "id, name, default_timezone, created_at"
+
+
+async def insert_list(db: Executor, name: str, default_timezone: str | None = None) -> Row:
     record = await db.fetchrow(
-        "INSERT INTO lists (name) VALUES ($1) RETURNING id, name, created_at", name
+        f"INSERT INTO lists (name, default_timezone) VALUES ($1, $2) RETURNING {_LIST_COLUMNS}",  # noqa: S608
+        name,
+        default_timezone,
     )
     assert record is not None
     return dict(record)
 
 
 async def get_list(db: Executor, list_id: UUID) -> Row | None:
-    return _row(await db.fetchrow("SELECT id, name, created_at FROM lists WHERE id = $1", list_id))
+    return _row(
+        await db.fetchrow(f"SELECT {_LIST_COLUMNS} FROM lists WHERE id = $1", list_id)  # noqa: S608
+    )
+
+
+async def update_list(db: Executor, list_id: UUID, changes: Row) -> Row | None:
+    """Set the given columns (name, default_timezone); None for an unknown list."""
+    names = [n for n in ("name", "default_timezone") if n in changes]
+    sets = ", ".join(f"{n} = ${i + 2}" for i, n in enumerate(names)) or "name = name"
+    record = await db.fetchrow(
+        f"UPDATE lists SET {sets} WHERE id = $1 RETURNING {_LIST_COLUMNS}",  # noqa: S608
+        list_id,
+        *(changes[n] for n in names),
+    )
+    return _row(record)
 
 
 async def list_exists(db: Executor, list_id: UUID) -> bool:
@@ -139,7 +159,7 @@ async def recipient_count(db: Executor, list_id: UUID) -> int:
 
 
 async def page_lists(db: Executor, cursor: str | None, limit: int) -> tuple[list[Row], str | None]:
-    return await _page(db, "SELECT id, name, created_at FROM lists", [], [], cursor, limit)
+    return await _page(db, f"SELECT {_LIST_COLUMNS} FROM lists", [], [], cursor, limit)  # noqa: S608
 
 
 async def find_recipient(db: Executor, list_id: UUID, email_or_id: str) -> Row | None:
@@ -212,8 +232,8 @@ async def page_imports(
 async def insert_campaign(db: Executor, fields: Row) -> Row:
     record = await db.fetchrow(
         "INSERT INTO campaigns (name, subject, html, text, from_email, from_name, list_id,"  # noqa: S608
-        " provider, template_id, template_version, tracking)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        " provider, template_id, template_version, tracking, guard)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         f" RETURNING {CAMPAIGN_COLUMNS}",
         fields["name"],
         fields["subject"],
@@ -226,9 +246,18 @@ async def insert_campaign(db: Executor, fields: Row) -> Row:
         fields.get("template_id"),
         fields.get("template_version"),
         fields.get("tracking", True),
+        guard_thresholds(fields.get("guard")),
     )
     assert record is not None
     return dict(record)
+
+
+def guard_thresholds(guard: Row | None) -> Row | None:
+    """What `campaigns.guard` stores: only the keys given (None: the global settings)."""
+    if not guard:
+        return None
+    given = {key: value for key, value in guard.items() if value is not None}
+    return given or None
 
 
 async def get_campaign(db: Executor, campaign_id: UUID, *, lock: bool = False) -> Row | None:
@@ -267,8 +296,10 @@ async def update_campaign_content(db: Executor, campaign_id: UUID, changes: Row)
     """Apply `changes` if the campaign is still editable (compare-and-set on status)."""
     allowed = (
         "name", "subject", "html", "text", "from_email", "from_name", "list_id", "provider",
-        "tracking",
+        "tracking", "guard",
     )  # fmt: skip
+    if "guard" in changes:
+        changes = {**changes, "guard": guard_thresholds(changes["guard"])}
     names = [name for name in allowed if name in changes]
     sets = ", ".join(f"{name} = ${i + 2}" for i, name in enumerate(names))
     sql = (
@@ -283,17 +314,26 @@ async def update_campaign_content(db: Executor, campaign_id: UUID, changes: Row)
 
 
 async def mark_scheduled(
-    db: Executor, campaign_id: UUID, send_at: datetime, timezone: str
+    db: Executor,
+    campaign_id: UUID,
+    send_at: datetime,
+    timezone: str,
+    local_send_at: datetime | None = None,
+    send_window: dict[str, Any] | None = None,
 ) -> Row | None:
-    """draft|scheduled → scheduled with a new revision; None when the status does not allow it."""
+    """draft|scheduled → scheduled with a new revision; None when the status does not allow it.
+    `local_send_at` (a wall time) makes it a local-time schedule."""
     record = await db.fetchrow(
         "UPDATE campaigns SET status = 'scheduled', send_at = $2, timezone = $3,"  # noqa: S608
-        " schedule_revision = schedule_revision + 1, updated_at = now()"
+        " schedule_revision = schedule_revision + 1, updated_at = now(),"
+        " local_time = $5::timestamp IS NOT NULL, local_send_at = $5, send_window = $6"
         f" WHERE id = $1 AND status = ANY($4::text[]) RETURNING {CAMPAIGN_COLUMNS}",
         campaign_id,
         send_at,
         timezone,
         list(EDITABLE_STATUSES),
+        local_send_at,
+        send_window,
     )
     return _row(record)
 
@@ -302,11 +342,33 @@ async def mark_unscheduled(db: Executor, campaign_id: UUID) -> Row | None:
     """scheduled → draft with a new revision (which outdates the earlier schedule)."""
     record = await db.fetchrow(
         "UPDATE campaigns SET status = 'draft', send_at = NULL,"  # noqa: S608
+        " local_time = false, local_send_at = NULL, send_window = NULL,"
         " schedule_revision = schedule_revision + 1, updated_at = now()"
         f" WHERE id = $1 AND status = 'scheduled' RETURNING {CAMPAIGN_COLUMNS}",
         campaign_id,
     )
     return _row(record)
+
+
+async def zone_progress(db: Executor, campaign_id: UUID) -> tuple[int, list[Row]] | None:
+    """The scheduler's plan, for display: recipients whose `timezone` field was invalid,
+    and the recipients not yet emitted per zone with their next due instant. None before
+    the plan, or for a plan without zones."""
+    invalid = await db.fetchval(
+        "SELECT invalid_timezones FROM campaign_plans WHERE campaign_id = $1", campaign_id
+    )
+    if invalid is None:
+        return None
+    rows = await db.fetch(
+        """
+        SELECT zone, min(due_at) AS due_at, sum(cardinality(recipient_ids))::int AS recipients
+          FROM batch_plans
+         WHERE campaign_id = $1 AND emitted = 0 AND zone IS NOT NULL
+         GROUP BY zone ORDER BY min(due_at), zone
+        """,
+        campaign_id,
+    )
+    return int(invalid), [dict(r) for r in rows]
 
 
 async def campaign_counters(db: Executor, campaign_id: UUID) -> Row | None:

@@ -9,6 +9,7 @@ from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from libs.common.events import SendWindow, WallTime
 from libs.common.settings import ProviderName
 from services.api.keys import Role
 from services.api.scheduling import UnknownTimezone, zone
@@ -58,13 +59,43 @@ class Page(BaseModel, Generic[T]):
 # ----- lists -----
 
 
+def _known_zone(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            zone(value)
+        except UnknownTimezone as exc:
+            raise ValueError(str(exc)) from exc
+    return value
+
+
+_ZONE_OF_LIST = (
+    "IANA zone of the list's recipients who have no valid `timezone` merge field; used by "
+    "local-time delivery and send windows (else the campaign's zone)."
+)
+
+
 class ListCreate(Strict):
     name: Text = Field(min_length=1, max_length=200, examples=["Newsletter subscribers"])
+    default_timezone: Text | None = Field(
+        None, max_length=64, description=_ZONE_OF_LIST, examples=["Europe/Berlin"]
+    )
+
+    _zone = field_validator("default_timezone")(_known_zone)
+
+
+class ListUpdate(Strict):
+    """Only the fields given change; `default_timezone: null` clears it."""
+
+    name: Text | None = Field(None, min_length=1, max_length=200)
+    default_timezone: Text | None = Field(None, max_length=64, description=_ZONE_OF_LIST)
+
+    _zone = field_validator("default_timezone")(_known_zone)
 
 
 class ListOut(BaseModel):
     id: UUID
     name: str
+    default_timezone: str | None = None
     created_at: datetime
     recipient_count: int | None = Field(None, description="Shown when reading one list.")
 
@@ -104,6 +135,24 @@ def _check_email(value: str | None) -> str | None:
     return value
 
 
+class CampaignGuard(Strict):
+    """The reputation guard's thresholds for this campaign (issue 14 item 5). A field left
+    out, or null, keeps the global MAILFLEET_GUARD_* value; a maximum of 0 turns that check
+    off. Rates are shares (0.05 = 5 %) over the guard's sliding window."""
+
+    enabled: bool | None = Field(None, description="false: the guard never pauses it.")
+    max_hard_bounce_rate: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    min_sends: int | None = Field(
+        None, ge=1, le=10_000_000, description="Sends in the window before bounces count."
+    )
+    max_complaint_rate: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    min_delivered: int | None = Field(
+        None, ge=1, le=10_000_000, description="Delivered in the window before complaints count."
+    )
+    max_deferral_rate: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    max_provider_error_rate: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+
+
 class CampaignCreate(Strict):
     """Content is either `subject` + `html` (+ `text`), or `template_id` (+ `template_version`),
     whose content is copied into the campaign."""
@@ -129,6 +178,7 @@ class CampaignCreate(Strict):
         description="Own open and click tracking: links in the HTML go through signed redirects"
         " on the edge and an open pixel is added (the unsubscribe link never changes).",
     )
+    guard: CampaignGuard | None = Field(None, description="Default: the global thresholds.")
 
     _email = field_validator("from_email")(_check_email)
 
@@ -145,6 +195,7 @@ class CampaignUpdate(Strict):
     list_id: UUID | None = None
     provider: ProviderName | None = None
     tracking: bool | None = Field(None, description="Own open and click tracking on or off.")
+    guard: CampaignGuard | None = Field(None, description="null: the global thresholds again.")
 
     _email = field_validator("from_email")(_check_email)
 
@@ -158,19 +209,24 @@ class ScheduleRequest(Strict):
     timezone: Text | None = Field(
         None,
         max_length=64,
-        description="IANA zone; default MAILFLEET_DEFAULT_TIMEZONE.",
+        description="IANA zone; default MAILFLEET_DEFAULT_TIMEZONE. With `local_time`, the "
+        "zone of recipients with no valid `timezone` field when their list has no default.",
         examples=["Asia/Kolkata"],
     )
+    local_time: bool = Field(
+        False,
+        description="Deliver at `send_at`'s wall time in each recipient's zone: their "
+        "`timezone` merge field (IANA), else the list's `default_timezone`, else `timezone`. "
+        "Needs a `send_at` without offset. The campaign starts when the first zone (UTC+14) "
+        "reaches it and spans about 26 hours.",
+    )
+    send_window: SendWindow | None = Field(
+        None,
+        description="Emit batches only inside this window of the recipient's local time; "
+        "the others wait for its next opening.",
+    )
 
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                zone(value)
-            except UnknownTimezone as exc:
-                raise ValueError(str(exc)) from exc
-        return value
+    _zone = field_validator("timezone")(_known_zone)
 
 
 class StatsOut(BaseModel):
@@ -259,6 +315,12 @@ class TimelineOut(BaseModel):
     points: list[TimelinePoint]
 
 
+class ZoneWaiting(BaseModel):
+    zone: str
+    due_at: datetime = Field(description="When its next batch goes out (UTC).")
+    recipients: int
+
+
 class CampaignOut(BaseModel):
     id: UUID
     name: str
@@ -285,6 +347,24 @@ class CampaignOut(BaseModel):
     )
     paused_by: Literal["admin", "provider", "guard"] | None = Field(
         None, description="Who paused it: an admin, or a service (a provider outage, the guard)."
+    )
+    guard: CampaignGuard | None = Field(
+        None, description="Its own reputation guard thresholds; null: the global ones."
+    )
+    local_time: bool = Field(False, description="Delivered at local time (see schedule).")
+    local_send_at: WallTime | None = Field(
+        None, description="With local_time: the wall time each recipient gets it at."
+    )
+    send_window: SendWindow | None = None
+    invalid_timezones: int | None = Field(
+        None,
+        description="Recipients whose `timezone` field named no zone (they fell back to the "
+        "list's or campaign's zone); shown once the campaign is planned, when reading one.",
+    )
+    waiting_by_zone: list[ZoneWaiting] | None = Field(
+        None,
+        description="Recipients not yet emitted per zone and when they are due, for a "
+        "local-time or windowed campaign, when reading one.",
     )
     stats: StatsOut | None = Field(None, description="Shown when reading one campaign.")
     warnings: list[str] = Field(

@@ -463,9 +463,10 @@ class BatchDispatcher:
         async with _Slot(self._sending) as slot:
             if verdict is Verdict.SEND:
                 self._raise_if_stopping(batch)
-                verdict = await self._verdict(
-                    batch.campaign_id, self._gate.latest(batch.campaign_id)
-                )
+                # From the database, not the cache: a pause committed before this claim
+                # must stop it (the cache may lag by a refresh, longer on a loaded host,
+                # and an address unsubscribed during the pause was then mailed).
+                verdict = verdict_for(await self._gate.confirmed(batch.campaign_id))
             if verdict is Verdict.HAND_BACK:
                 log.info("batch handed back: campaign paused")
                 BATCHES.labels(provider.name, "handed_back").inc()

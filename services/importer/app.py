@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+from libs.common import suppressions
 from libs.common.blobs import BlobStore
 from libs.common.events import ImportProgress, ImportRequested, Topic
 from libs.common.kafka import Consumed, EventConsumer
@@ -22,7 +23,8 @@ async def main(ctx: ServiceContext, *, group_id: str = GROUP_ID) -> None:
         topic = Topic.IMPORT_COMPLETED if final else Topic.IMPORT_PROGRESS
         await ctx.producer.send(topic, str(event.list_id), event)
 
-    importer = Importer(ImportRepository(ctx.pool), BlobStore(ctx.pool), publish)
+    key = suppressions.erasure_key(ctx.settings.secret_key) if ctx.settings.secret_key else None
+    importer = Importer(ImportRepository(ctx.pool, key), BlobStore(ctx.pool), publish)
 
     async def handle(batch: list[Consumed[ImportRequested]]) -> None:
         # One partition's requests, in order: imports of one list never interleave.

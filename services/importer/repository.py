@@ -25,6 +25,7 @@ from uuid import UUID
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from libs.common import suppressions
 from services.importer.reader import csv_record
 
 # Advisory locks are two int4s: this class says "importer, per list" (objid: the list).
@@ -92,8 +93,10 @@ def _job(record: asyncpg.Record) -> JobState:
 
 
 class ImportRepository:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, erasure_key: bytes | None = None) -> None:
         self.pool = pool
+        # Erased people are refused by their keyed hash (libs/common/suppressions.py).
+        self.erasure_key = erasure_key
 
     async def open_job(self, import_id: UUID, list_id: UUID) -> JobState:
         """The job's row, created `queued` on first sight of the request."""
@@ -142,16 +145,19 @@ class ImportRepository:
             # committed) is redelivered and the import runs again. Saves a flush of the
             # load's WAL on the import's critical path.
             await conn.execute("SET LOCAL synchronous_commit = off")
-            yield ListSession(conn, import_id, list_id)
+            yield ListSession(conn, import_id, list_id, self.erasure_key)
 
 
 class ListSession:
     """One import's work under the list lock: check, load (in a savepoint), finish."""
 
-    def __init__(self, conn: Connection, import_id: UUID, list_id: UUID) -> None:
+    def __init__(
+        self, conn: Connection, import_id: UUID, list_id: UUID, erasure_key: bytes | None = None
+    ) -> None:
         self.conn = conn
         self.import_id = import_id
         self.list_id = list_id
+        self.erasure_key = erasure_key
 
     async def job(self) -> JobState:
         # Re-read under the lock: another importer may have finished it while we waited.
@@ -178,7 +184,7 @@ class ListSession:
     async def load(self) -> AsyncIterator[Loader]:
         """A savepoint around the data load: leaving by an exception undoes all of it."""
         async with self.conn.transaction():
-            yield Loader(self.conn, self.import_id, self.list_id)
+            yield Loader(self.conn, self.import_id, self.list_id, self.erasure_key)
 
     async def finish(self, counts: LoadCounts) -> JobState:
         record = await self.conn.fetchrow(
@@ -224,10 +230,13 @@ class Loader:
     same columns and merged by one upsert (`stage`, then `upsert_staged`).
     """
 
-    def __init__(self, conn: Connection, import_id: UUID, list_id: UUID) -> None:
+    def __init__(
+        self, conn: Connection, import_id: UUID, list_id: UUID, erasure_key: bytes | None = None
+    ) -> None:
         self.conn = conn
         self.import_id = import_id
         self.list_id = list_id
+        self.erasure_key = erasure_key
         # A name of its own per import: asyncpg caches statements by their text.
         self.staged_table = f"import_rows_{import_id.hex}"
 
@@ -276,12 +285,40 @@ class Loader:
             self.list_id,
             timeout=_LOAD_TIMEOUT_S,
         )
+        return int(removed) + await self._remove_erased(
+            "recipients", "list_id = $1 AND", self.list_id
+        )
+
+    async def _remove_erased(self, table: str, scope: str, *args: object) -> int:
+        """Delete the rows of `table` (within `scope`) whose address was erased: its keyed
+        hash is in the suppression list (issue 15 item 5). Each row's hash is computed only
+        when someone was ever erased."""
+        if self.erasure_key is None or not await suppressions.any_erased(self.conn):
+            return 0
+        k = suppressions.ErasureKey.of(self.erasure_key)
+        n = len(args)
+        # The bucket first (COST 1 against the token's 1000, so PostgreSQL tests it first):
+        # only rows whose bucket holds an erased address pay the HMAC.
+        removed = await self.conn.fetchval(
+            f"WITH gone AS (DELETE FROM {table} r WHERE {scope}"  # noqa: S608 - constants
+            f" mailfleet_erased_bucket(r.email, ${n + 3}) IN (SELECT substr(email, 8, 4)"
+            f"  FROM suppressions WHERE {suppressions.ERASED_RANGE_SQL})"
+            f" AND mailfleet_erased_token(r.email, ${n + 1}, ${n + 2}, ${n + 3}) IN"
+            f"  (SELECT email FROM suppressions WHERE {suppressions.ERASED_RANGE_SQL})"
+            " RETURNING 1) SELECT count(*) FROM gone",
+            *args,
+            k.ipad,
+            k.opad,
+            k.seed,
+            timeout=_LOAD_TIMEOUT_S,
+        )
         return int(removed)
 
     async def upsert_staged(self) -> tuple[int, int, int]:
         """After `stage`: (inserted, updated, suppressed). Existing recipients keep the
         fields the file does not name; suppressed addresses are skipped."""
-        suppressed = await self.conn.fetchval(
+        erased = await self._remove_erased(self.staged_table, "")
+        suppressed = erased + await self.conn.fetchval(
             f"SELECT count(*) FROM {self.staged_table} r"  # noqa: S608
             " WHERE EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)",
             timeout=_LOAD_TIMEOUT_S,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -50,6 +51,12 @@ NO_CUTOFF = datetime(1970, 1, 1, tzinfo=UTC)
 TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError)
 TOPIC_CHECK_SECONDS = 5.0
 
+Clock = Callable[[], datetime]
+
+
+def real_clock() -> datetime:
+    return datetime.now(UTC)
+
 
 class BatchEmitter:
     """Publishes the batches the plan says are due. The one path for first emission,
@@ -62,10 +69,16 @@ class BatchEmitter:
     """
 
     def __init__(
-        self, ctx: ServiceContext, repo: ScheduleRepository, policy: ReemitPolicy | None = None
+        self,
+        ctx: ServiceContext,
+        repo: ScheduleRepository,
+        policy: ReemitPolicy | None = None,
+        clock: Clock = real_clock,
     ) -> None:
         self.ctx = ctx
         self.repo = repo
+        # When zoned batches are due and send windows open (tests drive it).
+        self.clock = clock
         self.policy = policy or reemit_policy(ctx.settings, get_dispatcher_settings())
         self._plans: dict[object, PlanSummary] = {}
 
@@ -74,7 +87,9 @@ class BatchEmitter:
         after a broker loss), and batches the re-emission policy finds stalled."""
         total = 0
         while not self.ctx.stop.is_set():
-            window_of = self.repo.batches_to_emit(emitted_before, EMIT_WINDOW, self.policy)
+            window_of = self.repo.batches_to_emit(
+                emitted_before, EMIT_WINDOW, self.policy, now=self.clock()
+            )
             async with window_of as window:
                 if not window.batches:
                     return total
@@ -177,7 +192,11 @@ async def _consume_schedules(ctx: ServiceContext, repo: ScheduleRepository) -> N
         for item in events:
             e = item.event
             with bound_contextvars(campaign_id=str(e.campaign_id)):
-                request = ScheduleRequest(e.campaign_id, e.send_at, e.timezone, e.revision)
+                request = ScheduleRequest(
+                    e.campaign_id, e.send_at, e.timezone, e.revision,
+                    local_time=e.local_time, local_send_at=e.local_send_at,
+                    send_window=e.send_window.model_dump() if e.send_window else None,
+                )  # fmt: skip
                 if await repo.record_schedule(request):
                     log.info("schedule recorded", send_at=e.send_at.isoformat(), rev=e.revision)
                 else:
@@ -238,10 +257,13 @@ async def _clock(ctx: ServiceContext, repo: ScheduleRepository, emitter: BatchEm
     loop = asyncio.get_running_loop()
     while not ctx.stop.is_set():
         try:
-            for campaign_id in await repo.due_campaigns():
+            for campaign_id in await repo.due_campaigns(now=emitter.clock()):
                 with bound_contextvars(campaign_id=str(campaign_id)):
                     plan = await repo.claim_and_plan(
-                        campaign_id, settings.batch_size, settings.kafka_max_message_bytes
+                        campaign_id,
+                        settings.batch_size,
+                        settings.kafka_max_message_bytes,
+                        now=emitter.clock(),
                     )
                     if plan is not None:
                         CAMPAIGNS_CLAIMED.inc()
@@ -250,6 +272,7 @@ async def _clock(ctx: ServiceContext, repo: ScheduleRepository, emitter: BatchEm
                             audience=plan.audience_total,
                             suppressed=plan.suppressed_total,
                             batches=plan.batches_total,
+                            invalid_timezones=plan.invalid_timezones,
                         )
             cutoff = NO_CUTOFF
             if loop.time() >= next_topic_check:
@@ -271,9 +294,10 @@ async def _clock(ctx: ServiceContext, repo: ScheduleRepository, emitter: BatchEm
             await asyncio.wait_for(ctx.stop.wait(), settings.scheduler_tick_seconds)
 
 
-async def main(ctx: ServiceContext) -> None:
+async def main(ctx: ServiceContext, clock: Clock = real_clock) -> None:
+    """`clock`: when campaigns and zoned batches are due (tests drive it)."""
     repo = ScheduleRepository(ctx.pool)
-    emitter = BatchEmitter(ctx, repo)
+    emitter = BatchEmitter(ctx, repo, clock=clock)
     await asyncio.gather(
         _consume_schedules(ctx, repo),
         _consume_control(ctx, repo),

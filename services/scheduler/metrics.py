@@ -15,3 +15,12 @@ BATCHES_SET_ASIDE = Counter(
     "Batches whose batch.ready could not be published (over max.message.bytes): their "
     "recipients are reported failed with the reason.",
 )
+BATCHES_WINDOW_DEFERRED = Counter(
+    "mailfleet_scheduler_batches_window_deferred_total",
+    "Due batches held because their campaign's send window was closed in their zone "
+    "(their due time moved to the next opening).",
+)
+INVALID_TIMEZONES = Counter(
+    "mailfleet_scheduler_invalid_timezones_total",
+    "Recipients planned in a fallback zone because their `timezone` field named no zone.",
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 
@@ -46,6 +47,8 @@ class PlanSummary:
     audience_total: int
     suppressed_total: int
     batches_total: int
+    # Recipients whose `timezone` field named no zone: planned in the fallback zone.
+    invalid_timezones: int = 0
 
     @property
     def sendable(self) -> int:
@@ -58,3 +61,6 @@ class ScheduleRequest:
     send_at: datetime
     timezone: str
     revision: int
+    local_time: bool = False
+    local_send_at: datetime | None = None  # naive wall time, with local_time
+    send_window: dict[str, Any] | None = None

@@ -11,12 +11,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
+from libs.common.events import SendWindow
+from libs.common.logging import get_logger
+from libs.common.sendtime import known_zones, local_instant, next_opening, zone_or_none
+from services.scheduler.metrics import BATCHES_WINDOW_DEFERRED, INVALID_TIMEZONES
 from services.scheduler.planner import (
     RECIPIENT_OVERHEAD_BYTES,
     PlanSummary,
@@ -24,6 +28,8 @@ from services.scheduler.planner import (
     byte_chunk,
     recipient_bytes_budget,
 )
+
+log = get_logger(__name__)
 
 # The default topic limit (1 MiB), for callers that do not pass theirs.
 _DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
@@ -100,13 +106,17 @@ class ScheduleRepository:
                 """
                 UPDATE campaigns
                    SET status = 'scheduled', send_at = $2, timezone = $3,
-                       schedule_revision = $4, updated_at = now()
+                       schedule_revision = $4, updated_at = now(),
+                       local_time = $5, local_send_at = $6, send_window = $7
                  WHERE id = $1 AND status = 'draft' AND schedule_revision < $4
                 """,
                 request.campaign_id,
                 request.send_at,
                 request.timezone,
                 request.revision,
+                request.local_time,
+                request.local_send_at if request.local_time else None,
+                request.send_window,
             )
         return True
 
@@ -125,14 +135,16 @@ class ScheduleRepository:
             revision,
         )
 
-    async def due_campaigns(self, limit: int = 20) -> list[UUID]:
+    async def due_campaigns(self, limit: int = 20, now: datetime | None = None) -> list[UUID]:
+        """Schedules due by the scheduler's clock `now` (default: the real time)."""
         rows = await self.pool.fetch(
             """
             SELECT campaign_id FROM schedules
-             WHERE claimed_at IS NULL AND send_at <= now()
+             WHERE claimed_at IS NULL AND send_at <= $2
              ORDER BY send_at LIMIT $1
             """,
             limit,
+            now or datetime.now(UTC),
         )
         return [r["campaign_id"] for r in rows]
 
@@ -141,29 +153,35 @@ class ScheduleRepository:
         campaign_id: UUID,
         batch_size: int,
         max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
+        now: datetime | None = None,
     ) -> PlanSummary | None:
         """Claim a due campaign exactly once and write its batch plan, in one transaction.
 
         The claim is a compare-and-set of the campaign's status, so two schedulers never
         both start it. Repeatable read: the audience counted is the audience planned.
+        `now` is the scheduler's clock (default: the real time).
         """
         try:
-            return await self._claim_and_plan(campaign_id, batch_size, max_message_bytes)
+            return await self._claim_and_plan(
+                campaign_id, batch_size, max_message_bytes, now or datetime.now(UTC)
+            )
         except asyncpg.SerializationError:
             return None  # another scheduler claimed it first
 
     async def _claim_and_plan(
-        self, campaign_id: UUID, batch_size: int, max_message_bytes: int
+        self, campaign_id: UUID, batch_size: int, max_message_bytes: int, now: datetime
     ) -> PlanSummary | None:
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             campaign = await conn.fetchrow(
                 """
                 UPDATE campaigns
                    SET status = 'in_progress', started_at = now(), updated_at = now()
-                 WHERE id = $1 AND status = 'scheduled' AND send_at <= now()
-                RETURNING list_id, subject, html, text, from_email, from_name, provider
+                 WHERE id = $1 AND status = 'scheduled' AND send_at <= $2
+                RETURNING list_id, subject, html, text, from_email, from_name, provider,
+                          send_at, timezone, local_time, local_send_at, send_window
                 """,
                 campaign_id,
+                now,
             )
             if campaign is None:
                 # Not claimable now: claimed by another scheduler, unscheduled, cancelled, or
@@ -174,9 +192,10 @@ class ScheduleRepository:
                     UPDATE schedules s SET send_at = c.send_at, revision = c.schedule_revision
                       FROM campaigns c
                      WHERE s.campaign_id = $1 AND c.id = $1
-                       AND c.status = 'scheduled' AND c.send_at > now()
+                       AND c.status = 'scheduled' AND c.send_at > $2
                     """,
                     campaign_id,
+                    now,
                 )
                 await conn.execute(
                     """
@@ -211,9 +230,17 @@ class ScheduleRepository:
                 campaign["list_id"],
             )
             assert counts is not None  # an aggregate always returns a row
-            batches = await _plan_batches(
-                conn, campaign_id, campaign["list_id"], batch_size, max_message_bytes
-            )
+            invalid = 0
+            if campaign["local_time"] or campaign["send_window"] is not None:
+                batches, invalid = await _plan_zoned_batches(
+                    conn, campaign_id, campaign, batch_size, max_message_bytes
+                )
+                INVALID_TIMEZONES.inc(invalid)
+                log.info("zoned plan", batches=batches, invalid_timezones=invalid)
+            else:
+                batches = await _plan_batches(
+                    conn, campaign_id, campaign["list_id"], batch_size, max_message_bytes
+                )
             summary = PlanSummary(
                 campaign_id=campaign_id,
                 content_id=content_id,
@@ -221,12 +248,13 @@ class ScheduleRepository:
                 audience_total=counts["audience"],
                 suppressed_total=counts["suppressed"],
                 batches_total=batches,
+                invalid_timezones=invalid,
             )
             await conn.execute(
                 """
                 INSERT INTO campaign_plans (campaign_id, content_id, provider, audience_total,
-                                            suppressed_total, batches_total)
-                VALUES ($1, $2, $3, $4, $5, $6)
+                                            suppressed_total, batches_total, invalid_timezones)
+                VALUES ($1, $2, $3, $4, $5, $6, $7)
                 """,
                 campaign_id,
                 content_id,
@@ -234,6 +262,7 @@ class ScheduleRepository:
                 summary.audience_total,
                 summary.suppressed_total,
                 summary.batches_total,
+                summary.invalid_timezones,
             )
             if summary.batches_total == 0:
                 # Nothing to send: no batch will ever come back, so finish it here.
@@ -256,11 +285,16 @@ class ScheduleRepository:
             audience_total=row["audience_total"],
             suppressed_total=row["suppressed_total"],
             batches_total=row["batches_total"],
+            invalid_timezones=row["invalid_timezones"],
         )
 
     @asynccontextmanager
     async def batches_to_emit(
-        self, emitted_before: datetime, limit: int, policy: ReemitPolicy | None = None
+        self,
+        emitted_before: datetime,
+        limit: int,
+        policy: ReemitPolicy | None = None,
+        now: datetime | None = None,
     ) -> AsyncIterator[EmitWindow]:
         """Lock and yield batches never emitted, or not yet accounted for by the tracker and
         either last emitted before `emitted_before` (a broker loss, a resume) or stalled by
@@ -269,40 +303,19 @@ class ScheduleRepository:
         emitted, and when each may be expected to show progress.
 
         Locked with SKIP LOCKED so that several schedulers share the work, never repeat it.
+
+        A batch of a zoned plan (issue 17) waits for its `due_at` by the scheduler's clock
+        `now` (default: the real time), and, when its campaign has a send window, for the
+        window to be open in its zone: one found outside has its `due_at` moved to the next
+        opening. A cancelled campaign's batches wait for neither (they are only reported).
         """
+        clock = now or datetime.now(UTC)
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                """
-                SELECT b.batch_id, b.campaign_id, b.batch_no, b.recipient_ids, b.emitted,
-                       b.set_aside_reason, p.provider
-                  FROM batch_plans b
-                  JOIN campaigns c ON c.id = b.campaign_id
-                                   AND c.status IN ('in_progress', 'cancelled')
-                  JOIN campaign_plans p ON p.campaign_id = b.campaign_id
-                 CROSS JOIN LATERAL (SELECT make_interval(
-                        secs => $3::float8 * power(2, least(greatest(b.emitted - 1, 0), 6))
-                       ) AS backoff) k
-                 WHERE (b.emitted = 0
-                        OR b.last_emitted_at < $1::timestamptz
-                        OR ($3::float8 IS NOT NULL
-                            AND now() > coalesce(b.expected_by, b.last_emitted_at) + k.backoff
-                            AND NOT EXISTS (
-                                SELECT 1 FROM send_ledger l
-                                 WHERE l.batch_id = b.batch_id
-                                   AND greatest(l.started_at, l.finished_at) > now() - k.backoff)
-                            AND NOT EXISTS (
-                                SELECT 1 FROM tracker_batches t
-                                 WHERE t.campaign_id = b.campaign_id
-                                   AND t.folded_at > now() - k.backoff)))
-                   AND NOT EXISTS (SELECT 1 FROM tracker_batches t WHERE t.batch_id = b.batch_id)
-                 ORDER BY b.campaign_id, b.batch_no
-                 LIMIT $2
-                   FOR UPDATE OF b SKIP LOCKED
-                """,
-                emitted_before,
-                limit,
-                policy.base_s if policy is not None else None,
-            )
+            while True:  # until a batch may go, or none is due: deferred ones are not due
+                rows = await _due_rows(conn, emitted_before, limit, policy, clock)
+                if not rows or await _defer_closed(conn, rows, clock) < len(rows):
+                    break
+            rows = [r for r in rows if not r["deferred"]]
             if not rows:
                 yield EmitWindow([])
                 return
@@ -443,6 +456,97 @@ async def _plan_batches(
     return int(result.split()[-1])
 
 
+async def _plan_zoned_batches(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    campaign_id: UUID,
+    campaign: asyncpg.Record,
+    batch_size: int,
+    max_message_bytes: int,
+) -> tuple[int, int]:
+    """The plan of a local-time campaign, or of one with a send window: `_plan_batches`'s
+    cut, partitioned by each recipient's zone, every batch with its zone and `due_at`.
+
+    The zone: the recipient's `timezone` field (an IANA name, any case), else the list's
+    default zone, else the campaign's, else UTC. A field naming no zone falls back and is
+    counted. `due_at`: the local wall time in that zone (local time), or the campaign's
+    instant. Zones are resolved and instants computed here (libs.common.sendtime), once
+    per known zone, and joined in as parameters. Returns (batches, invalid zones)."""
+    list_default = await conn.fetchval(
+        "SELECT default_timezone FROM lists WHERE id = $1", campaign["list_id"]
+    )
+    fallback = next(
+        name
+        for name in (list_default, campaign["timezone"], "UTC")
+        if name and zone_or_none(name) is not None
+    )
+    wall = campaign["local_send_at"] if campaign["local_time"] else None
+
+    def due_in(name: str) -> datetime:
+        tz = zone_or_none(name)
+        if wall is None or tz is None:
+            return campaign["send_at"]
+        return local_instant(wall, tz)
+
+    # One name per key: a recipient matches one zone, whatever the case of its field.
+    # Zones are numbered in the order they fall due: the plan sorts integers, not names.
+    by_key = {n.lower(): n for n in reversed(known_zones())}
+    by_key.setdefault(fallback.lower(), fallback)
+    names = sorted(by_key.values(), key=lambda n: (due_in(n), n))
+    due = [due_in(n) for n in names]
+    fallback_no = names.index(by_key[fallback.lower()]) + 1
+    largest = await conn.fetchval(
+        f"""
+        SELECT coalesce(max({_RECIPIENT_SIZE}), 0) FROM recipients r
+         WHERE r.list_id = $1
+           AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)
+        """,  # noqa: S608 - constants only
+        campaign["list_id"],
+    )
+    chunk = byte_chunk(recipient_bytes_budget(max_message_bytes), int(largest))
+    counts = await conn.fetchrow(
+        f"""
+        WITH z AS (SELECT * FROM unnest($5::text[]) WITH ORDINALITY AS z(key, zone_no)),
+        sized AS (
+            SELECT r.id, {_RECIPIENT_SIZE} AS size, coalesce(z.zone_no, $8) AS zone_no,
+                   z.zone_no IS NULL AND coalesce(btrim(r.fields->>'timezone'), '') <> ''
+                       AS invalid
+              FROM recipients r
+              LEFT JOIN z ON z.key = lower(btrim(r.fields->>'timezone'))
+             WHERE r.list_id = $2
+               AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)),
+        windowed AS (
+            SELECT id, zone_no, invalid,
+                   (sum(size) OVER (PARTITION BY zone_no ORDER BY id) - size) / $4 AS window_no
+              FROM sized),
+        numbered AS (
+            SELECT *, row_number() OVER (PARTITION BY zone_no, window_no ORDER BY id) AS n
+              FROM windowed),
+        cut AS (
+            SELECT id, zone_no, invalid,
+                   dense_rank() OVER (ORDER BY zone_no, window_no, (n - 1) / $3) - 1 AS batch_no
+              FROM numbered),
+        planned AS (
+            INSERT INTO batch_plans (batch_id, campaign_id, batch_no, recipient_ids, zone, due_at)
+            SELECT $1::text || ':' || batch_no, $1::uuid, batch_no, array_agg(id ORDER BY id),
+                   ($6::text[])[min(zone_no)], ($7::timestamptz[])[min(zone_no)]
+              FROM cut GROUP BY batch_no
+            RETURNING 1)
+        SELECT (SELECT count(*) FROM planned) AS batches,
+               (SELECT count(*) FROM cut WHERE invalid) AS invalid
+        """,  # noqa: S608 - only constants are formatted in
+        str(campaign_id),
+        campaign["list_id"],
+        batch_size,
+        chunk,
+        [n.lower() for n in names],
+        names,
+        due,
+        fallback_no,
+    )
+    assert counts is not None
+    return int(counts["batches"]), int(counts["invalid"])
+
+
 # Dispatchers do not send in emission order: each takes the batches of all its partitions
 # at once, and sends at its share of the rate (its share of the partitions), however
 # unevenly the batches spread over them. So any queued batch may be the last to go, and
@@ -452,7 +556,7 @@ _BACKLOG_SLACK = 2.0
 
 async def _backlog_seconds(
     conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
-    rows: list[asyncpg.Record],
+    rows: list[dict[str, Any]],
     rates: dict[str, float],
 ) -> list[float]:
     """For each batch of the window: how long its provider's rate limit may take to send
@@ -477,3 +581,81 @@ async def _backlog_seconds(
         rate = rates.get(row["provider"], 0.0)
         waits.append(_BACKLOG_SLACK * queue.get(row["provider"], 0) / rate if rate > 0 else 0.0)
     return waits
+
+
+async def _due_rows(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    emitted_before: datetime,
+    limit: int,
+    policy: ReemitPolicy | None,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """The batches `batches_to_emit` locks (its doc), with what `_defer_closed` needs."""
+    rows = await conn.fetch(
+        """
+        SELECT b.batch_id, b.campaign_id, b.batch_no, b.recipient_ids, b.emitted,
+               b.set_aside_reason, p.provider, b.zone, c.status, c.send_window
+          FROM batch_plans b
+          JOIN campaigns c ON c.id = b.campaign_id
+                           AND c.status IN ('in_progress', 'cancelled')
+          JOIN campaign_plans p ON p.campaign_id = b.campaign_id
+         CROSS JOIN LATERAL (SELECT make_interval(
+                secs => $3::float8 * power(2, least(greatest(b.emitted - 1, 0), 6))
+               ) AS backoff) k
+         WHERE (b.emitted = 0
+                OR b.last_emitted_at < $1::timestamptz
+                OR ($3::float8 IS NOT NULL
+                    AND now() > coalesce(b.expected_by, b.last_emitted_at) + k.backoff
+                    AND NOT EXISTS (
+                        SELECT 1 FROM send_ledger l
+                         WHERE l.batch_id = b.batch_id
+                           AND greatest(l.started_at, l.finished_at) > now() - k.backoff)
+                    AND NOT EXISTS (
+                        SELECT 1 FROM tracker_batches t
+                         WHERE t.campaign_id = b.campaign_id
+                           AND t.folded_at > now() - k.backoff)))
+           AND NOT EXISTS (SELECT 1 FROM tracker_batches t WHERE t.batch_id = b.batch_id)
+           AND (b.due_at IS NULL OR b.due_at <= $4 OR c.status = 'cancelled')
+         ORDER BY b.campaign_id, b.batch_no
+         LIMIT $2
+           FOR UPDATE OF b SKIP LOCKED
+        """,
+        emitted_before,
+        limit,
+        policy.base_s if policy is not None else None,
+        now,
+    )
+    return [{**r, "deferred": False} for r in rows]
+
+
+async def _defer_closed(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    rows: list[dict[str, Any]],
+    now: datetime,
+) -> int:
+    """Mark `deferred` the rows of campaigns in progress whose send window is closed at
+    `now` in their batch's zone, and move their `due_at` to its next opening. Returns how
+    many were deferred."""
+    moved: list[tuple[str, datetime]] = []
+    campaigns: set[str] = set()
+    for row in rows:
+        if row["status"] != "in_progress" or row["send_window"] is None or row["zone"] is None:
+            continue
+        tz = zone_or_none(row["zone"])
+        if tz is None:  # planned with a zone this process no longer knows: do not hold it
+            continue
+        opening = next_opening(now, tz, SendWindow.model_validate(row["send_window"]).window())
+        if opening > now:
+            row["deferred"] = True
+            moved.append((row["batch_id"], opening))
+            campaigns.add(str(row["campaign_id"]))
+    if moved:
+        await conn.executemany("UPDATE batch_plans SET due_at = $2 WHERE batch_id = $1", moved)
+        BATCHES_WINDOW_DEFERRED.inc(len(moved))
+        log.info(
+            "batches wait for their send window",
+            batches=len(moved),
+            campaign_ids=sorted(campaigns),
+            first_opening=min(at for _, at in moved).isoformat(),
+        )
+    return len(moved)

@@ -18,6 +18,8 @@ SMALL_RUNS = {
     "dkim_sign.py": ["--messages", "20"],
     "edge_pixel.py": ["--requests", "200"],
     "transactional.py": ["--campaign-recipients", "3000", "--rate", "20", "--seconds", "3"],
+    "segment_count.py": ["--recipients", "2000", "--rounds", "2"],
+    "webhooks.py": ["--events", "300", "--campaigns", "10", "--blocked", "2000"],
 }  # fmt: skip
 # What each prints once it has measured (a figure line, not only its banner).
 FIGURES = {
@@ -27,6 +29,8 @@ FIGURES = {
     "dkim_sign.py": "msg/s",
     "edge_pixel.py": "pixel p50",
     "transactional.py": "transactional p99 beside the campaign",
+    "segment_count.py": "baseline: count(*) of the list",
+    "webhooks.py": "blocked rows",
 }
 
 

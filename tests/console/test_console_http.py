@@ -581,3 +581,55 @@ async def test_the_dashboard_follows_every_running_campaign_over_one_stream(
             "UPDATE campaigns SET status = 'cancelled' WHERE id = ANY($1::uuid[])",
             [uuid.UUID(c) for c in running],
         )
+
+
+async def test_scheduling_at_local_time_from_the_console(console: Console) -> None:
+    """Issue 17: the schedule form's "each recipient's own zone" box."""
+    list_id, _ = await _campaign_with_log(console)
+    async with console.client() as editor:
+        await sign_in(editor, "editor@example.com")
+        csrf = await page_csrf(editor)
+        draft = await editor.post(
+            "/console/campaigns/new", data=_campaign_form(csrf, list_id, name="Local")
+        )
+        assert draft.status_code == 303, draft.text
+        campaign_id = draft.headers["location"].rsplit("/", 1)[1]
+        page = await editor.get(f"/console/campaigns/{campaign_id}")
+        assert 'name="local_time"' in page.text
+        preview = await editor.get(
+            "/console/schedule-preview",
+            params={"day": "2030-03-01", "at": "09:00", "timezone": "UTC", "local_time": "true"},
+        )
+        assert "2030-02-28 19:00 UTC" in preview.text and "own zone" in preview.text
+        no_day = await editor.get("/console/schedule-preview", params={"local_time": "true"})
+        assert "Give a date and a time" in no_day.text
+        too_early = await editor.get(
+            "/console/schedule-preview",
+            params={"day": "0001-01-01", "at": "00:00", "timezone": "Asia/Kolkata"},
+        )
+        assert too_early.status_code == 200 and "outside the supported range" in too_early.text
+        scheduled = await editor.post(
+            f"/console/campaigns/{campaign_id}/schedule",
+            data={
+                "csrf_token": csrf,
+                "day": "2030-03-01",
+                "at": "09:00",
+                "timezone": "Asia/Kolkata",
+                "local_time": "true",
+            },
+        )
+        assert scheduled.status_code == 303, scheduled.text
+    row = await console.app.state.resources.db.fetchrow(
+        "SELECT status, send_at, timezone, local_time, local_send_at FROM campaigns WHERE id = $1",
+        uuid.UUID(campaign_id),
+    )
+    assert dict(row) == {
+        "status": "scheduled",
+        "send_at": datetime(2030, 2, 28, 19, 0, tzinfo=UTC),
+        "timezone": "Asia/Kolkata",
+        "local_time": True,
+        "local_send_at": datetime(2030, 3, 1, 9, 0),
+    }
+    await console.app.state.resources.db.execute(
+        "UPDATE campaigns SET status = 'draft' WHERE id = $1", uuid.UUID(campaign_id)
+    )

@@ -59,6 +59,7 @@ def test_every_component_runs_with_health_checks_and_restart_policies(
         "scheduler",
         "dispatcher",
         "tracker",
+        "guard",
         "prometheus",
         "grafana",
     }
@@ -77,7 +78,7 @@ def test_services_get_time_to_shut_down_and_wait_for_the_init_job(
     init = services["init"]
     assert "mailfleet migrate" in " ".join(init["entrypoint"])
     assert "mailfleet create-topics" in " ".join(init["entrypoint"])
-    for name in ("api", "edge", "importer", "scheduler", "dispatcher", "tracker"):
+    for name in ("api", "edge", "importer", "scheduler", "dispatcher", "tracker", "guard"):
         assert services[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
         # 30 s of graceful shutdown needs more than Docker's default 10 s before SIGKILL.
         assert services[name]["stop_grace_period"] in ("40s", "45s", "60s"), name

@@ -64,7 +64,7 @@ def test_every_service_is_scraped_with_a_service_label() -> None:
         for relabel in job.get("relabel_configs", []):
             if relabel.get("target_label") == "service":
                 labelled.add(relabel["replacement"])
-    assert {"api", "edge", "importer", "scheduler", "dispatcher", "tracker"} <= labelled
+    assert {"api", "edge", "importer", "scheduler", "dispatcher", "tracker", "guard"} <= labelled
 
 
 def test_every_alert_the_issue_asks_for_exists_and_is_unit_tested() -> None:
@@ -77,6 +77,7 @@ def test_every_alert_the_issue_asks_for_exists_and_is_unit_tested() -> None:
         "MailfleetDeadLetters",
         "MailfleetCampaignStuck",
         "MailfleetServiceDown",
+        "MailfleetGuardPausedCampaign",
     }
     assert wanted <= alerts
     tests = yaml.safe_load((PROMETHEUS / "tests" / "mailfleet_test.yml").read_text())

@@ -18,7 +18,7 @@ from tests.deploy.metric_refs import PENDING, exported_names, referenced_metrics
 from tests.e2e.harness import RunningStack, start_stack
 
 RECIPIENTS = 300
-BACKGROUND = ["importer", "scheduler", "tracker", "dispatcher-1", "dispatcher-2"]
+BACKGROUND = ["importer", "scheduler", "tracker", "dispatcher-1", "dispatcher-2", "guard"]
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,7 @@ async def stack(
         tmp_path_factory.mktemp("metrics-e2e-logs"),
         dispatchers=2,
         metrics_ports=ports,
+        extra_children=["guard"],  # the reputation alerts read its metrics
     )
     yield running, ports
     await running.stop()

@@ -9,7 +9,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from libs.common.embedded import free_port
-from libs.common.metrics import CampaignGauges, start_ops_server
+from libs.common.metrics import CampaignGauges, longest_stall_seconds, start_ops_server
 
 
 def sample(exposition: str, name: str, **labels: str) -> float:
@@ -59,3 +59,56 @@ async def test_campaign_counts_and_the_longest_stall_are_scraped(pool: asyncpg.P
 
 async def _ready() -> dict[str, bool]:
     return {"database": True}
+
+
+async def test_a_local_time_campaign_waiting_for_its_next_zone_is_not_stalled(
+    pool: asyncpg.Pool,
+) -> None:
+    """Issue 17: between two zones' instants nothing is folded for hours; that is waiting,
+    not a stuck campaign. Once a batch is due and not folded, the stall counts from when it
+    fell due (or the last fold after it)."""
+    list_id, waiting, overdue = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    async with pool.acquire() as conn:
+        await conn.execute("INSERT INTO lists (id, name) VALUES ($1, 'ops')", list_id)
+        for campaign_id in (waiting, overdue):
+            await conn.execute(
+                "INSERT INTO campaigns (id, name, subject, html, from_email, list_id, provider,"
+                " status, started_at, local_time) VALUES ($1, 'c', 's', 'h', 'a@example.com',"
+                " $2, 'sink', 'in_progress', now() - interval '5 hours', true)",
+                campaign_id,
+                list_id,
+            )
+            # One zone went 4 hours ago and was folded; the next is due in 3 hours.
+            await conn.execute(
+                "INSERT INTO batch_plans (batch_id, campaign_id, batch_no, recipient_ids, zone,"
+                " due_at, emitted) VALUES ($1 || ':0', $1::uuid, 0, '{1}', 'Asia/Tokyo',"
+                " now() - interval '4 hours', 1), ($1 || ':1', $1::uuid, 1, '{2}', 'UTC',"
+                " $2, 0)",
+                str(campaign_id),
+                None,
+            )
+            await conn.execute(
+                "INSERT INTO tracker_batches (batch_id, campaign_id, recipients, folded_at)"
+                " VALUES ($1, $2, 1, now() - interval '4 hours')",
+                f"{campaign_id}:0",
+                campaign_id,
+            )
+        await conn.execute(
+            "UPDATE batch_plans SET due_at = now() + interval '3 hours' WHERE batch_id = $1",
+            f"{waiting}:1",
+        )
+        await conn.execute(
+            "UPDATE batch_plans SET due_at = now() - interval '20 minutes' WHERE batch_id = $1",
+            f"{overdue}:1",
+        )
+        try:
+            assert await longest_stall_seconds(conn, [waiting]) == 0
+            stall = await longest_stall_seconds(conn, [overdue])
+            assert 1200 <= stall < 1300  # from when its batch fell due, not 4 h
+        finally:
+            for campaign_id in (waiting, overdue):
+                await conn.execute(
+                    "DELETE FROM tracker_batches WHERE campaign_id = $1", campaign_id
+                )
+                await conn.execute("DELETE FROM batch_plans WHERE campaign_id = $1", campaign_id)
+                await conn.execute("DELETE FROM campaigns WHERE id = $1", campaign_id)

@@ -21,7 +21,13 @@ from services.api.console.delivery_export import delivery_csv
 from services.api.console.forms import field_errors_from_problem, field_errors_from_validation
 from services.api.console.web import STATUS_LABELS, ConsoleRoute, page_or_first, render
 from services.api.routes import campaign_control, campaign_test_sends, campaigns
-from services.api.scheduling import UnknownTimezone, resolve_send_at, zone
+from services.api.scheduling import (
+    UnknownTimezone,
+    UnrepresentableTime,
+    resolve_local_send_at,
+    resolve_send_at,
+    zone,
+)
 from services.api.schemas import CampaignCreate, CampaignUpdate, ScheduleRequest
 
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
@@ -313,19 +319,35 @@ async def test_send(
     return render(request, "_test_send.html", session, results=sent.results)
 
 
-def _when(day: str, at: str, timezone: str, now: datetime) -> tuple[datetime | None, str | None]:
-    """The UTC instant of a date + time in an IANA zone, or an error to show."""
+def _wall(day: str, at: str) -> datetime | None:
+    try:
+        return datetime.combine(date.fromisoformat(day), time.fromisoformat(at or "00:00"))
+    except ValueError:
+        return None
+
+
+def _when(
+    day: str, at: str, timezone: str, now: datetime, local: bool = False
+) -> tuple[datetime | None, str | None]:
+    """The UTC instant of a date + time in an IANA zone (with `local`: when the first zone
+    reaches it, UTC+14), or an error to show."""
     try:
         zone(timezone)
     except UnknownTimezone as exc:
         return None, str(exc)
     if not day and not at:
+        if local:
+            return None, "Give a date and a time to send at in each recipient's zone."
         return now, None
-    try:
-        wall = datetime.combine(date.fromisoformat(day), time.fromisoformat(at or "00:00"))
-    except ValueError:
+    wall = _wall(day, at)
+    if wall is None:
         return None, "Give a date (YYYY-MM-DD) and a time (HH:MM)."
-    return resolve_send_at(wall, timezone, now), None
+    try:
+        if local:
+            return resolve_local_send_at(wall)[1], None
+        return resolve_send_at(wall, timezone, now), None
+    except UnrepresentableTime as exc:
+        return None, str(exc)
 
 
 @router.get("/schedule-preview")
@@ -335,10 +357,20 @@ async def schedule_preview(
     day: Annotated[str, Query(max_length=20)] = "",
     at: Annotated[str, Query(max_length=20)] = "",
     timezone: Annotated[str, Query(max_length=64)] = "UTC",
+    local_time: Annotated[bool, Query()] = False,
 ) -> Response:
     """What the chosen date, time and zone mean: the UTC instant and the person's own time."""
-    instant, error = _when(day, at, timezone, datetime.now(UTC))
-    return render(request, "_schedule_preview.html", session, instant=instant, error=error)
+    instant, error = _when(day, at, timezone, datetime.now(UTC), local_time)
+    return render(
+        request,
+        "_schedule_preview.html",
+        session,
+        instant=instant,
+        error=error,
+        local_time=local_time,
+        wall=f"{day} {at or '00:00'}",
+        zone=timezone,
+    )
 
 
 @router.post("/campaigns/{campaign_id}/schedule")
@@ -349,11 +381,15 @@ async def schedule(
     day: Annotated[str, Form(max_length=20)] = "",
     at: Annotated[str, Form(max_length=20)] = "",
     timezone: Annotated[str, Form(max_length=64)] = "UTC",
+    local_time: Annotated[bool, Form()] = False,
 ) -> Response:
     resources = request.app.state.resources
-    instant, error = _when(day, at, timezone, datetime.now(UTC))
+    instant, error = _when(day, at, timezone, datetime.now(UTC), local_time)
     if error is None and instant is not None:
-        body = ScheduleRequest(send_at=instant if day or at else None, timezone=timezone)
+        if local_time:
+            body = ScheduleRequest(send_at=_wall(day, at), timezone=timezone, local_time=True)
+        else:
+            body = ScheduleRequest(send_at=instant if day or at else None, timezone=timezone)
         await campaigns.schedule_campaign(campaign_id, resources, session.as_caller(), body)
         return RedirectResponse(f"/console/campaigns/{campaign_id}", status_code=303)
     return render(request, "error.html", session, 422, message=error)

@@ -54,7 +54,10 @@ async def _control(
                        paused_by = CASE WHEN $2 <> 'paused' THEN NULL
                                         WHEN status = 'paused' THEN paused_by ELSE 'admin' END,
                        pause_reason = CASE WHEN $2 = 'paused' AND status = 'paused'
-                                           THEN pause_reason END
+                                           THEN pause_reason END,
+                       -- the reputation guard holds off for a while after this resume
+                       guard_resumed_at = CASE WHEN $2 = 'in_progress' AND paused_by = 'guard'
+                                               THEN now() ELSE guard_resumed_at END
                  WHERE id = $1
                 RETURNING *
                 """,

@@ -29,7 +29,11 @@ from services.api.deps import ApiResources, CanEdit, CanRead, Resources
 from services.api.pagination import BadCursor
 from services.api.routes.common import DEFAULT_PAGE, Cursor, Limit, bad_cursor, not_found
 from services.api.routes.senders import schedule_warnings
-from services.api.scheduling import UnrepresentableTime, resolve_send_at
+from services.api.scheduling import (
+    UnrepresentableTime,
+    resolve_local_send_at,
+    resolve_send_at,
+)
 from services.api.schemas import (
     CampaignCreate,
     CampaignOut,
@@ -42,6 +46,7 @@ from services.api.schemas import (
     StatsOut,
     TimelineOut,
     TimelinePoint,
+    ZoneWaiting,
 )
 from services.api.stats import campaign_stats
 from services.api.template_use import resolve_campaign_content
@@ -99,12 +104,22 @@ async def _require_list(resources: ApiResources, list_id: UUID) -> None:
 
 
 async def campaign_with_stats(resources: ApiResources, row: dict[str, Any]) -> CampaignOut:
+    zones: dict[str, Any] = {}
+    if row.get("local_time") or row.get("send_window") is not None:
+        progress = await repository.zone_progress(resources.db, row["id"])
+        if progress is not None:
+            invalid, waiting = progress
+            zones = {
+                "invalid_timezones": invalid,
+                "waiting_by_zone": [ZoneWaiting(**w) for w in waiting],
+            }
     report = await read_models.campaign_report(resources.db, row["id"])
     if report is not None:
-        return CampaignOut(**row, stats=StatsOut(**report))
+        return CampaignOut(**row, **zones, stats=StatsOut(**report))
     # Not planned yet: the audience is the list as it is now.
     list_size = await repository.recipient_count(resources.db, row["list_id"])
-    return CampaignOut(**row, stats=StatsOut(**campaign_stats(None, list_size).as_dict()))
+    stats = StatsOut(**campaign_stats(None, list_size).as_dict())
+    return CampaignOut(**row, **zones, stats=stats)
 
 
 async def _editable_or_problem(resources: ApiResources, campaign_id: UUID, action: str) -> None:
@@ -208,8 +223,12 @@ async def schedule_campaign(
     """Schedule or re-schedule. A `send_at` without offset is wall time in `timezone`."""
     request = body or ScheduleRequest()
     timezone = request.timezone or resources.settings.default_timezone
+    local_send_at = None
     try:
-        send_at = resolve_send_at(request.send_at, timezone, datetime.now(UTC))
+        if request.local_time:
+            local_send_at, send_at = resolve_local_send_at(request.send_at)
+        else:
+            send_at = resolve_send_at(request.send_at, timezone, datetime.now(UTC))
     except UnrepresentableTime as exc:
         raise ProblemError(
             422,
@@ -222,7 +241,10 @@ async def schedule_campaign(
         if current is not None:
             await refuse_costly_templates(resources, current, where="campaign")
         async with resources.db.acquire() as conn, conn.transaction():
-            row = await repository.mark_scheduled(conn, campaign_id, send_at, timezone)
+            window = request.send_window.model_dump() if request.send_window else None
+            row = await repository.mark_scheduled(
+                conn, campaign_id, send_at, timezone, local_send_at, window
+            )
             if row is None:
                 await _editable_or_problem(resources, campaign_id, "schedule")
             assert row is not None
@@ -231,6 +253,9 @@ async def schedule_campaign(
                 send_at=send_at,
                 timezone=timezone,
                 revision=row["schedule_revision"],
+                local_time=request.local_time,
+                local_send_at=local_send_at,
+                send_window=request.send_window,
             )
             # Published before the commit: if the broker refuses, the status change rolls
             # back, so a campaign never shows `scheduled` without its event.
@@ -240,13 +265,20 @@ async def schedule_campaign(
                 caller.actor,
                 "campaign.schedule",
                 Target("campaign", str(campaign_id)),
-                {"send_at": send_at.isoformat(), "timezone": timezone},
+                {
+                    "send_at": send_at.isoformat(),
+                    "timezone": timezone,
+                    "local_send_at": local_send_at.isoformat() if local_send_at else None,
+                    "send_window": window,
+                },
             )
         log.info(
             "campaign scheduled",
             send_at=send_at.isoformat(),
             timezone=timezone,
             revision=row["schedule_revision"],
+            local_time=request.local_time,
+            send_window=window,
         )
     scheduled = await campaign_with_stats(resources, row)
     # After the commit: a slow or failing DNS never holds the transaction or the schedule.

@@ -19,7 +19,7 @@ from services.api.deps import CanEdit, CanRead, Resources
 from services.api.multipart_stream import BadMultipart, MissingFilePart, StreamingUpload
 from services.api.pagination import BadCursor
 from services.api.routes.common import DEFAULT_PAGE, Cursor, Limit, bad_cursor, not_found
-from services.api.schemas import ImportAccepted, ImportOut, ListCreate, ListOut, Page
+from services.api.schemas import ImportAccepted, ImportOut, ListCreate, ListOut, ListUpdate, Page
 
 log = get_logger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["lists"])
@@ -74,7 +74,7 @@ _UPLOAD_BODY = {
     responses=problem_responses(401, 403, 413, 422),
 )
 async def create_list(body: ListCreate, resources: Resources, _: CanEdit) -> ListOut:
-    row = await repository.insert_list(resources.db, body.name)
+    row = await repository.insert_list(resources.db, body.name, body.default_timezone)
     log.info("list created", list_id=str(row["id"]))
     return ListOut(**row, recipient_count=0)
 
@@ -95,6 +95,32 @@ async def get_list(list_id: UUID, resources: Resources, _: CanRead) -> ListOut:
     row = await repository.get_list(resources.db, list_id)
     if row is None:
         raise not_found("list", list_id)
+    count = await repository.recipient_count(resources.db, list_id)
+    return ListOut(**row, recipient_count=count)
+
+
+@router.patch(
+    "/lists/{list_id}", response_model=ListOut, responses=problem_responses(401, 403, 404, 422)
+)
+async def update_list(
+    list_id: UUID, body: ListUpdate, resources: Resources, caller: CanEdit
+) -> ListOut:
+    """Rename a list, or set its `default_timezone` (null clears it). A campaign already
+    planned keeps the zones it was planned with."""
+    changes = body.model_dump(exclude_unset=True)
+    if changes.get("name", "") is None:
+        raise ProblemError(
+            422,
+            "name cannot be null",
+            kind="validation",
+            errors=[FieldError(field="body.name", message="cannot be null")],
+        )
+    async with resources.db.acquire() as conn, conn.transaction():
+        row = await repository.update_list(conn, list_id, changes)
+        if row is None:
+            raise not_found("list", list_id)
+        await record_audit(conn, caller.actor, "list.update", Target("list", str(list_id)), changes)
+    log.info("list updated", list_id=str(list_id), fields=sorted(changes))
     count = await repository.recipient_count(resources.db, list_id)
     return ListOut(**row, recipient_count=count)
 

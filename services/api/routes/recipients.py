@@ -12,6 +12,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Response
 
+from libs.common import suppressions
 from libs.common.addresses import InvalidAddress, normalised_address
 from libs.common.logging import get_logger
 from libs.web.problems import FieldError, ProblemError, problem_responses
@@ -44,6 +45,13 @@ def _address(raw: str, field: str) -> str:
 
 async def _refuse_suppressed(resources: ApiResources, email: str) -> None:
     reason = await recipients_repo.suppression_reason(resources.db, email)
+    secret = resources.settings.secret_key
+    if (
+        reason is None
+        and secret
+        and await suppressions.is_erased(resources.db, email, suppressions.erasure_key(secret))
+    ):
+        reason = "erased"  # the person asked for their data to be erased: never again
     if reason is not None:
         raise ProblemError(
             409,

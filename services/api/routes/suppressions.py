@@ -39,8 +39,10 @@ class SuppressionCreate(Strict):
 
 
 class SuppressionOut(BaseModel):
-    email: str = Field(description="Lower-cased.")
-    reason: SuppressionReason
+    email: str = Field(
+        description="Lower-cased; for an erased person `erased:<keyed hash>` (reason `erased`)."
+    )
+    reason: SuppressionReason | Literal["erased"]
     source: str | None = Field(
         None, description="What added it, e.g. 'sendgrid:bounce' or 'api:<key name>'."
     )

@@ -174,3 +174,23 @@ async def test_a_cancelled_campaigns_batch_is_not_rendered(
     assert time.monotonic() - started < 10
     assert {o.status for o in result.outcomes} == {"cancelled"}
     assert received(sink, campaign) == 0
+
+
+async def test_a_pause_committed_before_the_claim_stops_the_batch_whatever_the_cache_says(
+    pool: asyncpg.Pool, sink: SinkHandle
+) -> None:
+    """The last look before the claim is the database's: with the cache a refresh behind
+    (on a loaded host), a batch claimed after the pause mailed addresses that were
+    unsubscribed during the pause (seen in the chaos test)."""
+    stale = CampaignStatuses(pool, refresh_s=3600)  # never refreshed while the test runs
+    campaign = await new_campaign(pool, "in_progress")
+    first, second = await batches(pool, campaign, 2, 5)
+    async with aiohttp.ClientSession() as session:
+        d = dispatcher(pool, sink, session, stale)
+        await d.dispatch(first)  # the cache now says in_progress
+        await set_status(pool, campaign, "paused")
+        assert stale.latest(campaign) == "in_progress"
+        with pytest.raises(HandedBack) as handed:
+            await d.dispatch(second)
+    assert handed.value.reason == "paused"
+    assert received(sink, campaign) == 5 and await ledger_rows(pool, campaign) == 1
