@@ -23,7 +23,7 @@ from libs.common.kafka import Consumed, EventConsumer
 from libs.common.logging import get_logger
 from libs.common.service import ServiceContext, run_service
 from libs.common.settings import Settings, get_settings
-from libs.common.suppressions import suppressed_among
+from libs.common.suppressions import ErasureKey, erasure_key, suppressed_among
 from libs.common.templating import render_limits
 from libs.mail.circuit_breaker import BreakerState
 from libs.mail.config import DispatcherSettings, get_dispatcher_settings
@@ -261,7 +261,9 @@ async def run_message_lane(
         lane = MessageLane(
             make_dispatcher=make_dispatcher,
             headers=policy,
-            suppressions=PostgresSuppressionReasons(ctx.pool),
+            suppressions=PostgresSuppressionReasons(
+                ctx.pool, ErasureKey.of(erasure_key(settings.secret_key))
+            ),
             templates=PostgresTemplates(ctx.pool),
             accept=PostgresKeys(ctx.pool),
             essential=settings.essential(),

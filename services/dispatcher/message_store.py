@@ -10,6 +10,7 @@ import asyncpg
 
 from libs.common.events import MessageRequested
 from libs.common.idempotency import Accepted, accept
+from libs.common.suppressions import ErasureKey
 from services.dispatcher.messages import Template
 
 
@@ -29,15 +30,28 @@ class PostgresTemplates:
 
 
 class PostgresSuppressionReasons:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    """Suppressions of the addresses, with their reasons, erasures included: a message names
+    its address itself, so (unlike a campaign's recipients, which can never hold an erased
+    address again) it is looked up by its erased token too (migration 0024)."""
+
+    def __init__(self, pool: asyncpg.Pool, erasure: ErasureKey) -> None:
         self._pool = pool
+        self._erasure = erasure
 
     async def __call__(self, emails: list[str]) -> dict[str, str]:
         if not emails:
             return {}
+        k = self._erasure
         rows = await self._pool.fetch(
-            "SELECT email, reason FROM suppressions WHERE email = ANY($1::text[])",
+            "SELECT a.address AS email, s.reason FROM unnest($1::text[]) AS a(address)"
+            " JOIN suppressions s ON s.email = a.address"
+            " UNION ALL"
+            " SELECT a.address, s.reason FROM unnest($1::text[]) AS a(address)"
+            " JOIN suppressions s ON s.email = mailfleet_erased_token(a.address, $2, $3, $4)",
             sorted({e.strip().lower() for e in emails}),
+            k.ipad,
+            k.opad,
+            k.seed,
         )
         return {r["email"]: r["reason"] for r in rows}
 

@@ -9,7 +9,7 @@ writes, so a message goes out at most once, whatever redelivers it), the provide
 is no campaign status (a message cannot be paused) and no per-domain throttle or warm-up.
 
 Essential categories (a settable list) skip the unsubscribe suppressions only: bounces,
-complaints and manual or erasure suppressions still hold. They carry no List-Unsubscribe.
+complaints, manual suppressions and erasures (looked up by their keyed token) still hold. They carry no List-Unsubscribe.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from libs.common.idempotency import accept
 from libs.common.kafka import EventProducer, ensure_topics
 from libs.common.service import ServiceContext
 from libs.common.settings import Settings
-from libs.common.suppressions import add_suppression
+from libs.common.suppressions import add_suppression, erased_token, erasure_key
 from libs.mail.config import DispatcherSettings
 from libs.mail.sink import SinkHandle, SinkMessage, start_sink
 from services.api.app import create_app
@@ -464,3 +464,18 @@ async def test_a_key_is_free_again_after_24_hours(pool: asyncpg.Pool) -> None:
     )
     again = await accept(pool, message_id=second, digest=b"b", source="api", **kwargs)
     assert (again.outcome, again.message_id) == ("new", second)
+
+
+async def test_an_erased_person_is_never_mailed_even_essential(
+    stack: httpx.AsyncClient, sink: SinkHandle, pool: asyncpg.Pool, tx_settings: Settings
+) -> None:
+    to = address()
+    # What an erasure leaves: only the keyed token of the address (migration 0024).
+    token = await erased_token(pool, to, erasure_key(tx_settings.secret_key))
+    assert await add_suppression(pool, token, "erased", "test")
+    answer = await stack.post(
+        "/api/v1/messages", json={"to": to, "content": INLINE, "category": "receipt"}
+    )
+    shown = await final(stack, answer.json()["id"])
+    assert shown["status"] == "suppressed"
+    assert not mails_of(sink, shown["id"])
