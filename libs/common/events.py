@@ -8,6 +8,7 @@ that old consumers cannot read.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -38,6 +39,7 @@ class Topic(StrEnum):
     DELIVERY_EVENT = "delivery.event"
     CONTACT_EVENT = "contact.event"
     CAMPAIGN_STATUS = "campaign.status"
+    MESSAGE_REQUESTED = "message.requested"
 
     @property
     def dlq(self) -> str:
@@ -236,6 +238,11 @@ class DeliveryResult(Event):
     started_at: datetime
     finished_at: datetime
     replayed: bool = Field(False, description="Re-emitted from the send ledger, not re-sent.")
+    # Set for a transactional message (then `campaign_id` is the message id, `batch_id`
+    # `msg:<message id>`, and the only recipient's id is 0): the tracker keeps its status
+    # in `messages` instead of adding it to any campaign's counts.
+    message_id: UUID | None = Field(None, description="The transactional message's id.")
+    category: str | None = Field(None, description="The transactional message's category.")
 
 
 DeliveryEventType = Literal[
@@ -292,6 +299,67 @@ class CampaignStatus(Event):
     reason: str | None = Field(None, description="Why, for a pause that was not an admin's.")
 
 
+MAX_MERGE_DATA_BYTES = 32_000
+CATEGORY_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+
+
+class InlineContent(BaseModel):
+    """A message's own content, rendered like a template (merge fields, sandboxed)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    subject: str = Field(min_length=1, max_length=998)
+    html: str = Field(min_length=1, max_length=1_000_000)
+    text: str | None = Field(None, max_length=1_000_000)
+    from_email: str = Field(min_length=3, max_length=254)
+    from_name: str | None = Field(None, max_length=200)
+
+
+class MessageRequested(Event):
+    """One transactional message: one recipient, a stored template (a version of it, the
+    latest if unset) or inline content, its merge data and an optional category.
+
+    Exactly one of `template_id` and `content`. With a template, the sender is
+    `from_email`/`from_name` (both required then). `idempotency_key`: the same key within
+    24 h sends once; reused with a different message it is refused (dead-lettered here,
+    409 on the API). Key the record by the recipient address.
+    """
+
+    message_id: UUID | None = Field(
+        None, description="Your id for the message (a new one if unset and no key is given)."
+    )
+    idempotency_key: str | None = Field(None, min_length=1, max_length=255)
+    to: str = Field(min_length=3, max_length=254, description="The recipient address.")
+    template_id: UUID | None = None
+    template_version: int | None = Field(None, ge=1, le=100_000)
+    content: InlineContent | None = None
+    from_email: str | None = Field(None, min_length=3, max_length=254)
+    from_name: str | None = Field(None, max_length=200)
+    data: dict[str, Any] = Field(default_factory=dict, description="Merge fields.")
+    category: str | None = Field(
+        None,
+        pattern=CATEGORY_PATTERN,
+        description="e.g. `receipt`, `password_reset`; essential ones ignore unsubscribes.",
+    )
+    track: bool = Field(True, description="Own open and click tracking.")
+    provider: str | None = Field(None, max_length=40, description="Default: the default one.")
+    requested_at: AwareDatetime | None = Field(
+        None, description="When it was asked for (latency is measured from it)."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MessageRequested:
+        if (self.template_id is None) == (self.content is None):
+            raise ValueError("give exactly one of template_id and content")
+        if self.template_id is None and self.template_version is not None:
+            raise ValueError("template_version needs template_id")
+        if self.template_id is not None and not self.from_email:
+            raise ValueError("from_email is required with template_id")
+        if len(json.dumps(self.data, default=str)) > MAX_MERGE_DATA_BYTES:
+            raise ValueError(f"data is larger than {MAX_MERGE_DATA_BYTES} bytes")
+        return self
+
+
 # Which model validates the records of which topic.
 TOPIC_MODELS: dict[Topic, type[Event]] = {
     Topic.CAMPAIGN_SCHEDULED: CampaignScheduled,
@@ -304,6 +372,7 @@ TOPIC_MODELS: dict[Topic, type[Event]] = {
     Topic.DELIVERY_EVENT: DeliveryEvent,
     Topic.CONTACT_EVENT: ContactEvent,
     Topic.CAMPAIGN_STATUS: CampaignStatus,
+    Topic.MESSAGE_REQUESTED: MessageRequested,
 }
 
 

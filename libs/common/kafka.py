@@ -253,8 +253,11 @@ class EventConsumer(Generic[E]):
         max_records: int = 500,
         partitions_in_parallel: bool = False,
         epoch: BrokerEpoch | None = None,
+        fetch_max_wait_ms: int | None = None,
     ) -> None:
         self.settings = settings
+        # A latency-sensitive lane waits less for a fetch (Tansu answers only at its end).
+        self.fetch_max_wait_ms = fetch_max_wait_ms or settings.kafka_fetch_max_wait_ms
         self.topic = topic
         self.model: type[E] = TOPIC_MODELS[topic]  # type: ignore[assignment]
         self.producer = producer
@@ -282,7 +285,7 @@ class EventConsumer(Generic[E]):
             # Tansu's end-offset answers undercount, so "latest" is unreliable there; every
             # handler is idempotent, so starting a new group from the beginning is safe.
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
             session_timeout_ms=self.settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=self.settings.kafka_heartbeat_interval_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,

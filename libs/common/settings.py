@@ -217,6 +217,24 @@ class Settings(BaseSettings):
     )
     # --- end of reputation guard ---
 
+    # --- Transactional messages (issue 18 item 1) ---
+    # Categories an admin marks essential (receipts, password resets): their messages
+    # ignore unsubscribes (and carry no List-Unsubscribe), never hard bounces, complaints or
+    # manual suppressions. Comma-separated, lower-case.
+    essential_categories: str = Field(
+        "receipt,password_reset,security,account",
+        alias="MAILFLEET_ESSENTIAL_CATEGORIES",
+        max_length=2000,
+        pattern=r"^[a-z0-9_.,-]*$",
+    )
+    # Messages one dispatcher sends at once on its `message.requested` lane.
+    message_concurrency: int = Field(64, alias="MAILFLEET_MESSAGE_CONCURRENCY", ge=1, le=1000)
+    # The lane's fetch wait: the broker answers a waiting fetch after this (latency floor).
+    message_fetch_max_wait_ms: int = Field(
+        10, alias="MAILFLEET_MESSAGE_FETCH_MAX_WAIT_MS", ge=1, le=1000
+    )
+    # --- end transactional ---
+
     # Logging.
     log_level: str = Field("INFO", alias="MAILFLEET_LOG_LEVEL")
 
@@ -352,6 +370,9 @@ class Settings(BaseSettings):
         if "unsubscribe_url" not in value:
             raise ValueError("MAILFLEET_UNSUBSCRIBE_FOOTER must contain {{ unsubscribe_url }}")
         return value
+
+    def essential(self) -> frozenset[str]:
+        return frozenset(c.strip() for c in self.essential_categories.split(",") if c.strip())
 
     def require_infrastructure(self) -> None:
         """Fail with a clear message when a service is started without broker or database."""

@@ -89,6 +89,11 @@ class DispatcherSettings(BaseSettings):
     # back on `batch.ready`: well under the consumer's max.poll.interval (300 s).
     throttle_max_wait_s: float = Field(120.0, alias="MAILFLEET_THROTTLE_MAX_WAIT_S", ge=1, le=240)
 
+    # Which consumer loops this instance runs: `all` (campaign batches and transactional
+    # messages), `batches` or `messages` (a fleet of its own for transactional mail, so
+    # that no campaign's CPU load shares its process).
+    lanes: Literal["all", "batches", "messages"] = Field("all", alias="MAILFLEET_DISPATCHER_LANES")
+
     @field_validator("domain_throttles")
     @classmethod
     def _check_throttles(cls, value: str) -> str:

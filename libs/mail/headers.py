@@ -60,3 +60,23 @@ def custom_args(campaign_id: UUID, recipient_id: int, batch_id: str) -> dict[str
         "recipient_id": str(recipient_id),
         "batch_id": batch_id,
     }
+
+
+UNSUBSCRIBE_HEADERS = ("List-Unsubscribe", "List-Unsubscribe-Post")
+
+
+@dataclass(frozen=True)
+class EssentialHeaderPolicy(HeaderPolicy):
+    """Headers of an essential transactional message (a receipt, a password reset): no
+    List-Unsubscribe (nobody can opt out of them, RFC 8058 is for bulk mail) and no
+    unsubscribe footer; the correlation ids stay."""
+
+    unsubscribe_footer: str = ""
+
+    def headers(
+        self, campaign_id: UUID, recipient_id: int, from_email: str, list_id: UUID | None = None
+    ) -> dict[str, str]:
+        headers = super().headers(campaign_id, recipient_id, from_email, list_id)
+        for name in UNSUBSCRIBE_HEADERS:
+            headers.pop(name, None)
+        return headers

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,8 @@ class SinkMessage:
     substitutions: dict[str, str]
     subject_override: str | None
     request: SinkRequest
+    # When the sink accepted it (time.monotonic(), in the sink's process): latency benches.
+    received_at: float = 0.0
 
     @property
     def message_id(self) -> str:
@@ -139,6 +142,7 @@ class SinkState:
             text=content.get("text/plain", ""),
             html=content.get("text/html", ""),
         )
+        now = time.monotonic()
         global_headers = payload.get("headers") or {}
         global_args = payload.get("custom_args") or {}
         count = 0
@@ -152,6 +156,7 @@ class SinkState:
                         substitutions=item.get("substitutions") or {},
                         subject_override=item.get("subject"),
                         request=request,
+                        received_at=now,
                     )
                     self.messages.append(message)
                     campaign = message.custom_args.get("campaign_id", "")

@@ -35,6 +35,7 @@ from services.api.routes import (
     campaigns,
     import_rejections,
     lists,
+    messages,
     ops,
     people,
     recipients,
@@ -127,6 +128,7 @@ def create_app(
     install_console(app, settings)
     app.include_router(audit.router)
     app.include_router(senders.router)
+    app.include_router(messages.router)
     app.include_router(segments.router)
     app.include_router(people.router)
     app.include_router(webhooks.router)

@@ -7,15 +7,23 @@ import os
 import socket
 import uuid
 from functools import partial
+from typing import Any
 
 import aiohttp
 
-from libs.common.events import BatchReady, CampaignControl, DeliveryResult, Topic
+from libs.common.events import (
+    BatchReady,
+    CampaignControl,
+    DeliveryResult,
+    MessageRequested,
+    Topic,
+    encode,
+)
 from libs.common.kafka import Consumed, EventConsumer
 from libs.common.logging import get_logger
 from libs.common.service import ServiceContext, run_service
 from libs.common.settings import Settings, get_settings
-from libs.common.suppressions import suppressed_among
+from libs.common.suppressions import ErasureKey, erasure_key, suppressed_among
 from libs.common.templating import render_limits
 from libs.mail.circuit_breaker import BreakerState
 from libs.mail.config import DispatcherSettings, get_dispatcher_settings
@@ -29,7 +37,13 @@ from services.dispatcher.control_feed import follow_control_events
 from services.dispatcher.dispatch import BatchDispatcher, HandedBack
 from services.dispatcher.durable_ledger import DurableLedgerWrites
 from services.dispatcher.ledger_store import PostgresLedger
-from services.dispatcher.metrics import BREAKER_OPEN, RATE_LIMIT, start_failover_series
+from services.dispatcher.message_store import (
+    PostgresKeys,
+    PostgresSuppressionReasons,
+    PostgresTemplates,
+)
+from services.dispatcher.messages import KeyReused, MessageLane
+from services.dispatcher.metrics import BREAKER_OPEN, MESSAGES, RATE_LIMIT, start_failover_series
 from services.dispatcher.provider_status import publish_provider_status
 from services.dispatcher.provider_status_store import PostgresStatusStore
 from services.dispatcher.throttle_store import PostgresThrottles
@@ -114,6 +128,9 @@ async def main(
     extra = extra or get_dispatcher_settings()
     group_id = group_id or extra.consumer_group
     owner = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    if extra.lanes == "messages":
+        await run_message_lane(ctx, group_id, extra, owner)
+        return
     connector = aiohttp.TCPConnector(limit=ctx.settings.provider_concurrency * 2)
     async with aiohttp.ClientSession(connector=connector) as session:
         providers = build_providers(ctx.settings, extra, session)
@@ -205,12 +222,99 @@ async def main(
         ]
         log.info("dispatcher consuming", group_id=group_id, owner=owner)
         try:
-            await consumer.run(handle, ctx.stop)
+            # The message lane runs beside the batch consumer; either failing ends both.
+            lanes = [consumer.run(handle, ctx.stop)]
+            if extra.lanes == "all":
+                lanes.append(run_message_lane(ctx, group_id, extra, owner))
+            await asyncio.gather(*lanes)
         finally:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await consumer.stop()
+            for provider in providers.values():
+                await provider.close()
+
+
+async def run_message_lane(
+    ctx: ServiceContext, group_id: str, extra: DispatcherSettings, owner: str
+) -> None:
+    """Transactional messages (issue 18 item 1): `message.requested` in its own consumer
+    group, with its own concurrency, providers (own rate limiter, breaker and connections)
+    and render thread, so that no campaign backlog stands before a message."""
+    settings = ctx.settings
+    connector = aiohttp.TCPConnector(limit=settings.provider_concurrency * 2)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        providers = build_providers(settings, extra, session)
+        renderer = RenderPool(1, render_limits(settings))
+        ledger = DurableLedgerWrites(PostgresLedger(ctx.pool))
+        policy = header_policy(settings, extra)
+
+        def make_dispatcher(**parts: Any) -> BatchDispatcher:
+            # No campaign gate (a message cannot be paused) and no domain throttles.
+            return BatchDispatcher(
+                ledger=ledger, providers=providers, owner=owner, mode=settings.delivery_mode,
+                lease_s=extra.ledger_lease_s, stopping=ctx.stop.is_set, renderer=renderer,
+                max_sending=settings.message_concurrency, **parts,
+            )  # fmt: skip
+
+        lane = MessageLane(
+            make_dispatcher=make_dispatcher,
+            headers=policy,
+            suppressions=PostgresSuppressionReasons(
+                ctx.pool, ErasureKey.of(erasure_key(settings.secret_key))
+            ),
+            templates=PostgresTemplates(ctx.pool),
+            accept=PostgresKeys(ctx.pool),
+            essential=settings.essential(),
+            default_provider=settings.default_provider,
+        )
+        slots = asyncio.Semaphore(settings.message_concurrency)
+
+        async def send_one(event: MessageRequested) -> DeliveryResult:
+            async with slots:
+                return await lane.send(event)
+
+        async def handle(items: list[Consumed[MessageRequested]]) -> None:
+            settled = await asyncio.gather(
+                *(send_one(i.event) for i in items), return_exceptions=True
+            )
+            results = [r for r in settled if isinstance(r, DeliveryResult)]
+            await ctx.producer.send_many(
+                Topic.DELIVERY_RESULT, [(str(r.message_id), r) for r in results]
+            )
+            for result in results:
+                MESSAGES.labels(result.outcomes[0].status).inc()
+            for item, outcome in zip(items, settled, strict=True):
+                if isinstance(outcome, KeyReused):
+                    MESSAGES.labels("refused").inc()
+                    log.warning("message refused", reason=str(outcome))
+                    await ctx.producer.send_raw(
+                        Topic.MESSAGE_REQUESTED.dlq, item.event.to.encode(), encode(item.event),
+                        [("reason", str(outcome).encode()),
+                         ("source-topic", Topic.MESSAGE_REQUESTED.value.encode())],
+                    )  # fmt: skip
+            for outcome in settled:
+                if isinstance(outcome, BaseException) and not isinstance(outcome, KeyReused):
+                    raise outcome  # read again (the ledger replays what was sent)
+
+        consumer: EventConsumer[MessageRequested] = EventConsumer(
+            settings,
+            Topic.MESSAGE_REQUESTED,
+            f"{group_id}.messages",
+            ctx.producer,
+            partitions_in_parallel=True,
+            epoch=ctx.epoch,
+            max_records=settings.message_concurrency,
+            fetch_max_wait_ms=settings.message_fetch_max_wait_ms,
+        )
+        await consumer.start()
+        log.info("dispatcher consuming messages", group_id=f"{group_id}.messages")
+        try:
+            await consumer.run(handle, ctx.stop)
+        finally:
+            await consumer.stop()
+            renderer.close()
             for provider in providers.values():
                 await provider.close()
 

@@ -72,3 +72,9 @@ THROTTLED_BATCHES = Counter(
     " per-domain throttle (MAILFLEET_THROTTLE_MAX_WAIT_S).",
     ["provider"],
 )
+MESSAGES = Counter(
+    "mailfleet_dispatcher_messages_total",
+    "Transactional messages handled, by outcome (sent, failed, invalid, unknown, suppressed,"
+    " or refused: an idempotency key reused for another message).",
+    ["outcome"],
+)

@@ -233,7 +233,11 @@ class TrackerStore:
             for counts in added.values():
                 fold.recipients += counts
             fold.conflicts = sum(len(r.outcomes) for r in fresh) - sum(fold.recipients.values())
+            messages = {r.campaign_id for r in fresh if r.message_id is not None}
+            await _write_messages(conn, [r for r in fresh if r.message_id is not None])
             for campaign_id in sorted(added):  # one lock order for every instance
+                if campaign_id in messages:
+                    continue  # a transactional message: no campaign to count it in
                 batches = [r for r in fresh if r.campaign_id == campaign_id]
                 totals = await self._add_to_stats(conn, campaign_id, batches, added[campaign_id])
                 finished = await self._finish_if_accounted(
@@ -661,6 +665,30 @@ class TrackerStore:
             r["email"]: ("bounce", source) for r in rows if r["in_a_row"] >= self.soft_bounce_limit
         }
         return await _insert_suppressions(conn, wanted)
+
+
+async def _write_messages(conn: Conn, results: list[DeliveryResult]) -> None:
+    """The status of each transactional message (inside the batch gate: written once)."""
+    if not results:
+        return
+    rows = [(r, r.outcomes[0]) for r in results if r.outcomes]
+    await conn.execute(
+        """
+        INSERT INTO messages (message_id, recipient, category, status, provider,
+                              provider_message_id, error, sent_at)
+        SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                             $6::text[], $7::text[], $8::timestamptz[])
+        ON CONFLICT (message_id) DO NOTHING
+        """,
+        [r.message_id for r, _ in rows],
+        [o.email.replace("\x00", "") for _, o in rows],
+        [r.category for r, _ in rows],
+        [o.status for _, o in rows],
+        [r.provider for r, _ in rows],
+        [o.message_id for _, o in rows],
+        [o.error.replace("\x00", "")[:1000] if o.error else None for _, o in rows],
+        [_aware(r.finished_at) for r, _ in rows],
+    )
 
 
 async def _insert_suppressions(conn: Conn, wanted: dict[str, tuple[str, str]]) -> Counter[str]:

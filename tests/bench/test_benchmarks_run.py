@@ -17,6 +17,7 @@ SMALL_RUNS = {
     "console_pages.py": ["--recipients", "2000", "--deliveries", "20000", "--rounds", "2"],
     "dkim_sign.py": ["--messages", "20"],
     "edge_pixel.py": ["--requests", "200"],
+    "transactional.py": ["--campaign-recipients", "3000", "--rate", "20", "--seconds", "3"],
     "segment_count.py": ["--recipients", "2000", "--rounds", "2"],
     "webhooks.py": ["--events", "300", "--campaigns", "10", "--blocked", "2000"],
 }  # fmt: skip
@@ -27,6 +28,7 @@ FIGURES = {
     "console_pages.py": "/console/lists",
     "dkim_sign.py": "msg/s",
     "edge_pixel.py": "pixel p50",
+    "transactional.py": "transactional p99 beside the campaign",
     "segment_count.py": "baseline: count(*) of the list",
     "webhooks.py": "blocked rows",
 }

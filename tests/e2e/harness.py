@@ -55,10 +55,12 @@ async def start_stack(
     keep_messages: int | None = None,
     metrics_ports: Mapping[str, int] | None = None,
     extra_children: Sequence[str] = (),
+    message_dispatchers: int = 0,
 ) -> RunningStack:
     """`metrics_ports` maps child names ("importer", "dispatcher-1", ...) to the
     MAILFLEET_METRICS_PORT each serves /metrics on (none by default). `extra_children`
-    names services started besides the usual ones (e.g. "bounces")."""
+    names services started besides the usual ones (e.g. "bounces"). `message_dispatchers`:
+    dispatchers of their own for transactional messages (the others then send batches only)."""
     sink = await start_sink(keep_messages=keep_messages)
     api_port, edge_port = free_port(), free_port()
     api_key = generate_key()
@@ -81,6 +83,15 @@ async def start_stack(
     services = ("api", "edge", "importer", "scheduler", "tracker")
     specs = [ChildSpec(name, name) for name in services]
     specs += [ChildSpec(f"dispatcher-{n + 1}", "dispatcher") for n in range(dispatchers)]
+    if message_dispatchers:
+        for spec in specs[len(services) :]:
+            spec.env["MAILFLEET_DISPATCHER_LANES"] = "batches"
+        specs += [
+            ChildSpec(
+                f"dispatcher-tx-{n + 1}", "dispatcher", {"MAILFLEET_DISPATCHER_LANES": "messages"}
+            )
+            for n in range(message_dispatchers)
+        ]
     specs += [ChildSpec(name, name) for name in extra_children]
     for spec in specs:
         if metrics_ports and spec.name in metrics_ports:
