@@ -114,6 +114,8 @@ class Erased:
     import_rejections: int = 0
     audit_records: int = 0
     segments: int = 0
+    messages: int = 0
+    webhook_deliveries: int = 0
     suppression_replaced: str | None = None
     pending_uploads: int = 0
 
@@ -126,6 +128,8 @@ class Erased:
             "import_rejections": self.import_rejections,
             "audit_records": self.audit_records,
             "segments": self.segments,
+            "messages": self.messages,
+            "webhook_deliveries": self.webhook_deliveries,
             "suppression_replaced": self.suppression_replaced,
             "pending_uploads": self.pending_uploads,
         }
@@ -221,6 +225,29 @@ async def erase(conn: Conn, address: str, key: bytes) -> Erased:
         await conn.fetch(
             "UPDATE segments SET filter = regexp_replace(filter::text, $1, $2, 'gi')::jsonb"
             " WHERE strpos(lower(filter::text), $3) > 0 RETURNING id",
+            pattern,
+            token,
+            address,
+        )
+    )
+    # Transactional messages to the address (the request log and the tracker's status).
+    done.messages = len(
+        await conn.fetch(
+            "UPDATE messages SET recipient = $2, error = NULL"
+            " WHERE lower(recipient) = $1 RETURNING message_id",
+            address,
+            token,
+        )
+    )
+    await conn.execute(
+        "UPDATE message_requests SET recipient = $2 WHERE lower(recipient) = $1", address, token
+    )
+    # Outbound webhook bodies (JSON, kept as the exact bytes signed at each attempt).
+    done.webhook_deliveries = len(
+        await conn.fetch(
+            "UPDATE webhook_deliveries SET payload = convert_to(regexp_replace("
+            " convert_from(payload, 'UTF8'), $1, $2, 'gi'), 'UTF8')"
+            " WHERE strpos(lower(convert_from(payload, 'UTF8')), $3) > 0 RETURNING id",
             pattern,
             token,
             address,

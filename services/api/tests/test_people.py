@@ -91,7 +91,49 @@ async def _columns_holding(pool: asyncpg.Pool, needle: str) -> list[str]:
         )
         if hits:
             found.append(f"{table}.{column}")
+    # Bytes columns (webhook bodies as signed): searched as bytes.
+    for col in await pool.fetch(
+        "SELECT table_name, column_name FROM information_schema.columns"
+        " WHERE table_schema = 'public' AND data_type = 'bytea'"
+    ):
+        table, column = col["table_name"], col["column_name"]
+        hits = await pool.fetchval(
+            f'SELECT count(*) FROM "{table}" WHERE position(convert_to($1, \'UTF8\') IN "{column}") > 0',  # noqa: S608, E501
+            needle,
+        )
+        if hits:
+            found.append(f"{table}.{column}")
     return found
+
+
+async def _plant_message_and_webhook(pool: asyncpg.Pool, address: str) -> None:
+    """A transactional message to the address, and a webhook body naming it."""
+    message_id = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO message_requests (message_id, idempotency_key, body_hash, recipient, source)"
+        " VALUES ($1, $2, '\\x00', $3, 'api')",
+        message_id,
+        f"key-{message_id}",
+        address,
+    )
+    await pool.execute(
+        "INSERT INTO messages (message_id, recipient, status, provider, error, sent_at)"
+        " VALUES ($1, $2, 'failed', 'sink', $3, now())",
+        message_id,
+        address,
+        f"refused: 550 <{address}> unknown",
+    )
+    endpoint = await pool.fetchval(
+        "INSERT INTO webhook_endpoints (url, event_types, secret_sealed)"
+        " VALUES ('https://hooks.example.com/x', '{delivery.open}', '\\x00') RETURNING id"
+    )
+    await pool.execute(
+        "INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, payload,"
+        " next_attempt_at) VALUES ($1, $2, 'delivery.open', $3, now())",
+        endpoint,
+        uuid.uuid4(),
+        f'{{"type": "delivery.open", "data": {{"email": "{address}"}}}}'.encode(),
+    )
 
 
 async def _plant_history(pool: asyncpg.Pool, list_id: str, address: str) -> uuid.UUID:
@@ -170,6 +212,7 @@ async def test_export_then_erase_leaves_nothing_and_the_person_never_returns(
     )
     assert added.status_code == 201
     await _plant_history(pool, list_a, address)
+    await _plant_message_and_webhook(pool, address)
     saved = await api.client.post(
         "/api/v1/segments",
         json={"name": "her", "filter": {"field": "email", "op": "eq", "value": address}},
@@ -188,6 +231,10 @@ async def test_export_then_erase_leaves_nothing_and_the_person_never_returns(
         "import_rejections.raw",
         "audit_log.target_id",
         "segments.filter",
+        "messages.recipient",
+        "messages.error",
+        "message_requests.recipient",
+        "webhook_deliveries.payload",
     }
 
     # Export: admin only, everything in one document, and audited without the address.
@@ -228,6 +275,8 @@ async def test_export_then_erase_leaves_nothing_and_the_person_never_returns(
         "import_rejections": 2,
         "audit_records": 1,
         "segments": 1,
+        "messages": 1,
+        "webhook_deliveries": 1,
         "suppression_replaced": "manual",
         "pending_uploads": 0,
     }
