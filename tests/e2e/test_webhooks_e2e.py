@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import orjson
@@ -99,10 +100,15 @@ async def test_campaign_status_and_bounce_reach_a_signed_https_endpoint(
         bounce = next(r for r in delivered if r.event_type == "delivery.bounce")
         assert bounce.body["data"]["email"] == "p0@webhookse2e.example.com"
         assert bounce.body["data"]["reason"] == "550 5.1.1 no such user"
-        log = await api._json(  # noqa: SLF001
-            "GET", f"/webhooks/{created['id']}/deliveries", 200
-        )
-        assert {d["status"] for d in log["items"]} == {"delivered"}
+
+        # The receiver answers before the sender records the delivery: wait for that.
+        async def all_logged() -> dict[str, Any] | None:
+            log: dict[str, Any] = await api._json(  # noqa: SLF001
+                "GET", f"/webhooks/{created['id']}/deliveries", 200
+            )
+            return log if {d["status"] for d in log["items"]} == {"delivered"} else None
+
+        log = await wait_for(all_logged, timeout=30, what="every delivery logged as delivered")
         assert {d["event_id"] for d in log["items"]} >= {r.event_id for r in delivered}
     finally:
         await api.close()
