@@ -14,12 +14,13 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from aiosmtpd.controller import Controller
 
 from libs.common.cli import generate_key
 from libs.common.embedded import free_port, wait_for_port
@@ -256,3 +257,15 @@ async def plain_campaign(api: ApiClient, name: str, recipients: int) -> str:
         from_email="n@example.com",
         list_id=list_id,
     )
+
+
+@contextlib.contextmanager
+def smtp_server(handler: Any) -> Iterator[int]:
+    """A real SMTP server (aiosmtpd) on 127.0.0.1 with `handler`; yields its port."""
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield port
+    finally:
+        controller.stop()

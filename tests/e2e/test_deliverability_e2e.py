@@ -31,16 +31,14 @@ import asyncpg
 import dkim
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 
-from libs.common.embedded import free_port
 from libs.common.settings import DkimKeyConfig, Settings
 from libs.mail.dkim_signing import load_key, new_key_file
 from libs.mail.tests.dns_server import Zone, dns_server
 from libs.mail.tests.test_dkim_signing import dns_lookup
 from services.bounces.tests.dovecot import PASSWORD, USER, Dovecot, private_dovecot
 from services.bounces.tests.samples import sample
-from tests.e2e.harness import RunningStack, start_stack
+from tests.e2e.harness import RunningStack, smtp_server, start_stack
 
 RECIPIENTS = 2000
 DEAD = 40  # 2 %, refused at RCPT
@@ -88,11 +86,8 @@ def dovecot() -> Iterator[Dovecot]:
 @pytest.fixture(scope="module")
 def mailserver() -> Iterator[tuple[int, Mailserver]]:
     handler = Mailserver()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield port, handler
-    controller.stop()
+    with smtp_server(handler) as port:
+        yield port, handler
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,12 @@ from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 
 from libs.common.embedded import free_port
 from libs.common.events import DeliveryResult, RecipientOutcome, Topic
 from libs.common.kafka import EventProducer
 from libs.common.settings import Settings
-from tests.e2e.harness import RunningStack, start_stack
+from tests.e2e.harness import RunningStack, smtp_server, start_stack
 
 RECIPIENTS = 600  # per campaign
 MIN_SENDS = 200  # the stormy campaign's own guard volume
@@ -55,11 +54,8 @@ class Mailserver:
 @pytest.fixture(scope="module")
 def mailserver() -> Iterator[tuple[int, Mailserver]]:
     handler = Mailserver()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield port, handler
-    controller.stop()
+    with smtp_server(handler) as port:
+        yield port, handler
 
 
 @pytest.fixture(scope="module")
