@@ -271,24 +271,73 @@ class DeliveryEvent(Event):
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
-class ContactEvent(Event):
-    """A recipient acted on a link of a message we sent (published by the edge).
+ContactAction = Literal[
+    "unsubscribe", "subscribed", "confirmed", "joined", "left", "preferences", "custom"
+]
+ContactSource = Literal[
+    "one-click", "page", "form", "api", "import", "confirmation", "preferences", "service"
+]
+CONTACT_EVENT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+MAX_CONTACT_DATA_BYTES = 16_000
 
-    It names the delivery (campaign and recipient ids, from the signed link), never an
-    address: the tracker resolves the address that was mailed from the delivery log, so an
-    old link still works after the recipient's row is edited or deleted.
+
+class ContactEvent(Event):
+    """Something a person did, or that happened to their subscription. Keyed by address
+    (or, for an unsubscribe from a link, by the delivery), so one person's events stay
+    ordered.
+
+    - `unsubscribe` (the edge, from a link): names the delivery (campaign and recipient
+      ids from the signed link), never an address: the tracker resolves the address that
+      was mailed from the delivery log, so an old link still works after the recipient's
+      row is edited or deleted.
+    - `subscribed`: a subscription was asked for (`email`, `list_id`; for a double opt-in
+      list it waits for confirmation). `data` carries the consent record (`ip`,
+      `user_agent`, `consent_text_version`, `fields`).
+    - `confirmed`: the confirmation link of a double opt-in subscription was followed.
+    - `joined`: the person is now an active member of `list_id` (`source`: `form` for a
+      single opt-in list, `confirmation`, `api`, `import`). Automations trigger on it.
+    - `left`: the person left `list_id` (the preference centre).
+    - `preferences`: the person changed their own fields (`data`: the new values).
+    - `custom`: an internal service's event `name` about `email`, with `data` (for
+      example `trial_started`). Automations trigger on it.
     """
 
     event_id: str = Field(
-        max_length=255, description="Stable for one action on one link: the tracker dedupes."
+        max_length=255, description="Stable for one action: consumers dedupe on it."
     )
-    action: Literal["unsubscribe"]
-    campaign_id: UUID
-    recipient_id: int = Field(ge=0, le=2**63 - 1)
+    action: ContactAction
+    campaign_id: UUID | None = Field(None, description="`unsubscribe`: the delivery's campaign.")
+    recipient_id: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="`unsubscribe`: the delivery's recipient."
+    )
+    email: str | None = Field(None, min_length=3, max_length=254, description="The person.")
+    list_id: UUID | None = Field(None, description="The list, for list actions.")
+    name: str | None = Field(
+        None, pattern=CONTACT_EVENT_NAME_PATTERN, description="`custom`: the event's name."
+    )
+    data: dict[str, Any] = Field(default_factory=dict)
     occurred_at: AwareDatetime
-    source: Literal["one-click", "page"] = Field(
-        description="`one-click`: the RFC 8058 POST a mail client sends; `page`: the form."
+    source: ContactSource | None = Field(
+        None,
+        description="`one-click`: the RFC 8058 POST a mail client sends; `page`: the"
+        " unsubscribe form; others: where a subscription came from.",
     )
+
+    @model_validator(mode="after")
+    def _fields_of_action(self) -> ContactEvent:
+        if self.action == "unsubscribe":
+            if self.campaign_id is None or self.recipient_id is None:
+                raise ValueError("unsubscribe needs campaign_id and recipient_id")
+            return self
+        if self.email is None:
+            raise ValueError(f"{self.action} needs email")
+        if self.action in ("subscribed", "confirmed", "joined", "left") and self.list_id is None:
+            raise ValueError(f"{self.action} needs list_id")
+        if self.action == "custom" and self.name is None:
+            raise ValueError("custom needs name")
+        if len(json.dumps(self.data, default=str)) > MAX_CONTACT_DATA_BYTES:
+            raise ValueError(f"data is larger than {MAX_CONTACT_DATA_BYTES} bytes")
+        return self
 
 
 class CampaignStatus(Event):

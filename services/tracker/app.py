@@ -96,8 +96,12 @@ class Tracker:
 
     async def fold_contacts(self, items: list[Consumed[ContactEvent]]) -> None:
         """Unsubscribes from links (published by the edge), folded like provider events."""
-        originals: dict[str, Event] = {i.event.event_id: i.event for i in items}
-        events = [as_delivery_event(i.event) for i in items]
+        # Other actions (subscriptions, custom events) are for the services that own them.
+        unsubscribes = [i.event for i in items if i.event.action == "unsubscribe"]
+        originals: dict[str, Event] = {e.event_id: e for e in unsubscribes}
+        events = [as_delivery_event(e) for e in unsubscribes]
+        if not events:
+            return
         await self._fold_delivery_events(Topic.CONTACT_EVENT, events, originals)
 
     async def _fold_delivery_events(

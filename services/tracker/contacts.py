@@ -14,6 +14,8 @@ PROVIDER = "mailfleet"
 
 
 def as_delivery_event(contact: ContactEvent) -> DeliveryEvent:
+    """An `unsubscribe` from a link, as our own provider event (it has both ids)."""
+    assert contact.action == "unsubscribe", contact.action
     return DeliveryEvent(
         event_id=contact.event_id,
         campaign_id=contact.campaign_id,
