@@ -466,6 +466,39 @@ class _Compiler:
         return f"coalesce({cond}, false)"
 
     def engaged_select(self, node: Engaged) -> str:
+        if node.campaign is None:
+            return self.summary_select(node)
+        return self.delivery_select(node)
+
+    def summary_select(self, node: Engaged) -> str:
+        """Engagement with any campaign: the per-address summary (libs/stats/engagement.py),
+        one row per person. Sends of campaigns not summarised yet (running, or just over)
+        come from the delivery log, read by campaign."""
+        column = {
+            "received": "e.last_sent_at",
+            "opened": "e.last_opened_at",
+            "clicked": "e.last_clicked_at",
+            "soft_bounced": "e.last_soft_bounced_at",
+        }[node.kind]
+        cutoff = (
+            self.now - timedelta(days=node.within_days) if node.within_days is not None else None
+        )
+        p = self.bind(cutoff) if cutoff is not None else None
+        when = f"{column} >= {p}::timestamptz" if p else f"{column} IS NOT NULL"
+        summary = f"SELECT e.email FROM engagement_summary e WHERE {when}"  # noqa: S608
+        if node.kind != "received":
+            return summary
+        recent = f" AND d.sent_at >= {p}::timestamptz" if p else ""
+        since = f" AND (c.finished_at IS NULL OR c.finished_at >= {p}::timestamptz)" if p else ""
+        return (
+            f"{summary} UNION ALL SELECT d.email FROM deliveries d"  # noqa: S608
+            f" WHERE d.status = 'sent'{recent} AND d.campaign_id IN (SELECT c.id FROM campaigns c"
+            " WHERE NOT EXISTS (SELECT 1 FROM engagement_summarised x WHERE x.campaign_id = c.id)"
+            f"{since})"
+        )
+
+    def delivery_select(self, node: Engaged) -> str:
+        """Engagement with one campaign: its rows of the delivery log."""
         conditions: list[str] = []
         if node.campaign is not None:
             conditions.append(f"d.campaign_id = {self.bind(node.campaign)}::uuid")
