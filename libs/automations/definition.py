@@ -154,8 +154,8 @@ class Definition(_Node):
 
     @model_validator(mode="after")
     def _check_steps(self) -> Definition:
-        for problem in self.problems():
-            raise ValueError(problem[1])
+        for path, message in self.problems():
+            raise ValueError(f"{path}: {message}")
         return self
 
     def problems(self) -> list[tuple[str, str]]:
