@@ -301,7 +301,8 @@ class AutomationStore:
 
     async def published(self, message_ids: Sequence[UUID], now: datetime) -> None:
         await self.pool.execute(
-            "UPDATE automation_outbox SET published_at = $2 WHERE message_id = ANY($1::uuid[])",
+            "UPDATE automation_outbox SET published_at = $2, publishes = publishes + 1"
+            " WHERE message_id = ANY($1::uuid[])",
             list(message_ids),
             now,
         )

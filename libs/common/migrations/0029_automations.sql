@@ -73,6 +73,7 @@ CREATE TABLE automation_outbox (
     payload       jsonb NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT now(),
     published_at  timestamptz,
+    publishes     integer NOT NULL DEFAULT 0,
     UNIQUE (run_id, step)
 );
 CREATE INDEX automation_outbox_unpublished ON automation_outbox (created_at)
