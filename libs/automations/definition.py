@@ -52,6 +52,9 @@ class EventTrigger(_Node):
 
     kind: Literal["event"]
     event: str = Field(pattern=CONTACT_EVENT_NAME_PATTERN)
+    list_id: UUID | None = Field(
+        None, description="The list whose row of the person gives merge fields and zone."
+    )
 
 
 class AnniversaryTrigger(_Node):

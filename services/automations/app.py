@@ -12,7 +12,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
-from libs.automations.definition import AnniversaryTrigger, JoinedTrigger, parse_month_day
+from libs.automations.definition import (
+    AnniversaryTrigger,
+    EventTrigger,
+    JoinedTrigger,
+    parse_month_day,
+)
 from libs.common.events import ContactEvent, Event, ImportProgress, Topic
 from libs.common.kafka import Consumed, EventConsumer, ensure_topics
 from libs.common.logging import bound_contextvars, get_logger
@@ -106,9 +111,12 @@ class Automations:
         for automation in await self.store.event_automations(event.name):
             if event.occurred_at < automation.created_at:
                 continue
+            trigger = automation.definition.trigger
+            assert isinstance(trigger, EventTrigger)
             if await self.store.enrol(
-                automation, event.email, f"event:{event.name}", now, data=event.data
-            ):
+                automation, event.email, f"event:{event.name}", now,
+                list_id=trigger.list_id, data=event.data,
+            ):  # fmt: skip
                 metrics.ENROLLED.labels("event").inc()
                 log.info("automation run started", automation_id=str(automation.id))
 

@@ -126,15 +126,14 @@ class AutomationStore:
         due_at: datetime | None = None,
     ) -> bool:
         """One run for the person (False: they have had one). Its first step is due now
-        (or at `due_at`). `list_id`: the list row to read merge fields and zone from (else
-        the person's most recently updated row on any list)."""
+        (or at `due_at`). `list_id`: the list whose row of the person gives merge fields
+        and zone (none without it: an address alone is not indexed across lists)."""
         email = email.strip().lower()
-        recipient_id = await self.pool.fetchval(
-            "SELECT id FROM recipients WHERE email = $1 AND ($2::uuid IS NULL OR list_id = $2)"
-            " ORDER BY updated_at DESC LIMIT 1",
-            email,
-            list_id,
-        )
+        recipient_id = None
+        if list_id is not None:
+            recipient_id = await self.pool.fetchval(
+                "SELECT id FROM recipients WHERE list_id = $1 AND email = $2", list_id, email
+            )
         created = await self.pool.fetchval(
             "INSERT INTO automation_runs (automation_id, version, enrol_key, email,"
             " recipient_id, trigger, data, due_at, started_at)"
