@@ -94,7 +94,13 @@ async def sends(pool: asyncpg.Pool, automation_id: UUID) -> list[tuple[str, int]
 async def test_welcome_series_by_event_import_and_custom_event(
     pool: asyncpg.Pool, settings: Settings
 ) -> None:
-    tick = settings.model_copy(update={"automations_tick_s": 0.05})
+    tick = settings.model_copy(
+        update={
+            "automations_tick_s": 0.05,
+            "kafka_session_timeout_ms": 3000,
+            "kafka_heartbeat_interval_ms": 500,
+        }
+    )
     list_id = uuid.uuid4()
     await pool.execute("INSERT INTO lists (id, name) VALUES ($1, 'welcome')", list_id)
     template = uuid.uuid4()
@@ -246,3 +252,102 @@ async def _requested_keys(bootstrap: str, wanted: set[str], timeout: float = 20)
     finally:
         await consumer.stop()
     return seen
+
+
+async def test_pause_resume_versions_and_anniversaries(
+    pool: asyncpg.Pool, settings: Settings
+) -> None:
+    tick = settings.model_copy(
+        update={
+            "automations_tick_s": 0.05,
+            "kafka_session_timeout_ms": 3000,
+            "kafka_heartbeat_interval_ms": 500,
+        }
+    )
+    list_id = uuid.uuid4()
+    await pool.execute("INSERT INTO lists (id, name) VALUES ($1, 'versions')", list_id)
+    step = {"kind": "send", "template_id": str(uuid.uuid4()), "from_email": "hi@example.com"}
+    series = await create_automation(
+        pool,
+        {
+            "trigger": {"kind": "joined", "list_id": str(list_id)},
+            "steps": [step, {"kind": "wait", "days": 2}, step],
+        },
+    )
+    birthday = await create_automation(
+        pool,
+        {
+            "trigger": {"kind": "anniversary", "list_id": str(list_id), "field": "birthday"},
+            "steps": [step],
+        },
+    )
+    # Tokyo: 09:00 local on 7 May is 00:00 UTC; the other one has no zone (UTC: 09:00 UTC).
+    await pool.execute(
+        "INSERT INTO recipients (list_id, email, fields) VALUES"
+        ' ($1, \'tokyo@example.com\', \'{"birthday": "1990-05-07", "timezone": "Asia/Tokyo"}\'),'
+        " ($1, 'utc@example.com', '{\"birthday\": \"05-07\"}'),"
+        " ($1, 'later@example.com', '{\"birthday\": \"1990-08-01\"}')",
+        list_id,
+    )
+    producer = EventProducer(settings)
+    await producer.start()
+    clock = FakeClock(T0)  # 5 May 08:00 UTC
+    try:
+        async with running(tick, pool, producer, clock):
+            await producer.send(
+                Topic.CONTACT_EVENT, "v1@example.com", joined("v1@example.com", list_id)
+            )
+            await wait_for(lambda: _count(pool, series, 1))
+            # Version 2 waits 5 days; the run in flight keeps version 1's 2 days.
+            v2 = DEFINITION.validate_python(
+                {
+                    "trigger": {"kind": "joined", "list_id": str(list_id)},
+                    "steps": [step, {"kind": "wait", "days": 5}, step],
+                }
+            )
+            await pool.execute(
+                "INSERT INTO automation_versions (automation_id, version, definition)"
+                " VALUES ($1, 2, $2)",
+                series,
+                v2.dump(),
+            )
+            await pool.execute("UPDATE automations SET version = 2 WHERE id = $1", series)
+            await producer.send(
+                Topic.CONTACT_EVENT, "v2@example.com", joined("v2@example.com", list_id)
+            )
+            await wait_for(lambda: _count(pool, series, 2))
+            # Paused on day 2: v1's second step waits.
+            await pool.execute("UPDATE automations SET status = 'paused' WHERE id = $1", series)
+            clock.at = T0 + timedelta(days=2)
+            # The birthday scan found both 7 May birthdays (Tokyo on the first tick already).
+            await wait_for(
+                lambda: pool.fetchval(
+                    "SELECT count(*) = 2 FROM automation_runs WHERE automation_id = $1", birthday
+                )
+            )
+            due = {
+                r["email"]: r["due_at"]
+                for r in await pool.fetch(
+                    "SELECT email, due_at FROM automation_runs WHERE automation_id = $1", birthday
+                )
+            }
+            assert due == {
+                "tokyo@example.com": datetime(2031, 5, 7, 0, 0, tzinfo=UTC),
+                "utc@example.com": datetime(2031, 5, 7, 9, 0, tzinfo=UTC),
+            }
+            assert len(await sends(pool, series)) == 2  # paused: nothing more
+            await pool.execute("UPDATE automations SET status = 'active' WHERE id = $1", series)
+            await wait_for(lambda: _count(pool, series, 3))
+            got = await sends(pool, series)
+            assert ("v1@example.com", 2) in got and ("v2@example.com", 2) not in got
+            versions = dict(
+                await pool.fetch(
+                    "SELECT email, version FROM automation_runs WHERE automation_id = $1", series
+                )
+            )
+            assert versions == {"v1@example.com": 1, "v2@example.com": 2}
+            clock.at = T0 + timedelta(days=5)
+            await wait_for(lambda: _count(pool, series, 4))
+            assert await _count(pool, birthday, 2)
+    finally:
+        await producer.stop()
