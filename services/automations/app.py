@@ -149,9 +149,11 @@ class Automations:
         """Advance every due run, then publish the outbox. Returns messages published."""
         now = self.clock()
         while True:
-            advanced, queued = await self.store.run_due(now)
+            advanced, queued, stopped = await self.store.run_due(now)
             metrics.STEPS.inc(advanced)
             metrics.QUEUED.inc(queued)
+            if stopped:
+                metrics.STOPPED.labels("unsubscribed").inc(stopped)
             if advanced < self.store.batch:
                 break
         await self.scan_anniversaries(now)

@@ -28,7 +28,7 @@ REPUBLISHED = Counter(
 )
 STOPPED = Counter(
     "mailfleet_automation_runs_stopped_total",
-    "Runs stopped early, by reason (goal, left).",
+    "Runs stopped early, by reason (unsubscribed: the address is suppressed; goal; left).",
     ["reason"],
 )
 ACTIVE = Gauge("mailfleet_automation_runs_active", "Runs in flight (waiting or due).")

@@ -245,11 +245,12 @@ class AutomationStore:
 
     # --- the timers ---------------------------------------------------------------------------
 
-    async def run_due(self, now: datetime) -> tuple[int, int]:
+    async def run_due(self, now: datetime) -> tuple[int, int, int]:
         """Advance up to `batch` due runs of active automations in one transaction: each
         run's steps, its outbox rows and its next timer commit together (the exactly-once
-        of each (run, step)). Returns (runs advanced, messages queued)."""
-        queued = 0
+        of each (run, step)). Returns (runs advanced, messages queued, runs stopped because
+        the address is suppressed)."""
+        queued = stopped = 0
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT r.id, r.automation_id, r.version, r.email, r.recipient_id, r.data,"
@@ -265,7 +266,7 @@ class AutomationStore:
                 self.batch,
             )
             if not rows:
-                return 0, 0
+                return 0, 0, 0
             suppressed = {
                 r["email"]
                 for r in await conn.fetch(
@@ -281,7 +282,8 @@ class AutomationStore:
                 facts = Facts(zone_of(fields, default_zone), row["email"] in suppressed, engaged)
                 result = advance(definition, row["step"], row["due_at"], facts)
                 queued += await _apply(conn, row, definition, fields, result, now)
-        return len(rows), queued
+                stopped += result.stop_reason == "unsubscribed"
+        return len(rows), queued, stopped
 
     # --- the outbox --------------------------------------------------------------------------
 
