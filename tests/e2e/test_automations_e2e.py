@@ -3,8 +3,9 @@ the automations service's injected clock (a file it reads), for people who join 
 import, by the API and by double opt-in confirmation (a `joined` contact.event from a test
 producer: the edge side is another change). Every person gets each step exactly once, at
 its time, also when the automations process is SIGKILLed in the middle of a step's sends
-and when the broker loses its topics in the middle of another's; an unsubscribe stops the
-series; a `custom` contact.event triggers its own automation.
+and when the broker loses its topics in the middle of another's; an unsubscribe (the
+one-click link of a day-0 mail) stops the series; a `custom` contact.event triggers its
+own automation.
 
 PEOPLE is 999 (a third by each way) with MAILFLEET_E2E_FULL_SIZE=1, else 150 (CI time)."""
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 import uuid
 from collections import Counter
@@ -19,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from conftest import make_settings
@@ -158,10 +161,23 @@ async def test_welcome_series_exactly_once_through_kill_and_broker_loss(
         assert set(received("Day 0")) == set(everyone)
         assert received("Day 99") == Counter({"trial@auto.example.com": 1})
 
-        # One person unsubscribes before day 3.
+        # One person unsubscribes before day 3, by the one-click link of their day-0 mail
+        # (edge -> contact.event -> tracker -> suppressions).
         quitter = by_api[0]
-        answer = await http.post("/suppressions", json={"email": quitter, "reason": "unsubscribe"})
-        assert answer.status_code == 201, answer.text
+        day0 = next(
+            m for m in stack.sink.state.messages if m.email == quitter and m.subject == "Day 0"
+        )
+        headers = {k.lower(): v for k, v in day0.headers.items()}
+        link = re.search(r"/u/([^>\s]+)>", headers.get("list-unsubscribe", ""))
+        assert link, day0.headers
+        async with httpx.AsyncClient(base_url=stack.edge_url, timeout=30) as edge:
+            answer = await edge.post(f"/u/{link.group(1)}", content=b"List-Unsubscribe=One-Click")
+        assert answer.status_code == 200, answer.text
+
+        async def unsubscribed() -> bool:
+            return bool(await pool.fetchval("SELECT 1 FROM suppressions WHERE email = $1", quitter))
+
+        await wait_until(unsubscribed, "the unsubscribe folded by the tracker")
 
         # Day 3: SIGKILL the service while it is sending the day-3 step.
         set_clock(clock, T0 + timedelta(days=3))
