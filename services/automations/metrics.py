@@ -34,6 +34,6 @@ STOPPED = Counter(
 ACTIVE = Gauge("mailfleet_automation_runs_active", "Runs in flight (waiting or due).")
 DUE = Gauge(
     "mailfleet_automation_runs_due",
-    "Runs whose timer has passed and that are not advanced yet (paused automations too).",
+    "Runs of active automations whose timer has passed and that are not advanced yet.",
 )
 OUTBOX = Gauge("mailfleet_automation_outbox_pending", "message.requested not yet published.")

@@ -320,8 +320,9 @@ class AutomationStore:
     async def gauges(self, now: datetime) -> dict[str, int]:
         row = await self.pool.fetchrow(
             "SELECT (SELECT count(*) FROM automation_runs WHERE status = 'active') AS active,"
-            " (SELECT count(*) FROM automation_runs WHERE status = 'active'"
-            "   AND due_at <= $1) AS due,"
+            " (SELECT count(*) FROM automation_runs r JOIN automations a"
+            "   ON a.id = r.automation_id AND a.status = 'active'"
+            "   WHERE r.status = 'active' AND r.due_at <= $1) AS due,"
             " (SELECT count(*) FROM automation_outbox WHERE published_at IS NULL) AS outbox",
             now,
         )
