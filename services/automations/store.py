@@ -308,12 +308,15 @@ class AutomationStore:
             now,
         )
 
-    async def republish_unaccounted(self) -> int:
-        """After a broker loss: every published message the tracker has no outcome for is
-        published again (same id and key: the dispatcher sends it at most once)."""
+    async def republish_unaccounted(self, within: timedelta = timedelta(days=7)) -> int:
+        """After a broker loss: every message published in the last `within` that the
+        tracker has no outcome for is published again (same id and key: the dispatcher
+        sends it at most once)."""
         result = await self.pool.execute(
             "UPDATE automation_outbox o SET published_at = NULL WHERE published_at IS NOT NULL"
-            " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.message_id = o.message_id)"
+            " AND created_at > now() - $1::interval"
+            " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.message_id = o.message_id)",
+            within,
         )
         return int(result.split()[-1])
 

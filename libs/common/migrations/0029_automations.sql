@@ -78,6 +78,8 @@ CREATE TABLE automation_outbox (
 );
 CREATE INDEX automation_outbox_unpublished ON automation_outbox (created_at)
     WHERE published_at IS NULL;
+-- A broker loss looks back this way (a bounded window, not the whole history).
+CREATE INDEX automation_outbox_created ON automation_outbox (created_at);
 
 -- Imports whose new recipients were enrolled into an automation (swept from import_jobs
 -- too, so an `import.completed` the broker lost still enrols them).
