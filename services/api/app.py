@@ -30,6 +30,7 @@ from services.api.ratelimit import FailureLimiter
 from services.api.routes import (
     api_keys,
     audit,
+    automations,
     campaign_control,
     campaign_test_sends,
     campaigns,
@@ -132,6 +133,7 @@ def create_app(
     app.include_router(segments.router)
     app.include_router(people.router)
     app.include_router(webhooks.router)
+    app.include_router(automations.router)
     document_problems(app)
     return app
 

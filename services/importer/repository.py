@@ -145,6 +145,9 @@ class ImportRepository:
             # committed) is redelivered and the import runs again. Saves a flush of the
             # load's WAL on the import's critical path.
             await conn.execute("SET LOCAL synchronous_commit = off")
+            # Rows this import inserts carry its id (the column's default reads it): what
+            # services/automations enrols on `import.completed` (migration 0029).
+            await conn.execute("SELECT set_config('mailfleet.import_id', $1, true)", str(import_id))
             yield ListSession(conn, import_id, list_id, self.erasure_key)
 
 

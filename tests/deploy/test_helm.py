@@ -17,7 +17,17 @@ kubernetes_validate = pytest.importorskip(
 
 CHART = ROOT / "deploy" / "helm" / "mailfleet"
 KUBERNETES = "1.31"
-SERVICES = ["api", "edge", "importer", "scheduler", "dispatcher", "tracker", "guard", "webhooks"]
+SERVICES = [
+    "api",
+    "edge",
+    "importer",
+    "scheduler",
+    "dispatcher",
+    "tracker",
+    "guard",
+    "webhooks",
+    "automations",
+]
 HTTP_PORTS = {"api": 8000, "edge": 8001}
 CRDS = {"monitoring.coreos.com/v1"}  # not in the Kubernetes schemas; checked by hand
 
