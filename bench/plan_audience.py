@@ -1,0 +1,137 @@
+"""Planning time of a campaign by the scheduler (issue 15 item 2: audiences must not slow the
+plan of a one-list campaign down).
+
+    .venv/bin/python bench/plan_audience.py [--recipients 1000000] [--rounds 3]
+
+Fills a fresh database (the machine's PostgreSQL, or an embedded one) with a list of
+`--recipients` people (1 % of them suppressed) and a second list holding a tenth of them
+plus as many others, then times `ScheduleRepository.claim_and_plan` (count, byte-sized cut,
+batch plan insert; one transaction) of a fresh campaign each round:
+- `one list`: a campaign of the big list (`list_id` only: the form every version knows);
+- `two lists - segment` (only where the code knows audiences): both lists, minus a segment
+  matching a tenth of the big list (`city` = Pune).
+The code measured is whichever `services.scheduler` is first on the path: run it with
+PYTHONPATH=<another checkout> to measure that checkout (the "before" of a change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # after PYTHONPATH: see above
+
+from libs.common import db  # noqa: E402
+from libs.common.embedded import create_database  # noqa: E402
+from services.scheduler.repository import ScheduleRepository  # noqa: E402
+
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+async def fill(conn: Connection, recipients: int) -> tuple[uuid.UUID, uuid.UUID]:
+    big = await conn.fetchval("INSERT INTO lists (name) VALUES ('big') RETURNING id")
+    small = await conn.fetchval("INSERT INTO lists (name) VALUES ('small') RETURNING id")
+    await conn.execute(
+        "INSERT INTO recipients (list_id, email, fields) SELECT $1, 'user' || g ||"
+        " '@example.com', jsonb_build_object('first_name', 'Name' || g,"
+        " 'city', (ARRAY['Pune','Mumbai','Paris','Berlin','Lagos','Lima','Oslo','Quito',"
+        "'Hanoi','Doha'])[1 + g % 10]) FROM generate_series(1, $2) g",
+        big,
+        recipients,
+    )
+    await conn.execute(
+        "INSERT INTO recipients (list_id, email, fields) SELECT $1::uuid, 'user' || g ||"
+        " '@example.com', jsonb_build_object('first_name', 'Small' || g)"
+        " FROM generate_series(1, $2, 10) g UNION ALL SELECT $1::uuid, 'other' || g ||"
+        " '@example.com', '{}'::jsonb FROM generate_series(1, $2 / 10) g",
+        small,
+        recipients,
+    )
+    await conn.execute(
+        "INSERT INTO suppressions (email, reason) SELECT 'user' || g || '@example.com',"
+        " 'unsubscribe' FROM generate_series(1, $1, 100) g",
+        recipients,
+    )
+    await conn.execute("ANALYZE")
+    return big, small
+
+
+async def new_campaign(
+    conn: Connection, list_id: uuid.UUID, audience: dict[str, object] | None = None
+) -> uuid.UUID:
+    campaign_id: uuid.UUID = await conn.fetchval(
+        "INSERT INTO campaigns (name, subject, html, from_email, list_id, provider, status,"
+        " send_at) VALUES ('bench', 's', '<p>x</p>', 'f@example.com', $1, 'sink', 'scheduled',"
+        " now()) RETURNING id",
+        list_id,
+    )
+    if audience is not None:
+        await conn.execute(
+            "UPDATE campaigns SET audience = $2, audience_filters = $3 WHERE id = $1",
+            campaign_id,
+            {k: v for k, v in audience.items() if k != "filters"},
+            audience["filters"],
+        )
+    return campaign_id
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--recipients", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    name = f"mailfleet_bench_{uuid.uuid4().hex[:8]}"
+    dsn = await create_database(ADMIN_DSN, name)
+    try:
+        await db.migrate(dsn)
+        pool = await db.create_pool(dsn, max_size=2)
+        conn = await pool.acquire()
+        try:
+            big, small = await fill(conn, args.recipients)
+            has_audience = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM information_schema.columns"
+                " WHERE table_name = 'campaigns' AND column_name = 'audience')"
+            )
+            repo = ScheduleRepository(pool)
+            cases: dict[str, dict[str, object] | None] = {"one list": None}
+            if has_audience:
+                segment = str(uuid.uuid4())
+                cases["two lists - segment"] = {
+                    "lists": [str(big), str(small)],
+                    "exclude_segments": [segment],
+                    "filters": {segment: {"field": "city", "op": "eq", "value": "Pune"}},
+                }
+            for label, audience in cases.items():
+                times = []
+                for _ in range(args.rounds):
+                    campaign_id = await new_campaign(conn, big, audience)
+                    started = time.perf_counter()
+                    plan = await repo.claim_and_plan(campaign_id, 1000)
+                    times.append(time.perf_counter() - started)
+                    assert plan is not None
+                print(
+                    f"{label}: audience {plan.audience_total}, suppressed"
+                    f" {plan.suppressed_total}, batches {plan.batches_total};"
+                    f" plan {statistics.median(times):.2f} s median of"
+                    f" {', '.join(f'{t:.2f}' for t in times)}",
+                    flush=True,
+                )
+        finally:
+            await pool.release(conn)
+            await pool.close()
+    finally:
+        admin = await asyncpg.connect(ADMIN_DSN)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
