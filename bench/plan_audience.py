@@ -111,12 +111,13 @@ async def main() -> None:
                 }
             for label, audience in cases.items():
                 times = []
+                plan = None
                 for _ in range(args.rounds):
                     campaign_id = await new_campaign(conn, big, audience)
                     started = time.perf_counter()
                     plan = await repo.claim_and_plan(campaign_id, 1000)
                     times.append(time.perf_counter() - started)
-                    assert plan is not None
+                assert plan is not None
                 print(
                     f"{label}: audience {plan.audience_total}, suppressed"
                     f" {plan.suppressed_total}, batches {plan.batches_total};"
