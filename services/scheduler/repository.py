@@ -8,6 +8,7 @@ tracker's read model) to know which batches are accounted for, and compare-and-s
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -227,6 +228,7 @@ class ScheduleRepository:
                 target = AudienceTarget.of_campaign(campaign, now)
             except audiences.AudienceError as exc:
                 return await _fail_plan(conn, campaign_id, content_id, campaign, str(exc))
+            target = await target.snapshot(conn)
             counted = target.sql(first_param=1, keep_suppressed=True)
             counts = await conn.fetchrow(
                 "SELECT count(*) AS audience, count(*) FILTER (WHERE r.suppressed) AS suppressed"  # noqa: S608
@@ -426,6 +428,8 @@ class AudienceTarget:
     filters: dict[UUID, Any]
     raw_filters: dict[str, Any]
     now: datetime
+    # Set by `snapshot`: the audience is read from this temporary table.
+    table: str | None = None
 
     @classmethod
     def of_campaign(cls, campaign: asyncpg.Record, now: datetime) -> AudienceTarget:
@@ -436,7 +440,36 @@ class AudienceTarget:
         named = {str(s) for s in audience.segment_ids}
         return cls(audience, filters, {k: v for k, v in raw.items() if k in named}, now)
 
+    async def snapshot(
+        self, conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+    ) -> AudienceTarget:
+        """The same audience, read from a temporary table that holds it for the rest of the
+        transaction, when building it costs more than a scan: deduplicating several lists
+        and segments sorts the candidates by address, and the plan reads the audience
+        three times (count, largest recipient, the cut). One list without segments is read
+        as it is (its index narrows the scan, and it needs no deduplication)."""
+        if self.table is not None or (len(self.audience.lists) == 1 and not self.audience.segments):
+            return self
+        built = self.sql(first_param=1, keep_suppressed=True)
+        await conn.execute(
+            "CREATE TEMPORARY TABLE audience_snapshot (id bigint, email text, fields jsonb,"
+            " list_id uuid, suppressed boolean) ON COMMIT DROP"
+        )
+        await conn.execute(
+            f"INSERT INTO audience_snapshot {built.sql}",  # noqa: S608 - built SQL only
+            *built.params,
+        )
+        return dataclasses.replace(self, table="pg_temp.audience_snapshot")
+
     def sql(self, first_param: int, keep_suppressed: bool = False) -> audiences.AudienceSql:
+        if self.table is not None:
+            if keep_suppressed:
+                return audiences.AudienceSql(
+                    f"SELECT id, email, fields, list_id, suppressed FROM {self.table}"  # noqa: S608
+                )
+            return audiences.AudienceSql(
+                f"SELECT id, email, fields, list_id FROM {self.table} WHERE NOT suppressed"  # noqa: S608
+            )
         return audiences.build(
             self.audience,
             self.filters,
