@@ -3,7 +3,7 @@ plan of a one-list campaign down).
 
     .venv/bin/python bench/plan_audience.py [--recipients 1000000] [--rounds 3]
 
-Fills a fresh database (the machine's PostgreSQL, or an embedded one) with a list of
+Fills a fresh database (the machine's PostgreSQL, or $MAILFLEET_TEST_DATABASE_URL's) with a list of
 `--recipients` people (1 % of them suppressed) and a second list holding a tenth of them
 plus as many others, then times `ScheduleRepository.claim_and_plan` (count, byte-sized cut,
 batch plan insert; one transaction) of a fresh campaign each round:
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -28,12 +29,15 @@ import asyncpg
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # after PYTHONPATH: see above
 
+from bench.infra import machine  # noqa: E402
 from libs.common import db  # noqa: E402
 from libs.common.embedded import create_database  # noqa: E402
 from services.scheduler.repository import ScheduleRepository  # noqa: E402
 
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
-ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+ADMIN_DSN = os.environ.get(
+    "MAILFLEET_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 
 
 async def fill(conn: Connection, recipients: int) -> tuple[uuid.UUID, uuid.UUID]:
@@ -88,6 +92,7 @@ async def main() -> None:
     parser.add_argument("--recipients", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    print(f"plan_audience: {args.recipients} recipients; {machine()}", flush=True)
     name = f"mailfleet_bench_{uuid.uuid4().hex[:8]}"
     dsn = await create_database(ADMIN_DSN, name)
     try:
