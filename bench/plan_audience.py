@@ -11,19 +11,23 @@ batch plan insert; one transaction) of a fresh campaign each round:
 - `two lists - segment` (only where the code knows audiences): both lists, minus a segment
   matching a tenth of the big list (`city` = Pune).
 The code measured is whichever `services.scheduler` is first on the path: run it with
-PYTHONPATH=<another checkout> to measure that checkout (the "before" of a change).
+PYTHONPATH=<another checkout> to measure that checkout (the "before" of a change); or
+`--baseline <checkout>/services/scheduler/repository.py` to time that checkout's plan of
+the one-list campaign in alternate rounds with this one's, on the same data.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import statistics
 import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -87,10 +91,44 @@ async def new_campaign(
     return campaign_id
 
 
+def _load(path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location("baseline_repository", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module.ScheduleRepository
+
+
+async def compare(
+    conn: Connection, pool: asyncpg.Pool, repo: Any, baseline: Any, big: uuid.UUID, rounds: int
+) -> None:
+    times: dict[str, list[float]] = {"baseline": [], "this": []}
+    for _ in range(rounds):
+        for label, which in (("baseline", baseline(pool)), ("this", repo)):
+            campaign_id = await new_campaign(conn, big)
+            started = time.perf_counter()
+            assert await which.claim_and_plan(campaign_id, 1000) is not None
+            times[label].append(time.perf_counter() - started)
+    for label, each in times.items():
+        print(
+            f"one list, {label} (alternate rounds): plan {statistics.median(each):.2f} s"
+            f" median of {', '.join(f'{t:.2f}' for t in each)}",
+            flush=True,
+        )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipients", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout's services/scheduler/repository.py: its plan of the one-list"
+        " campaign is timed too, in alternate rounds on the same data (a fair before/after"
+        " on a machine whose load changes)",
+    )
     args = parser.parse_args()
     print(f"plan_audience: {args.recipients} recipients; {machine()}", flush=True)
     name = f"mailfleet_bench_{uuid.uuid4().hex[:8]}"
@@ -106,6 +144,8 @@ async def main() -> None:
                 " WHERE table_name = 'campaigns' AND column_name = 'audience')"
             )
             repo = ScheduleRepository(pool)
+            if args.baseline is not None:
+                await compare(conn, pool, repo, _load(args.baseline), big, args.rounds)
             cases: dict[str, dict[str, object] | None] = {"one list": None}
             if has_audience:
                 segment = str(uuid.uuid4())
