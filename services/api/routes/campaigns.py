@@ -396,7 +396,7 @@ async def preview_campaign(
     _: CanRead,
     recipient: Annotated[
         str | None,
-        Query(max_length=320, description="Email or id of a recipient in the campaign's list."),
+        Query(max_length=320, description="Email or id of a recipient of the campaign's audience."),
     ] = None,
 ) -> PreviewOut:
     """The subject, HTML and text as `recipient` would get them (empty merge fields if none)."""
@@ -407,7 +407,9 @@ async def preview_campaign(
     email = None
     if recipient:
         found = await repository.find_recipient(resources.db, row["list_id"], recipient)
-        if found is None and row["list_id"] is None:  # an audience of segments only
+        audience = row["audience"]
+        if found is None and (len(audience["lists"]) > 1 or audience["segments"]):
+            # Its row may be on another list of the audience, or matched by a segment.
             found = await repository.find_recipient(resources.db, None, recipient)
         if found is None:
             raise ProblemError(
