@@ -172,21 +172,19 @@ class _Binder:
         return compiled
 
 
-def build(
-    audience: Audience,
-    filters: Mapping[UUID, segments.Node],
-    *,
-    now: datetime,
-    first_param: int = 1,
-    keep_suppressed: bool = False,
-) -> AudienceSql:
-    """The sendable audience (module doc): suppressed addresses left out, or, with
-    `keep_suppressed`, kept and flagged (the plan's count of the audience and of the
-    suppressed). `now` fixes what a segment's "within N days" counts from.
+@dataclass
+class _Parts:
+    """The pieces every form of the audience's SQL shares."""
 
-    One list and no segments is the common case and the fast one: a list holds each
-    address once, so no deduplication is needed, and the list's index narrows the scan.
-    """
+    binder: _Binder
+    exclusions: list[str]  # conditions on `c.email`
+    candidates: str | None  # the UNION ALL of rows with their rank; None: one list alone
+    one_list: str | None  # the placeholder of that one list
+
+
+def _parts(
+    audience: Audience, filters: Mapping[UUID, segments.Node], now: datetime, first_param: int
+) -> _Parts:
     b = _Binder(first_param)
     exclusions: list[str] = []
     if audience.exclude_lists:
@@ -201,24 +199,8 @@ def build(
             f"NOT EXISTS (SELECT 1 FROM recipients r{compiled.joins}"  # noqa: S608
             f" WHERE ({compiled.where}) AND r.email = c.email)"
         )
-    if keep_suppressed:
-        # A join (hashed, or merged), not a probe of the suppressions per row.
-        columns = "c.id, c.email, c.fields, c.list_id, s.email IS NOT NULL AS suppressed"
-        suppressions = " LEFT JOIN suppressions s ON s.email = c.email"
-    else:
-        columns = "c.id, c.email, c.fields, c.list_id"
-        suppressions = ""
-        exclusions.append("NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = c.email)")
-    where = "".join(f" AND {cond}" for cond in exclusions)
-
     if len(audience.lists) == 1 and not audience.segments:
-        p = b.bind(audience.lists[0])
-        sql = (
-            f"SELECT {columns} FROM recipients c{suppressions}"  # noqa: S608
-            f" WHERE c.list_id = {p}::uuid AND c.status = 'active'{where}"
-        )
-        return AudienceSql(sql, b.params)
-
+        return _Parts(b, exclusions, None, b.bind(audience.lists[0]))
     parts: list[str] = []
     if audience.lists:
         p = b.bind(list(audience.lists))
@@ -234,10 +216,69 @@ def build(
             f" FROM recipients r{compiled.joins}"
             f" WHERE r.status = 'active' AND ({compiled.where})"
         )
-    candidates = " UNION ALL ".join(parts)
-    sql = (
-        f"SELECT DISTINCT ON (c.email) {columns}"  # noqa: S608
-        f" FROM ({candidates}) AS c{suppressions} WHERE true{where}"
-        " ORDER BY c.email, c.rank, c.id"
-    )
-    return AudienceSql(sql, b.params)
+    return _Parts(b, exclusions, " UNION ALL ".join(parts), None)
+
+
+def build(
+    audience: Audience,
+    filters: Mapping[UUID, segments.Node],
+    *,
+    now: datetime,
+    first_param: int = 1,
+    keep_suppressed: bool = False,
+) -> AudienceSql:
+    """The sendable audience (module doc): suppressed addresses left out, or, with
+    `keep_suppressed`, kept and flagged (the plan's count of the audience and of the
+    suppressed). `now` fixes what a segment's "within N days" counts from.
+
+    One list and no segments is the common case and the fast one: a list holds each
+    address once, so no deduplication is needed, and the list's index narrows the scan.
+    """
+    parts = _parts(audience, filters, now, first_param)
+    exclusions = list(parts.exclusions)
+    if keep_suppressed:
+        # A join (hashed, or merged), not a probe of the suppressions per row.
+        columns = "c.id, c.email, c.fields, c.list_id, s.email IS NOT NULL AS suppressed"
+        suppressions = " LEFT JOIN suppressions s ON s.email = c.email"
+    else:
+        columns = "c.id, c.email, c.fields, c.list_id"
+        suppressions = ""
+        exclusions.append("NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = c.email)")
+    where = "".join(f" AND {cond}" for cond in exclusions)
+    if parts.candidates is None:
+        sql = (
+            f"SELECT {columns} FROM recipients c{suppressions}"  # noqa: S608
+            f" WHERE c.list_id = {parts.one_list}::uuid AND c.status = 'active'{where}"
+        )
+    else:
+        sql = (
+            f"SELECT DISTINCT ON (c.email) {columns}"  # noqa: S608
+            f" FROM ({parts.candidates}) AS c{suppressions} WHERE true{where}"
+            " ORDER BY c.email, c.rank, c.id"
+        )
+    return AudienceSql(sql, parts.binder.params)
+
+
+def build_count(
+    audience: Audience,
+    filters: Mapping[UUID, segments.Node],
+    *,
+    now: datetime,
+    first_param: int = 1,
+) -> AudienceSql:
+    """A SELECT of one number: the audience's addresses, suppressed ones included (the
+    plan's `audience_total`). No row has to win per address, so a combined audience counts
+    distinct addresses (hashed), without the sort on three keys `build` needs."""
+    parts = _parts(audience, filters, now, first_param)
+    where = "".join(f" AND {cond}" for cond in parts.exclusions)
+    if parts.candidates is None:
+        sql = (
+            "SELECT count(*) FROM recipients c"  # noqa: S608
+            f" WHERE c.list_id = {parts.one_list}::uuid AND c.status = 'active'{where}"
+        )
+    else:
+        sql = (
+            "SELECT count(*) FROM (SELECT DISTINCT c.email"  # noqa: S608
+            f" FROM ({parts.candidates}) AS c WHERE true{where}) AS people"
+        )
+    return AudienceSql(sql, parts.binder.params)

@@ -85,15 +85,12 @@ async def count_now(db: asyncpg.Pool, row: dict[str, Any]) -> int | None:
     except audiences.AudienceError as exc:
         log.warning("campaign audience not countable", campaign_id=str(row["id"]), reason=str(exc))
         return None
-    built = audiences.build(audience, filters, now=datetime.now(UTC), keep_suppressed=True)
+    built = audiences.build_count(audience, filters, now=datetime.now(UTC))
     started = time.perf_counter()
     try:
         async with db.acquire() as conn, conn.transaction(readonly=True):
             await conn.execute(f"SET LOCAL statement_timeout = {COUNT_TIMEOUT_MS}")
-            value = await conn.fetchval(
-                f"SELECT count(*) FROM ({built.sql}) AS r",  # noqa: S608 - built SQL only
-                *built.params,
-            )
+            value = await conn.fetchval(built.sql, *built.params)
     except asyncpg.QueryCanceledError:
         log.warning(
             "campaign audience count timed out",

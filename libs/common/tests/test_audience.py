@@ -20,7 +20,7 @@ import pytest
 
 from libs.common import audience as audiences
 from libs.common import segments
-from libs.common.audience import Audience, AudienceError, build, parse
+from libs.common.audience import Audience, AudienceError, build, build_count, parse
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 STATUSES = ["active", "active", "active", "active", "unconfirmed", "unsubscribed"]
@@ -138,11 +138,14 @@ async def world(pool: asyncpg.Pool) -> World:
     return World(tag, lists, rows, suppressed, {uuid.uuid4(): f for f in filters})
 
 
+def parsed_filters(world: World) -> dict[uuid.UUID, segments.Node]:
+    return {k: segments.parse(v) for k, v in world.filters.items()}
+
+
 async def run(
     pool: asyncpg.Pool, world: World, audience: Audience, keep_suppressed: bool
 ) -> dict[str, tuple[int, bool]]:
-    parsed = {k: segments.parse(v) for k, v in world.filters.items()}
-    built = build(audience, parsed, now=NOW, keep_suppressed=keep_suppressed)
+    built = build(audience, parsed_filters(world), now=NOW, keep_suppressed=keep_suppressed)
     flag = "r.suppressed" if keep_suppressed else "false"
     rows = await pool.fetch(
         f"SELECT r.id, r.email, {flag} AS suppressed FROM ({built.sql}) AS r",  # noqa: S608
@@ -182,6 +185,9 @@ async def test_random_audiences_select_what_the_reference_selects(
         if not keep:
             expected = {e: v for e, v in expected.items() if not v[1]}
         assert await run(pool, world, audience, keep) == expected, audience
+        counted = build_count(audience, parsed_filters(world), now=NOW, first_param=1)
+        addresses = len(reference(world, audience))
+        assert await pool.fetchval(counted.sql, *counted.params) == addresses, audience
         checked += bool(expected)
     assert checked > 100  # most definitions select someone: the comparisons mean something
 
