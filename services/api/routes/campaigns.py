@@ -279,8 +279,9 @@ async def schedule_campaign(
         if current is not None:
             await refuse_costly_templates(resources, current, where="campaign")
         async with resources.db.acquire() as conn, conn.transaction():
-            if current is not None:
-                await _copy_segment_filters(conn, current)
+            locked = await repository.get_campaign(conn, campaign_id, lock=True)
+            if locked is not None:  # its audience as it is now: a PATCH waits for us
+                await _copy_segment_filters(conn, locked)
             window = request.send_window.model_dump() if request.send_window else None
             row = await repository.mark_scheduled(
                 conn, campaign_id, send_at, timezone, local_send_at, window
