@@ -26,6 +26,7 @@ import statistics
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,32 @@ async def compare(
         )
 
 
+async def count_before_planning(
+    conn: Connection, cases: dict[str, dict[str, object] | None], rounds: int
+) -> None:
+    """What reading a draft costs: the API's count of its audience (`build_count`)."""
+    from libs.common import audience as audiences  # only where the code knows audiences
+    from libs.common import segments
+
+    for label, definition in cases.items():
+        if definition is None:
+            continue
+        audience = audiences.parse({k: v for k, v in definition.items() if k != "filters"})
+        raw = definition["filters"]
+        assert isinstance(raw, dict)
+        filters = {uuid.UUID(k): segments.parse(v) for k, v in raw.items()}
+        built = audiences.build_count(audience, filters, now=datetime.now(UTC))
+        times = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            value = await conn.fetchval(built.sql, *built.params)
+            times.append(time.perf_counter() - started)
+        print(
+            f"{label}: count before planning {value}, {statistics.median(times):.2f} s median",
+            flush=True,
+        )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipients", type=int, default=1_000_000)
@@ -170,6 +197,8 @@ async def main() -> None:
                     f" {', '.join(f'{t:.2f}' for t in times)}",
                     flush=True,
                 )
+            if has_audience:
+                await count_before_planning(conn, cases, args.rounds)
         finally:
             await pool.release(conn)
             await pool.close()
