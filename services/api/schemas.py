@@ -153,6 +153,41 @@ class CampaignGuard(Strict):
     max_provider_error_rate: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
 
 
+_MAX_AUDIENCE_IDS = 20
+_AUDIENCE_DOC = (
+    "Who gets it: the people of `lists` and of `segments` (at least one of the two), minus "
+    "everyone on `exclude_lists` or in `exclude_segments`, and minus suppressed addresses; "
+    "only recipients whose status on their list is `active`; each address once (with the "
+    "merge fields of its row on the first list that holds it, in `lists` order). At most "
+    f"{_MAX_AUDIENCE_IDS} ids of each kind. Segment filters are copied into the campaign "
+    "when it is scheduled: editing a segment later does not change a scheduled campaign's "
+    "audience until it is scheduled again."
+)
+
+
+class AudienceIn(Strict):
+    lists: list[UUID] = Field(default_factory=list, max_length=_MAX_AUDIENCE_IDS)
+    segments: list[UUID] = Field(default_factory=list, max_length=_MAX_AUDIENCE_IDS)
+    exclude_lists: list[UUID] = Field(default_factory=list, max_length=_MAX_AUDIENCE_IDS)
+    exclude_segments: list[UUID] = Field(default_factory=list, max_length=_MAX_AUDIENCE_IDS)
+
+
+class AudienceOut(BaseModel):
+    lists: list[UUID]
+    segments: list[UUID]
+    exclude_lists: list[UUID]
+    exclude_segments: list[UUID]
+
+
+class AudiencePlanned(BaseModel):
+    """The audience the scheduler snapshotted when the campaign started."""
+
+    total: int = Field(description="Addresses in the audience, suppressed ones included.")
+    suppressed: int = Field(description="Of those, suppressed: never mailed.")
+    sendable: int = Field(description="total - suppressed: the addresses planned in batches.")
+    planned_at: datetime
+
+
 class CampaignCreate(Strict):
     """Content is either `subject` + `html` (+ `text`), or `template_id` (+ `template_version`),
     whose content is copied into the campaign."""
@@ -171,7 +206,10 @@ class CampaignCreate(Strict):
     )
     from_email: Text = Field(max_length=320, examples=["news@example.com"])
     from_name: HeaderText | None = Field(None, max_length=200)
-    list_id: UUID
+    list_id: UUID | None = Field(
+        None, description='Shorthand for `audience: {"lists": [list_id]}`; give one of the two.'
+    )
+    audience: AudienceIn | None = Field(None, description=_AUDIENCE_DOC)
     provider: ProviderName | None = Field(None, description="Default: MAILFLEET_DEFAULT_PROVIDER.")
     tracking: bool = Field(
         True,
@@ -192,7 +230,8 @@ class CampaignUpdate(Strict):
     text: Text | None = Field(None, max_length=2_000_000)
     from_email: Text | None = Field(None, max_length=320)
     from_name: HeaderText | None = Field(None, max_length=200)
-    list_id: UUID | None = None
+    list_id: UUID | None = Field(None, description='Replaces the audience by {"lists": [list_id]}.')
+    audience: AudienceIn | None = Field(None, description="Replaces the audience. " + _AUDIENCE_DOC)
     provider: ProviderName | None = None
     tracking: bool | None = Field(None, description="Own open and click tracking on or off.")
     guard: CampaignGuard | None = Field(None, description="null: the global thresholds again.")
@@ -329,7 +368,13 @@ class CampaignOut(BaseModel):
     text: str | None
     from_email: str
     from_name: str | None
-    list_id: UUID
+    list_id: UUID | None = Field(
+        description="The audience's first list; null for an audience of segments only."
+    )
+    audience: AudienceOut
+    audience_planned: AudiencePlanned | None = Field(
+        None, description="The audience's size when the campaign was planned; when reading one."
+    )
     provider: str
     tracking: bool = Field(True, description="Own open and click tracking.")
     status: CampaignStatusName

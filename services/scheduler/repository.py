@@ -8,6 +8,7 @@ tracker's read model) to know which batches are accounted for, and compare-and-s
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from uuid import UUID
 
 import asyncpg
 
+from libs.common import audience as audiences
 from libs.common.events import SendWindow
 from libs.common.logging import get_logger
 from libs.common.sendtime import known_zones, local_instant, next_opening, zone_or_none
@@ -178,7 +180,8 @@ class ScheduleRepository:
                    SET status = 'in_progress', started_at = now(), updated_at = now()
                  WHERE id = $1 AND status = 'scheduled' AND send_at <= $2
                 RETURNING list_id, subject, html, text, from_email, from_name, provider,
-                          send_at, timezone, local_time, local_send_at, send_window
+                          send_at, timezone, local_time, local_send_at, send_window,
+                          audience, audience_filters
                 """,
                 campaign_id,
                 now,
@@ -221,25 +224,28 @@ class ScheduleRepository:
                 campaign["from_email"],
                 campaign["from_name"],
             )
+            try:
+                target = AudienceTarget.of_campaign(campaign, now)
+            except audiences.AudienceError as exc:
+                return await _fail_plan(conn, campaign_id, content_id, campaign, str(exc))
+            target = await target.snapshot(conn)
+            counted = target.sql(first_param=1, keep_suppressed=True)
             counts = await conn.fetchrow(
-                """
-                SELECT count(*) AS audience, count(s.email) AS suppressed
-                  FROM recipients r LEFT JOIN suppressions s ON s.email = r.email
-                 WHERE r.list_id = $1
-                """,
-                campaign["list_id"],
+                "SELECT count(*) AS audience, count(*) FILTER (WHERE r.suppressed) AS suppressed"  # noqa: S608
+                f" FROM ({counted.sql}) AS r",
+                *counted.params,
             )
             assert counts is not None  # an aggregate always returns a row
             invalid = 0
             if campaign["local_time"] or campaign["send_window"] is not None:
                 batches, invalid = await _plan_zoned_batches(
-                    conn, campaign_id, campaign, batch_size, max_message_bytes
+                    conn, campaign_id, campaign, target, batch_size, max_message_bytes
                 )
                 INVALID_TIMEZONES.inc(invalid)
                 log.info("zoned plan", batches=batches, invalid_timezones=invalid)
             else:
                 batches = await _plan_batches(
-                    conn, campaign_id, campaign["list_id"], batch_size, max_message_bytes
+                    conn, campaign_id, target, batch_size, max_message_bytes
                 )
             summary = PlanSummary(
                 campaign_id=campaign_id,
@@ -253,8 +259,9 @@ class ScheduleRepository:
             await conn.execute(
                 """
                 INSERT INTO campaign_plans (campaign_id, content_id, provider, audience_total,
-                                            suppressed_total, batches_total, invalid_timezones)
-                VALUES ($1, $2, $3, $4, $5, $6, $7)
+                                            suppressed_total, batches_total, invalid_timezones,
+                                            audience)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                 """,
                 campaign_id,
                 content_id,
@@ -263,6 +270,7 @@ class ScheduleRepository:
                 summary.suppressed_total,
                 summary.batches_total,
                 summary.invalid_timezones,
+                target.as_planned(),
             )
             if summary.batches_total == 0:
                 # Nothing to send: no batch will ever come back, so finish it here.
@@ -322,7 +330,11 @@ class ScheduleRepository:
             members = await conn.fetch(
                 """
                 SELECT m.batch_id, r.id, r.email, r.fields,
-                       EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email) AS suppressed
+                       -- A row no longer active on its list (unsubscribed from it since
+                       -- planning) is held back like a suppressed address.
+                       r.status <> 'active'
+                       OR EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)
+                          AS suppressed
                   FROM (SELECT b.batch_id, unnest(b.recipient_ids) AS rid
                           FROM batch_plans b WHERE b.batch_id = ANY($1::text[])) AS m
                   JOIN recipients r ON r.id = m.rid
@@ -406,6 +418,109 @@ class ScheduleRepository:
         return int(result.split()[-1])
 
 
+@dataclass(frozen=True)
+class AudienceTarget:
+    """What a campaign's plan reads: its audience definition, the filters of its segments
+    as the API copied them (the scheduler never reads the API's `segments`), and the
+    scheduler's clock, which a segment's "within N days" counts from."""
+
+    audience: audiences.Audience
+    filters: dict[UUID, Any]
+    raw_filters: dict[str, Any]
+    now: datetime
+    # Set by `snapshot`: the audience is read from this temporary table.
+    table: str | None = None
+
+    @classmethod
+    def of_campaign(cls, campaign: asyncpg.Record, now: datetime) -> AudienceTarget:
+        """AudienceError when the definition, or a segment's copied filter, is unusable."""
+        audience = audiences.Audience.of_campaign(campaign["audience"], campaign["list_id"])
+        raw = campaign["audience_filters"] or {}
+        filters = audiences.parse_filters(audience, raw)
+        named = {str(s) for s in audience.segment_ids}
+        return cls(audience, filters, {k: v for k, v in raw.items() if k in named}, now)
+
+    async def snapshot(
+        self, conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+    ) -> AudienceTarget:
+        """The same audience, read from a temporary table that holds it for the rest of the
+        transaction, when building it costs more than a scan: deduplicating several lists
+        and segments sorts the candidates by address, and the plan reads the audience
+        three times (count, largest recipient, the cut). One list without segments is read
+        as it is (its index narrows the scan, and it needs no deduplication)."""
+        if self.table is not None or (len(self.audience.lists) == 1 and not self.audience.segments):
+            return self
+        built = self.sql(first_param=1, keep_suppressed=True)
+        await conn.execute(
+            "CREATE TEMPORARY TABLE audience_snapshot (id bigint, email text, fields jsonb,"
+            " list_id uuid, suppressed boolean) ON COMMIT DROP"
+        )
+        await conn.execute(
+            f"INSERT INTO audience_snapshot {built.sql}",  # noqa: S608 - built SQL only
+            *built.params,
+        )
+        return dataclasses.replace(self, table="pg_temp.audience_snapshot")
+
+    def sql(self, first_param: int, keep_suppressed: bool = False) -> audiences.AudienceSql:
+        if self.table is not None:
+            if keep_suppressed:
+                return audiences.AudienceSql(
+                    f"SELECT id, email, fields, list_id, suppressed FROM {self.table}"  # noqa: S608
+                )
+            return audiences.AudienceSql(
+                f"SELECT id, email, fields, list_id FROM {self.table} WHERE NOT suppressed"  # noqa: S608
+            )
+        return audiences.build(
+            self.audience,
+            self.filters,
+            now=self.now,
+            first_param=first_param,
+            keep_suppressed=keep_suppressed,
+        )
+
+    def as_planned(self) -> dict[str, Any]:
+        """The definition planned from, with the segment filters it used."""
+        return {**self.audience.to_json(), "filters": self.raw_filters}
+
+
+async def _fail_plan(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    campaign_id: UUID,
+    content_id: UUID,
+    campaign: asyncpg.Record,
+    reason: str,
+) -> PlanSummary:
+    """A claimed campaign whose audience cannot be built (a definition the API would not
+    have written): failed, with the reason, and an empty plan, rather than a claim retried
+    on every tick."""
+    log.error("campaign audience unusable; campaign failed", reason=reason)
+    await conn.execute(
+        "UPDATE campaigns SET status = 'failed', finished_at = now(), pause_reason = $2"
+        " WHERE id = $1",
+        campaign_id,
+        f"audience: {reason}"[:500],
+    )
+    await conn.execute(
+        """
+        INSERT INTO campaign_plans (campaign_id, content_id, provider, audience_total,
+                                    suppressed_total, batches_total, audience)
+        VALUES ($1, $2, $3, 0, 0, 0, $4)
+        """,
+        campaign_id,
+        content_id,
+        campaign["provider"],
+        {"error": reason},
+    )
+    return PlanSummary(
+        campaign_id=campaign_id,
+        content_id=content_id,
+        provider=campaign["provider"],
+        audience_total=0,
+        suppressed_total=0,
+        batches_total=0,
+    )
+
+
 # A recipient's size in its `batch.ready` event, over-estimated: jsonb's text form has a
 # space after every colon and comma that the event's compact JSON has not.
 _RECIPIENT_SIZE = (
@@ -416,42 +531,39 @@ _RECIPIENT_SIZE = (
 async def _plan_batches(
     conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
     campaign_id: UUID,
-    list_id: UUID,
+    target: AudienceTarget,
     batch_size: int,
     max_message_bytes: int,
 ) -> int:
     """Cut the sendable audience into batches of at most `batch_size` recipients whose
     `batch.ready` event stays under `max_message_bytes` (issue 11, item 8): windows of the
     running byte sum, each cut again by count. Returns how many batches were planned."""
-    sendable = """
-        FROM recipients r
-       WHERE r.list_id = {list_param}
-         AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)"""
+    sized = target.sql(first_param=1)
     largest = await conn.fetchval(
-        f"SELECT coalesce(max({_RECIPIENT_SIZE}), 0)"  # noqa: S608 - constants only
-        + sendable.format(list_param="$1"),
-        list_id,
+        f"SELECT coalesce(max({_RECIPIENT_SIZE}), 0) FROM ({sized.sql}) AS r",  # noqa: S608
+        *sized.params,
     )
     chunk = byte_chunk(recipient_bytes_budget(max_message_bytes), int(largest))
+    sendable = target.sql(first_param=4)
     result = await conn.execute(
         f"""
         INSERT INTO batch_plans (batch_id, campaign_id, batch_no, recipient_ids)
         SELECT $1::text || ':' || batch_no, $1::uuid, batch_no, array_agg(id ORDER BY id)
-          FROM (SELECT id, dense_rank() OVER (ORDER BY window_no, (n - 1) / $3) - 1 AS batch_no
+          FROM (SELECT id, dense_rank() OVER (ORDER BY window_no, (n - 1) / $2) - 1 AS batch_no
                   FROM (SELECT id, window_no,
                                row_number() OVER (PARTITION BY window_no ORDER BY id) AS n
                           FROM (SELECT r.id,
                                        (sum({_RECIPIENT_SIZE}) OVER (ORDER BY r.id)
-                                        - ({_RECIPIENT_SIZE})) / $4 AS window_no
-                                {sendable.format(list_param="$2")}) AS sized
+                                        - ({_RECIPIENT_SIZE})) / $3 AS window_no
+                                  FROM ({sendable.sql}) AS r) AS sized
                        ) AS numbered
                ) AS cut
          GROUP BY batch_no
         """,  # noqa: S608 - only constants are formatted in
         str(campaign_id),
-        list_id,
         batch_size,
         chunk,
+        *sendable.params,
     )
     return int(result.split()[-1])
 
@@ -460,19 +572,23 @@ async def _plan_zoned_batches(
     conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
     campaign_id: UUID,
     campaign: asyncpg.Record,
+    target: AudienceTarget,
     batch_size: int,
     max_message_bytes: int,
 ) -> tuple[int, int]:
     """The plan of a local-time campaign, or of one with a send window: `_plan_batches`'s
     cut, partitioned by each recipient's zone, every batch with its zone and `due_at`.
 
-    The zone: the recipient's `timezone` field (an IANA name, any case), else the list's
-    default zone, else the campaign's, else UTC. A field naming no zone falls back and is
+    The zone: the recipient's `timezone` field (an IANA name, any case), else the default
+    zone of the audience's first list, else the campaign's, else UTC. A field naming no zone falls back and is
     counted. `due_at`: the local wall time in that zone (local time), or the campaign's
     instant. Zones are resolved and instants computed here (libs.common.sendtime), once
     per known zone, and joined in as parameters. Returns (batches, invalid zones)."""
-    list_default = await conn.fetchval(
-        "SELECT default_timezone FROM lists WHERE id = $1", campaign["list_id"]
+    primary = target.audience.primary_list
+    list_default = (
+        await conn.fetchval("SELECT default_timezone FROM lists WHERE id = $1", primary)
+        if primary is not None
+        else None
     )
     fallback = next(
         name
@@ -494,54 +610,50 @@ async def _plan_zoned_batches(
     names = sorted(by_key.values(), key=lambda n: (due_in(n), n))
     due = [due_in(n) for n in names]
     fallback_no = names.index(by_key[fallback.lower()]) + 1
+    sized = target.sql(first_param=1)
     largest = await conn.fetchval(
-        f"""
-        SELECT coalesce(max({_RECIPIENT_SIZE}), 0) FROM recipients r
-         WHERE r.list_id = $1
-           AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)
-        """,  # noqa: S608 - constants only
-        campaign["list_id"],
+        f"SELECT coalesce(max({_RECIPIENT_SIZE}), 0) FROM ({sized.sql}) AS r",  # noqa: S608
+        *sized.params,
     )
     chunk = byte_chunk(recipient_bytes_budget(max_message_bytes), int(largest))
+    sendable = target.sql(first_param=8)
     counts = await conn.fetchrow(
         f"""
-        WITH z AS (SELECT * FROM unnest($5::text[]) WITH ORDINALITY AS z(key, zone_no)),
+        WITH z AS (SELECT * FROM unnest($4::text[]) WITH ORDINALITY AS z(key, zone_no)),
         sized AS (
-            SELECT r.id, {_RECIPIENT_SIZE} AS size, coalesce(z.zone_no, $8) AS zone_no,
+            SELECT r.id, {_RECIPIENT_SIZE} AS size, coalesce(z.zone_no, $7) AS zone_no,
                    z.zone_no IS NULL AND coalesce(btrim(r.fields->>'timezone'), '') <> ''
                        AS invalid
-              FROM recipients r
-              LEFT JOIN z ON z.key = lower(btrim(r.fields->>'timezone'))
-             WHERE r.list_id = $2
-               AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)),
+              FROM ({sendable.sql}) AS r
+              LEFT JOIN z ON z.key = lower(btrim(r.fields->>'timezone'))),
         windowed AS (
             SELECT id, zone_no, invalid,
-                   (sum(size) OVER (PARTITION BY zone_no ORDER BY id) - size) / $4 AS window_no
+                   (sum(size) OVER (PARTITION BY zone_no ORDER BY id) - size) / $3 AS window_no
               FROM sized),
         numbered AS (
             SELECT *, row_number() OVER (PARTITION BY zone_no, window_no ORDER BY id) AS n
               FROM windowed),
         cut AS (
             SELECT id, zone_no, invalid,
-                   dense_rank() OVER (ORDER BY zone_no, window_no, (n - 1) / $3) - 1 AS batch_no
+                   dense_rank() OVER (ORDER BY zone_no, window_no, (n - 1) / $2) - 1 AS batch_no
               FROM numbered),
         planned AS (
             INSERT INTO batch_plans (batch_id, campaign_id, batch_no, recipient_ids, zone, due_at)
             SELECT $1::text || ':' || batch_no, $1::uuid, batch_no, array_agg(id ORDER BY id),
-                   ($6::text[])[min(zone_no)], ($7::timestamptz[])[min(zone_no)]
+                   ($5::text[])[min(zone_no)], ($6::timestamptz[])[min(zone_no)]
               FROM cut GROUP BY batch_no
             RETURNING 1)
         SELECT (SELECT count(*) FROM planned) AS batches,
                (SELECT count(*) FROM cut WHERE invalid) AS invalid
         """,  # noqa: S608 - only constants are formatted in
         str(campaign_id),
-        campaign["list_id"],
         batch_size,
         chunk,
         [n.lower() for n in names],
         names,
         due,
         fallback_no,
+        *sendable.params,
     )
     assert counts is not None
     return int(counts["batches"]), int(counts["invalid"])

@@ -170,7 +170,10 @@ async def create_campaign(request: Request, session: EditorPost) -> Response:
             body, request.app.state.resources, session.as_caller()
         )
     except (ValidationError, ProblemError) as exc:
-        return await _editor(request, session, values, _errors_of(exc), status_code=422)
+        errors = _errors_of(exc)
+        if "audience" in errors:  # no list chosen: the form's audience is its list
+            errors.setdefault("list_id", errors.pop("audience"))
+        return await _editor(request, session, values, errors, status_code=422)
     return RedirectResponse(f"/console/campaigns/{created.id}", status_code=303)
 
 
@@ -191,6 +194,10 @@ async def edit_campaign(request: Request, session: EditorPost, campaign_id: UUID
     for name in OPTIONAL:
         changes[name] = changes[name] if changes[name].strip() else None
     changes["tracking"] = values["tracking"] == "on"
+    if changes["list_id"] in ("", str(row["list_id"] or "")):
+        # Unchanged (or an audience the form cannot show as one list): a list_id would
+        # replace the whole audience by that one list.
+        del changes["list_id"]
     try:
         body = CampaignUpdate.model_validate(changes)
         await campaigns.update_campaign(
@@ -224,7 +231,7 @@ async def campaign_detail(
     if delivery_status not in read_models.DELIVERY_FILTERS:
         delivery_status = None
     if address and address.strip():
-        found = await queries.delivery_for_email(db, campaign_id, row["list_id"], address)
+        found = await queries.delivery_for_email(db, campaign_id, row["audience"], address)
         deliveries = read_models.DeliveryPage(found, None)
     else:
         try:
@@ -238,6 +245,8 @@ async def campaign_detail(
         "campaign.html",
         session,
         campaign=row,
+        audience_names=await queries.audience_names(db, row["audience"]),
+        audience_planned=await repository.audience_plan(db, campaign_id),
         progress=progress,
         rate=None,
         deliveries=deliveries,
