@@ -61,6 +61,7 @@ from services.dispatcher.ledger import (
 )
 from services.dispatcher.metrics import (
     BATCHES,
+    CAMPAIGN_CAP_WAITS,
     EMAILS,
     FAILOVERS,
     RATE_LIMIT_WAIT,
@@ -173,6 +174,8 @@ class Reserved(Protocol):
     def held(self) -> dict[str, int]: ...
     @property
     def wait_s(self) -> float | None: ...
+    @property
+    def capped(self) -> bool: ...
 
 
 class Throttles(Protocol):
@@ -603,6 +606,10 @@ class BatchDispatcher:
                         batch.campaign_id if cap is not None else None,
                     )  # fmt: skip
                     granted, held, wait_s = reserved.granted, reserved.held, reserved.wait_s
+                    if reserved.capped:
+                        CAMPAIGN_CAP_WAITS.labels(provider.name).inc()
+                        log.info("batch waits for its campaign's rate cap", cap=cap,
+                                 held=sum(held.values()), wait_s=round(wait_s or 0.0, 3))  # fmt: skip
                 except Exception as exc:  # the database may be away: wait, nothing was sent
                     log.warning("throttle reservation failed; waiting", error=repr(exc))
                     granted, held, wait_s = {}, wants, 1.0

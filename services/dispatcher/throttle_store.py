@@ -39,6 +39,8 @@ class Reservation:
     granted: dict[str, int]
     held: dict[str, int] = field(default_factory=dict)
     wait_s: float | None = None
+    # Held back (also) by the campaign's own rate cap, full for now.
+    capped: bool = False
 
 
 class PostgresThrottles:
@@ -179,6 +181,12 @@ class PostgresThrottles:
         held = {g: wants[g] - granted[g] for g in wants if granted[g] < wants[g]}
         if not held:
             return Reservation(granted)
+        total = sum(granted.values())
+        capped = any(
+            cap - used[(scope, length)] - total <= 0
+            for scope, length, _start, cap, _of in windows
+            if scope.startswith("campaign:")
+        )
         # A group held back waits for the end of a window of its own (or the warm-up day)
         # that is full now; the batch wakes at the earliest such end and asks again.
         waits = [
@@ -187,7 +195,7 @@ class PostgresThrottles:
             for room, left in ends.get(group, [])
             if room - (sum(granted.values()) if group is None else granted[group]) <= 0
         ]
-        return Reservation(granted, held, max(min(waits), 0.0) if waits else 0.0)
+        return Reservation(granted, held, max(min(waits), 0.0) if waits else 0.0, capped)
 
     async def prune(self) -> int:
         """Drop windows older than two days (a day window is the longest)."""

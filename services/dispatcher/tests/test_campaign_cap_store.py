@@ -42,7 +42,7 @@ async def test_the_cap_spreads_the_hour_and_holds_it_across_instances(pool: asyn
         )
         sent_per_minute.append(sum(sum(g.granted.values()) for g in grants))
         held = [g for g in grants if g.held]
-        assert held and all(0 < (g.wait_s or 0) <= HOUR for g in held)
+        assert held and all(0 < (g.wait_s or 0) <= HOUR and g.capped for g in held)
         clock.advance(60)
     # 10 a minute (ceil(600 / 60)) over both instances and all groups; the hour holds 600
     # exactly, then the next hour starts again.
@@ -81,3 +81,9 @@ async def test_a_group_limit_and_the_cap_both_hold(pool: asyncpg.Pool) -> None:
     got = await store.reserve(provider, "x.example.net", {"gmail": 50, "other": 50}, campaign)
     # gmail's own 5, then the cap's 20 a minute shared: 15 left for the others.
     assert got.granted == {"gmail": 5, "other": 15} and got.held == {"gmail": 45, "other": 35}
+    assert got.capped
+    # Held by gmail's own limit only: not the cap's doing.
+    roomy = await new_campaign(pool)
+    await pool.execute("UPDATE campaigns SET max_per_hour = 100000 WHERE id = $1", roomy)
+    only_gmail = await store.reserve(provider, "x.example.net", {"gmail": 10}, roomy)
+    assert only_gmail.granted == {"gmail": 0} and not only_gmail.capped
