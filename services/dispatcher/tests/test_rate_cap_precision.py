@@ -7,6 +7,12 @@ done or asleep on the clock, waiting for room), so what the sink received in eac
 the clock is exact, whatever the machine's speed: no sleep, no wall-clock window. The cap is
 lowered mid-hour, as an operator would while the campaign sends: the next minute follows
 it, and the hour's count already used holds against it.
+
+"At rest" needs every batch read: a consumer reads again only once every batch of its last
+fetch is handled, so a batch that arrived a moment after a fetch would wait behind batches
+asleep on the clock, and the clock would never move. So the campaign's batches are put one
+per partition while both dispatchers are held in a handler (batches of a "blocker" campaign
+asleep on the clock), and the blockers are let go (cancelled) once they are all there.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from aiokafka.partitioner import murmur2
 
 from conftest import make_settings
 from libs.common.clock import ManualClock
@@ -36,8 +43,8 @@ from services.dispatcher.tests.test_control import new_campaign
 
 pytestmark = pytest.mark.timeout(120)
 
-BATCHES = 15
-SIZE = 50  # 750 recipients
+BATCHES = 12  # one per partition of batch.ready (make_settings: 12)
+SIZE = 60  # 720 recipients
 FIRST_CAP = 1200  # 20 a minute
 LOWERED_CAP = 600  # from minute 15: 10 a minute, and 300 left in the first hour
 LOWERED_AT = 15
@@ -62,6 +69,17 @@ async def wait_for(condition: str, pool: asyncpg.Pool, *args: object, within_s: 
     while not await pool.fetchval(condition, *args):
         assert time.monotonic() < deadline, f"not within {within_s} s: {condition}"
         await asyncio.sleep(0.05)
+
+
+def one_per_partition(campaign: uuid.UUID, partitions: int) -> list[int]:
+    """Batch numbers whose keys land on distinct partitions (the producer's partitioner)."""
+    chosen: dict[int, int] = {}
+    n = 0
+    while len(chosen) < partitions:
+        partition = (murmur2(f"{campaign}:{n}".encode()) & 0x7FFFFFFF) % partitions
+        chosen.setdefault(partition, n)
+        n += 1
+    return sorted(chosen.values())
 
 
 def expected_minutes(total: int) -> list[int]:
@@ -116,16 +134,40 @@ async def test_a_campaign_cap_is_held_across_two_dispatchers_by_the_same_clock(
             pool, probe, within_s=30,
         )  # fmt: skip
 
+        # Both held in a handler: a blocker campaign of 1 an hour, its batches asleep.
+        blocker = await new_campaign(pool)
+        await pool.execute("UPDATE campaigns SET max_per_hour = 1 WHERE id = $1", blocker)
+        content = await insert_content(pool, blocker)
+        blockers = [make_batch(blocker, content, n, 2, batches_total=24) for n in range(24)]
+        await producer.send_many(Topic.BATCH_READY, [(b.batch_id, b) for b in blockers])
+        await wait_for(
+            "SELECT count(DISTINCT owner) = 2 FROM send_ledger WHERE campaign_id = $1"
+            " AND state = 'sending' AND result->>'released' = 'true'",
+            pool, blocker, within_s=30,
+        )  # fmt: skip
+
         campaign = await new_campaign(pool)
         await pool.execute(
             "UPDATE campaigns SET max_per_hour = $2 WHERE id = $1", campaign, FIRST_CAP
         )
         content = await insert_content(pool, campaign)
-        batches = [
-            make_batch(campaign, content, n, SIZE, batches_total=BATCHES) for n in range(BATCHES)
-        ]
+        numbers = one_per_partition(campaign, settings.batch_ready_partitions)
+        assert len(numbers) == BATCHES
+        batches = [make_batch(campaign, content, n, SIZE, batches_total=BATCHES) for n in numbers]
         emails = {r.email for b in batches for r in b.recipients}
         await producer.send_many(Topic.BATCH_READY, [(b.batch_id, b) for b in batches])
+        # Let the blockers go: cancelled, they end at their next look (the dispatchers' status
+        # cache is refreshed every 0.5 s; they look when the clock moves: a few ms of it).
+        await pool.execute("UPDATE campaigns SET status = 'cancelled' WHERE id = $1", blocker)
+        deadline = time.monotonic() + 30
+        while await pool.fetchval(
+            "SELECT count(*) < 24 FROM send_ledger WHERE campaign_id = $1 AND state = 'done'",
+            blocker,
+        ):
+            assert time.monotonic() < deadline, "the blockers did not end"
+            clock.advance(0.01)
+            await asyncio.sleep(0.05)
+        assert clock.now() < hour + 30  # still the first minute
 
         async def at_rest() -> int:
             """Wait until every batch is done or asleep on the clock; then what the sink
