@@ -94,15 +94,22 @@ async def longest_stall_seconds(
     since one last made progress: its start, its last batch folded by the tracker, or, for
     a local-time or windowed plan, its last batch that fell due. Such a campaign whose
     unaccounted batches are all due later is waiting for a zone's instant or its window,
-    not stuck: left out (issue 17)."""
+    not stuck: left out (issue 17). A campaign with a rate cap (`max_per_hour`) is given
+    the time its cap needs to send what it has in flight (emitted, not accounted for)
+    before it counts as stalled: its batches fold that slowly by design."""
     stall = await conn.fetchval(
         """
-        SELECT coalesce(max(extract(epoch FROM now() - greatest(
+        SELECT coalesce(max(greatest(extract(epoch FROM now() - greatest(
             coalesce(c.started_at, c.updated_at),
             (SELECT max(t.folded_at) FROM tracker_batches t WHERE t.campaign_id = c.id),
             (SELECT max(b.due_at) FROM batch_plans b
               WHERE b.campaign_id = c.id AND b.due_at <= now())
-        ))), 0)::float8
+        )) - CASE WHEN c.max_per_hour IS NULL THEN 0 ELSE 3600.0 * (
+              SELECT coalesce(sum(cardinality(b.recipient_ids)), 0) FROM batch_plans b
+               WHERE b.campaign_id = c.id AND b.emitted > 0
+                 AND NOT EXISTS (SELECT 1 FROM tracker_batches t
+                                  WHERE t.batch_id = b.batch_id)) / c.max_per_hour END,
+        0)), 0)::float8
         FROM campaigns c
         WHERE c.status = 'in_progress'
           AND ($1::uuid[] IS NULL OR c.id = ANY($1::uuid[]))

@@ -24,12 +24,14 @@ CAMPAIGN_COLUMNS = (
     "id, name, subject, html, text, from_email, from_name, list_id, provider, status,"
     " send_at, timezone, schedule_revision, created_at, updated_at, started_at, finished_at,"
     " template_id, template_version, pause_reason, paused_by, tracking, guard, local_time,"
-    " local_send_at, send_window,"
+    " local_send_at, send_window, max_per_hour,"
     " coalesce(audience, jsonb_build_object('lists', jsonb_build_array(list_id),"
     " 'segments', '[]'::jsonb, 'exclude_lists', '[]'::jsonb, 'exclude_segments', '[]'::jsonb))"
     " AS audience"
 )
 EDITABLE_STATUSES = ("draft", "scheduled")
+# The rate cap alone may change until the campaign has ended (issue 17 item 4).
+CAP_EDITABLE_STATUSES = ("draft", "scheduled", "in_progress", "paused")
 
 
 def _row(record: asyncpg.Record | None) -> Row | None:
@@ -235,8 +237,9 @@ async def page_imports(
 async def insert_campaign(db: Executor, fields: Row) -> Row:
     record = await db.fetchrow(
         "INSERT INTO campaigns (name, subject, html, text, from_email, from_name, list_id,"  # noqa: S608
-        " provider, template_id, template_version, tracking, guard, audience, audience_filters)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        " provider, template_id, template_version, tracking, guard, audience, audience_filters,"
+        " max_per_hour)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         f" RETURNING {CAMPAIGN_COLUMNS}",
         fields["name"],
         fields["subject"],
@@ -252,6 +255,7 @@ async def insert_campaign(db: Executor, fields: Row) -> Row:
         guard_thresholds(fields.get("guard")),
         fields.get("audience"),
         fields.get("audience_filters"),
+        fields.get("max_per_hour"),
     )
     assert record is not None
     return dict(record)
@@ -298,11 +302,13 @@ async def page_campaigns(
 
 
 async def update_campaign_content(db: Executor, campaign_id: UUID, changes: Row) -> Row | None:
-    """Apply `changes` if the campaign is still editable (compare-and-set on status)."""
+    """Apply `changes` if the campaign is still editable (compare-and-set on status); the
+    rate cap alone may change until the campaign has ended."""
     allowed = (
         "name", "subject", "html", "text", "from_email", "from_name", "list_id", "provider",
-        "tracking", "guard", "audience", "audience_filters",
+        "tracking", "guard", "audience", "audience_filters", "max_per_hour",
     )  # fmt: skip
+    statuses = CAP_EDITABLE_STATUSES if set(changes) == {"max_per_hour"} else EDITABLE_STATUSES
     if "guard" in changes:
         changes = {**changes, "guard": guard_thresholds(changes["guard"])}
     names = [name for name in allowed if name in changes]
@@ -312,9 +318,7 @@ async def update_campaign_content(db: Executor, campaign_id: UUID, changes: Row)
         f" WHERE id = $1 AND status = ANY(${len(names) + 2}::text[])"
         f" RETURNING {CAMPAIGN_COLUMNS}"
     )
-    record = await db.fetchrow(
-        sql, campaign_id, *(changes[n] for n in names), list(EDITABLE_STATUSES)
-    )
+    record = await db.fetchrow(sql, campaign_id, *(changes[n] for n in names), list(statuses))
     return _row(record)
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Generic, Literal, TypeVar
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from libs.common.events import SendWindow, WallTime
 from libs.common.settings import ProviderName
@@ -135,6 +135,14 @@ def _check_email(value: str | None) -> str | None:
     return value
 
 
+MAX_PER_HOUR = 10_000_000
+_MAX_PER_HOUR = (
+    "The campaign's own rate cap: recipients per hour over every dispatcher (a warm-up, a "
+    "partner's limit), on top of the provider's limit; sends are spread over the hour (at "
+    "most ceil(cap / 60) a minute)."
+)
+
+
 class CampaignGuard(Strict):
     """The reputation guard's thresholds for this campaign (issue 14 item 5). A field left
     out, or null, keeps the global MAILFLEET_GUARD_* value; a maximum of 0 turns that check
@@ -217,6 +225,9 @@ class CampaignCreate(Strict):
         " on the edge and an open pixel is added (the unsubscribe link never changes).",
     )
     guard: CampaignGuard | None = Field(None, description="Default: the global thresholds.")
+    max_per_hour: StrictInt | None = Field(
+        None, ge=1, le=MAX_PER_HOUR, description=_MAX_PER_HOUR, examples=[50_000]
+    )
 
     _email = field_validator("from_email")(_check_email)
 
@@ -235,6 +246,14 @@ class CampaignUpdate(Strict):
     provider: ProviderName | None = None
     tracking: bool | None = Field(None, description="Own open and click tracking on or off.")
     guard: CampaignGuard | None = Field(None, description="null: the global thresholds again.")
+    max_per_hour: StrictInt | None = Field(
+        None,
+        ge=1,
+        le=MAX_PER_HOUR,
+        description=_MAX_PER_HOUR + " null: no cap. Unlike the other fields it may change "
+        "while the campaign is scheduled, sending or paused; dispatchers apply it within "
+        "seconds.",
+    )
 
     _email = field_validator("from_email")(_check_email)
 
@@ -396,6 +415,7 @@ class CampaignOut(BaseModel):
     guard: CampaignGuard | None = Field(
         None, description="Its own reputation guard thresholds; null: the global ones."
     )
+    max_per_hour: int | None = Field(None, description=_MAX_PER_HOUR + " null: no cap.")
     local_time: bool = Field(False, description="Delivered at local time (see schedule).")
     local_send_at: WallTime | None = Field(
         None, description="With local_time: the wall time each recipient gets it at."

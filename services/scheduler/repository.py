@@ -659,6 +659,12 @@ async def _plan_zoned_batches(
     return int(counts["batches"]), int(counts["invalid"])
 
 
+# A campaign with a rate cap has at most this much of its cap (in hours) emitted and not
+# accounted for (at least two batches): its batches would otherwise fill every
+# dispatcher's places and wait there for the cap, ahead of other campaigns' batches, and be
+# handed back and forth on `batch.ready` meanwhile.
+CAPPED_LOOKAHEAD_HOURS = 5 / 60
+
 # Dispatchers do not send in emission order: each takes the batches of all its partitions
 # at once, and sends at its share of the rate (its share of the partitions), however
 # unevenly the batches spread over them. So any queued batch may be the last to go, and
@@ -705,16 +711,47 @@ async def _due_rows(
     """The batches `batches_to_emit` locks (its doc), with what `_defer_closed` needs."""
     rows = await conn.fetch(
         """
+        WITH capped AS (
+            -- Campaigns in progress with a rate cap (issue 17 item 4): recipients emitted
+            -- and not accounted for, the batch size, the first batch due and not emitted.
+            SELECT c.id AS campaign_id, c.max_per_hour::float8 AS cap,
+                   coalesce(sum(cardinality(b.recipient_ids))
+                            FILTER (WHERE b.emitted > 0 AND t.batch_id IS NULL), 0) AS inflight,
+                   greatest(avg(cardinality(b.recipient_ids)), 1)::float8 AS batch_size,
+                   min(b.batch_no) FILTER (WHERE b.emitted = 0
+                                           AND (b.due_at IS NULL OR b.due_at <= $4))
+                       AS first_due
+              FROM campaigns c
+              JOIN batch_plans b ON b.campaign_id = c.id AND b.set_aside_reason IS NULL
+              LEFT JOIN tracker_batches t ON t.batch_id = b.batch_id
+             WHERE c.status = 'in_progress' AND c.max_per_hour IS NOT NULL
+             GROUP BY c.id, c.max_per_hour
+        )
         SELECT b.batch_id, b.campaign_id, b.batch_no, b.recipient_ids, b.emitted,
                b.set_aside_reason, p.provider, b.zone, c.status, c.send_window
           FROM batch_plans b
           JOIN campaigns c ON c.id = b.campaign_id
                            AND c.status IN ('in_progress', 'cancelled')
           JOIN campaign_plans p ON p.campaign_id = b.campaign_id
+          LEFT JOIN capped cp ON cp.campaign_id = b.campaign_id
          CROSS JOIN LATERAL (SELECT make_interval(
                 secs => $3::float8 * power(2, least(greatest(b.emitted - 1, 0), 6))
                ) AS backoff) k
-         WHERE (b.emitted = 0
+         WHERE (cp.campaign_id IS NULL
+                -- A capped campaign's batches are emitted at its pace: no more in flight
+                -- than `$5` hours of its cap (at least two batches).
+                OR (b.emitted = 0
+                    AND b.batch_no < cp.first_due + greatest(ceil(
+                        (greatest(cp.cap * $5::float8, 2 * cp.batch_size) - cp.inflight)
+                        / cp.batch_size), 0))
+                -- ... and one in flight is not taken for lost before its cap could have
+                -- sent everything in flight (twice, like the provider's backlog), by the
+                -- cap in force now.
+                OR (b.emitted > 0
+                    AND (b.last_emitted_at < $1::timestamptz
+                         OR now() > b.last_emitted_at + k.backoff
+                                    + make_interval(secs => 7200 * cp.inflight / cp.cap))))
+           AND (b.emitted = 0
                 OR b.last_emitted_at < $1::timestamptz
                 OR ($3::float8 IS NOT NULL
                     AND now() > coalesce(b.expected_by, b.last_emitted_at) + k.backoff
@@ -736,6 +773,7 @@ async def _due_rows(
         limit,
         policy.base_s if policy is not None else None,
         now,
+        CAPPED_LOOKAHEAD_HOURS,
     )
     return [{**r, "deferred": False} for r in rows]
 

@@ -8,7 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from libs.stats import report
-from services.api.repository import Executor
+from services.api.repository import Executor, zone_progress
 
 RUNNING = ("in_progress", "paused")
 _MAX_RUNNING_SHOWN = 50
@@ -168,3 +168,14 @@ async def audience_names(db: Executor, audience: dict[str, Any]) -> dict[str, st
         segments,
     )
     return {str(r["id"]): r["name"] for r in rows}
+async def zones_of(db: Executor, campaign: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A local-time or windowed campaign's plan by zone (issue 17): recipients not yet sent
+    out per zone and when they are due, and those whose `timezone` field named no zone. None
+    for a plain campaign, or before the plan."""
+    if campaign is None or not (campaign.get("local_time") or campaign.get("send_window")):
+        return None
+    found = await zone_progress(db, campaign["id"])
+    if found is None:
+        return None
+    invalid, waiting = found
+    return {"invalid": invalid, "waiting": waiting}

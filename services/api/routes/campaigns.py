@@ -220,9 +220,10 @@ async def get_campaign(campaign_id: UUID, resources: Resources, _: CanRead) -> C
     responses=problem_responses(401, 403, 404, 409, 413, 422),
 )
 async def update_campaign(
-    campaign_id: UUID, body: CampaignUpdate, resources: Resources, _: CanEdit
+    campaign_id: UUID, body: CampaignUpdate, resources: Resources, caller: CanEdit
 ) -> CampaignOut:
-    """Edit while draft or scheduled; a running campaign sends its frozen content."""
+    """Edit while draft or scheduled; a running campaign sends its frozen content. The rate
+    cap (`max_per_hour`), given alone, may change until the campaign has ended."""
     changes = body.model_dump(exclude_unset=True)
     for required in (
         "name", "subject", "html", "from_email", "list_id", "audience", "provider", "tracking"
@@ -242,10 +243,20 @@ async def update_campaign(
         if row is None:
             raise not_found("campaign", campaign_id)
         return await campaign_with_stats(resources, row)
-    updated = await repository.update_campaign_content(resources.db, campaign_id, changes)
-    if updated is None:
-        await _editable_or_problem(resources, campaign_id, "edit")
-    assert updated is not None
+    async with resources.db.acquire() as conn, conn.transaction():
+        updated = await repository.update_campaign_content(conn, campaign_id, changes)
+        if updated is None:
+            await _editable_or_problem(resources, campaign_id, "edit")
+        assert updated is not None
+        if "max_per_hour" in changes:
+            # A cap changes what a running campaign does: who changed it, and to what.
+            await record_audit(
+                conn,
+                caller.actor,
+                "campaign.rate_cap",
+                Target("campaign", str(campaign_id)),
+                {"max_per_hour": changes["max_per_hour"], "status": updated["status"]},
+            )
     log.info("campaign edited", campaign_id=str(campaign_id), fields=sorted(changes))
     return await campaign_with_stats(resources, updated)
 
