@@ -23,6 +23,7 @@ SERVICES = [
     "importer",
     "scheduler",
     "dispatcher",
+    "dispatcher-messages",
     "tracker",
     "guard",
     "webhooks",
@@ -123,6 +124,14 @@ def test_default_values_give_every_service_its_objects() -> None:
     (hpa,) = by_kind(docs, "HorizontalPodAutoscaler").values()
     assert hpa["spec"]["scaleTargetRef"]["name"] == "mf-mailfleet-dispatcher"
     assert "replicas" not in deployments["mf-mailfleet-dispatcher"]["spec"]  # the HPA owns it
+    # Transactional mail has dispatchers of its own: one program, two lanes.
+    lanes = {}
+    for name in ("dispatcher", "dispatcher-messages"):
+        (container,) = deployments[f"mf-mailfleet-{name}"]["spec"]["template"]["spec"]["containers"]
+        assert container["args"] == ["run", "dispatcher"]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        lanes[name] = env["MAILFLEET_DISPATCHER_LANES"]
+    assert lanes == {"dispatcher": "batches", "dispatcher-messages": "messages"}
     jobs = by_kind(docs, "Job")
     commands = {j["spec"]["template"]["spec"]["containers"][0]["args"][0] for j in jobs.values()}
     assert commands == {"migrate", "create-topics"}

@@ -168,6 +168,8 @@ async def audience_names(db: Executor, audience: dict[str, Any]) -> dict[str, st
         segments,
     )
     return {str(r["id"]): r["name"] for r in rows}
+
+
 async def zones_of(db: Executor, campaign: dict[str, Any] | None) -> dict[str, Any] | None:
     """A local-time or windowed campaign's plan by zone (issue 17): recipients not yet sent
     out per zone and when they are due, and those whose `timezone` field named no zone. None
