@@ -225,7 +225,7 @@ class ScheduleRepository:
                 """
                 SELECT count(*) AS audience, count(s.email) AS suppressed
                   FROM recipients r LEFT JOIN suppressions s ON s.email = r.email
-                 WHERE r.list_id = $1
+                 WHERE r.list_id = $1 AND r.status = 'active'
                 """,
                 campaign["list_id"],
             )
@@ -425,7 +425,7 @@ async def _plan_batches(
     running byte sum, each cut again by count. Returns how many batches were planned."""
     sendable = """
         FROM recipients r
-       WHERE r.list_id = {list_param}
+       WHERE r.list_id = {list_param} AND r.status = 'active'
          AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)"""
     largest = await conn.fetchval(
         f"SELECT coalesce(max({_RECIPIENT_SIZE}), 0)"  # noqa: S608 - constants only
@@ -497,7 +497,7 @@ async def _plan_zoned_batches(
     largest = await conn.fetchval(
         f"""
         SELECT coalesce(max({_RECIPIENT_SIZE}), 0) FROM recipients r
-         WHERE r.list_id = $1
+         WHERE r.list_id = $1 AND r.status = 'active'
            AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)
         """,  # noqa: S608 - constants only
         campaign["list_id"],
@@ -512,7 +512,7 @@ async def _plan_zoned_batches(
                        AS invalid
               FROM recipients r
               LEFT JOIN z ON z.key = lower(btrim(r.fields->>'timezone'))
-             WHERE r.list_id = $2
+             WHERE r.list_id = $2 AND r.status = 'active'
                AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)),
         windowed AS (
             SELECT id, zone_no, invalid,
