@@ -73,8 +73,10 @@ def preference_page(
     editable_fields: tuple[str, ...],
     fields: Mapping[str, Any],
     notice: str | None = None,
+    unsubscribe_path: str | None = None,
 ) -> str:
-    """The preference centre: leave this list or all lists, join again, edit fields."""
+    """The preference centre: leave this list or all lists, join again, edit fields.
+    `base_path` is `/u/{token}`; `unsubscribe_path` the path the link was followed on."""
     parts = []
     if notice:
         parts.append(f'<p role="status"><strong>{html.escape(notice)}</strong></p>')
@@ -110,7 +112,7 @@ def preference_page(
         )
     parts.append(
         "<section><h2>All emails</h2><p>Stop every email from us to this address.</p>"
-        + _button_form(base_path, "Unsubscribe from all lists")
+        + _button_form(unsubscribe_path or base_path, "Unsubscribe from all lists")
         + "</section>"
     )
     return _page("Your email preferences", "".join(parts))

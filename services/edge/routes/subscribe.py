@@ -68,6 +68,33 @@ class BadPost(Exception):
     pass
 
 
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+
+
+def _html_or_problem(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """Documented answers: a page to a form post, a problem document to JSON."""
+    documented = problem_responses(*codes)
+    for entry in documented.values():
+        entry["content"] = entry["content"] | _HTML
+    return documented
+
+
+def _html(code: int, description: str) -> dict[str, Any]:
+    return {"description": description, "content": _HTML}
+
+
+_SUBSCRIBE_BODY = {
+    "type": "object",
+    "required": ["email"],
+    "properties": {
+        "email": {"type": "string", "maxLength": 254},
+        HONEYPOT_FIELD: {"type": "string", "description": "The honeypot: leave it empty."},
+        "consent_text_version": {"type": "string", "description": "Shown with the form."},
+    },
+    "additionalProperties": {"type": "string", "description": "The list's editable fields."},
+}
+
+
 def parse_post(body: bytes, content_type: str) -> tuple[dict[str, Any], bool]:
     """The posted fields (strings, bounded) and whether the caller speaks JSON."""
     if len(body) > MAX_BODY_BYTES:
@@ -127,9 +154,23 @@ def _refused(status: int, message: str, as_json: bool) -> Response:
 
 @router.post(
     "/s/{public_id}",
+    response_class=HTMLResponse,
     responses={
-        **problem_responses(404, 413, 422, 429, 503),
-        202: {"description": "Accepted (the same for every valid post)."},
+        **_html_or_problem(404, 413, 422, 429, 503),
+        200: _html(200, "A form post is accepted (the same page for every valid post)."),
+        202: {
+            "description": "A JSON post is accepted (the same answer for every valid post).",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {"schema": _SUBSCRIBE_BODY},
+                "application/json": {"schema": _SUBSCRIBE_BODY},
+            },
+        }
     },
 )
 async def subscribe(public_id: str, request: Request, resources: Resources) -> Response:
@@ -223,7 +264,14 @@ def _confirm_target(resources: EdgeResources, token: str) -> ConfirmTarget | HTM
         return HTMLResponse(invalid_link_page(), status_code=404, headers=_NO_STORE)
 
 
-@router.get("/confirm/{token}", response_class=HTMLResponse, responses=problem_responses(503))
+_CONFIRM_RESPONSES = {
+    **problem_responses(503),
+    404: _html(404, "Not a link we signed."),
+    410: _html(410, "The link has expired (7 days)."),
+}
+
+
+@router.get("/confirm/{token}", response_class=HTMLResponse, responses=_CONFIRM_RESPONSES)
 async def confirm_form(token: str, request: Request, resources: Resources) -> HTMLResponse:
     """The page a confirmation link opens: one button that confirms (410 when expired,
     404 when not a link we signed)."""
@@ -233,7 +281,7 @@ async def confirm_form(token: str, request: Request, resources: Resources) -> HT
     return HTMLResponse(confirm_page(request.url.path), headers=_NO_STORE)
 
 
-@router.post("/confirm/{token}", response_class=HTMLResponse, responses=problem_responses(503))
+@router.post("/confirm/{token}", response_class=HTMLResponse, responses=_CONFIRM_RESPONSES)
 async def confirm(token: str, resources: Resources) -> HTMLResponse:
     """Confirm the subscription. Repeating it changes nothing."""
     target = _confirm_target(resources, token)

@@ -63,14 +63,17 @@ async def confirm(token: str, request: Request, resources: Resources) -> HTMLRes
     member = await _member(resources, target)
     if member is None:
         return HTMLResponse(confirm_page(request.url.path), headers=_NO_STORE)
-    return HTMLResponse(_preferences(f"/u/{token}", member), headers=_NO_STORE)
+    page = _preferences(f"/u/{token}", member, unsubscribe_path=request.url.path)
+    return HTMLResponse(page, headers=_NO_STORE)
 
 
 _NO_STORE = {"Cache-Control": "no-store"}
 MAX_PREFERENCES_BODY = 8 * 1024
 
 
-def _preferences(base_path: str, member: Member, notice: str | None = None) -> str:
+def _preferences(
+    base_path: str, member: Member, notice: str | None = None, unsubscribe_path: str | None = None
+) -> str:
     return preference_page(
         base_path,
         email=member.email,
@@ -80,6 +83,7 @@ def _preferences(base_path: str, member: Member, notice: str | None = None) -> s
         editable_fields=member.editable_fields,
         fields=member.fields,
         notice=notice,
+        unsubscribe_path=unsubscribe_path,
     )
 
 
