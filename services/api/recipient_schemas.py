@@ -9,6 +9,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, BeforeValidator, Field, StrictBool, StrictInt, field_validator
 
+from libs.common.events import ConsentStatement
 from services.api.schemas import Strict, Text
 
 MAX_FIELDS = 100
@@ -65,6 +66,12 @@ class RecipientCreate(Strict):
         examples=[{"first_name": "Ada", "plan": "pro"}],
     )
 
+    consent: ConsentStatement | None = Field(
+        None,
+        description="The legal basis on which this address may be mailed (recorded with the"
+        " add; source default `api`).",
+        examples=[{"basis": "consent", "source": "signup-desk"}],
+    )
     _keys = field_validator("fields")(_check_keys)
 
 

@@ -93,6 +93,18 @@ async def insert_recipient(
     return row
 
 
+async def record_consent(db: Executor, list_id: UUID, email: str, basis: str, source: str) -> None:
+    """The consent basis an API add states (table `consents`, migration 0027)."""
+    await db.execute(
+        "INSERT INTO consents (list_id, email, basis, source, status) VALUES ($1, $2, $3, $4,"
+        " 'given')",
+        list_id,
+        email,
+        basis,
+        source,
+    )
+
+
 async def update_recipient(
     db: Executor,
     list_id: UUID,
