@@ -14,7 +14,8 @@ module decides, in PostgreSQL, and says what to publish next: the confirmation e
   already active changes nothing (the edge answered the same anyway), and fields sent with
   a form change only a new row: a stranger cannot rename an existing member.
 - `confirmed`: an `unconfirmed` recipient becomes `active`, its pending consents
-  `confirmed`, and `joined` (source `confirmation`) follows.
+  `confirmed` (by this event), and `joined` (source `confirmation`) follows; a replay of
+  that event publishes the same `joined` again, any other later `confirmed` nothing.
 - `left`: the recipient of that list becomes `unsubscribed`; its consents are withdrawn.
 - `preferences`: the list's `editable_fields` only are merged into the recipient's fields.
 """
@@ -302,16 +303,30 @@ class Subscriptions:
             event.list_id,
             email,
         )
-        if recipient_id is None:
-            return Outgoing()  # already confirmed, left since, or removed
-        await conn.execute(
-            "UPDATE consents SET status = 'confirmed', confirmed_at = $3"
-            " WHERE list_id = $1 AND email = $2 AND status = 'pending'",
-            event.list_id,
-            email,
-            at,
-        )
         assert event.list_id is not None
+        if recipient_id is None:
+            # Already confirmed, left since, or removed: nothing changes. A replay of the
+            # event that confirmed publishes its `joined` again (it may have been lost
+            # between the commit and the publish); consumers dedupe on its id.
+            replayed = await conn.fetchval(
+                "SELECT min(confirmed_at) FROM consents"
+                " WHERE list_id = $1 AND email = $2 AND confirmed_by = $3",
+                event.list_id,
+                email,
+                event.event_id,
+            )
+            if replayed is None:
+                return Outgoing()
+            at = replayed
+        else:
+            await conn.execute(
+                "UPDATE consents SET status = 'confirmed', confirmed_at = $3, confirmed_by = $4"
+                " WHERE list_id = $1 AND email = $2 AND status = 'pending'",
+                event.list_id,
+                email,
+                at,
+                event.event_id,
+            )
         joined = ContactEvent(
             event_id=f"joined:{event.event_id}"[:255],
             action="joined",
@@ -320,7 +335,8 @@ class Subscriptions:
             occurred_at=at,
             source="confirmation",
         )
-        log.info("subscription confirmed", list_id=str(event.list_id))
+        if recipient_id is not None:
+            log.info("subscription confirmed", list_id=str(event.list_id))
         return Outgoing(contacts=[joined])
 
     async def _left(self, conn: Conn, event: ContactEvent, email: str, at: datetime) -> None:

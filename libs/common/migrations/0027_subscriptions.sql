@@ -50,6 +50,8 @@ CREATE TABLE consents (
     confirmation_key      text,
     recorded_at           timestamptz NOT NULL DEFAULT now(),
     confirmed_at          timestamptz,
+    -- The `confirmed` event that confirmed it: its replay publishes the same `joined` again.
+    confirmed_by          text CHECK (length(confirmed_by) <= 255),
     withdrawn_at          timestamptz,
     CHECK (email IS NOT NULL OR import_id IS NOT NULL)
 );

@@ -157,8 +157,10 @@ async def test_confirmation_activates_and_publishes_joined_once(
     assert row is not None and row["status"] == "active"
     [consent] = await consents(pool, email)
     assert consent["status"] == "confirmed" and consent["confirmed_at"] is not None
-    # The link followed twice: nothing more.
+    # The link followed twice: nothing more. The same event replayed: the same `joined`.
     assert await subs.handle(contact("confirmed", list_id, email)) == Outgoing()
+    replay = await subs.handle(confirmed, now=T0 + timedelta(days=2))
+    assert replay.contacts == [joined]
 
 
 async def test_single_opt_in_joins_at_once_and_a_stranger_cannot_rename_a_member(
