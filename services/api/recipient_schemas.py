@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, BeforeValidator, Field, StrictBool, StrictInt, field_validator
@@ -92,5 +92,10 @@ class RecipientOut(BaseModel):
     list_id: UUID
     email: str
     fields: dict[str, Any]
+    status: Literal["active", "unconfirmed", "unsubscribed"] = Field(
+        "active",
+        description="Campaigns mail `active` recipients only: `unconfirmed` waits for the"
+        " confirmation link of a double opt-in list, `unsubscribed` left the list.",
+    )
     created_at: datetime
     updated_at: datetime

@@ -15,7 +15,7 @@ import asyncpg
 from services.api.repository import Executor, Row
 from services.api.seq_cursor import decode_seq_cursor, encode_seq_cursor
 
-_COLUMNS = "id, list_id, email, fields, created_at, updated_at"
+_COLUMNS = "id, list_id, email, fields, status, created_at, updated_at"
 
 
 class AddressTaken(Exception):
