@@ -79,7 +79,8 @@ class Directory:
     async def _fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
         pool = await self._get_pool()
         try:
-            return await pool.fetchrow(query, *args, timeout=QUERY_TIMEOUT_S)
+            # The bound covers connecting too (the pool connects lazily).
+            return await asyncio.wait_for(pool.fetchrow(query, *args), QUERY_TIMEOUT_S)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("edge directory read failed", error=str(exc)[:200])
             raise Unavailable(str(exc)) from exc

@@ -19,6 +19,7 @@ from libs.common.confirm_token import (
     make_confirm_token,
     read_confirm_token,
 )
+from libs.common.embedded import free_port
 from libs.common.settings import Settings
 from libs.common.unsubscribe import make_token
 from services.api.tests.support import find_event
@@ -289,3 +290,17 @@ async def test_preference_centre_without_a_recipient_is_the_plain_unsubscribe_pa
     assert "/leave" not in page.text
     refused = await edge.client.post(f"/u/{token}/leave")
     assert refused.status_code == 503
+
+
+async def test_without_the_database_the_form_says_503_and_unsubscribing_still_works(
+    settings: Settings,
+) -> None:
+    closed = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    async with running_edge(settings, database_url=closed) as down:
+        answer = await down.client.post(f"/s/{uuid.uuid4().hex}", json={"email": _address()})
+        assert answer.status_code == 503 and answer.headers["content-type"] == PROBLEM
+        token = make_token(down.settings.secret_key, uuid.uuid4(), 7)
+        page = await down.client.get(f"/u/{token}")
+        assert page.status_code == 200 and f'action="/u/{token}"' in page.text
+        one_click = await down.client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
+        assert one_click.status_code == 200
