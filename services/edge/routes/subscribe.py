@@ -62,6 +62,9 @@ MAX_FIELD_CHARS = 200
 MAX_USER_AGENT_CHARS = 512
 PUBLIC_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _NO_STORE = {"Cache-Control": "no-store"}
+# The form may be posted with fetch() from the list owner's site: any origin, no
+# credentials (nothing here reads a cookie), so a wildcard is safe.
+_CORS = {"Access-Control-Allow-Origin": "*"}
 
 
 class BadPost(Exception):
@@ -142,7 +145,7 @@ def client_of(request: Request, resources: EdgeResources) -> str:
 def _accepted(lst: PublicList, as_json: bool) -> Response:
     """The one answer to every valid post, whatever becomes of it."""
     if as_json:
-        return JSONResponse({"status": "accepted"}, status_code=202, headers=_NO_STORE)
+        return JSONResponse({"status": "accepted"}, status_code=202, headers=_NO_STORE | _CORS)
     return HTMLResponse(subscribe_accepted_page(lst.opt_in), headers=_NO_STORE)
 
 
@@ -150,6 +153,17 @@ def _refused(status: int, message: str, as_json: bool) -> Response:
     if as_json:
         raise ProblemError(status, message)
     return HTMLResponse(text_page("Not subscribed", message), status_code=status)
+
+
+@router.options("/s/{public_id}", include_in_schema=False)
+async def subscribe_preflight() -> Response:
+    """CORS preflight of a JSON post from a browser on another origin."""
+    headers = _CORS | {
+        "Access-Control-Allow-Methods": "POST",
+        "Access-Control-Allow-Headers": "Content-Type",
+        "Access-Control-Max-Age": "86400",
+    }
+    return Response(status_code=204, headers=headers)
 
 
 @router.post(

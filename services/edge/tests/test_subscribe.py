@@ -149,6 +149,14 @@ async def test_form_and_json_subscribe_publish_and_answer_alike(
     ]
     assert [a.status_code for a in as_json] == [202, 202]
     assert as_json[0].json() == as_json[1].json() == {"status": "accepted"}
+    # A browser on the list owner's site may post JSON with fetch().
+    assert as_json[0].headers["access-control-allow-origin"] == "*"
+    preflight = await edge.client.options(
+        f"/s/{public_id}",
+        headers={"origin": "https://shop.example", "access-control-request-method": "POST"},
+    )
+    assert preflight.status_code == 204
+    assert "POST" in preflight.headers["access-control-allow-methods"]
 
 
 async def test_honeypot_answers_the_same_and_publishes_nothing(
