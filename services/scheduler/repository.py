@@ -322,7 +322,9 @@ class ScheduleRepository:
             members = await conn.fetch(
                 """
                 SELECT m.batch_id, r.id, r.email, r.fields,
-                       EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email) AS suppressed
+                       r.status <> 'active'
+                       OR EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)
+                       AS suppressed
                   FROM (SELECT b.batch_id, unnest(b.recipient_ids) AS rid
                           FROM batch_plans b WHERE b.batch_id = ANY($1::text[])) AS m
                   JOIN recipients r ON r.id = m.rid

@@ -301,3 +301,23 @@ async def test_only_active_recipients_are_planned(pool: asyncpg.Pool) -> None:
         campaign_id,
     )
     assert planned == [r["id"] for r in ids[3:]]
+
+
+async def test_who_left_the_list_after_planning_is_marked_at_emit(pool: asyncpg.Pool) -> None:
+    """Leaving a list in the preference centre during a long campaign reaches every batch
+    emitted after it, as an unsubscribe does (reported `suppressed`, never mailed)."""
+    campaign_id = await seed_campaign(pool, recipients=7)
+    repo = ScheduleRepository(pool)
+    plan = await repo.claim_and_plan(campaign_id, 5)
+    assert plan is not None
+    left = await pool.fetchval(
+        "UPDATE recipients SET status = 'unsubscribed' WHERE id = (SELECT r.id FROM recipients r"
+        " JOIN campaigns c ON c.list_id = r.list_id WHERE c.id = $1 ORDER BY r.id OFFSET 5"
+        " LIMIT 1) RETURNING id",
+        campaign_id,
+    )
+    async with repo.batches_to_emit(datetime.now(UTC), 10_000) as batches:
+        marked = {
+            b.batch_no: b.suppressed_ids for b in batches.batches if b.campaign_id == campaign_id
+        }
+    assert marked == {0: [], 1: [left]}
