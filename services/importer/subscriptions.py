@@ -35,6 +35,7 @@ from libs.common.addresses import InvalidAddress, normalised_address
 from libs.common.confirm_token import confirm_url
 from libs.common.events import ContactEvent, InlineContent, MessageRequested
 from libs.common.logging import get_logger
+from services.importer.metrics import SUBSCRIPTIONS
 
 log = get_logger(__name__)
 
@@ -77,6 +78,8 @@ class Outgoing:
 
     messages: list[MessageRequested] = field(default_factory=list)
     contacts: list[ContactEvent] = field(default_factory=list)
+    # What the fold decided, for the metric (not compared: replays decide alike).
+    outcome: str = field(default="unchanged", compare=False)
 
 
 def allowed_fields(raw: Any, editable: list[str]) -> dict[str, str]:
@@ -121,14 +124,15 @@ class Subscriptions:
         at = now or datetime.now(UTC)
         async with self.pool.acquire() as conn, conn.transaction():
             if event.action == "subscribed":
-                return await self._subscribed(conn, event, email, at)
-            if event.action == "confirmed":
-                return await self._confirmed(conn, event, email, at)
-            if event.action == "left":
-                await self._left(conn, event, email, at)
+                out = await self._subscribed(conn, event, email, at)
+            elif event.action == "confirmed":
+                out = await self._confirmed(conn, event, email, at)
+            elif event.action == "left":
+                out = await self._left(conn, event, email, at)
             else:
-                await self._preferences(conn, event, email)
-        return Outgoing()
+                out = await self._preferences(conn, event, email)
+        SUBSCRIPTIONS.labels(event.action, out.outcome).inc()
+        return out
 
     # ----- subscribed -----
 
@@ -144,7 +148,7 @@ class Subscriptions:
         )
         if lst is None:
             log.info("subscription to an unknown list ignored", list_id=str(event.list_id))
-            return Outgoing()
+            return Outgoing(outcome="ignored")
         earlier = await conn.fetchrow(
             "SELECT id, status, confirmation_key, recorded_at FROM consents WHERE event_id = $1",
             event.event_id,
@@ -164,7 +168,7 @@ class Subscriptions:
         if await self._suppressed(conn, email):
             await self._record(conn, lst["id"], email, basis, source, "refused", consent, event)
             log.info("subscription of a suppressed address refused", list_id=str(lst["id"]))
-            return Outgoing()
+            return Outgoing(outcome="refused")
         row = await conn.fetchrow(
             "SELECT id, status FROM recipients WHERE list_id = $1 AND email = $2 FOR UPDATE",
             lst["id"],
@@ -194,13 +198,14 @@ class Subscriptions:
             consent_id = await self._record(
                 conn, lst["id"], email, basis, source, "given", consent, event
             )
-            return Outgoing(contacts=[_joined(lst["id"], email, source, consent_id, at)])
+            joined = _joined(lst["id"], email, source, consent_id, at)
+            return Outgoing(contacts=[joined], outcome="joined")
         consent_id = await self._record(
             conn, lst["id"], email, basis, source, "pending", consent, event
         )
         if not lst["confirmation_from_email"]:
             log.warning("double opt-in list has no confirmation sender", list_id=str(lst["id"]))
-            return Outgoing()
+            return Outgoing(outcome="pending")
         sent = await conn.fetchval(
             "INSERT INTO confirmation_sends (email, last_sent_at) VALUES ($1, $2)"
             " ON CONFLICT (email) DO UPDATE SET last_sent_at = EXCLUDED.last_sent_at"
@@ -212,7 +217,7 @@ class Subscriptions:
         )
         if not sent:
             log.info("confirmation already sent within the hour", list_id=str(lst["id"]))
-            return Outgoing()
+            return Outgoing(outcome="capped")
         key = confirmation_key(lst["id"], email, at)
         await conn.execute(
             "UPDATE consents SET confirmation_key = $2, recorded_at = $3 WHERE id = $1",
@@ -220,7 +225,8 @@ class Subscriptions:
             key,
             at,
         )
-        return Outgoing(messages=[self._confirmation(lst, email, key, at)])
+        message = self._confirmation(lst, email, key, at)
+        return Outgoing(messages=[message], outcome="confirmation_sent")
 
     def _replayed(
         self, lst: asyncpg.Record, email: str, event: ContactEvent, earlier: asyncpg.Record
@@ -229,12 +235,12 @@ class Subscriptions:
             message = self._confirmation(
                 lst, email, earlier["confirmation_key"], earlier["recorded_at"]
             )
-            return Outgoing(messages=[message])
+            return Outgoing(messages=[message], outcome="replayed")
         if earlier["status"] == "given" and lst["opt_in"] == "single":
             source = (event.source or "form")[:40]
             joined = _joined(lst["id"], email, source, earlier["id"], earlier["recorded_at"])
-            return Outgoing(contacts=[joined])
-        return Outgoing()
+            return Outgoing(contacts=[joined], outcome="replayed")
+        return Outgoing(outcome="replayed")
 
     async def _suppressed(self, conn: Conn, email: str) -> bool:
         if await conn.fetchval("SELECT true FROM suppressions WHERE email = $1", email):
@@ -335,11 +341,12 @@ class Subscriptions:
             occurred_at=at,
             source="confirmation",
         )
-        if recipient_id is not None:
-            log.info("subscription confirmed", list_id=str(event.list_id))
-        return Outgoing(contacts=[joined])
+        if recipient_id is None:
+            return Outgoing(contacts=[joined], outcome="replayed")
+        log.info("subscription confirmed", list_id=str(event.list_id))
+        return Outgoing(contacts=[joined], outcome="confirmed")
 
-    async def _left(self, conn: Conn, event: ContactEvent, email: str, at: datetime) -> None:
+    async def _left(self, conn: Conn, event: ContactEvent, email: str, at: datetime) -> Outgoing:
         await conn.execute(
             "UPDATE recipients SET status = 'unsubscribed', updated_at = now()"
             " WHERE list_id = $1 AND email = $2 AND status <> 'unsubscribed'",
@@ -353,10 +360,11 @@ class Subscriptions:
             email,
             at,
         )
+        return Outgoing(outcome="left")
 
-    async def _preferences(self, conn: Conn, event: ContactEvent, email: str) -> None:
+    async def _preferences(self, conn: Conn, event: ContactEvent, email: str) -> Outgoing:
         if event.list_id is None:
-            return
+            return Outgoing(outcome="ignored")
         editable = await conn.fetchval(
             "SELECT editable_fields FROM lists WHERE id = $1", event.list_id
         )
@@ -369,6 +377,8 @@ class Subscriptions:
                 email,
                 fields,
             )
+            return Outgoing(outcome="preferences")
+        return Outgoing(outcome="ignored")
 
 
 def _joined(list_id: UUID, email: str, source: str, consent_id: int, at: datetime) -> ContactEvent:

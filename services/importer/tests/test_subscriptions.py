@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from conftest import first_events
 from libs.common.confirm_token import read_confirm_token
@@ -111,15 +112,22 @@ async def test_double_opt_in_sends_one_signed_confirmation_and_waits(
     assert consent["consent_text_version"] == 4
 
 
+def _capped() -> float:
+    labels = {"action": "subscribed", "outcome": "capped"}
+    return REGISTRY.get_sample_value("mailfleet_subscriptions_total", labels) or 0.0
+
+
 async def test_at_most_one_confirmation_per_address_per_hour(
     subs: Subscriptions, pool: asyncpg.Pool
 ) -> None:
     first_list, other_list, email = await new_list(pool), await new_list(pool), address()
     assert len((await subs.handle(subscribed(first_list, email), now=T0)).messages) == 1
+    capped_before = _capped()
     # Again, and on another list, within the hour: recorded, nothing sent.
     later = T0 + timedelta(minutes=59)
     assert (await subs.handle(subscribed(first_list, email), now=later)).messages == []
     assert (await subs.handle(subscribed(other_list, email), now=later)).messages == []
+    assert _capped() == capped_before + 2
     assert len(await consents(pool, email)) == 3
     # An hour after the first one: sent again.
     again = await subs.handle(subscribed(first_list, email), now=T0 + timedelta(hours=1))
