@@ -12,7 +12,7 @@ module decides, in PostgreSQL, and says what to publish next: the confirmation e
   follows. Double opt-in: `unconfirmed`, and a confirmation email, at most one per
   address per hour (`confirmation_sends`, decided in the same transaction). An address
   already active changes nothing (the edge answered the same anyway), and fields sent with
-  a form change only a new row: a stranger cannot rename an existing member.
+  a form change only a new or still unconfirmed row: a stranger cannot rename a member.
 - `confirmed`: an `unconfirmed` recipient becomes `active`, its pending consents
   `confirmed` (by this event), and `joined` (source `confirmation`) follows; a replay of
   that event publishes the same `joined` again, any other later `confirmed` nothing.
@@ -178,8 +178,8 @@ class Subscriptions:
             await self._record(conn, lst["id"], email, basis, source, "given", consent, event)
             return Outgoing()
         status = "active" if lst["opt_in"] == "single" else "unconfirmed"
+        fields = allowed_fields(data.get("fields"), list(lst["editable_fields"]))
         if row is None:
-            fields = allowed_fields(data.get("fields"), list(lst["editable_fields"]))
             await conn.execute(
                 "INSERT INTO recipients (list_id, email, fields, status)"
                 " VALUES ($1, $2, $3::jsonb, $4)",
@@ -189,10 +189,16 @@ class Subscriptions:
                 status,
             )
         else:
+            # Still unconfirmed: the latest form's fields (whoever sent an earlier one, only
+            # the person who follows a link makes the row active). Otherwise (they left):
+            # their fields stay.
             await conn.execute(
-                "UPDATE recipients SET status = $2, updated_at = now() WHERE id = $1",
+                "UPDATE recipients SET status = $2, updated_at = now(),"
+                " fields = CASE WHEN status = 'unconfirmed' THEN fields || $3::jsonb"
+                " ELSE fields END WHERE id = $1",
                 row["id"],
                 status,
+                fields,
             )
         if status == "active":
             consent_id = await self._record(

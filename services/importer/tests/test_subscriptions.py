@@ -255,3 +255,13 @@ async def test_the_service_sends_the_confirmation_and_publishes_joined(
     assert joined.list_id == list_id and joined.source == "confirmation"
     row = await recipient(pool, list_id, email)
     assert row is not None and row["status"] == "active"
+
+
+async def test_an_unconfirmed_row_takes_the_latest_forms_fields(
+    subs: Subscriptions, pool: asyncpg.Pool
+) -> None:
+    list_id, email = await new_list(pool), address()
+    await subs.handle(subscribed(list_id, email, fields={"first_name": "Prank"}), now=T0)
+    await subs.handle(subscribed(list_id, email, fields={"first_name": "Ann"}), now=T0)
+    row = await recipient(pool, list_id, email)
+    assert row is not None and row["fields"] == {"first_name": "Ann"}
