@@ -110,6 +110,11 @@ def _count(outcome: str) -> float:
     return value or 0.0
 
 
+def _confirmations() -> float:
+    labels = {"action": "confirmed"}
+    return REGISTRY.get_sample_value("mailfleet_edge_preference_actions_total", labels) or 0.0
+
+
 async def _subscribed_events(settings: Settings, email: str) -> dict[str, Any]:
     """The first `subscribed` event for `email` (one key: all of them in order)."""
     _, event = await find_event(
@@ -222,11 +227,14 @@ async def test_confirmation_link_page_post_expired_and_forged(edge: Edge) -> Non
     list_id, email = uuid.uuid4(), _address()
     secret = edge.settings.secret_key
     token = make_confirm_token(secret, list_id, email, datetime.now(UTC) - timedelta(days=6))
+    confirmed_before = _confirmations()
     page = await edge.client.get(f"/confirm/{token}")
     assert page.status_code == 200 and f'action="/confirm/{token}"' in page.text
+    assert _confirmations() == confirmed_before  # a GET (a mail scanner) confirms nothing
 
     done = await edge.client.post(f"/confirm/{token}")
     assert done.status_code == 200 and "confirmed" in done.text
+    assert _confirmations() == confirmed_before + 1
     key, event = await find_event(
         edge.settings,
         "contact.event",
@@ -254,7 +262,8 @@ async def test_preference_centre_leave_edit_and_join_again(edge: Edge, pool: asy
         email,
         {"first_name": "<Ann>"},
     )
-    token = make_token(edge.settings.secret_key, uuid.uuid4(), recipient_id)
+    campaign_id = uuid.uuid4()
+    token = make_token(edge.settings.secret_key, campaign_id, recipient_id)
     page = await edge.client.get(f"/u/{token}")
     assert page.status_code == 200
     assert "Weekly &lt;news&gt;" in page.text and email in page.text
@@ -287,6 +296,16 @@ async def test_preference_centre_leave_edit_and_join_again(edge: Edge, pool: asy
     assert again.status_code == 200 and "confirm" in again.text
     event = await _subscribed_events(edge.settings, email)
     assert event["source"] == "preferences" and event["list_id"] == str(list_id)
+
+    # RFC 8058 one-click on the same link: unchanged, the delivery's unsubscribe.
+    one_click = await edge.client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
+    assert one_click.status_code == 200
+    _, unsubscribed = await find_event(
+        edge.settings,
+        "contact.event",
+        lambda e: e.get("action") == "unsubscribe" and e.get("campaign_id") == str(campaign_id),
+    )
+    assert unsubscribed["source"] == "one-click" and unsubscribed.get("email") is None
 
 
 async def test_preference_centre_without_a_recipient_is_the_plain_unsubscribe_page(
