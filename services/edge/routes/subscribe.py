@@ -282,6 +282,7 @@ _CONFIRM_RESPONSES = {
     **problem_responses(503),
     404: _html(404, "Not a link we signed."),
     410: _html(410, "The link has expired (7 days)."),
+    429: _html(429, "Too many requests from this client (POST)."),
 }
 
 
@@ -296,11 +297,14 @@ async def confirm_form(token: str, request: Request, resources: Resources) -> HT
 
 
 @router.post("/confirm/{token}", response_class=HTMLResponse, responses=_CONFIRM_RESPONSES)
-async def confirm(token: str, resources: Resources) -> HTMLResponse:
+async def confirm(token: str, request: Request, resources: Resources) -> HTMLResponse:
     """Confirm the subscription. Repeating it changes nothing."""
     target = _confirm_target(resources, token)
     if isinstance(target, HTMLResponse):
         return target
+    if not resources.per_ip.take(client_of(request, resources)):
+        page = text_page("Please wait", "Too many requests; try again in a minute.")
+        return HTMLResponse(page, status_code=429, headers={"Retry-After": "60"})
     event = ContactEvent(
         # Stable for the link: repeated clicks fold once.
         event_id=f"confirmed:{target.list_id}:{int(target.issued_at.timestamp())}:{target.email}"[

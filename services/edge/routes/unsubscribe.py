@@ -97,9 +97,12 @@ async def _member(resources: EdgeResources, target: UnsubscribeTarget) -> Member
 
 
 async def _member_or_page(
-    resources: EdgeResources, token: str
+    resources: EdgeResources, token: str, request: Request
 ) -> tuple[Member, str] | HTMLResponse:
     target = _target(resources, token)
+    if not resources.per_ip.take(client_of(request, resources)):
+        page = text_page("Please wait", "Too many requests; try again in a minute.")
+        return HTMLResponse(page, status_code=429, headers={"Retry-After": "60"})
     member = await _member(resources, target)
     if member is None:
         page = text_page(
@@ -120,9 +123,9 @@ async def _publish_contact(resources: EdgeResources, event: ContactEvent) -> Non
 
 
 @router.post("/u/{token}/leave", response_class=HTMLResponse, include_in_schema=False)
-async def leave(token: str, resources: Resources) -> HTMLResponse:
+async def leave(token: str, request: Request, resources: Resources) -> HTMLResponse:
     """Leave the list the message was sent for (other lists and mail stay)."""
-    found = await _member_or_page(resources, token)
+    found = await _member_or_page(resources, token, request)
     if isinstance(found, HTMLResponse):
         return found
     member, base = found
@@ -147,7 +150,7 @@ async def leave(token: str, resources: Resources) -> HTMLResponse:
 @router.post("/u/{token}/join", response_class=HTMLResponse, include_in_schema=False)
 async def join(token: str, request: Request, resources: Resources) -> HTMLResponse:
     """Join the list again (a fresh confirmation on a double opt-in list)."""
-    found = await _member_or_page(resources, token)
+    found = await _member_or_page(resources, token, request)
     if isinstance(found, HTMLResponse):
         return found
     member, _ = found
@@ -173,7 +176,7 @@ async def join(token: str, request: Request, resources: Resources) -> HTMLRespon
 @router.post("/u/{token}/preferences", response_class=HTMLResponse, include_in_schema=False)
 async def preferences(token: str, request: Request, resources: Resources) -> HTMLResponse:
     """Save the list's editable fields."""
-    found = await _member_or_page(resources, token)
+    found = await _member_or_page(resources, token, request)
     if isinstance(found, HTMLResponse):
         return found
     member, base = found

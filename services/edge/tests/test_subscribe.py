@@ -221,6 +221,13 @@ async def test_rate_limits_per_ip_and_per_address(strict_edge: Edge, pool: async
         f"/s/{public_id}", data={"email": _address()}, headers={"x-forwarded-for": "1.2.3.4"}
     )
     assert other_client.status_code == 429  # the header is not trusted without proxies
+    # The same client's posts to preference-centre and confirmation links count too.
+    token = make_confirm_token(
+        strict_edge.settings.secret_key, uuid.uuid4(), email, datetime.now(UTC)
+    )
+    assert (await strict_edge.client.post(f"/confirm/{token}")).status_code == 429
+    link = make_token(strict_edge.settings.secret_key, uuid.uuid4(), 1)
+    assert (await strict_edge.client.post(f"/u/{link}/leave")).status_code == 429
 
 
 async def test_confirmation_link_page_post_expired_and_forged(edge: Edge) -> None:
