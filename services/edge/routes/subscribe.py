@@ -58,7 +58,9 @@ router = APIRouter(tags=["subscribe"])
 HONEYPOT_FIELD = "website"
 MAX_BODY_BYTES = 8 * 1024
 MAX_FORM_FIELDS = 30
-MAX_FIELD_CHARS = 200
+# A value longer than an address may be is refused, never cut: a cut address could be
+# someone else's.
+MAX_VALUE_CHARS = 254
 MAX_USER_AGENT_CHARS = 512
 PUBLIC_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _NO_STORE = {"Cache-Control": "no-store"}
@@ -121,7 +123,10 @@ def parse_post(body: bytes, content_type: str) -> tuple[dict[str, Any], bool]:
             raise BadPost("a field name is too long")
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             continue
-        fields[name] = str(value)[:MAX_FIELD_CHARS]
+        text = str(value)
+        if len(text) > MAX_VALUE_CHARS:
+            raise BadPost(f"the field {name[:64]!r} is longer than {MAX_VALUE_CHARS} characters")
+        fields[name] = text
     return fields, as_json
 
 

@@ -76,6 +76,8 @@ def test_post_limits() -> None:
         (b"[1]", "application/json"),
         (b"{", "application/json"),
         ("&".join(f"f{i}=1" for i in range(40)).encode(), "application/x-www-form-urlencoded"),
+        # Never cut: 250 characters of local part and a domain, cut, would be another address.
+        (b"email=" + b"a" * 250 + b"%40example.com.evil.org", "application/x-www-form-urlencoded"),
     ):
         with pytest.raises(BadPost):
             parse_post(body, kind)
