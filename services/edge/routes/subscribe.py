@@ -156,7 +156,7 @@ def _accepted(lst: PublicList, as_json: bool) -> Response:
 
 def _refused(status: int, message: str, as_json: bool) -> Response:
     if as_json:
-        raise ProblemError(status, message)
+        raise ProblemError(status, message, headers=_CORS)
     return HTMLResponse(text_page("Not subscribed", message), status_code=status)
 
 
@@ -200,7 +200,11 @@ async def subscribe(public_id: str, request: Request, resources: Resources) -> R
     if not resources.per_ip.take(client):
         SUBSCRIBE_POSTS.labels("ip_limited").inc()
         if as_json:
-            raise ProblemError(429, "too many requests from this address; try again later")
+            raise ProblemError(
+                429,
+                "too many requests from this address; try again later",
+                headers=_CORS | {"Retry-After": "60"},
+            )
         return HTMLResponse(
             text_page("Please wait", "Too many requests; try again in a minute."),
             status_code=429,

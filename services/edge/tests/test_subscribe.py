@@ -191,6 +191,9 @@ async def test_unknown_list_bad_address_and_oversized_body_are_refused(
     assert unknown.status_code == 404 and unknown.headers["content-type"] == PROBLEM
     bad = await edge.client.post(f"/s/{public_id}", data={"email": "not an address"})
     assert bad.status_code == 422 and "valid email" in bad.text
+    bad_json = await edge.client.post(f"/s/{public_id}", json={"email": "not an address"})
+    assert bad_json.status_code == 422 and bad_json.headers["content-type"] == PROBLEM
+    assert bad_json.headers["access-control-allow-origin"] == "*"  # readable by fetch()
     huge = await edge.client.post(
         f"/s/{public_id}", content=b"email=" + b"a" * MAX_BODY_BYTES,
         headers={"content-type": "application/x-www-form-urlencoded"},
