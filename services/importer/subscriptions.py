@@ -150,7 +150,7 @@ class Subscriptions:
             log.info("subscription to an unknown list ignored", list_id=str(event.list_id))
             return Outgoing(outcome="ignored")
         earlier = await conn.fetchrow(
-            "SELECT id, status, confirmation_key, recorded_at FROM consents WHERE event_id = $1",
+            "SELECT id, joined, confirmation_key, recorded_at FROM consents WHERE event_id = $1",
             event.event_id,
         )
         if earlier is not None:  # a replay: publish again what was decided, decide nothing
@@ -164,6 +164,7 @@ class Subscriptions:
             "ip": str(data.get("ip") or "")[:64] or None,
             "user_agent": str(data.get("user_agent") or "")[:512] or None,
             "version": version if isinstance(version, int) else lst["consent_text_version"],
+            "at": at,
         }
         if await self._suppressed(conn, email):
             await self._record(conn, lst["id"], email, basis, source, "refused", consent, event)
@@ -204,6 +205,7 @@ class Subscriptions:
             consent_id = await self._record(
                 conn, lst["id"], email, basis, source, "given", consent, event
             )
+            await conn.execute("UPDATE consents SET joined = true WHERE id = $1", consent_id)
             joined = _joined(lst["id"], email, source, consent_id, at)
             return Outgoing(contacts=[joined], outcome="joined")
         consent_id = await self._record(
@@ -226,10 +228,7 @@ class Subscriptions:
             return Outgoing(outcome="capped")
         key = confirmation_key(lst["id"], email, at)
         await conn.execute(
-            "UPDATE consents SET confirmation_key = $2, recorded_at = $3 WHERE id = $1",
-            consent_id,
-            key,
-            at,
+            "UPDATE consents SET confirmation_key = $2 WHERE id = $1", consent_id, key
         )
         message = self._confirmation(lst, email, key, at)
         return Outgoing(messages=[message], outcome="confirmation_sent")
@@ -242,7 +241,7 @@ class Subscriptions:
                 lst, email, earlier["confirmation_key"], earlier["recorded_at"]
             )
             return Outgoing(messages=[message], outcome="replayed")
-        if earlier["status"] == "given" and lst["opt_in"] == "single":
+        if earlier["joined"]:
             source = (event.source or "form")[:40]
             joined = _joined(lst["id"], email, source, earlier["id"], earlier["recorded_at"])
             return Outgoing(contacts=[joined], outcome="replayed")
@@ -268,8 +267,8 @@ class Subscriptions:
     ) -> int:
         consent_id: int = await conn.fetchval(
             "INSERT INTO consents (list_id, email, basis, source, status, ip, user_agent,"
-            " consent_text_version, event_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-            " RETURNING id",
+            " consent_text_version, event_id, recorded_at, given_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
             list_id,
             email,
             basis,
@@ -279,6 +278,8 @@ class Subscriptions:
             consent["user_agent"],
             consent["version"],
             event.event_id,
+            consent["at"],
+            event.occurred_at,
         )
         return consent_id
 

@@ -48,6 +48,11 @@ CREATE TABLE consents (
     -- The confirmation message this consent caused (its idempotency key), if any: a replay
     -- of the event publishes it again, and the dispatcher sends it once.
     confirmation_key      text,
+    -- This consent made the person an active member at once (single opt-in): a replay
+    -- publishes its `joined` again; a consent of someone already a member does not.
+    joined                boolean NOT NULL DEFAULT false,
+    -- When the person acted (the edge's time of the post); recorded_at: when it was folded.
+    given_at              timestamptz,
     recorded_at           timestamptz NOT NULL DEFAULT now(),
     confirmed_at          timestamptz,
     -- The `confirmed` event that confirmed it: its replay publishes the same `joined` again.

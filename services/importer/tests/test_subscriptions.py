@@ -109,7 +109,7 @@ async def test_double_opt_in_sends_one_signed_confirmation_and_waits(
         "Firefox",
         "form",
     )
-    assert consent["consent_text_version"] == 4
+    assert consent["consent_text_version"] == 4 and consent["given_at"] == T0
 
 
 def _capped() -> float:
@@ -175,16 +175,21 @@ async def test_single_opt_in_joins_at_once_and_a_stranger_cannot_rename_a_member
     subs: Subscriptions, pool: asyncpg.Pool
 ) -> None:
     list_id, email = await new_list(pool, "single"), address()
-    out = await subs.handle(subscribed(list_id, email, fields={"first_name": "Ann"}), now=T0)
+    first = subscribed(list_id, email, fields={"first_name": "Ann"})
+    out = await subs.handle(first, now=T0)
     assert out.messages == []
     [joined] = out.contacts
     assert (joined.action, joined.source) == ("joined", "form")
-    again = await subs.handle(subscribed(list_id, email, fields={"first_name": "Mallory"}))
-    assert again == Outgoing()
+    again = subscribed(list_id, email, fields={"first_name": "Mallory"})
+    assert await subs.handle(again) == Outgoing()
     row = await recipient(pool, list_id, email)
     assert row is not None and row["status"] == "active"
     assert row["fields"] == {"first_name": "Ann"}
     assert [c["status"] for c in await consents(pool, email)] == ["given", "given"]
+    # Replays: the first subscription publishes its `joined` again; the later one, made by
+    # someone already a member, nothing (no second welcome).
+    assert (await subs.handle(first)).contacts == [joined]
+    assert await subs.handle(again) == Outgoing()
 
 
 async def test_a_suppressed_address_is_recorded_and_nothing_else(
