@@ -54,6 +54,8 @@ class Member:
     list_name: str
     opt_in: str
     editable_fields: tuple[str, ...]
+    # Unsubscribed from everything (or otherwise suppressed): no list mails them.
+    suppressed: bool = False
 
 
 class Directory:
@@ -105,8 +107,8 @@ class Directory:
 
     async def member(self, recipient_id: int) -> Member | None:
         row = await self._fetchrow(
-            "SELECT id, list_id, email, status, fields, list_name, opt_in, editable_fields"
-            " FROM edge_recipients WHERE id = $1",
+            "SELECT id, list_id, email, status, fields, list_name, opt_in, editable_fields,"
+            " suppressed FROM edge_recipients WHERE id = $1",
             recipient_id,
         )
         if row is None:
@@ -120,6 +122,7 @@ class Directory:
             row["list_name"],
             row["opt_in"],
             tuple(row["editable_fields"]),
+            bool(row["suppressed"]),
         )
 
     async def close(self) -> None:

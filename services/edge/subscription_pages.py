@@ -74,6 +74,7 @@ def preference_page(
     fields: Mapping[str, Any],
     notice: str | None = None,
     unsubscribe_path: str | None = None,
+    suppressed: bool = False,
 ) -> str:
     """The preference centre: leave this list or all lists, join again, edit fields.
     `base_path` is `/u/{token}`; `unsubscribe_path` the path the link was followed on."""
@@ -84,6 +85,11 @@ def preference_page(
         f"<p>Emails from <strong>{html.escape(list_name)}</strong> to"
         f" <strong>{html.escape(email)}</strong>.</p>"
     )
+    if suppressed:
+        parts.append(
+            "<p><strong>This address is unsubscribed from all our emails.</strong> No list"
+            " mails it, whatever is chosen below; to receive mail again, ask the sender.</p>"
+        )
     parts.append(f"<section><h2>{html.escape(list_name)}</h2>")
     if status == "unsubscribed":
         again = "You left this list. Join it again?" + (

@@ -77,5 +77,6 @@ CREATE VIEW edge_lists AS
     SELECT id, public_id, name, opt_in, editable_fields FROM lists;
 CREATE VIEW edge_recipients AS
     SELECT r.id, r.list_id, r.email, r.status, r.fields, l.name AS list_name,
-           l.opt_in, l.editable_fields
+           l.opt_in, l.editable_fields,
+           EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email) AS suppressed
       FROM recipients r JOIN lists l ON l.id = r.list_id;

@@ -84,6 +84,7 @@ def _preferences(
         fields=member.fields,
         notice=notice,
         unsubscribe_path=unsubscribe_path,
+        suppressed=member.suppressed,
     )
 
 

@@ -281,7 +281,7 @@ async def test_preference_centre_leave_edit_and_join_again(edge: Edge, pool: asy
     assert "Weekly &lt;news&gt;" in page.text and email in page.text
     assert 'value="&lt;Ann&gt;"' in page.text and '<label for="f0">' in page.text
     assert f'action="/u/{token}/leave"' in page.text and f'action="/u/{token}"' in page.text
-    assert "<script" not in page.text
+    assert "<script" not in page.text and "unsubscribed from all" not in page.text
 
     saved = await edge.client.post(
         f"/u/{token}/preferences", data={"first_name": "Bo", "email": "x@evil.example"}
@@ -308,6 +308,10 @@ async def test_preference_centre_leave_edit_and_join_again(edge: Edge, pool: asy
     assert again.status_code == 200 and "confirm" in again.text
     event = await _subscribed_events(edge.settings, email)
     assert event["source"] == "preferences" and event["list_id"] == str(list_id)
+
+    # Unsubscribed from everything (the tracker's suppression): the page says so.
+    await pool.execute("INSERT INTO suppressions (email, reason) VALUES ($1, 'unsubscribe')", email)
+    assert "unsubscribed from all our emails" in (await edge.client.get(f"/u/{token}")).text
 
     # RFC 8058 one-click on the same link: unchanged, the delivery's unsubscribe.
     one_click = await edge.client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
