@@ -141,6 +141,15 @@ class Settings(BaseSettings):
     # Accept webhook posts without a signature when no verification key is set. Local and
     # test setups only: refused in production, warned about at start.
     allow_unsigned_webhooks: bool = Field(False, alias="MAILFLEET_ALLOW_UNSIGNED_WEBHOOKS")
+    # The public subscribe form (`POST /s/{list public id}`): posts per client IP per
+    # minute, and per address per hour (in-memory token buckets in each edge process; the
+    # durable cap of one confirmation email per address per hour is the importer's).
+    subscribe_per_ip_per_minute: int = Field(
+        10, alias="MAILFLEET_SUBSCRIBE_PER_IP_PER_MINUTE", ge=1, le=100_000
+    )
+    subscribe_per_address_per_hour: int = Field(
+        3, alias="MAILFLEET_SUBSCRIBE_PER_ADDRESS_PER_HOUR", ge=1, le=1000
+    )
     # ----- Bounces and complaints (issue 14 item 2) -----
     # The domain of the VERP envelope sender `bounces+<token>@<domain>` set on SMTP mail (its
     # MX must deliver into the bounce mailbox). Empty: the From address is the envelope

@@ -192,6 +192,10 @@ async def erase(conn: Conn, address: str, key: bytes) -> Erased:
     )
     await suppressions.add_suppression(conn, token, "erased", source="erasure")
     await conn.execute("DELETE FROM soft_bounce_streaks WHERE email = $1", address)
+    # Consent records and the confirmation cap (migration 0027): the erased token kept in
+    # `suppressions` is what stops the address from being subscribed again.
+    await conn.execute("DELETE FROM consents WHERE email = $1", address)
+    await conn.execute("DELETE FROM confirmation_sends WHERE email = $1", address)
     await conn.execute("DELETE FROM engagement_summary WHERE email = $1", address)
     pattern = _like_pattern(address)
     batch_ids = await conn.fetch(

@@ -126,14 +126,34 @@ async def revoke_key(db: Executor, key_id: UUID) -> Row | None:
 # ----- lists -----
 
 
-_LIST_COLUMNS = "id, name, default_timezone, created_at"
+_LIST_COLUMNS = (
+    "id, name, default_timezone, created_at, public_id, opt_in, confirmation_from_email,"
+    " confirmation_from_name, confirmation_provider, editable_fields, consent_text,"
+    " consent_text_version"
+)
+# What a list's subscription settings may set (migration 0027), beside name and zone.
+LIST_SETTINGS = (
+    "opt_in",
+    "confirmation_from_email",
+    "confirmation_from_name",
+    "confirmation_provider",
+    "editable_fields",
+    "consent_text",
+)
+_LIST_WRITABLE = ("name", "default_timezone", *LIST_SETTINGS)
 
 
-async def insert_list(db: Executor, name: str, default_timezone: str | None = None) -> Row:
+async def insert_list(
+    db: Executor, name: str, default_timezone: str | None = None, settings: Row | None = None
+) -> Row:
+    values = {"name": name, "default_timezone": default_timezone}
+    values |= {k: v for k, v in (settings or {}).items() if k in LIST_SETTINGS and v is not None}
+    names = list(values)
     record = await db.fetchrow(
-        f"INSERT INTO lists (name, default_timezone) VALUES ($1, $2) RETURNING {_LIST_COLUMNS}",  # noqa: S608
-        name,
-        default_timezone,
+        f"INSERT INTO lists ({', '.join(names)})"  # noqa: S608 (names from _LIST_WRITABLE)
+        f" VALUES ({', '.join(f'${i + 1}' for i in range(len(names)))})"
+        f" RETURNING {_LIST_COLUMNS}",
+        *values.values(),
     )
     assert record is not None
     return dict(record)
@@ -146,9 +166,16 @@ async def get_list(db: Executor, list_id: UUID) -> Row | None:
 
 
 async def update_list(db: Executor, list_id: UUID, changes: Row) -> Row | None:
-    """Set the given columns (name, default_timezone); None for an unknown list."""
-    names = [n for n in ("name", "default_timezone") if n in changes]
+    """Set the given columns (name, zone, subscription settings); None for an unknown list.
+    A new `consent_text` bumps `consent_text_version`."""
+    names = [n for n in _LIST_WRITABLE if n in changes]
     sets = ", ".join(f"{n} = ${i + 2}" for i, n in enumerate(names)) or "name = name"
+    if "consent_text" in names:
+        index = names.index("consent_text") + 2
+        sets += (
+            ", consent_text_version = consent_text_version"
+            f" + (consent_text IS DISTINCT FROM ${index})::int"
+        )
     record = await db.fetchrow(
         f"UPDATE lists SET {sets} WHERE id = $1 RETURNING {_LIST_COLUMNS}",  # noqa: S608
         list_id,

@@ -74,7 +74,59 @@ _ZONE_OF_LIST = (
 )
 
 
-class ListCreate(Strict):
+def _check_email(value: str | None) -> str | None:
+    if value is not None and not _EMAIL.match(value):
+        raise ValueError("not an email address, e.g. 'news@example.com'")
+    return value
+
+
+_FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+_OPT_IN = (
+    "`single`: a subscriber from the public form is mailed at once; `double`: only after"
+    " following the confirmation link emailed to them (needs `confirmation_from_email`)."
+)
+
+
+def _field_names(value: list[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    if len(set(value)) != len(value):
+        raise ValueError("field names must not repeat")
+    for name in value:
+        if not _FIELD_NAME.match(name) or name == "email":
+            raise ValueError(f"not a field name (a-z, 0-9, _; not email): {name[:50]!r}")
+    return value
+
+
+class _Subscription(Strict):
+    """How people subscribe on the public form (`POST /s/{public_id}` on the edge)."""
+
+    opt_in: Literal["single", "double"] | None = Field(None, description=_OPT_IN)
+    confirmation_from_email: Text | None = Field(
+        None, max_length=254, description="Sender of confirmation emails."
+    )
+    confirmation_from_name: HeaderText | None = Field(None, max_length=200)
+    confirmation_provider: ProviderName | None = Field(
+        None, description="Provider of confirmation emails; the default one if unset."
+    )
+    editable_fields: list[str] | None = Field(
+        None,
+        max_length=20,
+        description="Merge fields people may send with the form and change in the"
+        " preference centre.",
+        examples=[["first_name"]],
+    )
+    consent_text: Text | None = Field(
+        None,
+        max_length=5000,
+        description="What people agree to; each change bumps `consent_text_version`.",
+    )
+
+    _names = field_validator("editable_fields")(_field_names)
+    _sender = field_validator("confirmation_from_email")(_check_email)
+
+
+class ListCreate(_Subscription):
     name: Text = Field(min_length=1, max_length=200, examples=["Newsletter subscribers"])
     default_timezone: Text | None = Field(
         None, max_length=64, description=_ZONE_OF_LIST, examples=["Europe/Berlin"]
@@ -83,7 +135,7 @@ class ListCreate(Strict):
     _zone = field_validator("default_timezone")(_known_zone)
 
 
-class ListUpdate(Strict):
+class ListUpdate(_Subscription):
     """Only the fields given change; `default_timezone: null` clears it."""
 
     name: Text | None = Field(None, min_length=1, max_length=200)
@@ -97,6 +149,14 @@ class ListOut(BaseModel):
     name: str
     default_timezone: str | None = None
     created_at: datetime
+    public_id: str = Field(description="The list's id in the public subscribe URL.")
+    opt_in: Literal["single", "double"] = "single"
+    confirmation_from_email: str | None = None
+    confirmation_from_name: str | None = None
+    confirmation_provider: str | None = None
+    editable_fields: list[str] = Field(default_factory=list)
+    consent_text: str = ""
+    consent_text_version: int = 1
     recipient_count: int | None = Field(None, description="Shown when reading one list.")
 
 
@@ -127,12 +187,6 @@ class ImportOut(BaseModel):
 
 
 # ----- campaigns -----
-
-
-def _check_email(value: str | None) -> str | None:
-    if value is not None and not _EMAIL.match(value):
-        raise ValueError("not an email address, e.g. 'news@example.com'")
-    return value
 
 
 MAX_PER_HOUR = 10_000_000

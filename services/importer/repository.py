@@ -189,6 +189,18 @@ class ListSession:
         async with self.conn.transaction():
             yield Loader(self.conn, self.import_id, self.list_id, self.erasure_key)
 
+    async def record_consent(self, basis: str, source: str) -> None:
+        """The consent basis the import states for its rows: one record for the import."""
+        await self.conn.execute(
+            "INSERT INTO consents (list_id, import_id, basis, source, status, event_id)"
+            " VALUES ($1, $2, $3, $4, 'given', $5) ON CONFLICT (event_id) DO NOTHING",
+            self.list_id,
+            self.import_id,
+            basis,
+            source,
+            f"import:{self.import_id}",
+        )
+
     async def finish(self, counts: LoadCounts) -> JobState:
         record = await self.conn.fetchrow(
             "UPDATE import_jobs SET status = 'completed', finished_at = clock_timestamp(), error = NULL,"

@@ -222,7 +222,7 @@ def test_only_the_edge_gets_an_ingress(values: dict[str, Any]) -> None:
         for rule in ingress["spec"]["rules"]
         for p in rule["http"]["paths"]
     }
-    public = ("/u/", "/unsubscribe/", "/webhooks/", "/o/", "/c/")
+    public = ("/u/", "/unsubscribe/", "/webhooks/", "/o/", "/c/", "/s/", "/confirm/")
     assert backends == {(p, "mf-mailfleet-edge") for p in public}
     services = by_kind(docs, "Service")
     assert services["mf-mailfleet-api"]["spec"]["type"] == "ClusterIP"

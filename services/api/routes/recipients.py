@@ -114,10 +114,15 @@ async def add_recipient(
     email = _address(body.email, "body.email")
     await _require_list(resources, list_id)
     await _refuse_suppressed(resources, email)
-    try:
-        row = await recipients_repo.insert_recipient(resources.db, list_id, email, body.fields)
-    except recipients_repo.ListGone as exc:  # the list was deleted meanwhile
-        raise not_found("list", list_id) from exc
+    async with resources.db.acquire() as conn, conn.transaction():
+        try:
+            row = await recipients_repo.insert_recipient(conn, list_id, email, body.fields)
+        except recipients_repo.ListGone as exc:  # the list was deleted meanwhile
+            raise not_found("list", list_id) from exc
+        if row is not None and body.consent is not None:
+            await recipients_repo.record_consent(
+                conn, list_id, email, body.consent.basis, body.consent.source or "api"
+            )
     if row is None:
         existing = await recipients_repo.find_by_email(resources.db, list_id, email)
         raise _taken(email, list_id, existing["id"] if existing else None)
