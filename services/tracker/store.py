@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from uuid import UUID
 
@@ -48,7 +48,7 @@ Conn = asyncpg.Connection | PoolConnectionProxy
 _STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS tracker_staging (
     campaign_id uuid, recipient_id bigint, email text, status text,
-    message_id text, error text, batch_id text, sent_at timestamptz
+    message_id text, error text, batch_id text, sent_at timestamptz, log_month date
 ) ON COMMIT DELETE ROWS
 """
 
@@ -61,11 +61,12 @@ ON CONFLICT (batch_id) DO NOTHING
 RETURNING batch_id
 """
 
+_STAGED_COLUMNS = (*DELIVERY_COLUMNS, "log_month")
 _MOVE_STAGED = f"""
 WITH inserted AS (
-    INSERT INTO deliveries ({", ".join(DELIVERY_COLUMNS)})
-    SELECT {", ".join(DELIVERY_COLUMNS)} FROM tracker_staging
-    ON CONFLICT (campaign_id, recipient_id) DO NOTHING
+    INSERT INTO deliveries ({", ".join(_STAGED_COLUMNS)})
+    SELECT {", ".join(_STAGED_COLUMNS)} FROM tracker_staging
+    ON CONFLICT (campaign_id, recipient_id, log_month) DO NOTHING
     RETURNING campaign_id, status
 )
 SELECT campaign_id, status, count(*) AS n FROM inserted GROUP BY campaign_id, status
@@ -141,6 +142,19 @@ SELECT event_id, campaign_id, recipient_id, email, event, provider, provider_mes
  ORDER BY occurred_at, event_id
    FOR UPDATE
 """
+
+# The month partition of the delivery log that holds a campaign's rows (and its events):
+# fixed the first time the tracker sees the campaign, by whichever fold comes first, so
+# that every row and every copy of an event of the campaign meets its unique key in the
+# same partition (migration 0031). A concurrent first sight of the same campaign waits on
+# the other's insert and reads its row by the second statement.
+_CURRENT_MONTH = "(date_trunc('month', now() AT TIME ZONE 'UTC'))::date"
+_PIN_MONTHS = f"""
+INSERT INTO delivery_log_months (campaign_id, log_month)
+SELECT id, {_CURRENT_MONTH} FROM unnest($1::uuid[]) AS u(id) ORDER BY id
+ON CONFLICT (campaign_id) DO NOTHING
+RETURNING campaign_id, log_month
+"""  # noqa: S608 - a constant expression
 
 _ACTIVITY_COLUMNS = RecipientActivity.column_names()
 _ACTIVITY_TYPES = {
@@ -301,11 +315,14 @@ class TrackerStore:
     ) -> dict[UUID, Counter[str]]:
         """COPY the outcomes into the delivery log; returns what was added, per campaign."""
         await conn.execute(_STAGING_DDL)
+        months = await campaign_months(conn, {r.campaign_id for r in results})
         records = [
-            (*row[:-1], _aware(row[-1])) for result in results for row in delivery_rows(result)
+            (*row[:-1], _aware(row[-1]), months[row[0]])
+            for result in results
+            for row in delivery_rows(result)
         ]
         await conn.copy_records_to_table(
-            "tracker_staging", records=records, columns=list(DELIVERY_COLUMNS)
+            "tracker_staging", records=records, columns=list(_STAGED_COLUMNS)
         )
         added: dict[UUID, Counter[str]] = defaultdict(Counter)
         for row in await conn.fetch(_MOVE_STAGED):
@@ -550,17 +567,23 @@ class TrackerStore:
         if not events:
             return set()
         keys = [targets.get(e.event_id) for e in events]
+        # The partition: the month of the campaign the event is about (resolved, or named
+        # by the event); an event about no campaign goes to the month it came in, and moves
+        # no counter, so a copy of it stored in a later month is harmless.
+        campaigns = [k[0] if k else e.campaign_id for k, e in zip(keys, events, strict=True)]
+        months = await campaign_months(conn, {c for c in campaigns if c is not None})
         rows = await conn.fetch(
-            """
+            f"""
             INSERT INTO delivery_events (event_id, campaign_id, recipient_id, email, event,
                                          provider, provider_message_id, occurred_at, matched,
-                                         detail)
-            SELECT * FROM unnest($1::text[], $2::uuid[], $3::bigint[], $4::text[], $5::text[],
-                                 $6::text[], $7::text[], $8::timestamptz[], $9::bool[],
-                                 $10::jsonb[])
-            ON CONFLICT (event_id) DO NOTHING
+                                         detail, log_month)
+            SELECT e, c, r, a, v, p, pm, o, m, d, coalesce(lm, {_CURRENT_MONTH})
+              FROM unnest($1::text[], $2::uuid[], $3::bigint[], $4::text[], $5::text[],
+                          $6::text[], $7::text[], $8::timestamptz[], $9::bool[],
+                          $10::jsonb[], $11::date[]) AS u(e, c, r, a, v, p, pm, o, m, d, lm)
+            ON CONFLICT (event_id, log_month) DO NOTHING
             RETURNING event_id
-            """,
+            """,  # noqa: S608 - a constant expression
             [e.event_id for e in events],
             [k[0] if k else e.campaign_id for k, e in zip(keys, events, strict=True)],
             [k[1] if k else e.recipient_id for k, e in zip(keys, events, strict=True)],
@@ -574,6 +597,7 @@ class TrackerStore:
             [e.occurred_at for e in events],
             [k is not None and k in mailed for k in keys],
             [e.detail for e in events],
+            [months.get(c) if c is not None else None for c in campaigns],
         )
         return {row["event_id"] for row in rows}
 
@@ -665,6 +689,34 @@ class TrackerStore:
             r["email"]: ("bounce", source) for r in rows if r["in_a_row"] >= self.soft_bounce_limit
         }
         return await _insert_suppressions(conn, wanted)
+
+
+async def campaign_months(conn: Conn, campaign_ids: set[UUID]) -> dict[UUID, date]:
+    """The log month of each campaign (or transactional message), pinned on first sight."""
+    if not campaign_ids:
+        return {}
+    wanted = sorted(campaign_ids)  # one lock order for every instance
+    months = {
+        r["campaign_id"]: r["log_month"]
+        for r in await conn.fetch(
+            "SELECT campaign_id, log_month FROM delivery_log_months"
+            " WHERE campaign_id = ANY($1::uuid[])",
+            wanted,
+        )
+    }
+    missing = [c for c in wanted if c not in months]
+    if missing:
+        for r in await conn.fetch(_PIN_MONTHS, missing):
+            months[r["campaign_id"]] = r["log_month"]
+    missing = [c for c in wanted if c not in months]
+    if missing:  # pinned meanwhile by a concurrent fold: this statement sees its commit
+        for r in await conn.fetch(
+            "SELECT campaign_id, log_month FROM delivery_log_months"
+            " WHERE campaign_id = ANY($1::uuid[])",
+            missing,
+        ):
+            months[r["campaign_id"]] = r["log_month"]
+    return months
 
 
 async def _write_messages(conn: Conn, results: list[DeliveryResult]) -> None:
