@@ -8,6 +8,7 @@ tracker has accounted for every one of its batches (`tracker_batches`), nothing 
 - erasure (services/api/people_repo.py) waits only on batches emitted and not accounted;
 - the stall metric reads campaigns in progress.
 So its rows are deleted, one campaign per transaction; `campaign_plans` (the totals) stays.
+It waits KEEP_AFTER_FINISH after the campaign ended (for whoever looks at it right after).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from libs.common.logging import get_logger
 log = get_logger(__name__)
 
 COMPACT_INTERVAL_S = 60.0
+KEEP_AFTER_FINISH_S = 3600.0
 _CAMPAIGNS_PER_SWEEP = 50
 
 _FINISHED_WITH_PLAN = """
 SELECT c.id
   FROM campaigns c
  WHERE c.status IN ('completed', 'failed', 'cancelled')
+   AND coalesce(c.finished_at, c.updated_at) < now() - make_interval(secs => $2)
    AND EXISTS (SELECT 1 FROM batch_plans b WHERE b.campaign_id = c.id)
    AND NOT EXISTS (SELECT 1 FROM batch_plans u
                     WHERE u.campaign_id = c.id
@@ -54,10 +57,12 @@ DELETE FROM batch_plans b
 """
 
 
-async def compact_finished_plans(pool: asyncpg.Pool) -> int:
+async def compact_finished_plans(
+    pool: asyncpg.Pool, keep_after_finish_s: float = KEEP_AFTER_FINISH_S
+) -> int:
     """Delete the batch plans of finished, fully accounted campaigns; returns rows deleted."""
     deleted = 0
-    for row in await pool.fetch(_FINISHED_WITH_PLAN, _CAMPAIGNS_PER_SWEEP):
+    for row in await pool.fetch(_FINISHED_WITH_PLAN, _CAMPAIGNS_PER_SWEEP, keep_after_finish_s):
         async with pool.acquire() as conn, conn.transaction():
             status = await conn.execute(_DROP_PLAN, row["id"])
         n = int(status.split()[-1])
