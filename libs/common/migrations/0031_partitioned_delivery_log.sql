@@ -103,3 +103,44 @@ END $$;
 
 -- Retention finds the campaigns of a month by this.
 CREATE INDEX delivery_log_months_month ON delivery_log_months (log_month);
+
+-- ===== a list's size without COUNT(*) over its recipients (issue 16 item 3) =====
+-- Every statement that adds or removes recipients appends one row per list it touched with
+-- the net change (statement triggers over the transition tables: one row per COPY of an
+-- import, not per recipient). Appending never waits on another writer (an import holds its
+-- transaction for minutes; a counter column on `lists` would queue every API insert of that
+-- list behind it). The API reads the sum and folds a list's rows into one now and then.
+CREATE TABLE list_recipient_counts (
+    list_id uuid NOT NULL,
+    delta   bigint NOT NULL
+);
+CREATE INDEX list_recipient_counts_list ON list_recipient_counts (list_id);
+
+CREATE FUNCTION recipients_count_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO list_recipient_counts (list_id, delta)
+    SELECT list_id, count(*) FROM recipients_added GROUP BY list_id;
+    RETURN NULL;
+END $$;
+CREATE FUNCTION recipients_count_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO list_recipient_counts (list_id, delta)
+    SELECT list_id, -count(*) FROM recipients_removed GROUP BY list_id;
+    RETURN NULL;
+END $$;
+CREATE FUNCTION recipients_count_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM list_recipient_counts;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER recipients_count_insert AFTER INSERT ON recipients
+    REFERENCING NEW TABLE AS recipients_added
+    FOR EACH STATEMENT EXECUTE FUNCTION recipients_count_inserted();
+CREATE TRIGGER recipients_count_delete AFTER DELETE ON recipients
+    REFERENCING OLD TABLE AS recipients_removed
+    FOR EACH STATEMENT EXECUTE FUNCTION recipients_count_deleted();
+CREATE TRIGGER recipients_count_truncate AFTER TRUNCATE ON recipients
+    FOR EACH STATEMENT EXECUTE FUNCTION recipients_count_truncated();
+-- (No statement moves a recipient to another list: list_id is never updated.)
+INSERT INTO list_recipient_counts (list_id, delta)
+SELECT list_id, count(*) FROM recipients GROUP BY list_id;
