@@ -47,6 +47,10 @@ from tests.e2e.harness import ApiClient, start_stack  # noqa: E402
 
 EMAIL, PASSWORD = "bench@example.com", "bench-password-123"
 GOAL_MS = 100.0
+# Measured by the one client only, and outside the goal (docs/design.md says why): each
+# reads a whole audience or every table by address, for seconds of database CPU that 50
+# clients asking at once would take from every other endpoint.
+HEAVY = frozenset({"segment count", "person export"})
 HISTORIC_CAMPAIGNS = 10
 BATCH = 1000
 
@@ -427,8 +431,9 @@ async def run(args: argparse.Namespace) -> None:
             alone, sent = await send_campaign(api, send_list, "alone")
             print(f"campaign under {args.clients} clients …", flush=True)
             stop = asyncio.Event()
+            reads = [(name, path) for name, path in paths if name not in HEAVY]
             loaded = asyncio.create_task(
-                load(stack.api_url, stack.api_key, cookies, paths, args.clients, stop)
+                load(stack.api_url, stack.api_key, cookies, reads, args.clients, stop)
             )
             began = time.perf_counter()
             under_load, _ = await send_campaign(api, send_list, "under load")
@@ -452,7 +457,13 @@ async def run(args: argparse.Namespace) -> None:
     )
     over = []
     for name, _ in paths:
-        values, single = times[name], alone_times[name]
+        values, single = times.get(name, []), alone_times[name]
+        if not values:
+            print(
+                f"{name:32} {statistics.median(single):8.1f} {max(single):8.1f} |"
+                "   (one client only: outside the goal)"
+            )
+            continue
         p99 = percentile(values, 0.99)
         flag = "" if p99 < GOAL_MS else "  over 100 ms"
         if flag:
@@ -477,7 +488,10 @@ async def run(args: argparse.Namespace) -> None:
         f"campaign emails/s under {args.clients} clients: {under_load:,.0f}"
         f" ({under_load / alone:.0%} of alone)"
     )
-    print(f"endpoints over {GOAL_MS:.0f} ms at p99: {len(over)} of {len(paths)} {over or ''}")
+    print(
+        f"endpoints over {GOAL_MS:.0f} ms at p99 under load: {len(over)} of {len(times)}"
+        f" {over or ''}"
+    )
 
 
 def main() -> None:
