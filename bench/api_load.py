@@ -42,6 +42,8 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.infra import BenchInfrastructure, machine  # noqa: E402
+from libs.common.embedded import free_port, wait_for_port  # noqa: E402
+from libs.common.supervisor import ChildSpec  # noqa: E402
 from services.api.console import passwords, users_repo  # noqa: E402
 from tests.e2e.harness import ApiClient, start_stack  # noqa: E402
 
@@ -311,7 +313,7 @@ async def console_cookies(base: str) -> dict[str, str]:
 
 
 async def load(
-    base: str,
+    bases: list[str],
     api_key: str,
     cookies: dict[str, str],
     paths: list[tuple[str, str]],
@@ -319,7 +321,8 @@ async def load(
     stop: asyncio.Event,
 ) -> tuple[dict[str, list[float]], dict[str, int]]:
     """`clients` clients, each its own connection, each requesting every endpoint in turn
-    (in its own order) until `stop`. Returns the latencies (ms) and the non-200 answers."""
+    (in its own order) until `stop`; client n talks to API process n mod len(bases), as a
+    load balancer would spread them. Returns the latencies (ms) and the non-200 answers."""
     times: dict[str, list[float]] = {name: [] for name, _ in paths}
     errors: dict[str, int] = {}
 
@@ -331,7 +334,7 @@ async def load(
             "Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items()),
         }
         async with aiohttp.ClientSession(
-            base, headers=headers, connector=aiohttp.TCPConnector(limit=1)
+            bases[n % len(bases)], headers=headers, connector=aiohttp.TCPConnector(limit=1)
         ) as http:
             while True:  # whole rounds: every endpoint as often as the others
                 for name, path in order:
@@ -377,7 +380,8 @@ async def run(args: argparse.Namespace) -> None:
     print(f"machine: {machine()}")
     print(
         f"{args.recipients:,} recipients over {args.lists} lists, {args.deliveries:,} delivery"
-        f" log rows; campaign of {args.campaign:,}; {args.clients} clients"
+        f" log rows; campaign of {args.campaign:,}; {args.clients} clients;"
+        f" {args.api_processes} API process(es)"
     )
     work = Path(tempfile.mkdtemp(prefix="mailfleet-api-load-"))
     infra = BenchInfrastructure(work)
@@ -420,12 +424,23 @@ async def run(args: argparse.Namespace) -> None:
             )
             paths = endpoints(ids)
             cookies = await console_cookies(stack.api_url)
+            # More API processes (it keeps no state: any of them answers any request).
+            ports = [free_port() for _ in range(args.api_processes - 1)]
+            await stack.supervisor.start(
+                [
+                    ChildSpec(f"api-{n + 2}", "api", {"MAILFLEET_API_PORT": str(port)})
+                    for n, port in enumerate(ports)
+                ]
+            )
+            for port in ports:
+                await asyncio.to_thread(wait_for_port, "127.0.0.1", port, 60)
+            bases = [stack.api_url] + [f"http://127.0.0.1:{port}" for port in ports]
 
             print("one client, no campaign (each endpoint's own time) …", flush=True)
             stop = asyncio.Event()
             stop.set()  # one round each
             alone_times, _ = await load(
-                stack.api_url, stack.api_key, cookies, paths * args.rounds, 1, stop
+                bases[:1], stack.api_key, cookies, paths * args.rounds, 1, stop
             )
             print("campaign alone …", flush=True)
             alone, sent = await send_campaign(api, send_list, "alone")
@@ -433,7 +448,7 @@ async def run(args: argparse.Namespace) -> None:
             stop = asyncio.Event()
             reads = [(name, path) for name, path in paths if name not in HEAVY]
             loaded = asyncio.create_task(
-                load(stack.api_url, stack.api_key, cookies, reads, args.clients, stop)
+                load(bases, stack.api_key, cookies, reads, args.clients, stop)
             )
             began = time.perf_counter()
             under_load, _ = await send_campaign(api, send_list, "under load")
@@ -503,6 +518,7 @@ def main() -> None:
     parser.add_argument("--deliveries", type=int, default=400_000)
     parser.add_argument("--campaign", type=int, default=20_000, help="recipients it sends to")
     parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--api-processes", type=int, default=1, help="API processes")
     parser.add_argument("--rounds", type=int, default=5, help="one-client rounds")
     parser.add_argument("--seconds", type=float, default=20.0, help="least time under load")
     parser.add_argument("--full", action="store_true", help="5M recipients, 10M log rows")
