@@ -33,6 +33,7 @@ from bench.infra import BenchInfrastructure, machine  # noqa: E402
 from libs.common import db  # noqa: E402
 from libs.common.logging import configure  # noqa: E402
 from libs.common.settings import Settings  # noqa: E402
+from libs.stats import engagement  # noqa: E402
 from services.api.app import create_app  # noqa: E402
 from services.api.keys import hash_key  # noqa: E402
 
@@ -99,8 +100,20 @@ async def fill(dsn: str, recipients: int, campaigns: int) -> tuple[uuid.UUID, uu
                 str(n),
                 big,
             )
+            # Over, every batch accounted for: the tracker's job summarises its sends.
+            await conn.execute("INSERT INTO campaign_stats (campaign_id) VALUES ($1)", campaign)
         print(
             f"  {campaigns * recipients:,} deliveries in {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
+        started = time.perf_counter()
+        summarised = 0
+        for _ in range(campaigns):
+            async with conn.transaction():
+                summarised += await engagement.summarise_next_campaign(conn) is not None
+        print(
+            f"  engagement summary of {summarised} campaigns (the tracker's job)"
+            f" in {time.perf_counter() - started:.0f} s",
             flush=True,
         )
         await conn.execute(

@@ -350,7 +350,8 @@ class _Compiler:
         self.first = first_param
         self.params: list[Any] = []
         self.joins: list[str] = []
-        self._sets: dict[tuple[Any, ...], str] = {}
+        self._sets: dict[tuple[Any, ...], list[str]] = {}
+        self._parts: dict[tuple[Any, ...], list[tuple[str, bool]]] = {}
         self._list_params: dict[UUID, str] = {}
 
     def bind(self, value: Any) -> str:
@@ -363,7 +364,7 @@ class _Compiler:
         return self._list_params[list_id]
 
     # Address-level conditions (list membership, suppression, engagement) are sets of
-    # addresses: `address_select` is the SELECT of a set's addresses, `set_key` says when
+    # addresses: `parts` are the SELECTs of a set's addresses, `set_key` says when
     # two nodes name the same set.
 
     @staticmethod
@@ -374,37 +375,56 @@ class _Compiler:
             return ("suppressed", node.reason)
         return ("engaged", node.kind, node.campaign, node.within_days)
 
-    def address_select(self, node: InList | Suppressed | Engaged) -> str:
+    def parts(self, node: InList | Suppressed | Engaged) -> list[tuple[str, bool]]:
+        """The set as SELECTs of addresses whose union it is, each with whether it holds an
+        address at most once (then it needs no DISTINCT). Built (and its values bound)
+        once per set."""
+        key = self.set_key(node)
+        if key not in self._parts:
+            self._parts[key] = self._build_parts(node)
+        return self._parts[key]
+
+    def _build_parts(self, node: InList | Suppressed | Engaged) -> list[tuple[str, bool]]:
         if isinstance(node, InList):
-            return (
+            select = (
                 "SELECT m.email FROM recipients m"  # noqa: S608
                 f" WHERE m.list_id = {self.list_param(node.list_id)}::uuid"
             )
+            return [(select, True)]
         if isinstance(node, Suppressed):
             if node.reason is None:
-                return "SELECT s.email FROM suppressions s"
-            return f"SELECT s.email FROM suppressions s WHERE s.reason = {self.bind(node.reason)}::text"  # noqa: S608
-        return self.engaged_select(node)
+                return [("SELECT s.email FROM suppressions s", True)]
+            select = f"SELECT s.email FROM suppressions s WHERE s.reason = {self.bind(node.reason)}::text"  # noqa: S608
+            return [(select, True)]
+        if node.campaign is None:
+            return self.summary_parts(node)
+        return [(self.delivery_select(node), False)]
 
     def joined(self, node: InList | Suppressed | Engaged) -> str:
-        """Inside `or`/`not`: a LEFT JOIN on the set's distinct addresses, and the condition
-        that it found the row's address (a hash join, whatever the set's size). Equal sets
-        share one join."""
+        """Inside `or`/`not`, or for a set of several parts: a LEFT JOIN on each part's
+        distinct addresses, and the condition that one found the row's address (hash
+        joins, whatever the sizes: a UNION's size is one the planner cannot guess, and it
+        chose a million index lookups for one). Equal sets share their joins."""
         key = self.set_key(node)
-        alias = self._sets.get(key)
-        if alias is None:
-            alias = f"s{len(self._sets) + 1}"
-            self._sets[key] = alias
-            self.joins.append(
-                f" LEFT JOIN (SELECT DISTINCT email FROM ({self.address_select(node)}) AS q)"  # noqa: S608
-                f" AS {alias} ON {alias}.email = r.email"
-            )
-        return f"({alias}.email IS NOT NULL)"
+        aliases = self._sets.get(key)
+        if aliases is None:
+            aliases = []
+            for select, unique in self.parts(node):
+                alias = f"s{len(self.joins) + 1}"
+                distinct = f"(SELECT DISTINCT email FROM ({select}) AS q)"  # noqa: S608
+                rows = f"({select})" if unique else distinct
+                self.joins.append(f" LEFT JOIN {rows} AS {alias} ON {alias}.email = r.email")
+                aliases.append(alias)
+            self._sets[key] = aliases
+        return "(" + " OR ".join(f"{a}.email IS NOT NULL" for a in aliases) + ")"
 
     def exists(self, node: InList | Suppressed | Engaged) -> str:
         """At the top level: EXISTS, which PostgreSQL plans as a semi-join (NOT EXISTS: an
-        anti-join), with no DISTINCT to build."""
-        select = self.address_select(node)
+        anti-join), with no DISTINCT to build; a set of several parts is joined."""
+        parts = self.parts(node)
+        if len(parts) > 1:
+            return self.joined(node)
+        select = parts[0][0]
         return f"EXISTS (SELECT 1 FROM ({select}) AS q WHERE q.email = r.email)"  # noqa: S608
 
     def top(self, node: Node) -> list[str]:
@@ -465,7 +485,35 @@ class _Compiler:
                 )
         return f"coalesce({cond}, false)"
 
-    def engaged_select(self, node: Engaged) -> str:
+    def summary_parts(self, node: Engaged) -> list[tuple[str, bool]]:
+        """Engagement with any campaign: the per-address summary (libs/stats/engagement.py),
+        one row per person. Sends of campaigns not summarised yet (running, or just over)
+        come from the delivery log, read by campaign: a second part."""
+        column = {
+            "received": "e.last_sent_at",
+            "opened": "e.last_opened_at",
+            "clicked": "e.last_clicked_at",
+            "soft_bounced": "e.last_soft_bounced_at",
+        }[node.kind]
+        cutoff = (
+            self.now - timedelta(days=node.within_days) if node.within_days is not None else None
+        )
+        p = self.bind(cutoff) if cutoff is not None else None
+        when = f"{column} >= {p}::timestamptz" if p else f"{column} IS NOT NULL"
+        summary = f"SELECT e.email FROM engagement_summary e WHERE {when}"  # noqa: S608
+        if node.kind != "received":
+            return [(summary, True)]
+        recent = f" AND d.sent_at >= {p}::timestamptz" if p else ""
+        since = f" AND (c.finished_at IS NULL OR c.finished_at >= {p}::timestamptz)" if p else ""
+        unsummarised = (
+            f"SELECT d.email FROM deliveries d WHERE d.status = 'sent'{recent}"  # noqa: S608
+            " AND d.campaign_id IN (SELECT c.id FROM campaigns c WHERE NOT EXISTS"
+            f" (SELECT 1 FROM engagement_summarised x WHERE x.campaign_id = c.id){since})"
+        )
+        return [(summary, True), (unsummarised, False)]
+
+    def delivery_select(self, node: Engaged) -> str:
+        """Engagement with one campaign: its rows of the delivery log."""
         conditions: list[str] = []
         if node.campaign is not None:
             conditions.append(f"d.campaign_id = {self.bind(node.campaign)}::uuid")

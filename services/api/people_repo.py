@@ -12,7 +12,7 @@ forgotten does not stop at ownership lines. What it does, table by table:
   the provider's event details emptied.
 - `send_ledger.result` (the dispatcher's record of what a provider accepted): the address
   is replaced by the token in the batches that mailed it.
-- `soft_bounce_streaks`: deleted. `import_rejections`: rows whose raw text holds the
+- `soft_bounce_streaks`, `engagement_summary`: deleted. `import_rejections`: rows whose raw text holds the
   address are deleted.
 - `segments`: a saved filter that quotes the address gets the token instead.
 - `audit_log`: records that name the address (an earlier `suppression.add`, ...) get the
@@ -66,6 +66,11 @@ async def export(conn: Conn, address: str) -> dict[str, Any]:
     streak = await conn.fetchrow(
         "SELECT in_a_row, updated_at FROM soft_bounce_streaks WHERE email = $1", address
     )
+    summary = await conn.fetchrow(
+        "SELECT last_sent_at, last_opened_at, last_clicked_at, last_soft_bounced_at"
+        " FROM engagement_summary WHERE email = $1",
+        address,
+    )
     deliveries = await conn.fetch(
         "SELECT d.campaign_id, c.name AS campaign_name, d.recipient_id, d.status, d.message_id,"
         " d.error, d.sent_at, d.delivered_at, d.bounced_at, d.bounce_type, d.dropped_at,"
@@ -95,6 +100,7 @@ async def export(conn: Conn, address: str) -> dict[str, Any]:
         "recipients": [dict(r) for r in recipients],
         "suppression": dict(suppression) if suppression else None,
         "soft_bounce_streak": dict(streak) if streak else None,
+        "engagement": dict(summary) if summary else None,
         # No consent records exist yet (issue 15 item 3 adds them): always empty today.
         "consents": [],
         "deliveries": [dict(r) for r in deliveries],
@@ -173,6 +179,7 @@ async def erase(conn: Conn, address: str, key: bytes) -> Erased:
     )
     await suppressions.add_suppression(conn, token, "erased", source="erasure")
     await conn.execute("DELETE FROM soft_bounce_streaks WHERE email = $1", address)
+    await conn.execute("DELETE FROM engagement_summary WHERE email = $1", address)
     pattern = _like_pattern(address)
     batch_ids = await conn.fetch(
         "UPDATE deliveries SET email = $2,"

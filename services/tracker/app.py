@@ -25,6 +25,7 @@ from libs.common.kafka import Consumed, EventConsumer
 from libs.common.logging import bound_contextvars, get_logger
 from libs.common.service import ServiceContext, run_service
 from libs.common.settings import get_settings
+from libs.stats import engagement
 from services.tracker import metrics, retention
 from services.tracker.contacts import as_delivery_event
 from services.tracker.store import EventsFold, FinishedCampaign, ResultsFold, TrackerStore
@@ -34,6 +35,9 @@ log = get_logger(__name__)
 RESULTS_PER_FOLD = 50  # up to 500 recipients each: one transaction, one COPY
 EVENTS_PER_FOLD = 1000
 OUTBOX_EVERY_SECONDS = 5.0
+# A finished campaign's sends reach the engagement summary within this (filters read them
+# from the delivery log meanwhile, so they are exact either way).
+SUMMARY_EVERY_SECONDS = 30.0
 # A final status this old and still unpublished belongs to no fold in flight.
 OUTBOX_AFTER_SECONDS = 10.0
 
@@ -173,6 +177,19 @@ class Tracker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.ctx.stop.wait(), OUTBOX_EVERY_SECONDS)
 
+    async def summarise_engagement(self) -> None:
+        """Add the sends of finished campaigns to the per-address engagement summary that
+        segment filters read (libs/stats/engagement.py)."""
+        while not self.ctx.stop.is_set():
+            try:
+                done = await engagement.summarise_finished_campaigns(self.ctx.pool, limit=10)
+                if done:
+                    log.info("engagement summarised", campaigns=done)
+            except Exception:
+                log.exception("engagement summary failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ctx.stop.wait(), SUMMARY_EVERY_SECONDS)
+
 
 async def _fold_isolating_bad_events(
     events: Sequence[E],
@@ -228,6 +245,7 @@ async def main(ctx: ServiceContext, group_id: str = "tracker") -> None:
             tracker.fold_contacts,
         ),
         tracker.publish_outbox(),
+        tracker.summarise_engagement(),
         retention.sweep_periodically(
             ctx.pool, timedelta(days=ctx.settings.delivery_retention_days), ctx.stop
         ),

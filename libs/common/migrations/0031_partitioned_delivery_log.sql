@@ -72,6 +72,16 @@ BEGIN
             EXECUTE regexp_replace(ix.indexdef, ' ON (ONLY )?(\S+\.)?' || t || '_legacy ',
                                    ' ON ' || t || ' ');
         END LOOP;
+        -- Its row triggers too (an install that applied a later migration first, e.g.
+        -- 0032's engagement triggers): moved to the parent, which clones them onto every
+        -- partition, the old one included when it is attached.
+        FOR ix IN
+            SELECT tgname, pg_get_triggerdef(oid) AS def FROM pg_trigger
+             WHERE tgrelid = (t || '_legacy')::regclass AND NOT tgisinternal
+        LOOP
+            EXECUTE format('DROP TRIGGER %I ON %I', ix.tgname, t || '_legacy');
+            EXECUTE regexp_replace(ix.def, ' ON (\S+\.)?' || t || '_legacy ', ' ON ' || t || ' ');
+        END LOOP;
         -- The old key gives way to the new one (with log_month), that ATTACH builds.
         EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', t || '_legacy', t || '_legacy_pkey');
         -- ATTACH builds the new unique key on the old rows and checks the bound by a scan.

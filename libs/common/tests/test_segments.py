@@ -24,6 +24,7 @@ import pytest
 
 from libs.common import segments
 from libs.common.segments import SegmentError, compile_filter, parse
+from libs.stats import engagement
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 CITIES = ["Pune", "pune", "PUNE", "Mumbai", "München", "münchen", "Paris", "", "São Paulo"]
@@ -139,6 +140,16 @@ async def world(pool: asyncpg.Pool) -> World:
             world.deliveries.setdefault(email, []).append(
                 (cid, status, sent_at, opened, clicked, bounced, bounce_type)
             )
+        if finished is not None:  # over, every batch accounted for: the tracker's job may
+            await pool.execute("INSERT INTO campaign_stats (campaign_id) VALUES ($1)", cid)
+    # The finished campaigns' sends go into the engagement summary (as the tracker's job
+    # does); the running one's are read from the delivery log: filters see both kinds.
+    await engagement.summarise_finished_campaigns(pool)
+    summarised = await pool.fetch(
+        "SELECT campaign_id FROM engagement_summarised WHERE campaign_id = ANY($1::uuid[])",
+        world.campaigns,
+    )
+    assert {r["campaign_id"] for r in summarised} == set(world.campaigns[1:])
     return world
 
 
@@ -490,3 +501,63 @@ def test_equal_sets_share_one_join() -> None:
     # Every placeholder is used, and every parameter has one.
     used = {int(n) for n in re.findall(r"\$(\d+)", compiled.joins + compiled.where)}
     assert used == set(range(1, len(compiled.params) + 1))
+
+
+async def test_the_engagement_summary_follows_late_writes(pool: asyncpg.Pool) -> None:
+    """After its campaign is summarised, a delivery that turns `sent` late (a provider's
+    evidence) or is opened still counts: the trigger carries it to the summary."""
+    tag = uuid.uuid4().hex[:8]
+    list_id = await pool.fetchval("INSERT INTO lists (name) VALUES ($1) RETURNING id", tag)
+    email = f"late.{tag}@example.com"
+    rid = await pool.fetchval(
+        "INSERT INTO recipients (list_id, email) VALUES ($1, $2) RETURNING id", list_id, email
+    )
+    cid = await pool.fetchval(
+        "INSERT INTO campaigns (name, subject, html, from_email, list_id, provider, status,"
+        " finished_at) VALUES ($1, 's', 'h', 'f@example.com', $2, 'sink', 'completed', $3)"
+        " RETURNING id",
+        tag,
+        list_id,
+        NOW - timedelta(days=1),
+    )
+    await pool.execute("INSERT INTO campaign_stats (campaign_id) VALUES ($1)", cid)
+    await pool.execute(
+        "INSERT INTO deliveries (campaign_id, recipient_id, email, status, batch_id, sent_at)"
+        " VALUES ($1, $2, $3, 'unknown', 'b', $4)",
+        cid,
+        rid,
+        email,
+        NOW - timedelta(days=2),
+    )
+    await engagement.summarise_finished_campaigns(pool)
+    assert await pool.fetchval("SELECT 1 FROM engagement_summarised WHERE campaign_id = $1", cid)
+
+    async def matches(node: dict[str, Any]) -> bool:
+        compiled = compile_filter(parse(node), now=NOW, first_param=2)
+        found = await pool.fetchval(
+            f"SELECT count(*) FROM recipients r{compiled.joins}"  # noqa: S608
+            f" WHERE r.list_id = $1 AND {compiled.where}",
+            list_id,
+            *compiled.params,
+        )
+        return bool(found)
+
+    received = {"engaged": "received", "within_days": 7}
+    opened = {"engaged": "opened", "within_days": 7}
+    assert not await matches(received)
+    await pool.execute(
+        "UPDATE deliveries SET status = 'sent' WHERE campaign_id = $1 AND recipient_id = $2",
+        cid,
+        rid,
+    )
+    assert await matches(received)
+    assert not await matches(opened)
+    assert await matches({"never": "opened", "within_days": 7})
+    await pool.execute(
+        "UPDATE deliveries SET opened_at = $3 WHERE campaign_id = $1 AND recipient_id = $2",
+        cid,
+        rid,
+        NOW - timedelta(hours=3),
+    )
+    assert await matches(opened)
+    assert not await matches({"never": "opened", "within_days": 7})
