@@ -270,7 +270,8 @@ class TrackerStore:
         if not rows:
             return
         hits = [((row["campaign_id"], row["recipient_id"]), _stored_event(row)) for row in rows]
-        activities, mailed = await self._lock_activities(conn, {key for key, _ in hits})
+        months = await campaign_months(conn, {key[0] for key, _ in hits})
+        activities, mailed = await self._lock_activities(conn, {key for key, _ in hits}, months)
         added: dict[UUID, Counter[str]] = defaultdict(Counter)
         changed: set[RecipientKey] = set()
         matched: list[tuple[str, str]] = []
@@ -279,7 +280,7 @@ class TrackerStore:
                 added[key[0]] += apply_event(activities[key], event)
                 changed.add(key)
                 matched.append((event.event_id, mailed[key]))
-        await self._write_activities(conn, {k: activities[k] for k in changed})
+        await self._write_activities(conn, {k: activities[k] for k in changed}, months)
         for campaign_id in sorted(added):
             await self._add_activity_to_stats(conn, campaign_id, added[campaign_id])
         await conn.execute(
@@ -409,8 +410,13 @@ class TrackerStore:
         fold = EventsFold(duplicates=len(events) - len(unique))
         async with self.pool.acquire() as conn, conn.transaction():
             targets = await self._resolve_recipients(conn, unique)
-            activities, mailed = await self._lock_activities(conn, set(targets.values()))
-            await self._wait_for_pending_deliveries(conn, unique, targets, activities, mailed)
+            # Each delivery's month partition (pinned now for a campaign never seen): the
+            # lookups below read one partition, not every month's index.
+            months = await campaign_months(conn, {key[0] for key in targets.values()})
+            activities, mailed = await self._lock_activities(conn, set(targets.values()), months)
+            await self._wait_for_pending_deliveries(
+                conn, unique, targets, activities, mailed, months
+            )
             new_ids = await self._gate_events(conn, unique, targets, mailed)
             fresh = [e for e in unique if e.event_id in new_ids]
             fold.duplicates += len(unique) - len(fresh)
@@ -424,7 +430,7 @@ class TrackerStore:
                     added[key[0]] += apply_event(activities[key], event)
                     changed.add(key)
                 fold.folded[event.event] += 1
-            await self._write_activities(conn, {k: activities[k] for k in changed})
+            await self._write_activities(conn, {k: activities[k] for k in changed}, months)
             for campaign_id in sorted(added):
                 await self._add_activity_to_stats(conn, campaign_id, added[campaign_id])
             fold.resolved = await self._resolve_unknown(conn, fresh, targets, activities)
@@ -441,6 +447,7 @@ class TrackerStore:
         targets: dict[str, RecipientKey],
         activities: dict[RecipientKey, RecipientActivity],
         mailed: dict[RecipientKey, str],
+        months: dict[UUID, date],
     ) -> None:
         """Own hits whose delivery is not there: wait for a results fold of their campaign
         under way (see `_LOCK_RESULTS`), then look again. Whatever is still missing is
@@ -456,7 +463,7 @@ class TrackerStore:
             return
         for campaign_id in sorted({k[0] for k in missing}):
             await conn.execute(_LOCK_EVENTS, _HITS_LOCK_CLASS, str(campaign_id))
-        found, found_mailed = await self._lock_activities(conn, missing)
+        found, found_mailed = await self._lock_activities(conn, missing, months)
         activities.update(found)
         mailed.update(found_mailed)
 
@@ -531,7 +538,7 @@ class TrackerStore:
         return sum(int(row["n"]) for row in rows)
 
     async def _lock_activities(
-        self, conn: Conn, keys: set[RecipientKey]
+        self, conn: Conn, keys: set[RecipientKey], months: dict[UUID, date]
     ) -> tuple[dict[RecipientKey, RecipientActivity], dict[RecipientKey, str]]:
         """The deliveries the events are about, locked: their activity, and the address
         each was mailed to (what an unsubscribe or a complaint suppresses)."""
@@ -542,13 +549,14 @@ class TrackerStore:
             f"""
             SELECT campaign_id, recipient_id, email, {", ".join(_ACTIVITY_COLUMNS)}
               FROM deliveries
-             WHERE (campaign_id, recipient_id) IN
-                   (SELECT * FROM unnest($1::uuid[], $2::bigint[]))
+             WHERE (campaign_id, recipient_id, log_month) IN
+                   (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::date[]))
              ORDER BY campaign_id, recipient_id
                FOR UPDATE
             """,  # noqa: S608 - column names are constants
             [k[0] for k in ordered],
             [k[1] for k in ordered],
+            [months[k[0]] for k in ordered],
         )
         activities = {
             (r["campaign_id"], r["recipient_id"]): RecipientActivity.from_row(r) for r in rows
@@ -602,13 +610,16 @@ class TrackerStore:
         return {row["event_id"] for row in rows}
 
     async def _write_activities(
-        self, conn: Conn, changed: dict[RecipientKey, RecipientActivity]
+        self,
+        conn: Conn,
+        changed: dict[RecipientKey, RecipientActivity],
+        months: dict[UUID, date],
     ) -> None:
         if not changed:
             return
         columns = _ACTIVITY_COLUMNS
         arrays = [
-            f"${i + 3}::{_ACTIVITY_TYPES.get(name, 'timestamptz')}[]"
+            f"${i + 4}::{_ACTIVITY_TYPES.get(name, 'timestamptz')}[]"
             for i, name in enumerate(columns)
         ]
         assignments = ", ".join(f"{name} = v.{name}" for name in columns)
@@ -617,12 +628,14 @@ class TrackerStore:
         await conn.execute(
             f"""
             UPDATE deliveries d SET {assignments}, updated_at = now()
-              FROM unnest($1::uuid[], $2::bigint[], {", ".join(arrays)})
-                   AS v(campaign_id, recipient_id, {", ".join(columns)})
+              FROM unnest($1::uuid[], $2::bigint[], $3::date[], {", ".join(arrays)})
+                   AS v(campaign_id, recipient_id, log_month, {", ".join(columns)})
              WHERE d.campaign_id = v.campaign_id AND d.recipient_id = v.recipient_id
+               AND d.log_month = v.log_month
             """,  # noqa: S608 - column names are constants
             [k[0] for k in keys],
             [k[1] for k in keys],
+            [months[k[0]] for k in keys],
             *values,
         )
 
