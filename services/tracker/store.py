@@ -410,9 +410,11 @@ class TrackerStore:
         fold = EventsFold(duplicates=len(events) - len(unique))
         async with self.pool.acquire() as conn, conn.transaction():
             targets = await self._resolve_recipients(conn, unique)
-            # Each delivery's month partition (pinned now for a campaign never seen): the
-            # lookups below read one partition, not every month's index.
-            months = await campaign_months(conn, {key[0] for key in targets.values()})
+            # Each delivery's month partition, so that the lookups below read one partition,
+            # not every month's index. Read, not pinned here: pinning may wait on a results
+            # fold's uncommitted pin, and this fold may yet wait on that fold's lock (see
+            # `_wait_for_pending_deliveries`); `_gate_events` pins after those waits.
+            months = await pinned_months(conn, {key[0] for key in targets.values()})
             activities, mailed = await self._lock_activities(conn, set(targets.values()), months)
             await self._wait_for_pending_deliveries(
                 conn, unique, targets, activities, mailed, months
@@ -545,18 +547,29 @@ class TrackerStore:
         if not keys:
             return {}, {}
         ordered = sorted(keys)
+        # A campaign without a pinned month has no delivery the tracker wrote (rows put
+        # there by hand go to the current month): then every month is read.
+        ids, rids = [k[0] for k in ordered], [k[1] for k in ordered]
+        if all(k[0] in months for k in ordered):
+            where = (
+                "(campaign_id, recipient_id, log_month) IN"
+                " (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::date[]))"
+            )
+            args: list[Any] = [ids, rids, [months[k[0]] for k in ordered]]
+        else:
+            where = (
+                "(campaign_id, recipient_id) IN (SELECT * FROM unnest($1::uuid[], $2::bigint[]))"
+            )
+            args = [ids, rids]
         rows = await conn.fetch(
             f"""
             SELECT campaign_id, recipient_id, email, {", ".join(_ACTIVITY_COLUMNS)}
               FROM deliveries
-             WHERE (campaign_id, recipient_id, log_month) IN
-                   (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::date[]))
+             WHERE {where}
              ORDER BY campaign_id, recipient_id
                FOR UPDATE
-            """,  # noqa: S608 - column names are constants
-            [k[0] for k in ordered],
-            [k[1] for k in ordered],
-            [months[k[0]] for k in ordered],
+            """,  # noqa: S608 - column names and the two conditions are constants
+            *args,
         )
         activities = {
             (r["campaign_id"], r["recipient_id"]): RecipientActivity.from_row(r) for r in rows
@@ -625,17 +638,19 @@ class TrackerStore:
         assignments = ", ".join(f"{name} = v.{name}" for name in columns)
         keys = sorted(changed)
         values = [[changed[k].as_tuple()[i] for k in keys] for i in range(len(columns))]
+        # As in `_lock_activities`: one month each when every campaign has its month.
+        same_month = "AND d.log_month = v.log_month" if all(k[0] in months for k in keys) else ""
         await conn.execute(
             f"""
             UPDATE deliveries d SET {assignments}, updated_at = now()
               FROM unnest($1::uuid[], $2::bigint[], $3::date[], {", ".join(arrays)})
                    AS v(campaign_id, recipient_id, log_month, {", ".join(columns)})
              WHERE d.campaign_id = v.campaign_id AND d.recipient_id = v.recipient_id
-               AND d.log_month = v.log_month
+               {same_month}
             """,  # noqa: S608 - column names are constants
             [k[0] for k in keys],
             [k[1] for k in keys],
-            [months[k[0]] for k in keys],
+            [months.get(k[0]) for k in keys],
             *values,
         )
 
@@ -702,6 +717,18 @@ class TrackerStore:
             r["email"]: ("bounce", source) for r in rows if r["in_a_row"] >= self.soft_bounce_limit
         }
         return await _insert_suppressions(conn, wanted)
+
+
+async def pinned_months(conn: Conn, campaign_ids: set[UUID]) -> dict[UUID, date]:
+    """The log month of the campaigns that have one (none is pinned here)."""
+    if not campaign_ids:
+        return {}
+    rows = await conn.fetch(
+        "SELECT campaign_id, log_month FROM delivery_log_months"
+        " WHERE campaign_id = ANY($1::uuid[])",
+        sorted(campaign_ids),
+    )
+    return {r["campaign_id"]: r["log_month"] for r in rows}
 
 
 async def campaign_months(conn: Conn, campaign_ids: set[UUID]) -> dict[UUID, date]:
