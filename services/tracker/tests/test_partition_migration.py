@@ -15,10 +15,12 @@ from libs.common.embedded import create_database
 from services.tracker.store import TrackerStore
 from services.tracker.tests.support import make_results, new_campaign
 from services.tracker.tests.test_delivery_events import provider_event
+from services.tracker.tests.test_retention import drop_database
 
 
 async def test_an_existing_install_is_converted_in_place(postgres_admin_dsn: str) -> None:
-    dsn = await create_database(postgres_admin_dsn, f"mailfleet_test_{uuid.uuid4().hex[:10]}")
+    name = f"mailfleet_test_{uuid.uuid4().hex[:10]}"
+    dsn = await create_database(postgres_admin_dsn, name)
     conn = await asyncpg.connect(dsn)
     await conn.execute(
         "CREATE TABLE schema_migrations (version int PRIMARY KEY, name text NOT NULL,"
@@ -98,3 +100,4 @@ async def test_an_existing_install_is_converted_in_place(postgres_admin_dsn: str
         assert fold.conflicts == 1
     finally:
         await pool.close()
+        await drop_database(postgres_admin_dsn, name)

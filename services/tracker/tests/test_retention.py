@@ -24,11 +24,21 @@ OLD_MONTH = date(2025, 1, 1)
 
 @pytest.fixture
 async def own_pool(postgres_admin_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    dsn = await create_database(postgres_admin_dsn, f"mailfleet_test_{uuid.uuid4().hex[:10]}")
+    name = f"mailfleet_test_{uuid.uuid4().hex[:10]}"
+    dsn = await create_database(postgres_admin_dsn, name)
     await db.migrate(dsn)
     pool = await db.create_pool(dsn, max_size=3)
     yield pool
     await pool.close()
+    await drop_database(postgres_admin_dsn, name)
+
+
+async def drop_database(admin_dsn: str, name: str) -> None:
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 async def partitions(pool: asyncpg.Pool, table: str) -> set[str]:
