@@ -27,7 +27,13 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.infra import BenchInfrastructure, machine  # noqa: E402
+from bench.infra import (  # noqa: E402
+    BenchInfrastructure,
+    machine,
+    peak_rss,
+    print_footprint,
+    table_bytes,
+)
 from libs.common.embedded import free_port  # noqa: E402
 from libs.mail.sink import start_sink  # noqa: E402
 from tests.e2e.harness import start_stack  # noqa: E402
@@ -228,6 +234,7 @@ async def run(recipients: int, dispatchers: int, provider: str) -> None:
             f"\nend-to-end emails/s = {recipients / elapsed:,.0f} "
             f"({recipients / elapsed / baseline:.0%} of the baseline)"
         )
+        print_footprint(peak_rss(stack.supervisor.pids()), await table_bytes(dsn), recipients)
     finally:
         await api.close()
         await stack.stop()

@@ -21,6 +21,8 @@ SMALL_RUNS = {
     "segment_count.py": ["--recipients", "2000", "--rounds", "2"],
     "webhooks.py": ["--events", "300", "--campaigns", "10", "--blocked", "2000"],
     "plan_audience.py": ["--recipients", "2000", "--rounds", "1"],
+    "api_load.py": ["--recipients", "2000", "--deliveries", "4000", "--campaign", "300",
+                    "--clients", "3", "--seconds", "1", "--rounds", "1"],
 }  # fmt: skip
 # What each prints once it has measured (a figure line, not only its banner).
 FIGURES = {
@@ -33,6 +35,7 @@ FIGURES = {
     "segment_count.py": "baseline: count(*) of the list",
     "webhooks.py": "blocked rows",
     "plan_audience.py": "two lists - segment",
+    "api_load.py": "campaign emails/s under",
 }
 
 
