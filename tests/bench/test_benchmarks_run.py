@@ -58,3 +58,8 @@ def test_the_benchmark_runs_at_a_small_size(script: str) -> None:
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     assert FIGURES[script] in done.stdout, output[-4000:]
+    if script == "e2e.py":
+        # The peer baseline ran (or says why not: `make install` builds its .venv-celery
+        # best effort), and the CPU per email of each process is shown.
+        assert "peer: Celery + Redis + sendgrid client" in done.stdout, output[-4000:]
+        assert "net us/email" in done.stdout, output[-4000:]
