@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-install: $(VENV)/.installed $(PEER_VENV)/.installed
+install: $(VENV)/.installed
 
 ## The peer baseline of bench/e2e.py (Celery + Redis + the sendgrid client) in a virtualenv
 ## of its own: none of it is a dependency of mailfleet, and Celery's pins differ from our
@@ -57,7 +57,7 @@ typecheck: install
 	$(BIN)/mypy libs services
 
 ## Long benchmarks, outside the default test run.
-bench-e2e: install
+bench-e2e: install bench-celery
 	$(BIN)/python bench/e2e.py
 
 clean:
