@@ -18,6 +18,7 @@ from libs.common.logging import bound_contextvars, get_logger
 from libs.web.problems import ProblemError, problem_responses
 from services.api.audit import Target, record_audit
 from services.api.deps import ApiResources, Caller, CanEdit, Resources
+from services.api.repository import CAMPAIGN_COLUMNS
 from services.api.routes.campaigns import campaign_with_stats, publish_or_503
 from services.api.routes.common import not_found
 from services.api.schemas import CampaignOut
@@ -46,7 +47,7 @@ async def _control(
             bump = 1 if action == "cancel" and step.changed else 0
             revision = current["schedule_revision"] + bump
             row = await conn.fetchrow(
-                """
+                f"""
                 UPDATE campaigns
                    SET status = $2, schedule_revision = $3, updated_at = now(),
                        finished_at = CASE WHEN $2 = 'cancelled' THEN now() ELSE finished_at END,
@@ -59,8 +60,8 @@ async def _control(
                        guard_resumed_at = CASE WHEN $2 = 'in_progress' AND paused_by = 'guard'
                                                THEN now() ELSE guard_resumed_at END
                  WHERE id = $1
-                RETURNING *
-                """,
+                RETURNING {CAMPAIGN_COLUMNS}
+                """,  # noqa: S608 - constants only
                 campaign_id,
                 step.status,
                 revision,

@@ -87,3 +87,16 @@ async def test_a_pause_by_a_provider_outage_shows_its_reason_until_resumed(
     assert resumed["status"] == "in_progress" and resumed["pause_reason"] is None
     _, paused = await _post(api, campaign_id, "pause")
     assert paused["paused_by"] == "admin" and paused["pause_reason"] is None
+
+
+async def test_a_campaign_from_before_audiences_can_be_paused_and_resumed(
+    api: Api, pool: asyncpg.Pool
+) -> None:
+    """A campaign written with only `list_id` (an install older than migration 0026, or an
+    internal writer) has no `audience`: control answers must still show its one list."""
+    campaign_id = await _in_progress(api, pool)
+    await pool.execute("UPDATE campaigns SET audience = NULL WHERE id = $1", uuid.UUID(campaign_id))
+    for action, status in (("pause", "paused"), ("resume", "in_progress"), ("cancel", "cancelled")):
+        code, body = await _post(api, campaign_id, action)
+        assert (code, body["status"]) == (200, status), body
+        assert body["audience"]["lists"] == [body["list_id"]]
