@@ -29,6 +29,7 @@ from libs.common.service import ServiceContext, run_service
 from libs.common.settings import Settings, get_settings
 from libs.mail.config import DispatcherSettings, get_dispatcher_settings
 from services.scheduler.metrics import (
+    AB_WINNERS,
     BATCHES_EMITTED,
     BATCHES_SET_ASIDE,
     CAMPAIGNS_CLAIMED,
@@ -141,6 +142,7 @@ class BatchEmitter:
             "audience_total": plan.audience_total,
             "suppressed_total": plan.suppressed_total,
             "provider": plan.provider,
+            "variant": batch.variant,
         }
 
     async def _failed_result(self, batch: PendingBatch, reason: str) -> DeliveryResult:
@@ -161,7 +163,8 @@ class BatchEmitter:
         plan = await self._plan_of(batch.campaign_id)
         return BatchReady(
             **await self._batch_fields(batch),
-            content_id=plan.content_id,
+            # A variant's content, the winner's for an A/B test's remainder, else the plan's.
+            content_id=batch.content_id or plan.content_id,
             recipients=[
                 BatchRecipient(recipient_id=rid, email=email, fields=fields)
                 for rid, email, fields in batch.recipients
@@ -274,6 +277,10 @@ async def _clock(ctx: ServiceContext, repo: ScheduleRepository, emitter: BatchEm
                             batches=plan.batches_total,
                             invalid_timezones=plan.invalid_timezones,
                         )
+            for decision in await repo.decide_winners(emitter.clock()):
+                AB_WINNERS.inc()
+                with bound_contextvars(campaign_id=str(decision.campaign_id)):
+                    log.info("a/b winner chosen", winner=decision.winner, reason=decision.reason)
             cutoff = NO_CUTOFF
             if loop.time() >= next_topic_check:
                 next_topic_check = loop.time() + TOPIC_CHECK_SECONDS
