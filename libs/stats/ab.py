@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 VARIANT_NAMES: tuple[str, ...] = ("A", "B", "C", "D", "E")
 MIN_VARIANTS = 2
@@ -85,12 +85,19 @@ class VariantCounts:
     sent: int
     unique_opens: int
     unique_clicks: int
+    delivered: int = 0
+
+    @property
+    def trials(self) -> int:
+        """The rates' denominator, as the campaign's stats have it: delivered once the
+        provider reports deliveries, else sent."""
+        return self.delivered or self.sent
 
     def successes(self, metric: Metric) -> int:
         return self.unique_clicks if metric == "click" else self.unique_opens
 
     def rate(self, metric: Metric) -> float:
-        return self.successes(metric) / self.sent if self.sent else 0.0
+        return self.successes(metric) / self.trials if self.trials else 0.0
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,7 @@ def choose_winner(counts: Sequence[VariantCounts], metric: Metric) -> Decision:
     others = [c for c in ordered if c is not leader]
     tests = [
         two_proportion_test(
-            leader.successes(metric), leader.sent, other.successes(metric), other.sent
+            leader.successes(metric), leader.trials, other.successes(metric), other.trials
         )
         for other in others
     ]
@@ -123,7 +130,7 @@ def choose_winner(counts: Sequence[VariantCounts], metric: Metric) -> Decision:
     return Decision(
         leader.variant,
         f"highest unique {metric} rate {leader.rate(metric):.4f} "
-        f"({leader.successes(metric)}/{leader.sent}); {verdict}",
+        f"({leader.successes(metric)}/{leader.trials}); {verdict}",
     )
 
 
@@ -138,8 +145,78 @@ def compare_all(
     leader = max(ordered, key=lambda c: c.rate(metric))
     return leader.variant, {
         c.variant: two_proportion_test(
-            c.successes(metric), c.sent, leader.successes(metric), leader.sent
+            c.successes(metric), c.trials, leader.successes(metric), leader.trials
         )
         for c in ordered
         if c is not leader
     }
+
+
+def _rounded(value: float) -> float:
+    return round(value, 6)
+
+
+def variant_report(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What the API shows of a test's variants, from their `campaign_variant_stats` rows:
+    counts, unique open and click rates, and for each metric the leader and every other
+    variant's z-test against it (the difference is variant - leader, with its 95 % CI;
+    "not significant" when p > 0.05)."""
+    counts = {
+        str(r["variant"]): VariantCounts(
+            str(r["variant"]),
+            int(r.get("sent") or 0),
+            int(r.get("unique_opens") or 0),
+            int(r.get("unique_clicks") or 0),
+            int(r.get("delivered") or 0),
+        )
+        for r in rows
+    }
+    leaders: dict[str, str | None] = {}
+    tests: dict[str, dict[str, Comparison]] = {}
+    for metric in ("open", "click"):
+        leaders[metric], tests[metric] = compare_all(counts, metric)
+    variants = []
+    for row in sorted(rows, key=lambda r: str(r["variant"])):
+        name = str(row["variant"])
+        c = counts[name]
+        against: dict[str, Any] = {}
+        for metric in ("open", "click"):
+            t = tests[metric].get(name)
+            against[metric] = (
+                None
+                if t is None
+                else {
+                    "leader": leaders[metric],
+                    "difference": _rounded(t.difference),
+                    "ci_low": _rounded(t.ci_low),
+                    "ci_high": _rounded(t.ci_high),
+                    "z": _rounded(t.z),
+                    "p_value": _rounded(t.p_value),
+                    "significant": t.significant,
+                    "verdict": t.verdict,
+                }
+            )
+        variants.append(
+            {
+                "variant": name,
+                **{
+                    k: int(row.get(k) or 0)
+                    for k in (
+                        "recipients",
+                        "sent",
+                        "failed",
+                        "delivered",
+                        "bounced",
+                        "unique_opens",
+                        "opens",
+                        "unique_clicks",
+                        "clicks",
+                        "unsubscribes",
+                    )
+                },  # fmt: skip
+                "unique_open_rate": _rounded(c.rate("open")) if c.trials else None,
+                "unique_click_rate": _rounded(c.rate("click")) if c.trials else None,
+                "against_leader": against,
+            }
+        )
+    return {"leaders": leaders, "variants": variants}

@@ -456,6 +456,7 @@ class ScheduleRepository:
                 rows = await conn.fetch(
                     """
                     SELECT v.variant, coalesce(s.sent, 0) AS sent,
+                           coalesce(s.delivered, 0) AS delivered,
                            coalesce(s.unique_opens, 0) AS unique_opens,
                            coalesce(s.unique_clicks, 0) AS unique_clicks
                       FROM ab_variants v
@@ -466,7 +467,13 @@ class ScheduleRepository:
                     test["campaign_id"],
                 )
                 counts = [
-                    VariantCounts(r["variant"], r["sent"], r["unique_opens"], r["unique_clicks"])
+                    VariantCounts(
+                        r["variant"],
+                        r["sent"],
+                        r["unique_opens"],
+                        r["unique_clicks"],
+                        r["delivered"],
+                    )  # fmt: skip
                     for r in rows
                 ]
                 if not counts:

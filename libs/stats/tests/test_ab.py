@@ -15,8 +15,8 @@ from libs.stats.ab import (
     choose_winner,
     compare_all,
     normal_sf,
-    split,
     size_tested,
+    split,
     two_proportion_test,
 )
 

@@ -11,7 +11,6 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-import pytest
 
 from libs.common.events import DeliveryEvent, DeliveryResult, RecipientOutcome
 from libs.stats.ab import size_tested
