@@ -428,8 +428,9 @@ class ScheduleRepository:
 
         Once: a compare-and-set on `winner IS NULL` (an admin's pick through the API wins if
         it came first), with the rows locked SKIP LOCKED so that several schedulers share
-        the work. A paused campaign is decided too (its remainder waits for the resume); a
-        cancelled or finished one is not."""
+        the work. A paused campaign is decided too (its remainder waits for the resume), and
+        one that finished with no remainder (a test share of 1) for its report; a cancelled
+        one is not."""
         decisions: list[WinnerDecision] = []
         async with self.pool.acquire() as conn, conn.transaction():
             due = await conn.fetch(
@@ -439,7 +440,7 @@ class ScheduleRepository:
                  WHERE a.winner IS NULL AND a.metric <> 'manual'
                    AND a.test_started_at IS NOT NULL
                    AND a.test_started_at + make_interval(secs => a.wait_seconds) <= $1
-                   AND c.status IN ('in_progress', 'paused')
+                   AND c.status IN ('in_progress', 'paused', 'completed', 'failed')
                    AND NOT EXISTS (
                        SELECT 1 FROM batch_plans b
                         WHERE b.campaign_id = a.campaign_id AND b.variant IS NOT NULL
