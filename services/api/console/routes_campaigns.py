@@ -12,8 +12,9 @@ from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import ValidationError
 
 from libs.stats import read_models
+from libs.stats.ab import variant_report
 from libs.web.problems import ProblemError
-from services.api import repository
+from services.api import ab_repo, repository
 from services.api.campaign_test_schemas import SendTestRequest
 from services.api.console import queries
 from services.api.console.auth import EditorPost, Viewer
@@ -209,6 +210,22 @@ async def _campaign_or_404(request: Request, campaign_id: UUID) -> dict[str, Any
     return row
 
 
+async def _ab_view(db: Any, campaign_id: UUID) -> dict[str, Any] | None:
+    """The campaign's A/B test for its page: settings, decision, per-variant stats."""
+    test = await ab_repo.get_test(db, campaign_id)
+    if test is None:
+        return None
+    variants = {v["variant"]: v for v in await ab_repo.variants_of(db, campaign_id)}
+    report = variant_report(await ab_repo.variant_counters(db, campaign_id))
+    metric = "click" if test["metric"] == "click" else "open"
+    rows = [
+        {**r, "subject": variants.get(r["variant"], {}).get("subject"),
+         "versus": r["against_leader"][metric]}
+        for r in report["variants"]
+    ]  # fmt: skip
+    return {**test, "rows": rows, "compared_by": metric, "leader": report["leaders"][metric]}
+
+
 @router.get("/campaigns/{campaign_id}")
 async def campaign_detail(
     request: Request,
@@ -233,11 +250,13 @@ async def campaign_detail(
             )
         except ValueError:
             deliveries = await read_models.delivery_page(db, campaign_id, limit=PAGE_SIZE)
+    ab = await _ab_view(db, campaign_id)
     return render(
         request,
         "campaign.html",
         session,
         campaign=row,
+        ab=ab,
         progress=progress,
         rate=None,
         deliveries=deliveries,
