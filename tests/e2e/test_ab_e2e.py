@@ -1,10 +1,11 @@
 """A/B test end to end (issue 17 item 1), every service its own process: 10,000
-recipients (MAILFLEET_E2E_AB_RECIPIENTS; 3,000 by default, for CI), 3 subject variants, a 30 % test share. Readers
-of variant B open its mail far more often (through the pixel in the mail as sent); the
-wait is then shortened through the API, the scheduler picks B by its unique open rate,
-and the rest of the audience gets B's subject. The sink shows everyone mailed once, with
-one variant; the stats per variant are exact; a tie (second campaign) is reported
-"not significant"."""
+recipients (MAILFLEET_E2E_AB_RECIPIENTS; 3,000 by default, for CI), 3 subject variants,
+a 30 % test share. Readers of variant B open its mail far more often (through the pixel
+in the mail as sent). The campaign is paused and the wait shortened through the API; the
+scheduler picks B by its unique open rate and stores it while paused; after a scheduler
+restart and the resume, the rest of the audience gets B's subject. The sink shows
+everyone mailed once, with one variant; the stats per variant are exact; a tie (second
+campaign) is reported "not significant"."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import asyncio
 import os
 import re
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -140,8 +143,31 @@ async def test_ab_test_end_to_end(
             assert versus["verdict"] == "significant" and versus["ci_high"] < 0, versus
         assert rows["B"]["unique_open_rate"] == pytest.approx(opened["B"] / per_variant["B"])
 
-        # The wait, shortened: the scheduler decides by its next tick.
+        # Paused, then the wait shortened: the scheduler decides by its next tick, and the
+        # decision is stored while the rest waits for the resume.
+        await api.control(campaign_id, "pause")
         await _ab(api, campaign_id, "PATCH", wait_seconds=0)
+
+        async def decided_while_paused() -> dict[str, Any] | None:
+            body = await _ab(api, campaign_id)
+            return body if body["winner"] else None
+
+        paused = await _until("the winner, decided while paused", decided_while_paused)
+        assert paused["winner"] == "B"
+        assert (await api.campaign(campaign_id))["status"] == "paused"
+        db = await asyncpg.connect(settings.database_url)
+        try:
+            held = await db.fetchval(
+                "SELECT count(*) FROM batch_plans WHERE campaign_id = $1 AND variant IS NULL"
+                " AND emitted > 0",
+                uuid.UUID(campaign_id),
+            )
+        finally:
+            await db.close()
+        assert held == 0  # nothing of the rest went out while paused
+        # A scheduler restart reads the stored decision; the resume sends the rest.
+        stack.supervisor.kill("scheduler")
+        await api.control(campaign_id, "resume")
         done = await api.wait_campaign(campaign_id, timeout=300)
         assert done["status"] == "completed" and done["stats"]["sent"] == RECIPIENTS, done
         decided = await _ab(api, campaign_id)
