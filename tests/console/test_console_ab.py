@@ -8,7 +8,7 @@ import re
 import uuid
 
 from tests.console.conftest import Console
-from tests.console.support import sign_in
+from tests.console.support import csrf_in, sign_in
 
 
 async def _ab_campaign(console: Console, winner: str | None) -> uuid.UUID:
@@ -67,3 +67,38 @@ async def test_the_campaign_page_shows_the_test_per_variant(console: Console) ->
         await db.execute("DELETE FROM ab_tests WHERE campaign_id = $1", decided)
         plain = await client.get(f"/console/campaigns/{decided}")
         assert plain.status_code == 200 and 'id="ab-test"' not in plain.text
+
+
+async def test_an_editor_picks_the_winner_from_the_page(console: Console) -> None:
+    campaign_id = await _ab_campaign(console, None)
+    db = console.app.state.resources.db
+    await db.execute(
+        "UPDATE ab_tests SET test_started_at = now() WHERE campaign_id = $1", campaign_id
+    )
+    async with console.client() as client:
+        await sign_in(client, "viewer@example.com")
+        page = await client.get(f"/console/campaigns/{campaign_id}")
+        assert "Pick B" not in page.text  # a viewer only reads
+    async with console.client() as client:
+        await sign_in(client, "editor@example.com")
+        page = await client.get(f"/console/campaigns/{campaign_id}")
+        assert "Pick A" in page.text and "Pick B" in page.text
+        token = csrf_in(page.text)
+        path = f"/console/campaigns/{campaign_id}/ab/winner"
+        bad = await client.post(path, data={"csrf_token": token, "variant": "Z"})
+        assert bad.status_code == 422
+        picked = await client.post(path, data={"csrf_token": token, "variant": "B"})
+        assert picked.status_code == 303
+        page = await client.get(f"/console/campaigns/{campaign_id}")
+        assert "Winner: B" in _text(page.text) and "Pick A" not in page.text
+        again = await client.post(path, data={"csrf_token": token, "variant": "A"})
+        assert again.status_code == 409
+    row = await db.fetchrow(
+        "SELECT winner, decided_by FROM ab_tests WHERE campaign_id = $1", campaign_id
+    )
+    assert row["winner"] == "B" and row["decided_by"].startswith("user:")
+    audited = await db.fetchval(
+        "SELECT count(*) FROM audit_log WHERE action = 'campaign.ab_winner' AND target_id = $1",
+        str(campaign_id),
+    )
+    assert audited == 1

@@ -15,13 +15,14 @@ from libs.stats import read_models
 from libs.stats.ab import variant_report
 from libs.web.problems import ProblemError
 from services.api import ab_repo, repository
+from services.api.ab_schemas import WinnerIn
 from services.api.campaign_test_schemas import SendTestRequest
 from services.api.console import queries
 from services.api.console.auth import EditorPost, Viewer
 from services.api.console.delivery_export import delivery_csv
 from services.api.console.forms import field_errors_from_problem, field_errors_from_validation
 from services.api.console.web import STATUS_LABELS, ConsoleRoute, page_or_first, render
-from services.api.routes import campaign_control, campaign_test_sends, campaigns
+from services.api.routes import ab_tests, campaign_control, campaign_test_sends, campaigns
 from services.api.scheduling import (
     UnknownTimezone,
     UnrepresentableTime,
@@ -412,6 +413,24 @@ async def schedule(
         await campaigns.schedule_campaign(campaign_id, resources, session.as_caller(), body)
         return RedirectResponse(f"/console/campaigns/{campaign_id}", status_code=303)
     return render(request, "error.html", session, 422, message=error)
+
+
+@router.post("/campaigns/{campaign_id}/ab/winner")
+async def choose_winner(
+    request: Request,
+    session: EditorPost,
+    campaign_id: UUID,
+    variant: Annotated[str, Form(max_length=1)],
+) -> Response:
+    """Pick an A/B test's winner by hand (the API's rules: once, while the test runs)."""
+    try:
+        body = WinnerIn(variant=variant)
+    except ValidationError:
+        return render(request, "error.html", session, 422, message="There is no such variant.")
+    await ab_tests.choose_ab_winner(
+        campaign_id, body, request.app.state.resources, session.as_caller()
+    )
+    return RedirectResponse(f"/console/campaigns/{campaign_id}", status_code=303)
 
 
 _ACTIONS = {
