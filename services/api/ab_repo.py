@@ -53,6 +53,31 @@ async def replace_test(
     )
 
 
+async def copy_test(conn: Executor, source: UUID, target: UUID, seed: int) -> None:
+    """Give a duplicated campaign the source's test: settings and variants, not its seed
+    (a new draw), its start or its decision."""
+    copied = await conn.fetchval(
+        """
+        INSERT INTO ab_tests (campaign_id, test_share, seed, wait_seconds, metric)
+        SELECT $2, test_share, $3, wait_seconds, metric FROM ab_tests WHERE campaign_id = $1
+        RETURNING true
+        """,
+        source,
+        target,
+        seed,
+    )
+    if copied:
+        await conn.execute(
+            """
+            INSERT INTO ab_variants (campaign_id, variant, subject, from_name, html, text)
+            SELECT $2, variant, subject, from_name, html, text
+              FROM ab_variants WHERE campaign_id = $1
+            """,
+            source,
+            target,
+        )
+
+
 async def delete_test(conn: Executor, campaign_id: UUID) -> bool:
     deleted = await conn.fetchval(
         "DELETE FROM ab_tests WHERE campaign_id = $1 RETURNING true", campaign_id

@@ -197,3 +197,36 @@ async def test_stats_per_variant_show_the_z_test(api: Api, pool: asyncpg.Pool) -
     assert (
         await pool.fetchval("SELECT count(*) FROM ab_variants WHERE campaign_id = $1", cid)
     ) == 0
+
+
+async def test_a_duplicate_keeps_the_test_with_a_new_seed_and_no_decision(
+    api: Api, pool: asyncpg.Pool
+) -> None:
+    campaign_id = await _campaign(api)
+    assert (await _put(api, campaign_id, TEST)).status_code == 200
+    await pool.execute(
+        "UPDATE ab_tests SET winner = 'B', decided_by = 'x' WHERE campaign_id = $1",
+        uuid.UUID(campaign_id),
+    )
+    copy = await api.client.post(
+        f"/api/v1/campaigns/{campaign_id}/duplicate", headers=api.auth("editor")
+    )
+    assert copy.status_code == 201, copy.text
+    test = (
+        await api.client.get(
+            f"/api/v1/campaigns/{copy.json()['id']}/ab", headers=api.auth("viewer")
+        )
+    ).json()
+    assert [v["subject"] for v in test["variants"]] == ["A {{ first_name }}", "B", None]
+    assert (test["test_share"], test["wait_seconds"], test["metric"]) == (0.3, 3600, "open")
+    assert test["winner"] is None and test["test_started_at"] is None
+    assert test["seed"] != 99
+    plain = await _campaign(api)
+    copied = await api.client.post(
+        f"/api/v1/campaigns/{plain}/duplicate", headers=api.auth("editor")
+    )
+    assert copied.status_code == 201
+    missing = await api.client.get(
+        f"/api/v1/campaigns/{copied.json()['id']}/ab", headers=api.auth("viewer")
+    )
+    assert missing.status_code == 404
