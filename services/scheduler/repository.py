@@ -53,6 +53,9 @@ class PendingBatch:
     # plan's (a variant's, or the winner's for the remainder).
     variant: str | None = None
     content_id: UUID | None = None
+    # The remainder of an A/B campaign cancelled before its winner: never sent, reported
+    # `cancelled` by the scheduler itself (no dispatcher ever sees it).
+    cancelled_unsent: bool = False
 
 
 @dataclass(frozen=True)
@@ -330,7 +333,8 @@ class ScheduleRepository:
         Locked with SKIP LOCKED so that several schedulers share the work, never repeat it.
 
         A batch of an A/B campaign's remainder waits for the test's winner, and is then sent
-        with the winner's content (issue 17 item 1).
+        with the winner's content (issue 17 item 1); if the campaign is cancelled first, it
+        comes out `cancelled_unsent`, for the emitter to report.
 
         A batch of a zoned plan (issue 17) waits for its `due_at` by the scheduler's clock
         `now` (default: the real time), and, when its campaign has a send window, for the
@@ -376,6 +380,7 @@ class ScheduleRepository:
                         suppressed_ids=suppressed.get(r["batch_id"], []),
                         variant=r["variant"],
                         content_id=r["variant_content_id"],
+                        cancelled_unsent=r["cancelled_unsent"],
                     )
                     for r in rows
                 ]
@@ -784,7 +789,9 @@ async def _due_rows(
         """
         SELECT b.batch_id, b.campaign_id, b.batch_no, b.recipient_ids, b.emitted,
                b.set_aside_reason, p.provider, b.zone, c.status, c.send_window,
-               b.variant, v.content_id AS variant_content_id
+               b.variant, v.content_id AS variant_content_id,
+               (b.variant IS NULL AND a.campaign_id IS NOT NULL AND a.winner IS NULL
+                AND c.status = 'cancelled') AS cancelled_unsent
           FROM batch_plans b
           JOIN campaigns c ON c.id = b.campaign_id
                            AND c.status IN ('in_progress', 'cancelled')
@@ -809,8 +816,8 @@ async def _due_rows(
                            AND t.folded_at > now() - k.backoff)))
            AND NOT EXISTS (SELECT 1 FROM tracker_batches t WHERE t.batch_id = b.batch_id)
            AND (b.due_at IS NULL OR b.due_at <= $4 OR c.status = 'cancelled')
-           -- An A/B campaign's remainder waits for its winner (a cancelled one's is only
-           -- reported, with the campaign's own content).
+           -- An A/B campaign's remainder waits for its winner (a cancelled one's is
+           -- reported `cancelled` by the emitter, never sent).
            AND (b.variant IS NOT NULL OR a.campaign_id IS NULL OR a.winner IS NOT NULL
                 OR c.status = 'cancelled')
          ORDER BY b.campaign_id, b.batch_no

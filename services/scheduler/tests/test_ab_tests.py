@@ -11,11 +11,17 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 
 from libs.common.events import DeliveryEvent, DeliveryResult, RecipientOutcome
+from libs.common.kafka import EventProducer
+from libs.common.service import ServiceContext
+from libs.common.settings import Settings
 from libs.stats.ab import size_tested
-from services.scheduler.app import NO_CUTOFF
+from services.scheduler.app import NO_CUTOFF, BatchEmitter
 from services.scheduler.repository import PendingBatch, ScheduleRepository
+from services.scheduler.tests.test_batch_bytes import collect_results
+from services.scheduler.tests.test_scheduler import collect_batches
 from services.tracker.store import TrackerStore
 
 T0 = datetime(2031, 5, 4, 8, 0, tzinfo=UTC)
@@ -263,8 +269,46 @@ async def test_a_tie_and_a_manual_test_and_a_cancel(pool: asyncpg.Pool) -> None:
     assert manual not in decided  # only an admin picks it
     assert cancelled not in decided
     rest = await emit(repo, cancelled, T0 + WAIT)
-    assert [b.variant for b in rest] == [None] and rest[0].content_id is None
+    assert [(b.variant, b.cancelled_unsent) for b in rest] == [(None, True)]
     assert len(rest[0].recipients) == 20
+
+
+async def test_batches_carry_their_variant_and_a_cancelled_remainder_is_never_sent(
+    pool: asyncpg.Pool, settings: Settings
+) -> None:
+    """Through the broker: each test batch's `batch.ready` names its variant and that
+    variant's content; the remainder of a campaign cancelled before its winner never
+    reaches a dispatcher (whose status cache could be stale): the scheduler reports it
+    `cancelled` itself, in a `delivery.result`."""
+    repo = ScheduleRepository(pool)
+    list_id = await seed_list(pool, 30)
+    campaign_id = await ab_campaign(pool, list_id, share=0.5)
+    assert await repo.claim_and_plan(campaign_id, 100, now=T0) is not None
+    content = {
+        r["variant"]: r["content_id"]
+        for r in await pool.fetch(
+            "SELECT variant, content_id FROM ab_variants WHERE campaign_id = $1", campaign_id
+        )
+    }
+    producer = EventProducer(settings)
+    await producer.start()
+    try:
+        ctx = ServiceContext("scheduler", settings, pool, producer, asyncio.Event())
+        emitter = BatchEmitter(ctx, repo, clock=lambda: T0)
+        assert await emitter.emit_due() == 3
+        batches = await collect_batches(settings.kafka_bootstrap_servers, campaign_id, 3)
+        assert sorted((b.variant, b.content_id, len(b.recipients)) for b in batches) == [
+            (v, content[v], 5) for v in ("A", "B", "C")
+        ]
+        await pool.execute("UPDATE campaigns SET status = 'cancelled' WHERE id = $1", campaign_id)
+        assert await emitter.emit_due() == 1
+    finally:
+        await producer.stop()
+    result = await collect_results(settings.kafka_bootstrap_servers, campaign_id)
+    assert result.variant is None and len(result.outcomes) == 15
+    assert {o.status for o in result.outcomes} == {"cancelled"}
+    with pytest.raises(TimeoutError):  # no fourth batch.ready
+        await collect_batches(settings.kafka_bootstrap_servers, campaign_id, 4, timeout=3)
 
 
 async def test_a_zoned_plan_is_split_by_variant_too(pool: asyncpg.Pool) -> None:
