@@ -4,12 +4,14 @@ hand before the wait is over (once, audited), with 422s naming the field of bad 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
+from services.api import ab_repo
 from services.api.tests.support import Api
 from services.scheduler.repository import ScheduleRepository
 
@@ -230,3 +232,50 @@ async def test_a_duplicate_keeps_the_test_with_a_new_seed_and_no_decision(
         f"/api/v1/campaigns/{copied.json()['id']}/ab", headers=api.auth("viewer")
     )
     assert missing.status_code == 404
+
+
+async def test_a_test_set_while_the_scheduler_claims_is_planned_with_it(
+    api: Api, pool: asyncpg.Pool
+) -> None:
+    """The API's write touches the campaign row: a claim that started before it committed
+    fails its repeatable-read compare-and-set (and is tried again by the next tick) instead
+    of planning a plain campaign from a snapshot without the test."""
+    campaign_id = await _campaign(api, recipients=10)
+    cid = uuid.UUID(campaign_id)
+    scheduled = await api.client.post(
+        f"/api/v1/campaigns/{campaign_id}/schedule", json={}, headers=api.auth("editor")
+    )
+    assert scheduled.status_code == 200
+    repo = ScheduleRepository(pool)
+    now = datetime.now(UTC)
+    async with pool.acquire() as conn:
+        writing = conn.transaction()
+        await writing.start()
+        assert await ab_repo.lock_campaign(conn, cid) is not None
+        settings = {"test_share": 0.5, "seed": 3, "wait_seconds": 60, "metric": "open"}
+        await ab_repo.replace_test(
+            conn, cid, settings, [("A", {"subject": "a"}), ("B", {"subject": "b"})]
+        )
+        claim = asyncio.create_task(repo.claim_and_plan(cid, 100, now=now))
+
+        async def claim_waits() -> bool:
+            waiting = await pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE '%SET status = ''in_progress''%'"
+            )
+            return bool(waiting)
+
+        deadline = asyncio.get_running_loop().time() + 10
+        while not await claim_waits():
+            assert asyncio.get_running_loop().time() < deadline, "the claim never waited"
+            await asyncio.sleep(0.01)  # polling another session's state
+        await writing.commit()
+    assert await claim is None  # refused, not planned without the test
+    assert await repo.claim_and_plan(cid, 100, now=now) is not None
+    sizes = await pool.fetch(
+        "SELECT variant, sum(cardinality(recipient_ids)) AS n FROM batch_plans"
+        " WHERE campaign_id = $1 GROUP BY variant",
+        cid,
+    )
+    assert {r["variant"]: r["n"] for r in sizes} == {"A": 3, "B": 2, None: 5}
+    await pool.execute("UPDATE campaigns SET status = 'completed' WHERE id = $1", cid)
