@@ -129,14 +129,16 @@ def result_of(batch: PendingBatch, status: str = "sent") -> DeliveryResult:
     )
 
 
-def opens(campaign_id: uuid.UUID, recipients: list[int], tag: str) -> list[DeliveryEvent]:
+def opens(
+    campaign_id: uuid.UUID, recipients: list[int], tag: str, kind: str = "open"
+) -> list[DeliveryEvent]:
     return [
         DeliveryEvent(
             event_id=f"{tag}-{campaign_id}-{rid}",
             campaign_id=campaign_id,
             recipient_id=rid,
             email="",
-            event="open",
+            event=kind,  # type: ignore[arg-type]
             provider="mailfleet",
             occurred_at=T0 + timedelta(minutes=5),
             detail={"user_agent": "Mozilla/5.0 (Windows NT 10.0) Chrome/131"},
@@ -252,13 +254,21 @@ async def test_a_tie_and_a_manual_test_and_a_cancel(pool: asyncpg.Pool) -> None:
         pool, list_id, share=0.5, variants={"A": "a", "B": "b"}, metric="manual"
     )
     cancelled = await ab_campaign(pool, list_id, share=0.5, variants={"A": "a", "B": "b"})
-    for campaign_id in (tie, manual, cancelled):
+    by_click = await ab_campaign(
+        pool, list_id, share=0.5, variants={"A": "a", "B": "b"}, metric="click"
+    )
+    for campaign_id in (tie, manual, cancelled, by_click):
         assert await repo.claim_and_plan(campaign_id, 100, now=T0) is not None
         sent = await emit(repo, campaign_id, T0)
         await tracker.fold_results([result_of(b) for b in sent], 0.5)
         if campaign_id == tie:  # three opens in each variant
             await tracker.fold_events(
                 [e for b in sent for e in opens(tie, [r for r, _, _ in b.recipients][:3], "t")]
+            )
+        if campaign_id == by_click:  # A opens more, B is clicked more: clicks decide
+            ids = {b.variant: [r for r, _, _ in b.recipients] for b in sent if b.variant}
+            await tracker.fold_events(
+                opens(by_click, ids["A"][:8], "o") + opens(by_click, ids["B"][:6], "c", "click")
             )
     # Cancelled before a winner: never decided; the remainder goes out with the campaign's
     # own content, for the dispatchers to report it cancelled.
@@ -268,6 +278,8 @@ async def test_a_tie_and_a_manual_test_and_a_cancel(pool: asyncpg.Pool) -> None:
     assert decided[tie].reason == "highest unique open rate 0.3000 (3/10); not significant"
     assert manual not in decided  # only an admin picks it
     assert cancelled not in decided
+    assert decided[by_click].winner == "B"
+    assert decided[by_click].reason.startswith("highest unique click rate 0.6000 (6/10)")
     rest = await emit(repo, cancelled, T0 + WAIT)
     assert [(b.variant, b.cancelled_unsent) for b in rest] == [(None, True)]
     assert len(rest[0].recipients) == 20
