@@ -565,11 +565,17 @@ def provider() -> dict[str, Any]:
                                 f"mailfleet_dispatcher_throttle_requeued_total[{RATE}]))",
                                 "{{provider}} requeued",
                             ),
+                            (
+                                "sum by (provider) (increase("
+                                f"mailfleet_dispatcher_campaign_cap_waits_total[{RATE}]))",
+                                "{{provider}} held by a campaign's rate cap",
+                            ),
                         ],
                         description="Batches whose recipient-domain group (gmail, yahoo,"
                         " microsoft, other) or From domain warm-up has no room this window:"
                         " they wait, then go; requeued: put back on batch.ready after"
-                        " MAILFLEET_THROTTLE_MAX_WAIT_S.",
+                        " MAILFLEET_THROTTLE_MAX_WAIT_S; held by a campaign's rate cap: waits"
+                        " because a campaign's own max_per_hour was full.",
                     ),
                     Panel(
                         "Circuit breaker open",

@@ -26,6 +26,7 @@ SERVICES = {
     "bounces": "services.bounces.app:run",
     "guard": "services.guard.app:run",
     "webhooks": "services.webhooks.app:run",
+    "automations": "services.automations.app:run",
     "sink": "libs.mail.sink:run_sink",
 }
 

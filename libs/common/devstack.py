@@ -29,6 +29,8 @@ METRICS_PORTS = {"importer": 9101, "scheduler": 9102, "dispatcher": 9103, "track
 GUARD_METRICS_PORT = 9121
 # Outbound webhooks, past the guard's.
 WEBHOOKS_METRICS_PORT = 9122
+# Automations, past the webhooks'.
+AUTOMATIONS_METRICS_PORT = 9123
 # Past the dispatchers' ports (9103, then 9105 up to 9115 for 12 of them).
 BOUNCES_METRICS_PORT = 9120
 
@@ -80,6 +82,11 @@ def child_specs(dispatchers: int, with_sink: bool, with_bounces: bool = False) -
     specs.append(ChildSpec("guard", "guard", {"MAILFLEET_METRICS_PORT": str(GUARD_METRICS_PORT)}))
     specs.append(
         ChildSpec("webhooks", "webhooks", {"MAILFLEET_METRICS_PORT": str(WEBHOOKS_METRICS_PORT)})
+    )
+    specs.append(
+        ChildSpec(
+            "automations", "automations", {"MAILFLEET_METRICS_PORT": str(AUTOMATIONS_METRICS_PORT)}
+        )
     )
     if with_bounces:  # only with a bounce mailbox configured (MAILFLEET_BOUNCE_IMAP_HOST)
         specs.append(
@@ -218,6 +225,7 @@ def _print_banner(
         table.add_row(f"{service} metrics", f"http://127.0.0.1:{port}/metrics")
     table.add_row("guard metrics", f"http://127.0.0.1:{GUARD_METRICS_PORT}/metrics")
     table.add_row("webhooks metrics", f"http://127.0.0.1:{WEBHOOKS_METRICS_PORT}/metrics")
+    table.add_row("automations metrics", f"http://127.0.0.1:{AUTOMATIONS_METRICS_PORT}/metrics")
     table.add_row("Logs", f"{data_dir / 'logs'}/<service>.log")
     table.add_row("Processes", ", ".join(supervisor.children))
     console.print(table)

@@ -152,6 +152,32 @@ class ColumnMapping(BaseModel):
     email: str | None = Field(None, description="Header of the address column; found if unset.")
 
 
+ConsentBasis = Literal[
+    "consent",
+    "contract",
+    "legal_obligation",
+    "vital_interests",
+    "public_task",
+    "legitimate_interest",
+]
+
+
+class ConsentStatement(BaseModel):
+    """The legal basis (GDPR art. 6) on which rows brought by an import or the API may be
+    mailed, and where it was collected. Stored in the `consents` table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    basis: ConsentBasis
+    source: str | None = Field(
+        None,
+        min_length=1,
+        max_length=40,
+        description="Where the consent was collected, e.g. `webinar-2030-03`; default"
+        " `import` or `api`.",
+    )
+
+
 class ImportRequested(Event):
     """Import the file behind `file_ref` (a claim check in the blob store) into `list_id`."""
 
@@ -167,6 +193,9 @@ class ImportRequested(Event):
         None, description="CSV delimiter (one character); detected if unset."
     )
     sheet: str | None = Field(None, description="Spreadsheet sheet to read; the first if unset.")
+    consent: ConsentStatement | None = Field(
+        None, description="The consent basis of the rows the file brings (recorded once)."
+    )
 
 
 class ImportProgress(Event):

@@ -141,6 +141,15 @@ class Settings(BaseSettings):
     # Accept webhook posts without a signature when no verification key is set. Local and
     # test setups only: refused in production, warned about at start.
     allow_unsigned_webhooks: bool = Field(False, alias="MAILFLEET_ALLOW_UNSIGNED_WEBHOOKS")
+    # The public subscribe form (`POST /s/{list public id}`): posts per client IP per
+    # minute, and per address per hour (in-memory token buckets in each edge process; the
+    # durable cap of one confirmation email per address per hour is the importer's).
+    subscribe_per_ip_per_minute: int = Field(
+        10, alias="MAILFLEET_SUBSCRIBE_PER_IP_PER_MINUTE", ge=1, le=100_000
+    )
+    subscribe_per_address_per_hour: int = Field(
+        3, alias="MAILFLEET_SUBSCRIBE_PER_ADDRESS_PER_HOUR", ge=1, le=1000
+    )
     # ----- Bounces and complaints (issue 14 item 2) -----
     # The domain of the VERP envelope sender `bounces+<token>@<domain>` set on SMTP mail (its
     # MX must deliver into the bounce mailbox). Empty: the From address is the envelope
@@ -312,6 +321,17 @@ class Settings(BaseSettings):
     )
     # --- end of webhooks ---
 
+    # ----- Automations (issue 18 item 2; services/automations) -----
+    # How often due timers, the outbox and the broker epoch are looked at (real seconds).
+    automations_tick_s: float = Field(0.5, alias="MAILFLEET_AUTOMATIONS_TICK_S", gt=0, le=60)
+    # Runs advanced per transaction.
+    automations_batch: int = Field(200, alias="MAILFLEET_AUTOMATIONS_BATCH", ge=1, le=10_000)
+    # Test setups only (refused in production): the service's clock is the ISO-8601 instant
+    # written in this file (re-read at each use), so tests move time for a process.
+    automations_clock_file: str = Field(
+        "", alias="MAILFLEET_AUTOMATIONS_CLOCK_FILE", max_length=4096
+    )
+
     @field_validator("webhook_allowed_targets")
     @classmethod
     def _webhook_targets(cls, value: str) -> str:
@@ -440,6 +460,10 @@ def production_problems(settings: Settings) -> list[str]:
         problems.append(
             "MAILFLEET_WEBHOOK_ALLOW_HTTP is on: webhooks (signed, but carrying addresses) "
             "would leave in clear; endpoints must be https://"
+        )
+    if settings.automations_clock_file:
+        problems.append(
+            "MAILFLEET_AUTOMATIONS_CLOCK_FILE is set: automations would run on a test clock"
         )
     if settings.kafka_security_protocol == "SASL_SSL" and not settings.kafka_sasl_username:
         problems.append("KAFKA_SASL_USERNAME is empty with KAFKA_SECURITY_PROTOCOL=SASL_SSL")

@@ -31,6 +31,7 @@ from services.api.routes import (
     ab_tests,
     api_keys,
     audit,
+    automations,
     campaign_control,
     campaign_test_sends,
     campaigns,
@@ -133,6 +134,7 @@ def create_app(
     app.include_router(segments.router)
     app.include_router(people.router)
     app.include_router(webhooks.router)
+    app.include_router(automations.router)
     document_problems(app)
     return app
 

@@ -33,7 +33,7 @@ def why_list_is_kept(campaigns_by_status: Mapping[str, int], pending_imports: in
     if drafts:
         return (
             f"{drafts} draft campaign(s) use this list; delete them or move them to "
-            "another list (PATCH list_id) first"
+            "another audience (PATCH list_id or audience) first"
         )
     return None
 

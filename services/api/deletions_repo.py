@@ -31,8 +31,13 @@ async def lock_list(db: Executor, list_id: UUID) -> bool:
 
 
 async def campaigns_by_status(db: Executor, list_id: UUID) -> dict[str, int]:
+    """Campaigns whose audience names the list, to include or to exclude (migration 0026)."""
     rows = await db.fetch(
-        "SELECT status, count(*) AS n FROM campaigns WHERE list_id = $1 GROUP BY status", list_id
+        "SELECT status, count(*) AS n FROM campaigns"
+        " WHERE list_id = $1 OR audience -> 'lists' ? $1::text"
+        " OR audience -> 'exclude_lists' ? $1::text"
+        " GROUP BY status",
+        list_id,
     )
     return {r["status"]: int(r["n"]) for r in rows}
 

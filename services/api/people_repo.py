@@ -14,6 +14,9 @@ forgotten does not stop at ownership lines. What it does, table by table:
   is replaced by the token in the batches that mailed it.
 - `soft_bounce_streaks`, `engagement_summary`: deleted. `import_rejections`: rows whose raw text holds the
   address are deleted.
+- `automation_runs` (and their outbox bodies): the address and the enrol key get the
+  token, the run's data is emptied, and a run still active is stopped (`erased`); its
+  steps stay, so the automation's per-step counts still add up.
 - `segments`: a saved filter that quotes the address gets the token instead.
 - `audit_log`: records that name the address (an earlier `suppression.add`, ...) get the
   token instead; who did what, and when, stays (migration 0024 allows only that change).
@@ -90,6 +93,13 @@ async def export(conn: Conn, address: str) -> dict[str, Any]:
         " WHERE strpos(lower(raw), $1) > 0 ORDER BY import_id, line",
         address,
     )
+    runs = await conn.fetch(
+        "SELECT a.name AS automation, r.automation_id, r.version, r.trigger, r.data, r.status,"
+        " r.step, r.due_at, r.stop_reason, r.started_at, r.finished_at"
+        " FROM automation_runs r JOIN automations a ON a.id = r.automation_id"
+        " WHERE lower(r.email) = $1 ORDER BY r.started_at",
+        address,
+    )
     audit = await conn.fetch(
         "SELECT created_at, action, actor_kind, actor_name, target_kind, details"
         " FROM audit_log WHERE lower(target_id) = $1 ORDER BY created_at",
@@ -106,6 +116,7 @@ async def export(conn: Conn, address: str) -> dict[str, Any]:
         "deliveries": [dict(r) for r in deliveries],
         "events": [dict(r) for r in events],
         "import_rejections": [dict(r) for r in rejections],
+        "automation_runs": [dict(r) for r in runs],
         "audit": [dict(r) for r in audit],
     }
 
@@ -122,6 +133,7 @@ class Erased:
     segments: int = 0
     messages: int = 0
     webhook_deliveries: int = 0
+    automation_runs: int = 0
     suppression_replaced: str | None = None
     pending_uploads: int = 0
 
@@ -136,6 +148,7 @@ class Erased:
             "segments": self.segments,
             "messages": self.messages,
             "webhook_deliveries": self.webhook_deliveries,
+            "automation_runs": self.automation_runs,
             "suppression_replaced": self.suppression_replaced,
             "pending_uploads": self.pending_uploads,
         }
@@ -179,6 +192,10 @@ async def erase(conn: Conn, address: str, key: bytes) -> Erased:
     )
     await suppressions.add_suppression(conn, token, "erased", source="erasure")
     await conn.execute("DELETE FROM soft_bounce_streaks WHERE email = $1", address)
+    # Consent records and the confirmation cap (migration 0027): the erased token kept in
+    # `suppressions` is what stops the address from being subscribed again.
+    await conn.execute("DELETE FROM consents WHERE email = $1", address)
+    await conn.execute("DELETE FROM confirmation_sends WHERE email = $1", address)
     await conn.execute("DELETE FROM engagement_summary WHERE email = $1", address)
     pattern = _like_pattern(address)
     batch_ids = await conn.fetch(
@@ -248,6 +265,26 @@ async def erase(conn: Conn, address: str, key: bytes) -> Erased:
     )
     await conn.execute(
         "UPDATE message_requests SET recipient = $2 WHERE lower(recipient) = $1", address, token
+    )
+    # Automation runs: the person's place in each series, and the messages queued for it.
+    runs = await conn.fetch(
+        "UPDATE automation_runs SET email = $2,"
+        " enrol_key = regexp_replace(enrol_key, $3, $2, 'gi'), data = '{}'::jsonb,"
+        " status = CASE WHEN status = 'active' THEN 'stopped' ELSE status END,"
+        " stop_reason = CASE WHEN status = 'active' THEN 'erased' ELSE stop_reason END,"
+        " finished_at = CASE WHEN status = 'active' THEN now() ELSE finished_at END"
+        " WHERE lower(email) = $1 RETURNING id",
+        address,
+        token,
+        pattern,
+    )
+    done.automation_runs = len(runs)
+    await conn.execute(
+        "UPDATE automation_outbox SET payload = regexp_replace(payload::text, $2, $3, 'gi')::jsonb,"
+        " key = regexp_replace(key, $2, $3, 'gi') WHERE run_id = ANY($1::bigint[])",
+        [r["id"] for r in runs],
+        pattern,
+        token,
     )
     # Outbound webhook bodies (JSON, kept as the exact bytes signed at each attempt).
     done.webhook_deliveries = len(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, BeforeValidator, Field, StrictBool, StrictInt, field_validator
 
+from libs.common.events import ConsentStatement
 from services.api.schemas import Strict, Text
 
 MAX_FIELDS = 100
@@ -65,6 +66,12 @@ class RecipientCreate(Strict):
         examples=[{"first_name": "Ada", "plan": "pro"}],
     )
 
+    consent: ConsentStatement | None = Field(
+        None,
+        description="The legal basis on which this address may be mailed (recorded with the"
+        " add; source default `api`).",
+        examples=[{"basis": "consent", "source": "signup-desk"}],
+    )
     _keys = field_validator("fields")(_check_keys)
 
 
@@ -85,5 +92,10 @@ class RecipientOut(BaseModel):
     list_id: UUID
     email: str
     fields: dict[str, Any]
+    status: Literal["active", "unconfirmed", "unsubscribed"] = Field(
+        "active",
+        description="Campaigns mail `active` recipients only: `unconfirmed` waits for the"
+        " confirmation link of a double opt-in list, `unsubscribed` left the list.",
+    )
     created_at: datetime
     updated_at: datetime

@@ -15,7 +15,7 @@ import asyncpg
 from services.api.repository import Executor, Row
 from services.api.seq_cursor import decode_seq_cursor, encode_seq_cursor
 
-_COLUMNS = "id, list_id, email, fields, created_at, updated_at"
+_COLUMNS = "id, list_id, email, fields, status, created_at, updated_at"
 
 
 class AddressTaken(Exception):
@@ -91,6 +91,18 @@ async def insert_recipient(
     ):
         raise ListGone(list_id)
     return row
+
+
+async def record_consent(db: Executor, list_id: UUID, email: str, basis: str, source: str) -> None:
+    """The consent basis an API add states (table `consents`, migration 0027)."""
+    await db.execute(
+        "INSERT INTO consents (list_id, email, basis, source, status) VALUES ($1, $2, $3, $4,"
+        " 'given')",
+        list_id,
+        email,
+        basis,
+        source,
+    )
 
 
 async def update_recipient(

@@ -18,13 +18,20 @@ from services.api.pagination import decode_cursor, encode_cursor
 Executor = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
 Row = dict[str, Any]
 
+# `audience`: NULL on a row written with `list_id` alone (by an internal service, or
+# before migration 0026) means {"lists": [list_id]}: shown as such.
 CAMPAIGN_COLUMNS = (
     "id, name, subject, html, text, from_email, from_name, list_id, provider, status,"
     " send_at, timezone, schedule_revision, created_at, updated_at, started_at, finished_at,"
     " template_id, template_version, pause_reason, paused_by, tracking, guard, local_time,"
-    " local_send_at, send_window"
+    " local_send_at, send_window, max_per_hour,"
+    " coalesce(audience, jsonb_build_object('lists', jsonb_build_array(list_id),"
+    " 'segments', '[]'::jsonb, 'exclude_lists', '[]'::jsonb, 'exclude_segments', '[]'::jsonb))"
+    " AS audience"
 )
 EDITABLE_STATUSES = ("draft", "scheduled")
+# The rate cap alone may change until the campaign has ended (issue 17 item 4).
+CAP_EDITABLE_STATUSES = ("draft", "scheduled", "in_progress", "paused")
 
 
 def _row(record: asyncpg.Record | None) -> Row | None:
@@ -119,14 +126,34 @@ async def revoke_key(db: Executor, key_id: UUID) -> Row | None:
 # ----- lists -----
 
 
-_LIST_COLUMNS = "id, name, default_timezone, created_at"
+_LIST_COLUMNS = (
+    "id, name, default_timezone, created_at, public_id, opt_in, confirmation_from_email,"
+    " confirmation_from_name, confirmation_provider, editable_fields, consent_text,"
+    " consent_text_version"
+)
+# What a list's subscription settings may set (migration 0027), beside name and zone.
+LIST_SETTINGS = (
+    "opt_in",
+    "confirmation_from_email",
+    "confirmation_from_name",
+    "confirmation_provider",
+    "editable_fields",
+    "consent_text",
+)
+_LIST_WRITABLE = ("name", "default_timezone", *LIST_SETTINGS)
 
 
-async def insert_list(db: Executor, name: str, default_timezone: str | None = None) -> Row:
+async def insert_list(
+    db: Executor, name: str, default_timezone: str | None = None, settings: Row | None = None
+) -> Row:
+    values = {"name": name, "default_timezone": default_timezone}
+    values |= {k: v for k, v in (settings or {}).items() if k in LIST_SETTINGS and v is not None}
+    names = list(values)
     record = await db.fetchrow(
-        f"INSERT INTO lists (name, default_timezone) VALUES ($1, $2) RETURNING {_LIST_COLUMNS}",  # noqa: S608
-        name,
-        default_timezone,
+        f"INSERT INTO lists ({', '.join(names)})"  # noqa: S608 (names from _LIST_WRITABLE)
+        f" VALUES ({', '.join(f'${i + 1}' for i in range(len(names)))})"
+        f" RETURNING {_LIST_COLUMNS}",
+        *values.values(),
     )
     assert record is not None
     return dict(record)
@@ -139,9 +166,16 @@ async def get_list(db: Executor, list_id: UUID) -> Row | None:
 
 
 async def update_list(db: Executor, list_id: UUID, changes: Row) -> Row | None:
-    """Set the given columns (name, default_timezone); None for an unknown list."""
-    names = [n for n in ("name", "default_timezone") if n in changes]
+    """Set the given columns (name, zone, subscription settings); None for an unknown list.
+    A new `consent_text` bumps `consent_text_version`."""
+    names = [n for n in _LIST_WRITABLE if n in changes]
     sets = ", ".join(f"{n} = ${i + 2}" for i, n in enumerate(names)) or "name = name"
+    if "consent_text" in names:
+        index = names.index("consent_text") + 2
+        sets += (
+            ", consent_text_version = consent_text_version"
+            f" + (consent_text IS DISTINCT FROM ${index})::int"
+        )
     record = await db.fetchrow(
         f"UPDATE lists SET {sets} WHERE id = $1 RETURNING {_LIST_COLUMNS}",  # noqa: S608
         list_id,
@@ -162,20 +196,18 @@ async def page_lists(db: Executor, cursor: str | None, limit: int) -> tuple[list
     return await _page(db, f"SELECT {_LIST_COLUMNS} FROM lists", [], [], cursor, limit)  # noqa: S608
 
 
-async def find_recipient(db: Executor, list_id: UUID, email_or_id: str) -> Row | None:
-    if email_or_id.isdigit() and len(email_or_id) <= 18:  # fits a bigint
-        record = await db.fetchrow(
-            "SELECT id, email, fields FROM recipients WHERE list_id = $1 AND id = $2",
-            list_id,
-            int(email_or_id),
-        )
-    else:
-        record = await db.fetchrow(
-            "SELECT id, email, fields FROM recipients WHERE list_id = $1 AND email = $2",
-            list_id,
-            email_or_id.strip().lower().replace("\x00", ""),
-        )
-    return _row(record)
+async def find_recipient(db: Executor, list_id: UUID | None, email_or_id: str) -> Row | None:
+    """On the list; on any list (its oldest row) when `list_id` is None."""
+    by_id = email_or_id.isdigit() and len(email_or_id) <= 18  # fits a bigint
+    value: int | str = (
+        int(email_or_id) if by_id else email_or_id.strip().lower().replace("\x00", "")
+    )
+    column = "id" if by_id else "email"
+    if list_id is None:
+        sql = f"SELECT id, email, fields FROM recipients WHERE {column} = $1 ORDER BY id LIMIT 1"  # noqa: S608
+        return _row(await db.fetchrow(sql, value))
+    sql = f"SELECT id, email, fields FROM recipients WHERE list_id = $1 AND {column} = $2"  # noqa: S608
+    return _row(await db.fetchrow(sql, list_id, value))
 
 
 # ----- imports -----
@@ -232,8 +264,9 @@ async def page_imports(
 async def insert_campaign(db: Executor, fields: Row) -> Row:
     record = await db.fetchrow(
         "INSERT INTO campaigns (name, subject, html, text, from_email, from_name, list_id,"  # noqa: S608
-        " provider, template_id, template_version, tracking, guard)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        " provider, template_id, template_version, tracking, guard, audience, audience_filters,"
+        " max_per_hour)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         f" RETURNING {CAMPAIGN_COLUMNS}",
         fields["name"],
         fields["subject"],
@@ -247,6 +280,9 @@ async def insert_campaign(db: Executor, fields: Row) -> Row:
         fields.get("template_version"),
         fields.get("tracking", True),
         guard_thresholds(fields.get("guard")),
+        fields.get("audience"),
+        fields.get("audience_filters"),
+        fields.get("max_per_hour"),
     )
     assert record is not None
     return dict(record)
@@ -293,11 +329,13 @@ async def page_campaigns(
 
 
 async def update_campaign_content(db: Executor, campaign_id: UUID, changes: Row) -> Row | None:
-    """Apply `changes` if the campaign is still editable (compare-and-set on status)."""
+    """Apply `changes` if the campaign is still editable (compare-and-set on status); the
+    rate cap alone may change until the campaign has ended."""
     allowed = (
         "name", "subject", "html", "text", "from_email", "from_name", "list_id", "provider",
-        "tracking", "guard",
+        "tracking", "guard", "audience", "audience_filters", "max_per_hour",
     )  # fmt: skip
+    statuses = CAP_EDITABLE_STATUSES if set(changes) == {"max_per_hour"} else EDITABLE_STATUSES
     if "guard" in changes:
         changes = {**changes, "guard": guard_thresholds(changes["guard"])}
     names = [name for name in allowed if name in changes]
@@ -307,9 +345,7 @@ async def update_campaign_content(db: Executor, campaign_id: UUID, changes: Row)
         f" WHERE id = $1 AND status = ANY(${len(names) + 2}::text[])"
         f" RETURNING {CAMPAIGN_COLUMNS}"
     )
-    record = await db.fetchrow(
-        sql, campaign_id, *(changes[n] for n in names), list(EDITABLE_STATUSES)
-    )
+    record = await db.fetchrow(sql, campaign_id, *(changes[n] for n in names), list(statuses))
     return _row(record)
 
 
@@ -375,6 +411,42 @@ async def campaign_counters(db: Executor, campaign_id: UUID) -> Row | None:
     record = await db.fetchrow(
         "SELECT audience_total, sent, failed, suppressed, invalid, unknown, cancelled"
         " FROM campaign_stats WHERE campaign_id = $1",
+        campaign_id,
+    )
+    return _row(record)
+
+
+# ----- audiences (issue 15 item 2) -----
+
+
+async def existing_lists(db: Executor, ids: list[UUID]) -> set[UUID]:
+    rows = await db.fetch("SELECT id FROM lists WHERE id = ANY($1::uuid[])", ids)
+    return {r["id"] for r in rows}
+
+
+async def segment_filters(db: Executor, ids: list[UUID]) -> dict[UUID, Any]:
+    """The filter of each segment found (the others are missing)."""
+    rows = await db.fetch("SELECT id, filter FROM segments WHERE id = ANY($1::uuid[])", ids)
+    return {r["id"]: r["filter"] for r in rows}
+
+
+async def audience_filters(db: Executor, campaign_id: UUID) -> Any:
+    """The campaign's copy of its segments' filters (`{"<segment id>": filter}`)."""
+    return await db.fetchval("SELECT audience_filters FROM campaigns WHERE id = $1", campaign_id)
+
+
+async def set_audience_filters(db: Executor, campaign_id: UUID, filters: Row) -> None:
+    await db.execute(
+        "UPDATE campaigns SET audience_filters = $2 WHERE id = $1", campaign_id, filters
+    )
+
+
+async def audience_plan(db: Executor, campaign_id: UUID) -> Row | None:
+    """The audience's size at planning (the scheduler's plan), None before."""
+    record = await db.fetchrow(
+        "SELECT audience_total AS total, suppressed_total AS suppressed,"
+        " audience_total - suppressed_total AS sendable, planned_at"
+        " FROM campaign_plans WHERE campaign_id = $1",
         campaign_id,
     )
     return _row(record)

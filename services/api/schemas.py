@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Generic, Literal, TypeVar
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from libs.common.events import SendWindow, WallTime
 from libs.common.settings import ProviderName
@@ -74,7 +74,59 @@ _ZONE_OF_LIST = (
 )
 
 
-class ListCreate(Strict):
+def _check_email(value: str | None) -> str | None:
+    if value is not None and not _EMAIL.match(value):
+        raise ValueError("not an email address, e.g. 'news@example.com'")
+    return value
+
+
+_FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+_OPT_IN = (
+    "`single`: a subscriber from the public form is mailed at once; `double`: only after"
+    " following the confirmation link emailed to them (needs `confirmation_from_email`)."
+)
+
+
+def _field_names(value: list[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    if len(set(value)) != len(value):
+        raise ValueError("field names must not repeat")
+    for name in value:
+        if not _FIELD_NAME.match(name) or name == "email":
+            raise ValueError(f"not a field name (a-z, 0-9, _; not email): {name[:50]!r}")
+    return value
+
+
+class _Subscription(Strict):
+    """How people subscribe on the public form (`POST /s/{public_id}` on the edge)."""
+
+    opt_in: Literal["single", "double"] | None = Field(None, description=_OPT_IN)
+    confirmation_from_email: Text | None = Field(
+        None, max_length=254, description="Sender of confirmation emails."
+    )
+    confirmation_from_name: HeaderText | None = Field(None, max_length=200)
+    confirmation_provider: ProviderName | None = Field(
+        None, description="Provider of confirmation emails; the default one if unset."
+    )
+    editable_fields: list[str] | None = Field(
+        None,
+        max_length=20,
+        description="Merge fields people may send with the form and change in the"
+        " preference centre.",
+        examples=[["first_name"]],
+    )
+    consent_text: Text | None = Field(
+        None,
+        max_length=5000,
+        description="What people agree to; each change bumps `consent_text_version`.",
+    )
+
+    _names = field_validator("editable_fields")(_field_names)
+    _sender = field_validator("confirmation_from_email")(_check_email)
+
+
+class ListCreate(_Subscription):
     name: Text = Field(min_length=1, max_length=200, examples=["Newsletter subscribers"])
     default_timezone: Text | None = Field(
         None, max_length=64, description=_ZONE_OF_LIST, examples=["Europe/Berlin"]
@@ -83,7 +135,7 @@ class ListCreate(Strict):
     _zone = field_validator("default_timezone")(_known_zone)
 
 
-class ListUpdate(Strict):
+class ListUpdate(_Subscription):
     """Only the fields given change; `default_timezone: null` clears it."""
 
     name: Text | None = Field(None, min_length=1, max_length=200)
@@ -97,6 +149,14 @@ class ListOut(BaseModel):
     name: str
     default_timezone: str | None = None
     created_at: datetime
+    public_id: str = Field(description="The list's id in the public subscribe URL.")
+    opt_in: Literal["single", "double"] = "single"
+    confirmation_from_email: str | None = None
+    confirmation_from_name: str | None = None
+    confirmation_provider: str | None = None
+    editable_fields: list[str] = Field(default_factory=list)
+    consent_text: str = ""
+    consent_text_version: int = 1
     recipient_count: int | None = Field(None, description="Shown when reading one list.")
 
 
@@ -129,10 +189,12 @@ class ImportOut(BaseModel):
 # ----- campaigns -----
 
 
-def _check_email(value: str | None) -> str | None:
-    if value is not None and not _EMAIL.match(value):
-        raise ValueError("not an email address, e.g. 'news@example.com'")
-    return value
+MAX_PER_HOUR = 10_000_000
+_MAX_PER_HOUR = (
+    "The campaign's own rate cap: recipients per hour over every dispatcher (a warm-up, a "
+    "partner's limit), on top of the provider's limit; sends are spread over the hour (at "
+    "most ceil(cap / 60) a minute)."
+)
 
 
 class CampaignGuard(Strict):
@@ -153,6 +215,41 @@ class CampaignGuard(Strict):
     max_provider_error_rate: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
 
 
+_MAX_AUDIENCE_IDS = 20
+_AUDIENCE_DOC = (
+    "Who gets it: the people of `lists` and of `segments` (at least one of the two), minus "
+    "everyone on `exclude_lists` or in `exclude_segments`, and minus suppressed addresses; "
+    "only recipients whose status on their list is `active`; each address once (with the "
+    "merge fields of its row on the first list that holds it, in `lists` order). At most "
+    f"{_MAX_AUDIENCE_IDS} ids of each kind. Segment filters are copied into the campaign "
+    "when it is scheduled: editing a segment later does not change a scheduled campaign's "
+    "audience until it is scheduled again."
+)
+
+
+class AudienceIn(Strict):
+    lists: list[UUID] = Field(default_factory=list, max_length=_MAX_AUDIENCE_IDS)
+    segments: list[UUID] = Field(default_factory=list, max_length=_MAX_AUDIENCE_IDS)
+    exclude_lists: list[UUID] = Field(default_factory=list, max_length=_MAX_AUDIENCE_IDS)
+    exclude_segments: list[UUID] = Field(default_factory=list, max_length=_MAX_AUDIENCE_IDS)
+
+
+class AudienceOut(BaseModel):
+    lists: list[UUID]
+    segments: list[UUID]
+    exclude_lists: list[UUID]
+    exclude_segments: list[UUID]
+
+
+class AudiencePlanned(BaseModel):
+    """The audience the scheduler snapshotted when the campaign started."""
+
+    total: int = Field(description="Addresses in the audience, suppressed ones included.")
+    suppressed: int = Field(description="Of those, suppressed: never mailed.")
+    sendable: int = Field(description="total - suppressed: the addresses planned in batches.")
+    planned_at: datetime
+
+
 class CampaignCreate(Strict):
     """Content is either `subject` + `html` (+ `text`), or `template_id` (+ `template_version`),
     whose content is copied into the campaign."""
@@ -171,7 +268,10 @@ class CampaignCreate(Strict):
     )
     from_email: Text = Field(max_length=320, examples=["news@example.com"])
     from_name: HeaderText | None = Field(None, max_length=200)
-    list_id: UUID
+    list_id: UUID | None = Field(
+        None, description='Shorthand for `audience: {"lists": [list_id]}`; give one of the two.'
+    )
+    audience: AudienceIn | None = Field(None, description=_AUDIENCE_DOC)
     provider: ProviderName | None = Field(None, description="Default: MAILFLEET_DEFAULT_PROVIDER.")
     tracking: bool = Field(
         True,
@@ -179,6 +279,9 @@ class CampaignCreate(Strict):
         " on the edge and an open pixel is added (the unsubscribe link never changes).",
     )
     guard: CampaignGuard | None = Field(None, description="Default: the global thresholds.")
+    max_per_hour: StrictInt | None = Field(
+        None, ge=1, le=MAX_PER_HOUR, description=_MAX_PER_HOUR, examples=[50_000]
+    )
 
     _email = field_validator("from_email")(_check_email)
 
@@ -192,10 +295,19 @@ class CampaignUpdate(Strict):
     text: Text | None = Field(None, max_length=2_000_000)
     from_email: Text | None = Field(None, max_length=320)
     from_name: HeaderText | None = Field(None, max_length=200)
-    list_id: UUID | None = None
+    list_id: UUID | None = Field(None, description='Replaces the audience by {"lists": [list_id]}.')
+    audience: AudienceIn | None = Field(None, description="Replaces the audience. " + _AUDIENCE_DOC)
     provider: ProviderName | None = None
     tracking: bool | None = Field(None, description="Own open and click tracking on or off.")
     guard: CampaignGuard | None = Field(None, description="null: the global thresholds again.")
+    max_per_hour: StrictInt | None = Field(
+        None,
+        ge=1,
+        le=MAX_PER_HOUR,
+        description=_MAX_PER_HOUR + " null: no cap. Unlike the other fields it may change "
+        "while the campaign is scheduled, sending or paused; dispatchers apply it within "
+        "seconds.",
+    )
 
     _email = field_validator("from_email")(_check_email)
 
@@ -329,7 +441,13 @@ class CampaignOut(BaseModel):
     text: str | None
     from_email: str
     from_name: str | None
-    list_id: UUID
+    list_id: UUID | None = Field(
+        description="The audience's first list; null for an audience of segments only."
+    )
+    audience: AudienceOut
+    audience_planned: AudiencePlanned | None = Field(
+        None, description="The audience's size when the campaign was planned; when reading one."
+    )
     provider: str
     tracking: bool = Field(True, description="Own open and click tracking.")
     status: CampaignStatusName
@@ -351,6 +469,7 @@ class CampaignOut(BaseModel):
     guard: CampaignGuard | None = Field(
         None, description="Its own reputation guard thresholds; null: the global ones."
     )
+    max_per_hour: int | None = Field(None, description=_MAX_PER_HOUR + " null: no cap.")
     local_time: bool = Field(False, description="Delivered at local time (see schedule).")
     local_send_at: WallTime | None = Field(
         None, description="With local_time: the wall time each recipient gets it at."

@@ -67,6 +67,18 @@ async def update_segment(db: Executor, segment_id: UUID, changes: dict[str, Any]
     return dict(record) if record is not None else None
 
 
+async def campaigns_to_plan_with(db: Executor, segment_id: UUID) -> int:
+    """Draft and scheduled campaigns whose audience names the segment: they copy its filter
+    when they are scheduled (a started campaign planned with its own copy)."""
+    return int(
+        await db.fetchval(
+            "SELECT count(*) FROM campaigns WHERE status IN ('draft', 'scheduled')"
+            " AND (audience -> 'segments' ? $1::text OR audience -> 'exclude_segments' ? $1::text)",
+            str(segment_id),
+        )
+    )
+
+
 async def delete_segment(db: Executor, segment_id: UUID) -> bool:
     return (
         await db.fetchval("DELETE FROM segments WHERE id = $1 RETURNING id", segment_id) is not None

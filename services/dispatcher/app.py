@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 
+from libs.common.clock import Clock
 from libs.common.events import (
     BatchReady,
     CampaignControl,
@@ -124,7 +125,10 @@ async def main(
     group_id: str | None = None,
     extra: DispatcherSettings | None = None,
     instance_id: str | None = None,
+    clock: Clock | None = None,
 ) -> None:
+    """`clock` (tests): what throttle and rate-cap windows are aligned by and waited on;
+    default the database's clock for windows and the system's for waits."""
     extra = extra or get_dispatcher_settings()
     group_id = group_id or extra.consumer_group
     owner = instance_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -137,7 +141,11 @@ async def main(
         start_failover_series(list(providers))
         statuses = CampaignStatuses(ctx.pool, refresh_s=extra.campaign_status_refresh_s)
         throttles = PostgresThrottles(
-            ctx.pool, extra.throttle_policy(), extra.warmup(), minute_s=extra.throttle_minute_s
+            ctx.pool,
+            extra.throttle_policy(),
+            extra.warmup(),
+            minute_s=extra.throttle_minute_s,
+            clock=clock,
         )
         dispatcher = BatchDispatcher(
             content=ContentRepository(ctx.pool),
@@ -155,6 +163,7 @@ async def main(
             max_sending=extra.max_batches_sending,
             throttles=throttles,
             throttle_max_wait_s=extra.throttle_max_wait_s,
+            throttle_clock=clock,
         )
 
         in_flight = asyncio.Semaphore(extra.max_batches_in_flight)

@@ -3,7 +3,9 @@
 `campaigns.status` is where the API's pause / resume / cancel land first (the API writes it
 before it publishes `campaign.control`), so it is the truth every dispatcher agrees on,
 whatever it has read of the control topic. Statuses are cached and refreshed every
-`refresh_s`, and at once when a `campaign.control` event names a campaign (`poke`).
+`refresh_s`, and at once when a `campaign.control` event names a campaign (`poke`). The
+campaign's rate cap (`max_per_hour`, issue 17 item 4) is read and refreshed with it, so a
+cap changed while the campaign sends applies within a refresh.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class CampaignStatuses:
         self.refresh_s = refresh_s
         self._forget_after_s = forget_after_s
         self._status: dict[UUID, str | None] = {}
+        self._cap: dict[UUID, int | None] = {}
         self._last_seen: dict[UUID, float] = {}
         self._refreshed_at = 0.0
         self._poked = asyncio.Event()
@@ -54,6 +57,10 @@ class CampaignStatuses:
         self._last_seen[campaign_id] = time.monotonic()
         await self._load([campaign_id])
         return self._status.get(campaign_id)
+
+    def cap(self, campaign_id: UUID) -> int | None:
+        """The campaign's `max_per_hour` as last read (None: no cap, or not read yet)."""
+        return self._cap.get(campaign_id)
 
     def poke(self, campaign_id: UUID) -> None:
         """A control event named this campaign: refresh now if we are sending it."""
@@ -78,15 +85,18 @@ class CampaignStatuses:
         for campaign_id in [c for c, seen in self._last_seen.items() if seen < cutoff]:
             self._last_seen.pop(campaign_id, None)
             self._status.pop(campaign_id, None)
+            self._cap.pop(campaign_id, None)
 
     async def _load(self, campaign_ids: Iterable[UUID]) -> None:
         wanted = list(campaign_ids)
         started = time.monotonic()
         rows = await self._pool.fetch(
-            "SELECT id, status FROM campaigns WHERE id = ANY($1::uuid[])", wanted
+            "SELECT id, status, max_per_hour FROM campaigns WHERE id = ANY($1::uuid[])", wanted
         )
         found = {r["id"]: r["status"] for r in rows}
+        caps = {r["id"]: r["max_per_hour"] for r in rows}
         for campaign_id in wanted:
             self._status[campaign_id] = found.get(campaign_id, _NO_ROW)
+            self._cap[campaign_id] = caps.get(campaign_id)
         if len(wanted) == len(self._status):
             self._refreshed_at = started

@@ -25,6 +25,9 @@ with the ledger row parked (what is not recorded was never handed to a provider)
 sending slot lent to other batches. A wait ends in a send, a pause or stop (handed back,
 released), or after `throttle_max_wait_s` (handed back `throttled`: the caller puts the
 batch back on `batch.ready`, so that the consumer's poll interval is never exceeded).
+A campaign's own rate cap (issue 17 item 4, `max_per_hour`) is reserved in the same
+transaction as a room shared by all groups; a batch held by it waits the same way, and asks
+again at once when the cap changes meanwhile. The waits sleep on an injectable clock.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, NoReturn, Protocol
 from uuid import UUID
 
+from libs.common.clock import Clock, SystemClock
 from libs.common.events import BatchReady, BatchRecipient, DeliveryResult, RecipientOutcome
 from libs.common.logging import bound_contextvars, get_logger
 from libs.mail.headers import HeaderPolicy
@@ -57,6 +61,7 @@ from services.dispatcher.ledger import (
 )
 from services.dispatcher.metrics import (
     BATCHES,
+    CAMPAIGN_CAP_WAITS,
     EMAILS,
     FAILOVERS,
     RATE_LIMIT_WAIT,
@@ -88,6 +93,7 @@ class CampaignGate(Protocol):
     def latest(self, campaign_id: UUID) -> str | None: ...
     async def current(self, campaign_id: UUID) -> str | None: ...
     async def confirmed(self, campaign_id: UUID) -> str | None: ...
+    def cap(self, campaign_id: UUID) -> int | None: ...
 
 
 class _AlwaysSend:
@@ -98,6 +104,9 @@ class _AlwaysSend:
         return None
 
     async def confirmed(self, campaign_id: UUID) -> str | None:
+        return None
+
+    def cap(self, campaign_id: UUID) -> int | None:
         return None
 
 
@@ -165,6 +174,8 @@ class Reserved(Protocol):
     def held(self) -> dict[str, int]: ...
     @property
     def wait_s(self) -> float | None: ...
+    @property
+    def capped(self) -> bool: ...
 
 
 class Throttles(Protocol):
@@ -172,7 +183,13 @@ class Throttles(Protocol):
 
     def applies_to(self, provider: str) -> bool: ...
     async def note_domain(self, domain: str) -> None: ...
-    async def reserve(self, provider: str, from_domain: str, wants: dict[str, int]) -> Reserved: ...
+    async def reserve(
+        self,
+        provider: str,
+        from_domain: str,
+        wants: dict[str, int],
+        campaign_id: UUID | None = None,
+    ) -> Reserved: ...
 
 
 class _Deferred(Exception):  # noqa: N818 - an outcome, not an error
@@ -293,7 +310,9 @@ class BatchDispatcher:
         renderer: RenderPool | None = None,
         throttles: Throttles | None = None,
         throttle_max_wait_s: float = 120.0,
+        throttle_clock: Clock | None = None,
     ) -> None:
+        self._throttle_clock: Clock = throttle_clock or SystemClock()
         self._renderer = renderer or RenderPool()
         self._throttles = throttles
         self._throttle_max_wait_s = throttle_max_wait_s
@@ -500,7 +519,7 @@ class BatchDispatcher:
         requests = len(outbox.individual) + (1 if outbox.templated else 0)
         progress = _ProgressRecorder(self._ledger, claim, enabled=requests > 1)
         lease = _Lease(self._ledger, claim, self._lease_s)
-        throttled = await self._throttled(provider, outbox)
+        throttled = await self._throttled(provider, outbox, batch.campaign_id)
         sending = asyncio.ensure_future(
             self._send_throttled(batch, provider, outbox, claim, progress, slot)
             if throttled
@@ -541,12 +560,13 @@ class BatchDispatcher:
         unanswered = [r for r in _outbox_recipients(outbox) if r.recipient_id not in answered]
         return progress.seen + unknown_outcomes(unanswered, reason[:300])
 
-    async def _throttled(self, provider: Provider, outbox: Outbox) -> bool:
-        """Whether this send reserves per-domain throttles; the From domain's first send day
-        is recorded either way (a warm-up enabled later counts from it)."""
+    async def _throttled(self, provider: Provider, outbox: Outbox, campaign_id: UUID) -> bool:
+        """Whether this send reserves per-domain throttles or its campaign's cap; the From
+        domain's first send day is recorded either way (a warm-up enabled later counts from
+        it)."""
         if self._throttles is None:
             return False
-        if self._throttles.applies_to(provider.name):
+        if self._throttles.applies_to(provider.name) or self._gate.cap(campaign_id) is not None:
             return True
         try:
             await self._throttles.note_domain(domain_of(outbox.sender.email))
@@ -576,9 +596,20 @@ class BatchDispatcher:
         try:
             while True:
                 wants = group_counts(rest)
+                # Whether the campaign has a cap, as this instance's cache says (refreshed
+                # every half second); its value is read by the reservation itself, and the
+                # wait below ends early when the cached one changes.
+                cap = self._gate.cap(batch.campaign_id)
                 try:
-                    reserved = await self._throttles.reserve(provider.name, domain, wants)
+                    reserved = await self._throttles.reserve(
+                        provider.name, domain, wants,
+                        batch.campaign_id if cap is not None else None,
+                    )  # fmt: skip
                     granted, held, wait_s = reserved.granted, reserved.held, reserved.wait_s
+                    if reserved.capped:
+                        CAMPAIGN_CAP_WAITS.labels(provider.name).inc()
+                        log.info("batch waits for its campaign's rate cap", cap=cap,
+                                 held=sum(held.values()), wait_s=round(wait_s or 0.0, 3))  # fmt: skip
                 except Exception as exc:  # the database may be away: wait, nothing was sent
                     log.warning("throttle reservation failed; waiting", error=repr(exc))
                     granted, held, wait_s = {}, wants, 1.0
@@ -602,7 +633,7 @@ class BatchDispatcher:
                     if parked:
                         slot.lend()
                 cancelled = await self._wait_for_room(
-                    batch, provider.name, held, wait_s or 0.0, waited_from
+                    batch, provider.name, held, wait_s or 0.0, waited_from, cap
                 )
                 if cancelled:
                     log.info("batch not sent further: campaign cancelled while it waited")
@@ -666,16 +697,20 @@ class BatchDispatcher:
 
     async def _wait_for_room(
         self, batch: BatchReady, provider: str, held: dict[str, int], wait_s: float,
-        waited_from: float,
+        waited_from: float, cap: int | None,
     ) -> bool:  # fmt: skip
-        """Sleep until the first full window ends, watching the campaign and this instance's
-        stop. True when the campaign was cancelled meanwhile."""
+        """Sleep (on the throttle clock) until the first full window ends, watching the
+        campaign, its rate cap and this instance's stop. True when the campaign was
+        cancelled meanwhile; False to ask again (the window ended, or the cap changed)."""
         started = time.monotonic()
-        wake = started + max(wait_s, 0.0) + _THROTTLE_WAKE_MARGIN_S
+        clock = self._throttle_clock
+        wake = clock.now() + max(wait_s, 0.0) + _THROTTLE_WAKE_MARGIN_S
         try:
-            while (remaining := wake - time.monotonic()) > 0:
-                await asyncio.sleep(min(remaining, _TURN_POLL_S))
+            while (remaining := wake - clock.now()) > 0:
+                await clock.sleep(min(remaining, _TURN_POLL_S))
                 self._raise_if_stopping_deferred()
+                if self._gate.cap(batch.campaign_id) != cap:
+                    return False  # a new cap applies now, not at the window's end
                 verdict = await self._verdict(
                     batch.campaign_id, self._gate.latest(batch.campaign_id)
                 )

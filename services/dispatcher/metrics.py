@@ -72,6 +72,12 @@ THROTTLED_BATCHES = Counter(
     " per-domain throttle (MAILFLEET_THROTTLE_MAX_WAIT_S).",
     ["provider"],
 )
+CAMPAIGN_CAP_WAITS = Counter(
+    "mailfleet_dispatcher_campaign_cap_waits_total",
+    "Times a claimed batch waited because its campaign's own rate cap (max_per_hour) was"
+    " full for the minute or the hour.",
+    ["provider"],
+)
 MESSAGES = Counter(
     "mailfleet_dispatcher_messages_total",
     "Transactional messages handled, by outcome (sent, failed, invalid, unknown, suppressed,"

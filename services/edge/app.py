@@ -1,7 +1,9 @@
 """The public edge: wiring only (routes, middleware, lifespan, uvicorn).
 
 Everything the internet must reach lives here, apart from the admin API: unsubscribe
-links, open and click tracking, and provider webhooks. It is stateless (no database), verifies signed tokens and
+links and the preference centre, the subscribe form and confirmation links, open and click
+tracking, and provider webhooks. It keeps no state and decides nothing from the database
+(it reads two views for display and routing, see directory.py), verifies signed tokens and
 webhook signatures, and publishes events to Kafka; any number of instances may run.
 """
 
@@ -21,7 +23,7 @@ from libs.web.security_headers import SecurityHeadersMiddleware
 from libs.web.server import serve
 from services.edge.broker import wait_for_topics
 from services.edge.deps import EdgeResources
-from services.edge.routes import ops, tracking, unsubscribe, webhooks
+from services.edge.routes import ops, subscribe, tracking, unsubscribe, webhooks
 from services.edge.webhook_policy import WebhookMisconfigured, webhook_policy
 
 log = get_logger(__name__)
@@ -51,6 +53,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await resources.hits.drain()
+        await resources.directory.close()
         resources.producer = None
         await producer.stop()
         log.info("edge stopped")
@@ -80,7 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
         streaming_suffixes=(),
     )
     app.add_middleware(SecurityHeadersMiddleware)
-    for module in (ops, unsubscribe, webhooks, tracking):
+    for module in (ops, unsubscribe, subscribe, webhooks, tracking):
         app.include_router(module.router)
     return app
 

@@ -10,7 +10,9 @@ from fastapi import Depends, Request
 from libs.common.kafka import EventProducer
 from libs.common.settings import IpNetwork, Settings
 from libs.web.problems import ProblemError
+from services.edge.directory import Directory
 from services.edge.hits import HitPublisher
+from services.edge.rate_limit import TokenBuckets
 from services.edge.webhook_policy import WebhookPolicy
 
 
@@ -23,10 +25,18 @@ class EdgeResources:
     producer: EventProducer | None = None
     hits: HitPublisher = field(init=False)
     trusted_proxies: tuple[IpNetwork, ...] = field(init=False)
+    # Read-only views for the subscribe form and the preference centre (display only).
+    directory: Directory = field(init=False)
+    # The subscribe form's limits, per client IP and per address (in this process).
+    per_ip: TokenBuckets = field(init=False)
+    per_address: TokenBuckets = field(init=False)
 
     def __post_init__(self) -> None:
         self.hits = HitPublisher(lambda: self.events)
         self.trusted_proxies = self.settings.trusted_proxy_networks()
+        self.directory = Directory(self.settings.database_url)
+        self.per_ip = TokenBuckets(self.settings.subscribe_per_ip_per_minute, 60.0)
+        self.per_address = TokenBuckets(self.settings.subscribe_per_address_per_hour, 3600.0)
 
     @property
     def events(self) -> EventProducer:

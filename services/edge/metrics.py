@@ -29,3 +29,14 @@ TRACKING_REFUSED = Counter(
     "Tracking links refused (bad or forged token), by kind.",
     ["kind"],
 )
+SUBSCRIBE_POSTS = Counter(
+    "mailfleet_edge_subscribe_posts_total",
+    "Subscribe form posts, by outcome (published, honeypot, ip_limited, address_limited,"
+    " invalid, unknown_list).",
+    ["outcome"],
+)
+PREFERENCE_ACTIONS = Counter(
+    "mailfleet_edge_preference_actions_total",
+    "Preference-centre and confirmation actions published, by action.",
+    ["action"],
+)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 
-_PAGE = """<!doctype html>
+PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"></head>
 <body style="font-family: sans-serif; max-width: 32rem; margin: 4rem auto;">
@@ -21,14 +21,14 @@ def confirm_page(action_path: str) -> str:
         f'<form method="post" action="{html.escape(action_path)}">'
         '<button type="submit">Unsubscribe</button></form>'
     )
-    return _PAGE.format(title="Unsubscribe", body=body)
+    return PAGE.format(title="Unsubscribe", body=body)
 
 
 def done_page() -> str:
     body = "<p>You are unsubscribed: this address will get no more mail from us.</p>"
-    return _PAGE.format(title="Unsubscribed", body=body)
+    return PAGE.format(title="Unsubscribed", body=body)
 
 
 def message_page(title: str, text: str) -> str:
     """A page that only says something (a tracking link that is not valid)."""
-    return _PAGE.format(title=html.escape(title), body=f"<p>{html.escape(text)}</p>")
+    return PAGE.format(title=html.escape(title), body=f"<p>{html.escape(text)}</p>")

@@ -176,6 +176,9 @@ class _Run:
         # A progress report still running would wait for this transaction's lock on the
         # job's row (taken by `finish`) while the transaction waits for it: settle first.
         await self.settle()
+        if self.request.consent is not None:
+            consent = self.request.consent
+            await self.session.record_consent(consent.basis, consent.source or "import")
         return await self.session.finish(counts)
 
     async def _open(self, path: Path) -> tuple[RowSource, ColumnPlan]:

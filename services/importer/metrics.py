@@ -15,3 +15,9 @@ IMPORT_SECONDS = Histogram(
     "Time from the list lock to the import's final state.",
     buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900),
 )
+SUBSCRIPTIONS = Counter(
+    "mailfleet_subscriptions_total",
+    "Subscription events folded, by action and outcome (joined, pending, confirmation_sent,"
+    " capped, refused, unchanged, replayed, confirmed, left, preferences, ignored).",
+    ["action", "outcome"],
+)

@@ -145,6 +145,9 @@ class ImportRepository:
             # committed) is redelivered and the import runs again. Saves a flush of the
             # load's WAL on the import's critical path.
             await conn.execute("SET LOCAL synchronous_commit = off")
+            # Rows this import inserts carry its id (the column's default reads it): what
+            # services/automations enrols on `import.completed` (migration 0029).
+            await conn.execute("SELECT set_config('mailfleet.import_id', $1, true)", str(import_id))
             yield ListSession(conn, import_id, list_id, self.erasure_key)
 
 
@@ -185,6 +188,18 @@ class ListSession:
         """A savepoint around the data load: leaving by an exception undoes all of it."""
         async with self.conn.transaction():
             yield Loader(self.conn, self.import_id, self.list_id, self.erasure_key)
+
+    async def record_consent(self, basis: str, source: str) -> None:
+        """The consent basis the import states for its rows: one record for the import."""
+        await self.conn.execute(
+            "INSERT INTO consents (list_id, import_id, basis, source, status, event_id)"
+            " VALUES ($1, $2, $3, $4, 'given', $5) ON CONFLICT (event_id) DO NOTHING",
+            self.list_id,
+            self.import_id,
+            basis,
+            source,
+            f"import:{self.import_id}",
+        )
 
     async def finish(self, counts: LoadCounts) -> JobState:
         record = await self.conn.fetchrow(

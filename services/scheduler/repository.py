@@ -8,6 +8,7 @@ tracker's read model) to know which batches are accounted for, and compare-and-s
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from uuid import UUID
 
 import asyncpg
 
+from libs.common import audience as audiences
 from libs.common.events import SendWindow
 from libs.common.logging import get_logger
 from libs.common.sendtime import known_zones, local_instant, next_opening, zone_or_none
@@ -205,7 +207,8 @@ class ScheduleRepository:
                    SET status = 'in_progress', started_at = now(), updated_at = now()
                  WHERE id = $1 AND status = 'scheduled' AND send_at <= $2
                 RETURNING list_id, subject, html, text, from_email, from_name, provider,
-                          send_at, timezone, local_time, local_send_at, send_window
+                          send_at, timezone, local_time, local_send_at, send_window,
+                          audience, audience_filters
                 """,
                 campaign_id,
                 now,
@@ -248,26 +251,29 @@ class ScheduleRepository:
                 campaign["from_email"],
                 campaign["from_name"],
             )
+            try:
+                target = AudienceTarget.of_campaign(campaign, now)
+            except audiences.AudienceError as exc:
+                return await _fail_plan(conn, campaign_id, content_id, campaign, str(exc))
+            target = await target.snapshot(conn)
+            counted = target.sql(first_param=1, keep_suppressed=True)
             ab = await _snapshot_variants(conn, campaign_id, campaign, now)
             counts = await conn.fetchrow(
-                """
-                SELECT count(*) AS audience, count(s.email) AS suppressed
-                  FROM recipients r LEFT JOIN suppressions s ON s.email = r.email
-                 WHERE r.list_id = $1
-                """,
-                campaign["list_id"],
+                "SELECT count(*) AS audience, count(*) FILTER (WHERE r.suppressed) AS suppressed"  # noqa: S608
+                f" FROM ({counted.sql}) AS r",
+                *counted.params,
             )
             assert counts is not None  # an aggregate always returns a row
             invalid = 0
             if campaign["local_time"] or campaign["send_window"] is not None:
                 batches, invalid = await _plan_zoned_batches(
-                    conn, campaign_id, campaign, batch_size, max_message_bytes, ab
+                    conn, campaign_id, campaign, target, batch_size, max_message_bytes, ab
                 )
                 INVALID_TIMEZONES.inc(invalid)
                 log.info("zoned plan", batches=batches, invalid_timezones=invalid)
             else:
                 batches = await _plan_batches(
-                    conn, campaign_id, campaign["list_id"], batch_size, max_message_bytes, ab
+                    conn, campaign_id, target, batch_size, max_message_bytes, ab
                 )
             summary = PlanSummary(
                 campaign_id=campaign_id,
@@ -281,8 +287,9 @@ class ScheduleRepository:
             await conn.execute(
                 """
                 INSERT INTO campaign_plans (campaign_id, content_id, provider, audience_total,
-                                            suppressed_total, batches_total, invalid_timezones)
-                VALUES ($1, $2, $3, $4, $5, $6, $7)
+                                            suppressed_total, batches_total, invalid_timezones,
+                                            audience)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                 """,
                 campaign_id,
                 content_id,
@@ -291,6 +298,7 @@ class ScheduleRepository:
                 summary.suppressed_total,
                 summary.batches_total,
                 summary.invalid_timezones,
+                target.as_planned(),
             )
             if summary.batches_total == 0:
                 # Nothing to send: no batch will ever come back, so finish it here.
@@ -354,7 +362,11 @@ class ScheduleRepository:
             members = await conn.fetch(
                 """
                 SELECT m.batch_id, r.id, r.email, r.fields,
-                       EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email) AS suppressed
+                       -- A row no longer active on its list (unsubscribed from it since
+                       -- planning) is held back like a suppressed address.
+                       r.status <> 'active'
+                       OR EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)
+                          AS suppressed
                   FROM (SELECT b.batch_id, unnest(b.recipient_ids) AS rid
                           FROM batch_plans b WHERE b.batch_id = ANY($1::text[])) AS m
                   JOIN recipients r ON r.id = m.rid
@@ -518,6 +530,109 @@ class ScheduleRepository:
         return int(result.split()[-1])
 
 
+@dataclass(frozen=True)
+class AudienceTarget:
+    """What a campaign's plan reads: its audience definition, the filters of its segments
+    as the API copied them (the scheduler never reads the API's `segments`), and the
+    scheduler's clock, which a segment's "within N days" counts from."""
+
+    audience: audiences.Audience
+    filters: dict[UUID, Any]
+    raw_filters: dict[str, Any]
+    now: datetime
+    # Set by `snapshot`: the audience is read from this temporary table.
+    table: str | None = None
+
+    @classmethod
+    def of_campaign(cls, campaign: asyncpg.Record, now: datetime) -> AudienceTarget:
+        """AudienceError when the definition, or a segment's copied filter, is unusable."""
+        audience = audiences.Audience.of_campaign(campaign["audience"], campaign["list_id"])
+        raw = campaign["audience_filters"] or {}
+        filters = audiences.parse_filters(audience, raw)
+        named = {str(s) for s in audience.segment_ids}
+        return cls(audience, filters, {k: v for k, v in raw.items() if k in named}, now)
+
+    async def snapshot(
+        self, conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+    ) -> AudienceTarget:
+        """The same audience, read from a temporary table that holds it for the rest of the
+        transaction, when building it costs more than a scan: deduplicating several lists
+        and segments sorts the candidates by address, and the plan reads the audience
+        three times (count, largest recipient, the cut). One list without segments is read
+        as it is (its index narrows the scan, and it needs no deduplication)."""
+        if self.table is not None or (len(self.audience.lists) == 1 and not self.audience.segments):
+            return self
+        built = self.sql(first_param=1, keep_suppressed=True)
+        await conn.execute(
+            "CREATE TEMPORARY TABLE audience_snapshot (id bigint, email text, fields jsonb,"
+            " list_id uuid, suppressed boolean) ON COMMIT DROP"
+        )
+        await conn.execute(
+            f"INSERT INTO audience_snapshot {built.sql}",  # noqa: S608 - built SQL only
+            *built.params,
+        )
+        return dataclasses.replace(self, table="pg_temp.audience_snapshot")
+
+    def sql(self, first_param: int, keep_suppressed: bool = False) -> audiences.AudienceSql:
+        if self.table is not None:
+            if keep_suppressed:
+                return audiences.AudienceSql(
+                    f"SELECT id, email, fields, list_id, suppressed FROM {self.table}"  # noqa: S608
+                )
+            return audiences.AudienceSql(
+                f"SELECT id, email, fields, list_id FROM {self.table} WHERE NOT suppressed"  # noqa: S608
+            )
+        return audiences.build(
+            self.audience,
+            self.filters,
+            now=self.now,
+            first_param=first_param,
+            keep_suppressed=keep_suppressed,
+        )
+
+    def as_planned(self) -> dict[str, Any]:
+        """The definition planned from, with the segment filters it used."""
+        return {**self.audience.to_json(), "filters": self.raw_filters}
+
+
+async def _fail_plan(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    campaign_id: UUID,
+    content_id: UUID,
+    campaign: asyncpg.Record,
+    reason: str,
+) -> PlanSummary:
+    """A claimed campaign whose audience cannot be built (a definition the API would not
+    have written): failed, with the reason, and an empty plan, rather than a claim retried
+    on every tick."""
+    log.error("campaign audience unusable; campaign failed", reason=reason)
+    await conn.execute(
+        "UPDATE campaigns SET status = 'failed', finished_at = now(), pause_reason = $2"
+        " WHERE id = $1",
+        campaign_id,
+        f"audience: {reason}"[:500],
+    )
+    await conn.execute(
+        """
+        INSERT INTO campaign_plans (campaign_id, content_id, provider, audience_total,
+                                    suppressed_total, batches_total, audience)
+        VALUES ($1, $2, $3, 0, 0, 0, $4)
+        """,
+        campaign_id,
+        content_id,
+        campaign["provider"],
+        {"error": reason},
+    )
+    return PlanSummary(
+        campaign_id=campaign_id,
+        content_id=content_id,
+        provider=campaign["provider"],
+        audience_total=0,
+        suppressed_total=0,
+        batches_total=0,
+    )
+
+
 # A recipient's size in its `batch.ready` event, over-estimated: jsonb's text form has a
 # space after every colon and comma that the event's compact JSON has not.
 _RECIPIENT_SIZE = (
@@ -589,7 +704,7 @@ def _group_sql(ab: AbSplit | None, first: int) -> tuple[str, list[Any]]:
 async def _plan_batches(
     conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
     campaign_id: UUID,
-    list_id: UUID,
+    target: AudienceTarget,
     batch_size: int,
     max_message_bytes: int,
     ab: AbSplit | None = None,
@@ -599,41 +714,38 @@ async def _plan_batches(
     running byte sum, each cut again by count. An A/B campaign's cut is partitioned by
     group (`_group_sql`): each batch is of one variant, or of the remainder (no variant).
     Returns how many batches were planned."""
-    sendable = """
-        FROM recipients r
-       WHERE r.list_id = {list_param}
-         AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)"""
+    sized = target.sql(first_param=1)
     largest = await conn.fetchval(
-        f"SELECT coalesce(max({_RECIPIENT_SIZE}), 0)"  # noqa: S608 - constants only
-        + sendable.format(list_param="$1"),
-        list_id,
+        f"SELECT coalesce(max({_RECIPIENT_SIZE}), 0) FROM ({sized.sql}) AS r",  # noqa: S608
+        *sized.params,
     )
     chunk = byte_chunk(recipient_bytes_budget(max_message_bytes), int(largest))
-    group, group_args = _group_sql(ab, 6)
+    sendable = target.sql(first_param=5)
+    group, group_args = _group_sql(ab, 5 + len(sendable.params))
     result = await conn.execute(
         f"""
         INSERT INTO batch_plans (batch_id, campaign_id, batch_no, recipient_ids, variant)
         SELECT $1::text || ':' || batch_no, $1::uuid, batch_no, array_agg(id ORDER BY id),
-               ($5::text[])[min(grp)]
+               ($4::text[])[min(grp)]
           FROM (SELECT id, grp,
-                       dense_rank() OVER (ORDER BY grp, window_no, (n - 1) / $3) - 1 AS batch_no
+                       dense_rank() OVER (ORDER BY grp, window_no, (n - 1) / $2) - 1 AS batch_no
                   FROM (SELECT id, grp, window_no,
                                row_number() OVER (PARTITION BY grp, window_no ORDER BY id) AS n
                           FROM (SELECT id, grp,
                                        (sum(size) OVER (PARTITION BY grp ORDER BY id) - size)
-                                        / $4 AS window_no
+                                        / $3 AS window_no
                                   FROM (SELECT r.id, {_RECIPIENT_SIZE} AS size, {group} AS grp
-                                        {sendable.format(list_param="$2")}) AS grouped
+                                          FROM ({sendable.sql}) AS r) AS grouped
                                ) AS sized
                        ) AS numbered
                ) AS cut
          GROUP BY batch_no
         """,  # noqa: S608 - only constants are formatted in
         str(campaign_id),
-        list_id,
         batch_size,
         chunk,
         list(ab.variants) if ab else [],
+        *sendable.params,
         *group_args,
     )
     return int(result.split()[-1])
@@ -643,6 +755,7 @@ async def _plan_zoned_batches(
     conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
     campaign_id: UUID,
     campaign: asyncpg.Record,
+    target: AudienceTarget,
     batch_size: int,
     max_message_bytes: int,
     ab: AbSplit | None = None,
@@ -650,15 +763,18 @@ async def _plan_zoned_batches(
     """The plan of a local-time campaign, or of one with a send window: `_plan_batches`'s
     cut, partitioned by each recipient's zone, every batch with its zone and `due_at`.
 
-    The zone: the recipient's `timezone` field (an IANA name, any case), else the list's
-    default zone, else the campaign's, else UTC. A field naming no zone falls back and is
+    The zone: the recipient's `timezone` field (an IANA name, any case), else the default
+    zone of the audience's first list, else the campaign's, else UTC. A field naming no zone falls back and is
     counted. `due_at`: the local wall time in that zone (local time), or the campaign's
     instant. Zones are resolved and instants computed here (libs.common.sendtime), once
     per known zone, and joined in as parameters. An A/B campaign's groups (`_group_sql`,
     drawn over the whole sendable audience) partition the cut further, after the zone.
     Returns (batches, invalid zones)."""
-    list_default = await conn.fetchval(
-        "SELECT default_timezone FROM lists WHERE id = $1", campaign["list_id"]
+    primary = target.audience.primary_list
+    list_default = (
+        await conn.fetchval("SELECT default_timezone FROM lists WHERE id = $1", primary)
+        if primary is not None
+        else None
     )
     fallback = next(
         name
@@ -680,31 +796,27 @@ async def _plan_zoned_batches(
     names = sorted(by_key.values(), key=lambda n: (due_in(n), n))
     due = [due_in(n) for n in names]
     fallback_no = names.index(by_key[fallback.lower()]) + 1
+    sized = target.sql(first_param=1)
     largest = await conn.fetchval(
-        f"""
-        SELECT coalesce(max({_RECIPIENT_SIZE}), 0) FROM recipients r
-         WHERE r.list_id = $1
-           AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)
-        """,  # noqa: S608 - constants only
-        campaign["list_id"],
+        f"SELECT coalesce(max({_RECIPIENT_SIZE}), 0) FROM ({sized.sql}) AS r",  # noqa: S608
+        *sized.params,
     )
     chunk = byte_chunk(recipient_bytes_budget(max_message_bytes), int(largest))
-    group, group_args = _group_sql(ab, 10)
+    sendable = target.sql(first_param=9)
+    group, group_args = _group_sql(ab, 9 + len(sendable.params))
     counts = await conn.fetchrow(
         f"""
-        WITH z AS (SELECT * FROM unnest($5::text[]) WITH ORDINALITY AS z(key, zone_no)),
+        WITH z AS (SELECT * FROM unnest($4::text[]) WITH ORDINALITY AS z(key, zone_no)),
         sized AS (
-            SELECT r.id, {_RECIPIENT_SIZE} AS size, coalesce(z.zone_no, $8) AS zone_no,
+            SELECT r.id, {_RECIPIENT_SIZE} AS size, coalesce(z.zone_no, $7) AS zone_no,
                    {group} AS grp,
                    z.zone_no IS NULL AND coalesce(btrim(r.fields->>'timezone'), '') <> ''
                        AS invalid
-              FROM recipients r
-              LEFT JOIN z ON z.key = lower(btrim(r.fields->>'timezone'))
-             WHERE r.list_id = $2
-               AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)),
+              FROM ({sendable.sql}) AS r
+              LEFT JOIN z ON z.key = lower(btrim(r.fields->>'timezone'))),
         windowed AS (
             SELECT id, zone_no, grp, invalid,
-                   (sum(size) OVER (PARTITION BY zone_no, grp ORDER BY id) - size) / $4
+                   (sum(size) OVER (PARTITION BY zone_no, grp ORDER BY id) - size) / $3
                        AS window_no
               FROM sized),
         numbered AS (
@@ -712,22 +824,21 @@ async def _plan_zoned_batches(
               FROM windowed),
         cut AS (
             SELECT id, zone_no, grp, invalid,
-                   dense_rank() OVER (ORDER BY zone_no, grp, window_no, (n - 1) / $3) - 1
+                   dense_rank() OVER (ORDER BY zone_no, grp, window_no, (n - 1) / $2) - 1
                        AS batch_no
               FROM numbered),
         planned AS (
             INSERT INTO batch_plans (batch_id, campaign_id, batch_no, recipient_ids, zone, due_at,
                                      variant)
             SELECT $1::text || ':' || batch_no, $1::uuid, batch_no, array_agg(id ORDER BY id),
-                   ($6::text[])[min(zone_no)], ($7::timestamptz[])[min(zone_no)],
-                   ($9::text[])[min(grp)]
+                   ($5::text[])[min(zone_no)], ($6::timestamptz[])[min(zone_no)],
+                   ($8::text[])[min(grp)]
               FROM cut GROUP BY batch_no
             RETURNING 1)
         SELECT (SELECT count(*) FROM planned) AS batches,
                (SELECT count(*) FROM cut WHERE invalid) AS invalid
         """,  # noqa: S608 - only constants are formatted in
         str(campaign_id),
-        campaign["list_id"],
         batch_size,
         chunk,
         [n.lower() for n in names],
@@ -735,11 +846,18 @@ async def _plan_zoned_batches(
         due,
         fallback_no,
         list(ab.variants) if ab else [],
+        *sendable.params,
         *group_args,
     )
     assert counts is not None
     return int(counts["batches"]), int(counts["invalid"])
 
+
+# A campaign with a rate cap has at most this much of its cap (in hours) emitted and not
+# accounted for (at least two batches): its batches would otherwise fill every
+# dispatcher's places and wait there for the cap, ahead of other campaigns' batches, and be
+# handed back and forth on `batch.ready` meanwhile.
+CAPPED_LOOKAHEAD_HOURS = 5 / 60
 
 # Dispatchers do not send in emission order: each takes the batches of all its partitions
 # at once, and sends at its share of the rate (its share of the partitions), however
@@ -787,6 +905,22 @@ async def _due_rows(
     """The batches `batches_to_emit` locks (its doc), with what `_defer_closed` needs."""
     rows = await conn.fetch(
         """
+        WITH capped AS (
+            -- Campaigns in progress with a rate cap (issue 17 item 4): recipients emitted
+            -- and not accounted for, the batch size, the first batch due and not emitted.
+            SELECT c.id AS campaign_id, c.max_per_hour::float8 AS cap,
+                   coalesce(sum(cardinality(b.recipient_ids))
+                            FILTER (WHERE b.emitted > 0 AND t.batch_id IS NULL), 0) AS inflight,
+                   greatest(avg(cardinality(b.recipient_ids)), 1)::float8 AS batch_size,
+                   min(b.batch_no) FILTER (WHERE b.emitted = 0
+                                           AND (b.due_at IS NULL OR b.due_at <= $4))
+                       AS first_due
+              FROM campaigns c
+              JOIN batch_plans b ON b.campaign_id = c.id AND b.set_aside_reason IS NULL
+              LEFT JOIN tracker_batches t ON t.batch_id = b.batch_id
+             WHERE c.status = 'in_progress' AND c.max_per_hour IS NOT NULL
+             GROUP BY c.id, c.max_per_hour
+        )
         SELECT b.batch_id, b.campaign_id, b.batch_no, b.recipient_ids, b.emitted,
                b.set_aside_reason, p.provider, b.zone, c.status, c.send_window,
                b.variant, v.content_id AS variant_content_id,
@@ -796,13 +930,28 @@ async def _due_rows(
           JOIN campaigns c ON c.id = b.campaign_id
                            AND c.status IN ('in_progress', 'cancelled')
           JOIN campaign_plans p ON p.campaign_id = b.campaign_id
+          LEFT JOIN capped cp ON cp.campaign_id = b.campaign_id
           LEFT JOIN ab_tests a ON a.campaign_id = b.campaign_id
           LEFT JOIN ab_variants v ON v.campaign_id = b.campaign_id
                                  AND v.variant = coalesce(b.variant, a.winner)
          CROSS JOIN LATERAL (SELECT make_interval(
                 secs => $3::float8 * power(2, least(greatest(b.emitted - 1, 0), 6))
                ) AS backoff) k
-         WHERE (b.emitted = 0
+         WHERE (cp.campaign_id IS NULL
+                -- A capped campaign's batches are emitted at its pace: no more in flight
+                -- than `$5` hours of its cap (at least two batches).
+                OR (b.emitted = 0
+                    AND b.batch_no < cp.first_due + greatest(ceil(
+                        (greatest(cp.cap * $5::float8, 2 * cp.batch_size) - cp.inflight)
+                        / cp.batch_size), 0))
+                -- ... and one in flight is not taken for lost before its cap could have
+                -- sent everything in flight (twice, like the provider's backlog), by the
+                -- cap in force now.
+                OR (b.emitted > 0
+                    AND (b.last_emitted_at < $1::timestamptz
+                         OR now() > b.last_emitted_at + k.backoff
+                                    + make_interval(secs => 7200 * cp.inflight / cp.cap))))
+           AND (b.emitted = 0
                 OR b.last_emitted_at < $1::timestamptz
                 OR ($3::float8 IS NOT NULL
                     AND now() > coalesce(b.expected_by, b.last_emitted_at) + k.backoff
@@ -828,6 +977,7 @@ async def _due_rows(
         limit,
         policy.base_s if policy is not None else None,
         now,
+        CAPPED_LOOKAHEAD_HOURS,
     )
     return [{**r, "deferred": False} for r in rows]
 

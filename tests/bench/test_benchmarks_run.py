@@ -20,6 +20,7 @@ SMALL_RUNS = {
     "transactional.py": ["--campaign-recipients", "3000", "--rate", "20", "--seconds", "3"],
     "segment_count.py": ["--recipients", "2000", "--rounds", "2"],
     "webhooks.py": ["--events", "300", "--campaigns", "10", "--blocked", "2000"],
+    "plan_audience.py": ["--recipients", "2000", "--rounds", "1"],
 }  # fmt: skip
 # What each prints once it has measured (a figure line, not only its banner).
 FIGURES = {
@@ -31,6 +32,7 @@ FIGURES = {
     "transactional.py": "transactional p99 beside the campaign",
     "segment_count.py": "baseline: count(*) of the list",
     "webhooks.py": "blocked rows",
+    "plan_audience.py": "two lists - segment",
 }
 
 

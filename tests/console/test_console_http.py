@@ -633,3 +633,23 @@ async def test_scheduling_at_local_time_from_the_console(console: Console) -> No
     await console.app.state.resources.db.execute(
         "UPDATE campaigns SET status = 'draft' WHERE id = $1", uuid.UUID(campaign_id)
     )
+
+
+async def test_a_list_page_shows_its_subscription_settings_and_statuses(console: Console) -> None:
+    db = console.app.state.resources.db
+    list_id = await db.fetchval(
+        "INSERT INTO lists (name, opt_in, confirmation_from_email, editable_fields)"
+        " VALUES ('Weekly', 'double', 'news@example.com', '{first_name}') RETURNING id"
+    )
+    await db.execute(
+        "INSERT INTO recipients (list_id, email, status) VALUES ($1, 'wait@example.com',"
+        " 'unconfirmed')",
+        list_id,
+    )
+    public_id = await db.fetchval("SELECT public_id FROM lists WHERE id = $1", list_id)
+    async with console.client() as client:
+        await sign_in(client, "viewer@example.com")
+        page = await client.get(f"/console/lists/{list_id}")
+    assert page.status_code == 200
+    assert "Double opt-in" in page.text and f"/s/{public_id}" in page.text
+    assert "<td>unconfirmed</td>" in page.text

@@ -58,8 +58,10 @@ def test_every_component_runs_with_health_checks_and_restart_policies(
         "importer",
         "scheduler",
         "dispatcher",
+        "dispatcher-messages",
         "tracker",
         "guard",
+        "automations",
         "prometheus",
         "grafana",
     }
@@ -68,6 +70,13 @@ def test_every_component_runs_with_health_checks_and_restart_policies(
         assert services[name].get("restart") == "unless-stopped", name
         assert services[name].get("healthcheck", {}).get("test"), name
     assert services["dispatcher"]["deploy"]["replicas"] >= 2
+    # Transactional mail has dispatchers of its own (it must not wait behind campaigns).
+    lanes = {
+        name: services[name]["environment"]["MAILFLEET_DISPATCHER_LANES"]
+        for name in ("dispatcher", "dispatcher-messages")
+    }
+    assert lanes == {"dispatcher": "batches", "dispatcher-messages": "messages"}
+    assert services["dispatcher-messages"]["command"] == ["run", "dispatcher"]
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
 
 

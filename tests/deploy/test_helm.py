@@ -17,7 +17,18 @@ kubernetes_validate = pytest.importorskip(
 
 CHART = ROOT / "deploy" / "helm" / "mailfleet"
 KUBERNETES = "1.31"
-SERVICES = ["api", "edge", "importer", "scheduler", "dispatcher", "tracker", "guard", "webhooks"]
+SERVICES = [
+    "api",
+    "edge",
+    "importer",
+    "scheduler",
+    "dispatcher",
+    "dispatcher-messages",
+    "tracker",
+    "guard",
+    "webhooks",
+    "automations",
+]
 HTTP_PORTS = {"api": 8000, "edge": 8001}
 CRDS = {"monitoring.coreos.com/v1"}  # not in the Kubernetes schemas; checked by hand
 
@@ -113,6 +124,14 @@ def test_default_values_give_every_service_its_objects() -> None:
     (hpa,) = by_kind(docs, "HorizontalPodAutoscaler").values()
     assert hpa["spec"]["scaleTargetRef"]["name"] == "mf-mailfleet-dispatcher"
     assert "replicas" not in deployments["mf-mailfleet-dispatcher"]["spec"]  # the HPA owns it
+    # Transactional mail has dispatchers of its own: one program, two lanes.
+    lanes = {}
+    for name in ("dispatcher", "dispatcher-messages"):
+        (container,) = deployments[f"mf-mailfleet-{name}"]["spec"]["template"]["spec"]["containers"]
+        assert container["args"] == ["run", "dispatcher"]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        lanes[name] = env["MAILFLEET_DISPATCHER_LANES"]
+    assert lanes == {"dispatcher": "batches", "dispatcher-messages": "messages"}
     jobs = by_kind(docs, "Job")
     commands = {j["spec"]["template"]["spec"]["containers"][0]["args"][0] for j in jobs.values()}
     assert commands == {"migrate", "create-topics"}
@@ -203,7 +222,7 @@ def test_only_the_edge_gets_an_ingress(values: dict[str, Any]) -> None:
         for rule in ingress["spec"]["rules"]
         for p in rule["http"]["paths"]
     }
-    public = ("/u/", "/unsubscribe/", "/webhooks/", "/o/", "/c/")
+    public = ("/u/", "/unsubscribe/", "/webhooks/", "/o/", "/c/", "/s/", "/confirm/")
     assert backends == {(p, "mf-mailfleet-edge") for p in public}
     services = by_kind(docs, "Service")
     assert services["mf-mailfleet-api"]["spec"]["type"] == "ClusterIP"

@@ -114,6 +114,42 @@ async def test_a_local_time_campaign_waiting_for_its_next_zone_is_not_stalled(
                 await conn.execute("DELETE FROM campaigns WHERE id = $1", campaign_id)
 
 
+async def test_a_capped_campaign_is_given_the_time_its_cap_needs(pool: asyncpg.Pool) -> None:
+    """Issue 17 item 4: a campaign at 600 an hour with 1,000 recipients in flight folds a
+    batch every hour or two by design; the stall counts only past what its cap needs."""
+    list_id, capped = uuid.uuid4(), uuid.uuid4()
+    async with pool.acquire() as conn:
+        await conn.execute("INSERT INTO lists (id, name) VALUES ($1, 'ops')", list_id)
+        await conn.execute(
+            "INSERT INTO campaigns (id, name, subject, html, from_email, list_id, provider,"
+            " status, started_at, max_per_hour) VALUES ($1, 'c', 's', 'h', 'a@example.com',"
+            " $2, 'sink', 'in_progress', now() - interval '2 hours', 600)",
+            capped,
+            list_id,
+        )
+        await conn.execute(
+            "INSERT INTO tracker_batches (batch_id, campaign_id, recipients, folded_at)"
+            " VALUES ($1, $2, 500, now() - interval '1 hour')",
+            f"{capped}:0",
+            capped,
+        )
+        await conn.executemany(
+            "INSERT INTO batch_plans (batch_id, campaign_id, batch_no, recipient_ids, emitted)"
+            " VALUES ($1, $2, $3, $4, 1)",
+            [(f"{capped}:{n}", capped, n, list(range(n * 500, n * 500 + 500))) for n in (0, 1, 2)],
+        )
+        try:
+            # An hour since its last fold, 100 minutes of its cap in flight: not stalled.
+            assert await longest_stall_seconds(conn, [capped]) == 0
+            # At 60,000 an hour the same is 1 minute of its cap: stalled for ~59 minutes.
+            await conn.execute("UPDATE campaigns SET max_per_hour = 60000 WHERE id = $1", capped)
+            assert 3500 <= await longest_stall_seconds(conn, [capped]) <= 3600
+        finally:
+            await conn.execute("DELETE FROM batch_plans WHERE campaign_id = $1", capped)
+            await conn.execute("DELETE FROM tracker_batches WHERE campaign_id = $1", capped)
+            await conn.execute("DELETE FROM campaigns WHERE id = $1", capped)
+
+
 async def test_an_ab_campaign_waiting_for_its_winner_is_not_stalled(pool: asyncpg.Pool) -> None:
     """Issue 17 item 1: the test group was sent and folded an hour ago, the remainder waits
     for the winner: waiting, not stuck, until the wait ends (or forever for a test decided

@@ -57,6 +57,7 @@ def _fragment(
     counters: Any,
     rate: float | None,
     compact: bool,
+    zones: dict[str, Any] | None = None,
 ) -> str:
     state = console_state(request)
     template = state.templates.env.get_template("_progress.html")
@@ -67,6 +68,7 @@ def _fragment(
         session=session,
         can_edit=session.may(Role.EDITOR) and not compact,
         compact=compact,
+        zone_plan=zones,
         csrf=sessions.csrf_token(state.secret, session.token),
         timezone=session.timezone,
     )
@@ -110,7 +112,8 @@ async def live(request: Request, session: Viewer, campaign_id: UUID) -> EventSou
             row = await repository.get_campaign(db, campaign_id)
             counters = await read_models.campaign_counters(db, campaign_id)
             rate = meter.add(time.monotonic(), int(counters["sent"]) if counters else 0)
-            html = _fragment(request, session, row, counters, rate, compact=False)
+            zones = await queries.zones_of(db, row)
+            html = _fragment(request, session, row, counters, rate, compact=False, zones=zones)
             if html != last:
                 last = html
                 yield {"event": "progress", "data": html}

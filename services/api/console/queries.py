@@ -8,7 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from libs.stats import report
-from services.api.repository import Executor
+from services.api.repository import Executor, zone_progress
 
 RUNNING = ("in_progress", "paused")
 _MAX_RUNNING_SHOWN = 50
@@ -129,16 +129,55 @@ async def list_columns(db: Executor, list_id: UUID, sample: int = 200) -> list[s
 
 
 async def delivery_for_email(
-    db: Executor, campaign_id: UUID, list_id: UUID, email: str
+    db: Executor, campaign_id: UUID, audience: dict[str, Any], email: str
 ) -> list[dict[str, Any]]:
-    """The log row of one address: found through the list's (list_id, email) index and the
-    log's primary key, not by scanning a campaign's millions of rows for the address."""
+    """The log row of one address: found through the lists' (list_id, email) index and the
+    log's primary key, not by scanning a campaign's millions of rows for the address. An
+    audience with segments may have mailed a row of another list: then the campaign's log
+    is read by address."""
+    address = email.strip().lower()
+    lists = [UUID(str(x)) for x in audience.get("lists") or []]
     rows = await db.fetch(
         "SELECT d.recipient_id, d.email, d.status, d.error, d.last_event FROM recipients r"
         " JOIN deliveries d ON d.campaign_id = $1 AND d.recipient_id = r.id"
-        " WHERE r.list_id = $2 AND r.email = $3",
+        " WHERE r.list_id = ANY($2::uuid[]) AND r.email = $3",
         campaign_id,
-        list_id,
-        email.strip().lower(),
+        lists,
+        address,
     )
+    if not rows and audience.get("segments"):
+        rows = await db.fetch(
+            "SELECT recipient_id, email, status, error, last_event FROM deliveries"
+            " WHERE campaign_id = $1 AND email = $2",
+            campaign_id,
+            address,
+        )
     return [dict(r) for r in rows]
+
+
+async def audience_names(db: Executor, audience: dict[str, Any]) -> dict[str, str]:
+    """The names of the lists and segments an audience names, by id (as text)."""
+    lists = [UUID(str(x)) for k in ("lists", "exclude_lists") for x in audience.get(k) or []]
+    segments = [
+        UUID(str(x)) for k in ("segments", "exclude_segments") for x in audience.get(k) or []
+    ]
+    rows = await db.fetch(
+        "SELECT id, name FROM lists WHERE id = ANY($1::uuid[])"
+        " UNION ALL SELECT id, name FROM segments WHERE id = ANY($2::uuid[])",
+        lists,
+        segments,
+    )
+    return {str(r["id"]): r["name"] for r in rows}
+
+
+async def zones_of(db: Executor, campaign: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A local-time or windowed campaign's plan by zone (issue 17): recipients not yet sent
+    out per zone and when they are due, and those whose `timezone` field named no zone. None
+    for a plain campaign, or before the plan."""
+    if campaign is None or not (campaign.get("local_time") or campaign.get("send_window")):
+        return None
+    found = await zone_progress(db, campaign["id"])
+    if found is None:
+        return None
+    invalid, waiting = found
+    return {"invalid": invalid, "waiting": waiting}

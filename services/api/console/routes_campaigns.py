@@ -11,6 +11,7 @@ from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import ValidationError
 
+from libs.common.events import SendWindow
 from libs.stats import read_models
 from libs.stats.ab import variant_report
 from libs.web.problems import ProblemError
@@ -94,10 +95,21 @@ CAMPAIGN_FIELDS = (
     "template_id",
     "html",
     "text",
+    "max_per_hour",
 )
 # What an edit may change (content, once copied from a template, is the campaign's own).
-EDITABLE = ("name", "subject", "from_email", "from_name", "list_id", "html", "text")
-OPTIONAL = ("from_name", "text")
+EDITABLE = ("name", "subject", "from_email", "from_name", "list_id", "html", "text", "max_per_hour")
+OPTIONAL = ("from_name", "text", "max_per_hour")
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _cap(value: str) -> int | str | None:
+    """The rate cap as typed: empty is no cap; digits a number; anything else is left as
+    text for the schema to refuse (and the form to show why)."""
+    value = value.strip().replace(",", "").replace(" ", "")
+    if not value:
+        return None
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 12 else value
 
 
 async def _campaign_form(request: Request) -> dict[str, str]:
@@ -166,20 +178,25 @@ async def create_campaign(request: Request, session: EditorPost) -> Response:
         for part in ("subject", "html", "text"):
             given.pop(part, None)
     given["tracking"] = values["tracking"] == "on"
+    if "max_per_hour" in given:
+        given["max_per_hour"] = _cap(given["max_per_hour"])
     try:
         body = CampaignCreate.model_validate(given)
         created = await campaigns.create_campaign(
             body, request.app.state.resources, session.as_caller()
         )
     except (ValidationError, ProblemError) as exc:
-        return await _editor(request, session, values, _errors_of(exc), status_code=422)
+        errors = _errors_of(exc)
+        if "audience" in errors:  # no list chosen: the form's audience is its list
+            errors.setdefault("list_id", errors.pop("audience"))
+        return await _editor(request, session, values, errors, status_code=422)
     return RedirectResponse(f"/console/campaigns/{created.id}", status_code=303)
 
 
 @router.get("/campaigns/{campaign_id}/edit")
 async def edit_campaign_form(request: Request, session: Viewer, campaign_id: UUID) -> Response:
     row = await _campaign_or_404(request, campaign_id)
-    values = {k: "" if row[k] is None else str(row[k]) for k in EDITABLE}
+    values = {k: "" if row.get(k) is None else str(row[k]) for k in EDITABLE}
     values["tracking"] = "on" if row["tracking"] else ""
     return await _editor(request, session, values, {}, campaign=row)
 
@@ -193,6 +210,14 @@ async def edit_campaign(request: Request, session: EditorPost, campaign_id: UUID
     for name in OPTIONAL:
         changes[name] = changes[name] if changes[name].strip() else None
     changes["tracking"] = values["tracking"] == "on"
+    if changes["list_id"] in ("", str(row["list_id"] or "")):
+        # Unchanged (or an audience the form cannot show as one list): a list_id would
+        # replace the whole audience by that one list.
+        del changes["list_id"]
+    if (cap := _cap(values["max_per_hour"])) != row["max_per_hour"]:
+        changes["max_per_hour"] = cap  # only a change is audited as one
+    else:
+        changes.pop("max_per_hour", None)
     try:
         body = CampaignUpdate.model_validate(changes)
         await campaigns.update_campaign(
@@ -242,7 +267,7 @@ async def campaign_detail(
     if delivery_status not in read_models.DELIVERY_FILTERS:
         delivery_status = None
     if address and address.strip():
-        found = await queries.delivery_for_email(db, campaign_id, row["list_id"], address)
+        found = await queries.delivery_for_email(db, campaign_id, row["audience"], address)
         deliveries = read_models.DeliveryPage(found, None)
     else:
         try:
@@ -258,6 +283,10 @@ async def campaign_detail(
         session,
         campaign=row,
         ab=ab,
+        audience_names=await queries.audience_names(db, row["audience"]),
+        audience_planned=await repository.audience_plan(db, campaign_id),
+        zone_plan=await queries.zones_of(db, row),
+        days=DAYS,
         progress=progress,
         rate=None,
         deliveries=deliveries,
@@ -393,6 +422,18 @@ async def schedule_preview(
     )
 
 
+def _window(start: str, end: str, days: list[str]) -> SendWindow | None:
+    """The send window of the schedule form (None when neither time is given); raises
+    ValueError with what is wrong."""
+    if not start.strip() and not end.strip():
+        return None
+    try:
+        return SendWindow(start=start.strip(), end=end.strip(), days=days or list(DAYS))
+    except ValidationError as exc:
+        message = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise ValueError(f"Send window: {message}") from None
+
+
 @router.post("/campaigns/{campaign_id}/schedule")
 async def schedule(
     request: Request,
@@ -402,14 +443,25 @@ async def schedule(
     at: Annotated[str, Form(max_length=20)] = "",
     timezone: Annotated[str, Form(max_length=64)] = "UTC",
     local_time: Annotated[bool, Form()] = False,
+    window_start: Annotated[str, Form(max_length=5)] = "",
+    window_end: Annotated[str, Form(max_length=5)] = "",
+    window_days: Annotated[list[str] | None, Form(max_length=7)] = None,
 ) -> Response:
     resources = request.app.state.resources
     instant, error = _when(day, at, timezone, datetime.now(UTC), local_time)
+    try:
+        window = _window(window_start, window_end, window_days or [])
+    except ValueError as exc:
+        error = error or str(exc)
     if error is None and instant is not None:
         if local_time:
-            body = ScheduleRequest(send_at=_wall(day, at), timezone=timezone, local_time=True)
+            body = ScheduleRequest(
+                send_at=_wall(day, at), timezone=timezone, local_time=True, send_window=window
+            )
         else:
-            body = ScheduleRequest(send_at=instant if day or at else None, timezone=timezone)
+            body = ScheduleRequest(
+                send_at=instant if day or at else None, timezone=timezone, send_window=window
+            )
         await campaigns.schedule_campaign(campaign_id, resources, session.as_caller(), body)
         return RedirectResponse(f"/console/campaigns/{campaign_id}", status_code=303)
     return render(request, "error.html", session, 422, message=error)
@@ -431,6 +483,37 @@ async def choose_winner(
         campaign_id, body, request.app.state.resources, session.as_caller()
     )
     return RedirectResponse(f"/console/campaigns/{campaign_id}", status_code=303)
+
+
+@router.post("/campaigns/{campaign_id}/rate-cap")
+async def rate_cap(
+    request: Request,
+    session: EditorPost,
+    campaign_id: UUID,
+    max_per_hour: Annotated[str, Form(max_length=20)] = "",
+) -> Response:
+    """Set or clear the campaign's rate cap, also while it sends (issue 17 item 4)."""
+    resources = request.app.state.resources
+    error = None
+    try:
+        body = CampaignUpdate.model_validate({"max_per_hour": _cap(max_per_hour)})
+        await campaigns.update_campaign(campaign_id, body, resources, session.as_caller())
+    except (ValidationError, ProblemError) as exc:
+        error = _errors_of(exc).get("max_per_hour") or next(iter(_errors_of(exc).values()))
+    row = await _campaign_or_404(request, campaign_id)
+    if request.headers.get("hx-request") != "true":
+        if error is not None:
+            return render(request, "error.html", session, 422, message=error)
+        return RedirectResponse(f"/console/campaigns/{campaign_id}", status_code=303)
+    return render(
+        request,
+        "_rate_cap.html",
+        session,
+        campaign=row,
+        typed=max_per_hour if error else None,
+        error=error,
+        saved=error is None,
+    )
 
 
 _ACTIONS = {

@@ -90,6 +90,8 @@ async def list_detail(
         next_cursor=next_cursor,
         email=email or "",
         imports=imports,
+        subscribe_url=f"{request.app.state.resources.settings.public_base_url()}/s/"
+        f"{row['public_id']}",
     )
 
 

@@ -11,6 +11,7 @@ from uuid import UUID
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Query, Response
 
+from libs.common.audience import Audience
 from libs.common.events import CampaignControl, CampaignScheduled, Topic
 from libs.common.logging import bound_contextvars, get_logger
 from libs.common.templating import (
@@ -23,7 +24,7 @@ from libs.common.templating import (
 )
 from libs.stats import read_models
 from libs.web.problems import FieldError, ProblemError, problem_responses
-from services.api import ab_repo, deletions_repo, repository
+from services.api import ab_repo, audiences, deletions_repo, repository
 from services.api.audit import Target, record_audit
 from services.api.deletion_rules import why_campaign_is_kept
 from services.api.deps import ApiResources, CanEdit, CanRead, Resources
@@ -36,6 +37,7 @@ from services.api.scheduling import (
     resolve_send_at,
 )
 from services.api.schemas import (
+    AudiencePlanned,
     CampaignCreate,
     CampaignOut,
     CampaignStatusName,
@@ -104,6 +106,37 @@ async def _require_list(resources: ApiResources, list_id: UUID) -> None:
         )
 
 
+async def _audience_columns(
+    resources: ApiResources, values: dict[str, Any], *, required: bool
+) -> dict[str, Any]:
+    """The campaign columns set by `audience` or its shorthand `list_id` in a body; {} when
+    neither is given (and not `required`)."""
+    raw, list_id = values.get("audience"), values.get("list_id")
+    if raw is not None:
+        audience, filters = await audiences.resolve(resources.db, raw)
+        if list_id is not None and list_id != audience.primary_list:
+            message = "must be the audience's first list, or left out"
+            raise ProblemError(
+                422,
+                f"list_id: {message}",
+                kind="validation",
+                errors=[FieldError(field="body.list_id", message=message)],
+            )
+        return audiences.columns(audience, filters)
+    if list_id is not None:
+        await _require_list(resources, list_id)
+        return audiences.columns(Audience.of_list(list_id), {})
+    if required:
+        message = "give the audience, or its shorthand list_id"
+        raise ProblemError(
+            422,
+            message,
+            kind="validation",
+            errors=[FieldError(field="body.audience", message=message)],
+        )
+    return {}
+
+
 async def campaign_with_stats(resources: ApiResources, row: dict[str, Any]) -> CampaignOut:
     zones: dict[str, Any] = {}
     if row.get("local_time") or row.get("send_window") is not None:
@@ -114,12 +147,15 @@ async def campaign_with_stats(resources: ApiResources, row: dict[str, Any]) -> C
                 "invalid_timezones": invalid,
                 "waiting_by_zone": [ZoneWaiting(**w) for w in waiting],
             }
+    planned = await repository.audience_plan(resources.db, row["id"])
+    if planned is not None:
+        zones["audience_planned"] = AudiencePlanned(**planned)
     report = await read_models.campaign_report(resources.db, row["id"])
     if report is not None:
         return CampaignOut(**row, **zones, stats=StatsOut(**report))
-    # Not planned yet: the audience is the list as it is now.
-    list_size = await repository.recipient_count(resources.db, row["list_id"])
-    stats = StatsOut(**campaign_stats(None, list_size).as_dict())
+    # Not planned yet: the audience as it is now (0 when it cannot be counted in time).
+    size = 0 if planned is not None else await audiences.count_now(resources.db, row)
+    stats = StatsOut(**campaign_stats(None, size or 0).as_dict())
     return CampaignOut(**row, **zones, stats=stats)
 
 
@@ -142,11 +178,12 @@ async def _editable_or_problem(resources: ApiResources, campaign_id: UUID, actio
     responses=problem_responses(401, 403, 413, 422),
 )
 async def create_campaign(body: CampaignCreate, resources: Resources, _: CanEdit) -> CampaignOut:
-    """Content inline (subject, html, text) or copied from a template (template_id)."""
+    """Content inline (subject, html, text) or copied from a template (template_id); the
+    audience, or its shorthand `list_id`."""
     values = await resolve_campaign_content(resources.db, body.model_dump())
     check_templates(values)
     await refuse_costly_templates(resources, values)
-    await _require_list(resources, body.list_id)
+    values.update(await _audience_columns(resources, values, required=True))
     values["provider"] = body.provider or resources.settings.default_provider
     row = await repository.insert_campaign(resources.db, values)
     log.info("campaign created", campaign_id=str(row["id"]))
@@ -184,11 +221,14 @@ async def get_campaign(campaign_id: UUID, resources: Resources, _: CanRead) -> C
     responses=problem_responses(401, 403, 404, 409, 413, 422),
 )
 async def update_campaign(
-    campaign_id: UUID, body: CampaignUpdate, resources: Resources, _: CanEdit
+    campaign_id: UUID, body: CampaignUpdate, resources: Resources, caller: CanEdit
 ) -> CampaignOut:
-    """Edit while draft or scheduled; a running campaign sends its frozen content."""
+    """Edit while draft or scheduled; a running campaign sends its frozen content. The rate
+    cap (`max_per_hour`), given alone, may change until the campaign has ended."""
     changes = body.model_dump(exclude_unset=True)
-    for required in ("name", "subject", "html", "from_email", "list_id", "provider", "tracking"):
+    for required in (
+        "name", "subject", "html", "from_email", "list_id", "audience", "provider", "tracking"
+    ):  # fmt: skip
         if required in changes and changes[required] is None:
             raise ProblemError(
                 422,
@@ -198,17 +238,26 @@ async def update_campaign(
             )
     check_templates(changes)
     await refuse_costly_templates(resources, changes)
-    if changes.get("list_id") is not None:
-        await _require_list(resources, changes["list_id"])
+    changes.update(await _audience_columns(resources, changes, required=False))
     if not changes:
         row = await repository.get_campaign(resources.db, campaign_id)
         if row is None:
             raise not_found("campaign", campaign_id)
         return await campaign_with_stats(resources, row)
-    updated = await repository.update_campaign_content(resources.db, campaign_id, changes)
-    if updated is None:
-        await _editable_or_problem(resources, campaign_id, "edit")
-    assert updated is not None
+    async with resources.db.acquire() as conn, conn.transaction():
+        updated = await repository.update_campaign_content(conn, campaign_id, changes)
+        if updated is None:
+            await _editable_or_problem(resources, campaign_id, "edit")
+        assert updated is not None
+        if "max_per_hour" in changes:
+            # A cap changes what a running campaign does: who changed it, and to what.
+            await record_audit(
+                conn,
+                caller.actor,
+                "campaign.rate_cap",
+                Target("campaign", str(campaign_id)),
+                {"max_per_hour": changes["max_per_hour"], "status": updated["status"]},
+            )
     log.info("campaign edited", campaign_id=str(campaign_id), fields=sorted(changes))
     return await campaign_with_stats(resources, updated)
 
@@ -242,6 +291,9 @@ async def schedule_campaign(
         if current is not None:
             await refuse_costly_templates(resources, current, where="campaign")
         async with resources.db.acquire() as conn, conn.transaction():
+            locked = await repository.get_campaign(conn, campaign_id, lock=True)
+            if locked is not None:  # its audience as it is now: a PATCH waits for us
+                await _copy_segment_filters(conn, locked)
             window = request.send_window.model_dump() if request.send_window else None
             row = await repository.mark_scheduled(
                 conn, campaign_id, send_at, timezone, local_send_at, window
@@ -289,6 +341,16 @@ async def schedule_campaign(
     return scheduled
 
 
+async def _copy_segment_filters(conn: repository.Executor, row: dict[str, Any]) -> None:
+    """Copy the filters of the audience's segments, as they are now, into the campaign: the
+    scheduler plans from this copy (docs/design.md, "Campaign audiences"). A segment deleted
+    since the audience was set is a 422 naming it."""
+    if not row["audience"]["segments"] and not row["audience"]["exclude_segments"]:
+        return
+    _, filters = await audiences.resolve(conn, row["audience"], where="campaign.audience")
+    await repository.set_audience_filters(conn, row["id"], filters)
+
+
 @router.post(
     "/{campaign_id}/unschedule",
     response_model=CampaignOut,
@@ -326,7 +388,11 @@ async def duplicate_campaign(campaign_id: UUID, resources: Resources, _: CanEdit
     source = await repository.get_campaign(resources.db, campaign_id)
     if source is None:
         raise not_found("campaign", campaign_id)
-    copy = {**source, "name": f"{source['name']} (copy)"[:200]}
+    copy = {
+        **source,
+        "name": f"{source['name']} (copy)"[:200],
+        "audience_filters": await repository.audience_filters(resources.db, campaign_id),
+    }
     async with resources.db.acquire() as conn, conn.transaction():
         row = await repository.insert_campaign(conn, copy)
         # Its A/B test too (settings and variants, a new seed, no decision).
@@ -346,7 +412,7 @@ async def preview_campaign(
     _: CanRead,
     recipient: Annotated[
         str | None,
-        Query(max_length=320, description="Email or id of a recipient in the campaign's list."),
+        Query(max_length=320, description="Email or id of a recipient of the campaign's audience."),
     ] = None,
 ) -> PreviewOut:
     """The subject, HTML and text as `recipient` would get them (empty merge fields if none)."""
@@ -357,6 +423,10 @@ async def preview_campaign(
     email = None
     if recipient:
         found = await repository.find_recipient(resources.db, row["list_id"], recipient)
+        audience = row["audience"]
+        if found is None and (len(audience["lists"]) > 1 or audience["segments"]):
+            # Its row may be on another list of the audience, or matched by a segment.
+            found = await repository.find_recipient(resources.db, None, recipient)
         if found is None:
             raise ProblemError(
                 404, f"no recipient {recipient!r} in the campaign's list", kind="not-found"

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import codecs
+from typing import get_args
 from uuid import UUID, uuid4
 
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Request, Response
+from pydantic import ValidationError
 
 from libs.common.blobs import UploadTooLarge, blob_ref
-from libs.common.events import ColumnMapping, ImportRequested, Topic
+from libs.common.events import (
+    ColumnMapping,
+    ConsentBasis,
+    ConsentStatement,
+    ImportRequested,
+    Topic,
+)
 from libs.common.logging import bound_contextvars, get_logger
 from libs.web.problems import FieldError, ProblemError, problem_responses
 from services.api import deletions_repo, repository
@@ -59,6 +67,16 @@ _UPLOAD_BODY = {
                             "type": "string",
                             "description": "Sheet of a workbook to import; the first if omitted.",
                         },
+                        "consent_basis": {
+                            "type": "string",
+                            "enum": list(get_args(ConsentBasis)),
+                            "description": "The legal basis of the rows (recorded once).",
+                        },
+                        "consent_source": {
+                            "type": "string",
+                            "maxLength": 40,
+                            "description": "Where their consent was collected.",
+                        },
                     },
                 }
             }
@@ -74,7 +92,9 @@ _UPLOAD_BODY = {
     responses=problem_responses(401, 403, 413, 422),
 )
 async def create_list(body: ListCreate, resources: Resources, _: CanEdit) -> ListOut:
-    row = await repository.insert_list(resources.db, body.name, body.default_timezone)
+    settings = body.model_dump(include=set(repository.LIST_SETTINGS), exclude_none=True)
+    _check_double_opt_in(settings.get("opt_in"), settings.get("confirmation_from_email"))
+    row = await repository.insert_list(resources.db, body.name, body.default_timezone, settings)
     log.info("list created", list_id=str(row["id"]))
     return ListOut(**row, recipient_count=0)
 
@@ -105,24 +125,38 @@ async def get_list(list_id: UUID, resources: Resources, _: CanRead) -> ListOut:
 async def update_list(
     list_id: UUID, body: ListUpdate, resources: Resources, caller: CanEdit
 ) -> ListOut:
-    """Rename a list, or set its `default_timezone` (null clears it). A campaign already
-    planned keeps the zones it was planned with."""
+    """Rename a list, set its `default_timezone` (null clears it) or its subscription
+    settings (opt-in, confirmation sender, editable fields, consent text). A campaign
+    already planned keeps the zones it was planned with."""
     changes = body.model_dump(exclude_unset=True)
-    if changes.get("name", "") is None:
-        raise ProblemError(
-            422,
-            "name cannot be null",
-            kind="validation",
-            errors=[FieldError(field="body.name", message="cannot be null")],
-        )
+    for name in ("name", "opt_in", "editable_fields", "consent_text"):
+        if name in changes and changes[name] is None:
+            raise ProblemError(
+                422,
+                f"{name} cannot be null",
+                kind="validation",
+                errors=[FieldError(field=f"body.{name}", message="cannot be null")],
+            )
     async with resources.db.acquire() as conn, conn.transaction():
         row = await repository.update_list(conn, list_id, changes)
         if row is None:
             raise not_found("list", list_id)
+        _check_double_opt_in(row["opt_in"], row["confirmation_from_email"])
         await record_audit(conn, caller.actor, "list.update", Target("list", str(list_id)), changes)
     log.info("list updated", list_id=str(list_id), fields=sorted(changes))
     count = await repository.recipient_count(resources.db, list_id)
     return ListOut(**row, recipient_count=count)
+
+
+def _check_double_opt_in(opt_in: str | None, sender: str | None) -> None:
+    if opt_in == "double" and not sender:
+        raise ProblemError(
+            422,
+            "a double opt-in list needs confirmation_from_email: the sender of its"
+            " confirmation emails",
+            kind="validation",
+            errors=[FieldError(field="body.confirmation_from_email", message="required")],
+        )
 
 
 @router.delete(
@@ -168,7 +202,8 @@ async def import_file(
     list_id: UUID, request: Request, resources: Resources, _: CanEdit
 ) -> ImportAccepted:
     """Upload a CSV or XLSX (multipart field `file`; optional fields `email_column`,
-    `encoding`, `delimiter`, `sheet`); the importer loads it in the background."""
+    `encoding`, `delimiter`, `sheet`, `consent_basis` and `consent_source`); the importer
+    loads it in the background."""
     limit = resources.settings.max_upload_bytes
     _refuse_declared_oversize(request, limit)
     if not await repository.list_exists(resources.db, list_id):
@@ -193,6 +228,11 @@ async def import_file(
         except ProblemError:
             await resources.blobs.delete(blob_id)
             raise
+        try:
+            consent = _consent_of(upload.fields)
+        except ProblemError:
+            await resources.blobs.delete(blob_id)
+            raise
         await repository.insert_import_request(resources.db, import_id, list_id, blob_id, filename)
         event = ImportRequested(
             import_id=import_id,
@@ -203,6 +243,7 @@ async def import_file(
             encoding=encoding,
             delimiter=delimiter,
             sheet=sheet,
+            consent=consent,
         )
         try:
             await resources.events.send(Topic.IMPORT_REQUESTED, str(list_id), event)
@@ -267,6 +308,24 @@ def _import_options(fields: dict[str, str]) -> tuple[str | None, str | None, str
     if errors:
         raise ProblemError(422, "invalid import options", kind="validation", errors=errors)
     return encoding, delimiter, sheet
+
+
+def _consent_of(fields: dict[str, str]) -> ConsentStatement | None:
+    """The consent basis an upload states for its rows (`consent_basis`, `consent_source`)."""
+    basis = fields.get("consent_basis", "").strip()
+    if not basis:
+        return None
+    try:
+        return ConsentStatement.model_validate(
+            {"basis": basis, "source": fields.get("consent_source", "").strip() or None}
+        )
+    except ValidationError as exc:
+        raise ProblemError(
+            422,
+            "invalid consent basis: one of " + ", ".join(get_args(ConsentBasis)),
+            kind="validation",
+            errors=[FieldError(field="body.consent_basis", message="unknown basis or source")],
+        ) from exc
 
 
 def _too_large(limit: int) -> ProblemError:

@@ -7,13 +7,16 @@ importer judges them, and suppressed addresses are refused.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 from uuid import UUID
 
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Path, Query, Response
 
 from libs.common import suppressions
 from libs.common.addresses import InvalidAddress, normalised_address
+from libs.common.events import ContactEvent, Topic
 from libs.common.logging import get_logger
 from libs.web.problems import FieldError, ProblemError, problem_responses
 from services.api import recipients_repo, repository
@@ -111,15 +114,40 @@ async def add_recipient(
     email = _address(body.email, "body.email")
     await _require_list(resources, list_id)
     await _refuse_suppressed(resources, email)
-    try:
-        row = await recipients_repo.insert_recipient(resources.db, list_id, email, body.fields)
-    except recipients_repo.ListGone as exc:  # the list was deleted meanwhile
-        raise not_found("list", list_id) from exc
+    async with resources.db.acquire() as conn, conn.transaction():
+        try:
+            row = await recipients_repo.insert_recipient(conn, list_id, email, body.fields)
+        except recipients_repo.ListGone as exc:  # the list was deleted meanwhile
+            raise not_found("list", list_id) from exc
+        if row is not None and body.consent is not None:
+            await recipients_repo.record_consent(
+                conn, list_id, email, body.consent.basis, body.consent.source or "api"
+            )
     if row is None:
         existing = await recipients_repo.find_by_email(resources.db, list_id, email)
         raise _taken(email, list_id, existing["id"] if existing else None)
     log.info("recipient added", list_id=str(list_id), recipient_id=row["id"])
+    await _publish_joined(resources, list_id, row["id"], email)
     return RecipientOut(**row)
+
+
+async def _publish_joined(
+    resources: ApiResources, list_id: UUID, recipient_id: int, email: str
+) -> None:
+    """`contact.event` `joined` (source `api`): what starts the list's automations. The
+    recipient is added whatever the broker does: a failed publish is logged (and counted by
+    the producer's metrics), not turned into an error for a change already committed."""
+    event = ContactEvent(
+        event_id=f"api-joined:{list_id}:{recipient_id}", action="joined", email=email,
+        list_id=list_id, source="api", occurred_at=datetime.now(UTC),
+    )  # fmt: skip
+    try:
+        await resources.events.send(Topic.CONTACT_EVENT, email, event)
+    except (KafkaError, ProblemError) as exc:
+        log.warning(
+            "joined event not published; the list's automations will not start for them",
+            list_id=str(list_id), recipient_id=recipient_id, error=repr(exc),
+        )  # fmt: skip
 
 
 @router.delete(

@@ -166,10 +166,20 @@ async def update_segment(
     "/{segment_id}",
     status_code=204,
     response_class=Response,
-    responses=problem_responses(401, 403, 404, 422),
+    responses=problem_responses(401, 403, 404, 409, 422),
 )
 async def delete_segment(segment_id: UUID, resources: Resources, caller: CanEdit) -> Response:
+    """A segment that a draft or scheduled campaign's audience names is kept (409): the
+    campaign copies its filter when it is scheduled."""
     async with resources.db.acquire() as conn, conn.transaction():
+        using = await segments_repo.campaigns_to_plan_with(conn, segment_id)
+        if using:
+            raise ProblemError(
+                409,
+                f"cannot delete: {using} draft or scheduled campaign(s) name this segment in"
+                " their audience; change their audience first",
+                kind="segment-in-use",
+            )
         if not await segments_repo.delete_segment(conn, segment_id):
             raise not_found("segment", segment_id)
         await record_audit(conn, caller.actor, "segment.delete", Target("segment", str(segment_id)))

@@ -136,6 +136,36 @@ async def _plant_message_and_webhook(pool: asyncpg.Pool, address: str) -> None:
     )
 
 
+async def _plant_automation_run(pool: asyncpg.Pool, address: str) -> None:
+    """A welcome series the address is in, its first step sent (outbox body and all)."""
+    automation = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO automations (id, name, trigger_kind, trigger_event)"
+        " VALUES ($1, 'rights', 'event', 'trial_started')",
+        automation,
+    )
+    run = await pool.fetchval(
+        "INSERT INTO automation_runs (automation_id, version, enrol_key, email, trigger, data,"
+        " due_at, started_at) VALUES ($1, 1, $2, $2, 'event', $3, now(), now()) RETURNING id",
+        automation,
+        address,
+        {"email": address, "plan": "pro"},
+    )
+    await pool.execute(
+        "INSERT INTO automation_steps (run_id, step, kind, outcome, done_at)"
+        " VALUES ($1, 0, 'send', 'sent', now())",
+        run,
+    )
+    await pool.execute(
+        "INSERT INTO automation_outbox (message_id, run_id, step, key, payload)"
+        " VALUES ($1, $2, 0, $3, $4)",
+        uuid.uuid4(),
+        run,
+        address,
+        {"to": address, "data": {"email": address}},
+    )
+
+
 async def _plant_history(pool: asyncpg.Pool, list_id: str, address: str) -> uuid.UUID:
     """What the tracker and dispatcher would have written after a campaign mailed it."""
     rid = await pool.fetchval(
@@ -213,6 +243,7 @@ async def test_export_then_erase_leaves_nothing_and_the_person_never_returns(
     assert added.status_code == 201
     await _plant_history(pool, list_a, address)
     await _plant_message_and_webhook(pool, address)
+    await _plant_automation_run(pool, address)
     saved = await api.client.post(
         "/api/v1/segments",
         json={"name": "her", "filter": {"field": "email", "op": "eq", "value": address}},
@@ -277,6 +308,7 @@ async def test_export_then_erase_leaves_nothing_and_the_person_never_returns(
         "segments": 1,
         "messages": 1,
         "webhook_deliveries": 1,
+        "automation_runs": 1,
         "suppression_replaced": "manual",
         "pending_uploads": 0,
     }

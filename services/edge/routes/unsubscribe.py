@@ -1,13 +1,22 @@
-"""One-click unsubscribe links (`/u/{token}`, RFC 8058): a confirmation page and the POST.
+"""Unsubscribe links (`/u/{token}`): the preference centre, and the one-click POST (RFC 8058).
 
 `/unsubscribe/{token}` is the same, for links written before `/u/`. The edge verifies the
-token's signature and publishes a `contact.event`; the tracker resolves the address that
-was mailed from its delivery log and suppresses it, exactly once. Nothing here needs the
-database or the admin API, so unsubscribing works while either is down.
+token's signature. The POST to the link itself (one-click, or "unsubscribe from all lists"
+on the page) publishes a `contact.event` `unsubscribe`; the tracker resolves the address
+that was mailed from its delivery log and suppresses it, exactly once. It needs neither
+the database nor the admin API, so unsubscribing works while either is down.
+
+The GET page is the preference centre: it reads the recipient the link names (the
+`edge_recipients` view; display only) to offer leaving this list, joining it again, and
+editing the list's editable fields; those post to `/u/{token}/leave|join|preferences` and
+publish `left`, `subscribed` (source `preferences`) and `preferences`, which the importer
+folds. Without the database the page falls back to the plain unsubscribe button.
 """
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from aiokafka.errors import KafkaError
@@ -19,7 +28,10 @@ from libs.common.logging import get_logger
 from libs.common.unsubscribe import BadToken, UnsubscribeTarget, read_token
 from libs.web.problems import ProblemError, problem_responses
 from services.edge.deps import EdgeResources, Resources
-from services.edge.metrics import UNSUBSCRIBES
+from services.edge.directory import Member, Unavailable
+from services.edge.metrics import PREFERENCE_ACTIONS, UNSUBSCRIBES
+from services.edge.routes.subscribe import BadPost, client_of, parse_post, read_body
+from services.edge.subscription_pages import preference_page, subscribe_accepted_page, text_page
 from services.edge.unsubscribe_page import confirm_page, done_page
 
 log = get_logger(__name__)
@@ -45,9 +57,150 @@ def _target(resources: EdgeResources, token: str) -> UnsubscribeTarget:
 @router.get("/u/{token}", response_class=HTMLResponse, responses=problem_responses(404, 503))
 @router.get("/unsubscribe/{token}", response_class=HTMLResponse, include_in_schema=False)
 async def confirm(token: str, request: Request, resources: Resources) -> HTMLResponse:
-    """The page a reader sees when following the link: a button that confirms."""
-    _target(resources, token)
-    return HTMLResponse(confirm_page(request.url.path))
+    """The preference centre (the page a reader sees when following the link); without
+    the database, a button that unsubscribes from everything."""
+    target = _target(resources, token)
+    member = await _member(resources, target)
+    if member is None:
+        return HTMLResponse(confirm_page(request.url.path), headers=_NO_STORE)
+    page = _preferences(f"/u/{token}", member, unsubscribe_path=request.url.path)
+    return HTMLResponse(page, headers=_NO_STORE)
+
+
+_NO_STORE = {"Cache-Control": "no-store"}
+MAX_PREFERENCES_BODY = 8 * 1024
+
+
+def _preferences(
+    base_path: str, member: Member, notice: str | None = None, unsubscribe_path: str | None = None
+) -> str:
+    return preference_page(
+        base_path,
+        email=member.email,
+        list_name=member.list_name,
+        status=member.status,
+        opt_in=member.opt_in,
+        editable_fields=member.editable_fields,
+        fields=member.fields,
+        notice=notice,
+        unsubscribe_path=unsubscribe_path,
+        suppressed=member.suppressed,
+    )
+
+
+async def _member(resources: EdgeResources, target: UnsubscribeTarget) -> Member | None:
+    if target.recipient_id <= 0:
+        return None  # a transactional message's link: no list
+    try:
+        return await resources.directory.member(target.recipient_id)
+    except Unavailable:
+        return None
+
+
+async def _member_or_page(
+    resources: EdgeResources, token: str, request: Request
+) -> tuple[Member, str] | HTMLResponse:
+    target = _target(resources, token)
+    if not resources.per_ip.take(client_of(request, resources)):
+        page = text_page("Please wait", "Too many requests; try again in a minute.")
+        return HTMLResponse(page, status_code=429, headers={"Retry-After": "60"})
+    member = await _member(resources, target)
+    if member is None:
+        page = text_page(
+            "Not available now",
+            "Your preferences cannot be changed right now; please try again later, or use"
+            " the unsubscribe button of the link's page.",
+        )
+        return HTMLResponse(page, status_code=503, headers=_NO_STORE)
+    return member, f"/u/{token}"
+
+
+async def _publish_contact(resources: EdgeResources, event: ContactEvent) -> None:
+    try:
+        await resources.events.send(Topic.CONTACT_EVENT, event.email or "", event)
+    except KafkaError as exc:
+        raise ProblemError(503, "could not record the request; please try again") from exc
+    PREFERENCE_ACTIONS.labels(event.action).inc()
+
+
+@router.post("/u/{token}/leave", response_class=HTMLResponse, include_in_schema=False)
+async def leave(token: str, request: Request, resources: Resources) -> HTMLResponse:
+    """Leave the list the message was sent for (other lists and mail stay)."""
+    found = await _member_or_page(resources, token, request)
+    if isinstance(found, HTMLResponse):
+        return found
+    member, base = found
+    await _publish_contact(
+        resources,
+        ContactEvent(
+            event_id=f"left:{uuid.uuid4()}",
+            action="left",
+            email=member.email,
+            list_id=member.list_id,
+            occurred_at=datetime.now(UTC),
+            source="preferences",
+        ),
+    )
+    log.info("left a list", list_id=str(member.list_id))
+    shown = replace(member, status="unsubscribed")
+    return HTMLResponse(
+        _preferences(base, shown, f"You left {member.list_name}."), headers=_NO_STORE
+    )
+
+
+@router.post("/u/{token}/join", response_class=HTMLResponse, include_in_schema=False)
+async def join(token: str, request: Request, resources: Resources) -> HTMLResponse:
+    """Join the list again (a fresh confirmation on a double opt-in list)."""
+    found = await _member_or_page(resources, token, request)
+    if isinstance(found, HTMLResponse):
+        return found
+    member, _ = found
+    if resources.per_address.take(member.email):
+        await _publish_contact(
+            resources,
+            ContactEvent(
+                event_id=f"subscribe:{uuid.uuid4()}",
+                action="subscribed",
+                email=member.email,
+                list_id=member.list_id,
+                data={
+                    "ip": client_of(request, resources),
+                    "user_agent": request.headers.get("user-agent", "")[:512],
+                },
+                occurred_at=datetime.now(UTC),
+                source="preferences",
+            ),
+        )
+    return HTMLResponse(subscribe_accepted_page(member.opt_in), headers=_NO_STORE)
+
+
+@router.post("/u/{token}/preferences", response_class=HTMLResponse, include_in_schema=False)
+async def preferences(token: str, request: Request, resources: Resources) -> HTMLResponse:
+    """Save the list's editable fields."""
+    found = await _member_or_page(resources, token, request)
+    if isinstance(found, HTMLResponse):
+        return found
+    member, base = found
+    try:
+        posted, _ = parse_post(await read_body(request), "application/x-www-form-urlencoded")
+    except BadPost as exc:
+        return HTMLResponse(text_page("Not saved", str(exc)), status_code=422)
+    changed = {k: posted[k].strip() for k in member.editable_fields if k in posted}
+    if changed:
+        await _publish_contact(
+            resources,
+            ContactEvent(
+                event_id=f"preferences:{uuid.uuid4()}",
+                action="preferences",
+                email=member.email,
+                list_id=member.list_id,
+                data={"fields": changed},
+                occurred_at=datetime.now(UTC),
+                source="preferences",
+            ),
+        )
+    shown = replace(member, fields=member.fields | changed)
+    return HTMLResponse(_preferences(base, shown, "Your details are saved."), headers=_NO_STORE)
 
 
 @router.post("/u/{token}", response_class=HTMLResponse, responses=problem_responses(404, 503))

@@ -161,3 +161,40 @@ async def test_a_rejected_row_with_a_bare_carriage_return_is_kept(pool: asyncpg.
         "SELECT raw FROM import_rejections WHERE import_id = $1 AND line = 2", state.import_id
     )
     assert "\r" in raw
+
+
+async def test_rows_carry_the_import_that_inserted_them(pool: asyncpg.Pool) -> None:
+    """What services/automations enrols on `import.completed`: the rows an import inserted
+    (by COPY into an empty list, by the upsert into a list with rows), not those it only
+    updated, nor those added otherwise."""
+    list_id = await _new_list(pool)
+    await pool.execute(
+        "INSERT INTO recipients (list_id, email) VALUES ($1, 'by-api@example.com')", list_id
+    )
+    first = await _import(pool, list_id, b"email\na@example.com\nb@example.com\n")
+    second = await _import(pool, list_id, b"email\nb@example.com\nc@example.com\n")
+    assert (first.rows_imported, second.rows_imported, second.rows_updated) == (2, 1, 1)
+    rows = await pool.fetch("SELECT email, import_id FROM recipients WHERE list_id = $1", list_id)
+    by_email = {r["email"]: r["import_id"] for r in rows}
+    assert by_email == {
+        "by-api@example.com": None,
+        "a@example.com": first.import_id,
+        "b@example.com": first.import_id,
+        "c@example.com": second.import_id,
+    }
+    # Empty list: the direct COPY path.
+    fresh = await _new_list(pool)
+    copied = await _import(pool, fresh, b"email\nd@example.com\n")
+    assert (
+        await pool.fetchval("SELECT import_id FROM recipients WHERE list_id = $1", fresh)
+        == copied.import_id
+    )
+    # Outside an import's transaction the default is NULL again on the same connection.
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO recipients (list_id, email) VALUES ($1, 'e@example.com')", fresh
+        )
+        assert (
+            await conn.fetchval("SELECT import_id FROM recipients WHERE email = 'e@example.com'")
+            is None
+        )

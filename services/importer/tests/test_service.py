@@ -15,7 +15,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from libs.common.blobs import BlobStore, blob_ref
-from libs.common.events import ColumnMapping, ImportProgress, ImportRequested, Topic
+from libs.common.events import (
+    ColumnMapping,
+    ConsentStatement,
+    ImportProgress,
+    ImportRequested,
+    Topic,
+)
 from libs.common.kafka import EventProducer
 from libs.common.service import ServiceContext
 from libs.common.settings import Settings
@@ -296,3 +302,28 @@ async def test_imports_of_one_list_are_serialised(harness: Harness) -> None:
     second = await harness.request(list_id, data)
     jobs = [await harness.finished(first.import_id), await harness.finished(second.import_id)]
     assert [(j["rows_imported"], j["rows_updated"]) for j in jobs] == [(2000, 0), (0, 2000)]
+
+
+async def test_an_import_records_the_consent_basis_it_states(
+    harness: Harness, pool: asyncpg.Pool
+) -> None:
+    list_id = await harness.new_list()
+    data = b"email\nann@example.com\nbob@example.com\n"
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield data
+
+    blob_id = await harness.blobs.write("people.csv", None, chunks(), max_bytes=len(data) + 1)
+    event = ImportRequested(
+        import_id=uuid.uuid4(),
+        list_id=list_id,
+        file_ref=blob_ref(blob_id),
+        consent=ConsentStatement(basis="legitimate_interest", source="fair-2030"),
+    )
+    await harness.producer.send(Topic.IMPORT_REQUESTED, str(list_id), event)
+    job = await harness.finished(event.import_id)
+    assert job["status"] == "completed", job["error"]
+    rows = await pool.fetch("SELECT * FROM consents WHERE list_id = $1", list_id)
+    assert [(r["import_id"], r["basis"], r["source"], r["email"]) for r in rows] == [
+        (event.import_id, "legitimate_interest", "fair-2030", None)
+    ]

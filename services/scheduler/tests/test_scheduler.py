@@ -276,3 +276,48 @@ async def test_addresses_suppressed_after_planning_are_marked_at_emit(pool: asyn
             b.batch_no: b.suppressed_ids for b in batches.batches if b.campaign_id == campaign_id
         }
     assert marked == {0: [late[0]["id"]], 1: [late[1]["id"], late[2]["id"]], 2: []}
+
+
+async def test_only_active_recipients_are_planned(pool: asyncpg.Pool) -> None:
+    """Unconfirmed (double opt-in) and unsubscribed (left the list) recipients are neither
+    counted in the audience nor planned (issue 15 item 3)."""
+    campaign_id = await seed_campaign(pool, recipients=6)
+    ids = await pool.fetch(
+        "SELECT r.id FROM recipients r JOIN campaigns c ON c.list_id = r.list_id"
+        " WHERE c.id = $1 ORDER BY r.id",
+        campaign_id,
+    )
+    await pool.execute(
+        "UPDATE recipients SET status = CASE WHEN id = $1 THEN 'unsubscribed' ELSE 'unconfirmed'"
+        " END WHERE id = ANY($2::bigint[])",
+        ids[0]["id"],
+        [ids[0]["id"], ids[1]["id"], ids[2]["id"]],
+    )
+    plan = await ScheduleRepository(pool).claim_and_plan(campaign_id, 5)
+    assert plan is not None and plan.audience_total == 3
+    planned = await pool.fetchval(
+        "SELECT array_agg(rid ORDER BY rid) FROM batch_plans, unnest(recipient_ids) AS rid"
+        " WHERE campaign_id = $1",
+        campaign_id,
+    )
+    assert planned == [r["id"] for r in ids[3:]]
+
+
+async def test_who_left_the_list_after_planning_is_marked_at_emit(pool: asyncpg.Pool) -> None:
+    """Leaving a list in the preference centre during a long campaign reaches every batch
+    emitted after it, as an unsubscribe does (reported `suppressed`, never mailed)."""
+    campaign_id = await seed_campaign(pool, recipients=7)
+    repo = ScheduleRepository(pool)
+    plan = await repo.claim_and_plan(campaign_id, 5)
+    assert plan is not None
+    left = await pool.fetchval(
+        "UPDATE recipients SET status = 'unsubscribed' WHERE id = (SELECT r.id FROM recipients r"
+        " JOIN campaigns c ON c.list_id = r.list_id WHERE c.id = $1 ORDER BY r.id OFFSET 5"
+        " LIMIT 1) RETURNING id",
+        campaign_id,
+    )
+    async with repo.batches_to_emit(datetime.now(UTC), 10_000) as batches:
+        marked = {
+            b.batch_no: b.suppressed_ids for b in batches.batches if b.campaign_id == campaign_id
+        }
+    assert marked == {0: [], 1: [left]}
