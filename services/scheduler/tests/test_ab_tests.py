@@ -352,3 +352,37 @@ async def test_a_zoned_plan_is_split_by_variant_too(pool: asyncpg.Pool) -> None:
     assert sizes == {"A": 27, "B": 27, None: 36}
     # One batch per zone and group: each batch is of one zone and one variant.
     assert len(rows) == len({(r["zone"], r["variant"]) for r in rows}) == 6
+
+
+async def test_the_split_covers_an_audience_of_two_lists_once_each(pool: asyncpg.Pool) -> None:
+    """Over the audience builder's rows (lists minus exclusions, one row per address): an
+    address on both lists is in one group only, and the groups stay even."""
+    first = await seed_list(pool, 30)
+    second = await seed_list(pool, 30)
+    # Ten addresses of the first list are on the second too.
+    await pool.execute(
+        "UPDATE recipients SET email = f.email FROM ("
+        "  SELECT email, row_number() OVER (ORDER BY id) AS n FROM recipients"
+        "   WHERE list_id = $1) f,"
+        " (SELECT id, row_number() OVER (ORDER BY id) AS n FROM recipients"
+        "   WHERE list_id = $2) s"
+        " WHERE recipients.id = s.id AND s.n = f.n AND f.n <= 10",
+        first,
+        second,
+    )
+    campaign_id = await ab_campaign(pool, first, share=0.4)
+    await pool.execute(
+        "UPDATE campaigns SET audience = $2 WHERE id = $1",
+        campaign_id,
+        {"lists": [str(first), str(second)]},
+    )
+    plan = await ScheduleRepository(pool).claim_and_plan(campaign_id, 100, now=T0)
+    assert plan is not None and plan.audience_total == 50
+    planned = await groups(pool, campaign_id)
+    assert {v: len(ids) for v, ids in planned.items()} == {"A": 7, "B": 7, "C": 6, None: 30}
+    emails = await pool.fetch(
+        "SELECT r.email FROM batch_plans b CROSS JOIN LATERAL unnest(b.recipient_ids) AS m(rid)"
+        " JOIN recipients r ON r.id = m.rid WHERE b.campaign_id = $1",
+        campaign_id,
+    )
+    assert len(emails) == len({r["email"] for r in emails}) == 50
