@@ -67,6 +67,9 @@ async def test_the_campaign_page_shows_the_test_per_variant(console: Console) ->
         await db.execute("DELETE FROM ab_tests WHERE campaign_id = $1", decided)
         plain = await client.get(f"/console/campaigns/{decided}")
         assert plain.status_code == 200 and 'id="ab-test"' not in plain.text
+    await db.execute(
+        "UPDATE campaigns SET status = 'completed' WHERE id = ANY($1::uuid[])", [undecided, decided]
+    )
 
 
 async def test_an_editor_picks_the_winner_from_the_page(console: Console) -> None:
@@ -102,3 +105,4 @@ async def test_an_editor_picks_the_winner_from_the_page(console: Console) -> Non
         str(campaign_id),
     )
     assert audited == 1
+    await db.execute("UPDATE campaigns SET status = 'completed' WHERE id = $1", campaign_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -86,6 +87,15 @@ async def ab_campaign(
             f"From {name}",
         )
     return campaign_id
+
+
+@pytest.fixture(autouse=True)
+async def finished_after(pool: asyncpg.Pool) -> AsyncIterator[None]:
+    """Leave no A/B campaign in progress in the shared database (other tests list them)."""
+    yield
+    await pool.execute(
+        "UPDATE campaigns SET status = 'completed' WHERE name = 'ab' AND status <> 'completed'"
+    )
 
 
 async def groups(pool: asyncpg.Pool, campaign_id: uuid.UUID) -> dict[str | None, set[int]]:
@@ -374,7 +384,12 @@ async def test_the_split_covers_an_audience_of_two_lists_once_each(pool: asyncpg
     await pool.execute(
         "UPDATE campaigns SET audience = $2 WHERE id = $1",
         campaign_id,
-        {"lists": [str(first), str(second)]},
+        {
+            "lists": [str(first), str(second)],
+            "segments": [],
+            "exclude_lists": [],
+            "exclude_segments": [],
+        },  # fmt: skip
     )
     plan = await ScheduleRepository(pool).claim_and_plan(campaign_id, 100, now=T0)
     assert plan is not None and plan.audience_total == 50
