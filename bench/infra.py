@@ -65,3 +65,51 @@ class BenchInfrastructure:
         self.broker.stop()
         if self.postgres is not None:
             self.postgres.stop()
+
+
+def peak_rss(pids: dict[str, int]) -> dict[str, int]:
+    """Each process's peak resident set size in bytes (Linux `VmHWM`; what the kernel
+    recorded since the process started), read while it still runs. 0 where unreadable."""
+    peaks = {}
+    for name, pid in pids.items():
+        peaks[name] = 0
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks[name] = int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            pass
+    return peaks
+
+
+async def table_bytes(dsn: str) -> list[tuple[str, int]]:
+    """On-disk bytes (heap, TOAST and indexes) of every table, partitions summed into their
+    partitioned table, largest first."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            """
+            SELECT coalesce(pg_partition_root(c.oid), c.oid)::regclass::text AS name,
+                   sum(pg_total_relation_size(c.oid))::bigint AS bytes
+              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = current_schema() AND c.relkind = 'r'
+             GROUP BY 1 ORDER BY 2 DESC
+            """
+        )
+    finally:
+        await conn.close()
+    return [(r["name"], int(r["bytes"])) for r in rows]
+
+
+def print_footprint(
+    peaks: dict[str, int], tables: list[tuple[str, int]], recipients: int, top: int = 8
+) -> None:
+    print("\npeak RSS per service (VmHWM):")
+    for name, peak in sorted(peaks.items()):
+        print(f"  {name:24} {peak / 2**20:8.1f} MiB")
+    total = sum(b for _, b in tables)
+    print(f"\nPostgreSQL after the run: {total / 2**20:,.1f} MiB in all tables")
+    print(f"  {'table':28} {'MiB':>9} {'bytes/recipient':>16}")
+    for name, size in tables[:top]:
+        print(f"  {name:28} {size / 2**20:9.1f} {size / max(recipients, 1):16,.0f}")
+    print(f"  {'all tables':28} {total / 2**20:9.1f} {total / max(recipients, 1):16,.0f}")

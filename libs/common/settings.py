@@ -320,6 +320,11 @@ class Settings(BaseSettings):
         30, alias="MAILFLEET_WEBHOOK_LOG_RETENTION_DAYS", ge=1, le=3650
     )
     # --- end of webhooks ---
+    # The delivery log (deliveries, delivery_events) keeps a month while it is younger than
+    # this many days, or one of its campaigns still sends; campaign stats are kept apart.
+    delivery_retention_days: int = Field(
+        400, alias="MAILFLEET_DELIVERY_RETENTION_DAYS", ge=1, le=36500
+    )
 
     # ----- Automations (issue 18 item 2; services/automations) -----
     # How often due timers, the outbox and the broker epoch are looked at (real seconds).

@@ -115,6 +115,14 @@ class Supervisor:
         """Start a held child again (its watcher spawns it)."""
         self.children[name].allowed.set()
 
+    def pids(self) -> dict[str, int]:
+        """The pid of each running child."""
+        return {
+            name: child.process.pid
+            for name, child in self.children.items()
+            if child.process is not None and child.process.returncode is None
+        }
+
     def alive(self) -> dict[str, bool]:
         return {
             name: child.process is not None and child.process.returncode is None

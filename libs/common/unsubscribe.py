@@ -32,8 +32,12 @@ class UnsubscribeTarget:
     recipient_id: int
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    # base64.urlsafe_b64encode without its two Python-level calls (one token per recipient).
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode()
 
 
 def _unb64(text: str) -> bytes:
@@ -43,7 +47,8 @@ def _unb64(text: str) -> bytes:
 def _mac(secret: str, payload: bytes) -> bytes:
     if not secret:
         raise ValueError("MAILFLEET_SECRET_KEY is not set: unsubscribe links cannot be signed")
-    return hmac.new(secret.encode(), payload, hashlib.sha256).digest()[:_MAC_BYTES]
+    # The one-shot C HMAC: a third of `hmac.new(...).digest()`'s cost (one per recipient).
+    return hmac.digest(secret.encode(), payload, hashlib.sha256)[:_MAC_BYTES]
 
 
 def make_token(secret: str, campaign_id: UUID, recipient_id: int) -> str:

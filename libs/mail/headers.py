@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -20,9 +21,19 @@ class HeaderPolicy:
         return unsubscribe_url(self.public_base_url, self.secret_key, campaign_id, recipient_id)
 
     def headers(
-        self, campaign_id: UUID, recipient_id: int, from_email: str, list_id: UUID | None = None
+        self,
+        campaign_id: UUID,
+        recipient_id: int,
+        from_email: str,
+        list_id: UUID | None = None,
+        *,
+        link: str | None = None,
     ) -> dict[str, str]:
-        targets = [f"<{self.unsubscribe_link(campaign_id, recipient_id)}>"]
+        """`link`: this recipient's `unsubscribe_link`, when the caller has it already (one
+        HMAC per recipient, not two)."""
+        if link is None:
+            link = self.unsubscribe_link(campaign_id, recipient_id)
+        targets = [f"<{link}>"]
         if self.unsubscribe_mailto:
             targets.append(f"<mailto:{self.unsubscribe_mailto}?subject=unsubscribe>")
         return {
@@ -30,8 +41,13 @@ class HeaderPolicy:
             # RFC 8058: mailbox providers may POST this body to the URL, with no user prompt.
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
             "Message-ID": message_id(campaign_id, recipient_id, from_email),
-            **list_headers(campaign_id, from_email, list_id),
+            **_list_headers(campaign_id, from_email, list_id),  # the same for a campaign
         }
+
+
+@functools.lru_cache(maxsize=256)
+def _list_headers(campaign_id: UUID, from_email: str, list_id: UUID | None) -> dict[str, str]:
+    return list_headers(campaign_id, from_email, list_id)
 
 
 def list_headers(campaign_id: UUID, from_email: str, list_id: UUID | None) -> dict[str, str]:
@@ -53,7 +69,7 @@ def message_id(campaign_id: UUID, recipient_id: int, from_email: str) -> str:
     return f"<mf.{campaign_id.hex}.{recipient_id}@{domain}>"
 
 
-def custom_args(campaign_id: UUID, recipient_id: int, batch_id: str) -> dict[str, str]:
+def custom_args(campaign_id: UUID | str, recipient_id: int, batch_id: str) -> dict[str, str]:
     """Returned by the provider with its webhook events, to correlate them with a recipient."""
     return {
         "campaign_id": str(campaign_id),
@@ -74,9 +90,15 @@ class EssentialHeaderPolicy(HeaderPolicy):
     unsubscribe_footer: str = ""
 
     def headers(
-        self, campaign_id: UUID, recipient_id: int, from_email: str, list_id: UUID | None = None
+        self,
+        campaign_id: UUID,
+        recipient_id: int,
+        from_email: str,
+        list_id: UUID | None = None,
+        *,
+        link: str | None = None,
     ) -> dict[str, str]:
-        headers = super().headers(campaign_id, recipient_id, from_email, list_id)
+        headers = super().headers(campaign_id, recipient_id, from_email, list_id, link=link)
         for name in UNSUBSCRIBE_HEADERS:
             headers.pop(name, None)
         return headers

@@ -212,25 +212,33 @@ def _substitutions(
     extra: dict[str, str] | None = None,
 ) -> dict[str, str] | None:
     """Per-recipient substitution values (with `extra`: the tracking links), or None when
-    they cannot be sent as substitutions."""
+    they cannot be sent as substitutions. Runs once per recipient: loops stay flat."""
     values: dict[str, str] = {}
     for name in template.text_fields:
-        values[text_tag(name)] = format_value(fields[name], html=False) if name in fields else ""
+        value = fields.get(name, _MISSING)
+        values[text_tag(name)] = "" if value is _MISSING else str(value)
     for name in template.html_fields:
-        values[html_tag(name)] = format_value(fields[name], html=True) if name in fields else ""
-    if any(_TAG_PREFIX in v for v in values.values()):
+        value = fields.get(name, _MISSING)
+        values[html_tag(name)] = "" if value is _MISSING else format_value(value, html=True)
+    # One search over all values (a "{{" across two of them only sends this one rendered).
+    if _TAG_PREFIX in "".join(values.values()):
         return None
-    values.update(extra or {})
+    if extra:
+        values.update(extra)
     # A line break in the subject is refused per recipient (by `render_message`).
-    if any(line_break_problem(n, values[text_tag(n)]) for n in template.subject_fields):
-        return None
+    for name in template.subject_fields:
+        if line_break_problem(name, values[text_tag(name)]):
+            return None
     # A UTF-8 character takes at most 4 bytes: count bytes only when that bound is too high.
-    chars = sum(len(k) + len(v) for k, v in values.items())
+    chars = sum(map(len, values)) + sum(map(len, values.values()))
     if chars * 4 > MAX_SUBSTITUTION_BYTES:
         size = sum(len(k.encode()) + len(v.encode()) for k, v in values.items())
         if size > MAX_SUBSTITUTION_BYTES:
             return None
     return values
+
+
+_MISSING = object()
 
 
 _UNSUBSCRIBE_TAG = re.compile(r"\{\{\s*unsubscribe_url\s*\}\}")
@@ -296,24 +304,31 @@ def build_outbox(
         tracker = LinkTracker(policy.public_base_url, policy.secret_key, campaign_id, sent_at)
         template, link_parts = _tracked_template(template, tracker)
     templated: list[TemplatedRecipient] = []
+    campaign = str(campaign_id)  # once per batch: it goes into every recipient's custom args
     for recipient in recipients:
         if not is_valid_address(recipient.email):
             outbox.settled.append(_invalid(recipient))
             continue
-        if links:
-            url = policy.unsubscribe_link(campaign_id, recipient.recipient_id)
-            recipient = with_unsubscribe_url(recipient, url)
+        # One unsubscribe token per recipient, for the header and the body's link alike.
+        url = policy.unsubscribe_link(campaign_id, recipient.recipient_id)
         headers = policy.headers(
-            campaign_id, recipient.recipient_id, content.from_email, list_id=content.list_id
-        )
-        args = custom_args(campaign_id, recipient.recipient_id, batch_id)
+            campaign_id, recipient.recipient_id, content.from_email, list_id=content.list_id,
+            link=url,
+        )  # fmt: skip
+        args = custom_args(campaign, recipient.recipient_id, batch_id)
         tracked = tracker.substitutions(link_parts, recipient.recipient_id) if tracker else None
-        values = _substitutions(template, merge_fields(recipient), tracked) if template else None
+        values = None
+        if template is not None:
+            # `merge_fields` of `with_unsubscribe_url`, without copying the recipient.
+            fields = {**recipient.fields, "unsubscribe_url": url} if links else recipient.fields
+            values = _substitutions(template, {**fields, "email": recipient.email}, tracked)
         if template is not None and values is not None:
             templated.append(
                 TemplatedRecipient(recipient.recipient_id, recipient.email, values, headers, args)
             )
         else:
+            if links:
+                recipient = with_unsubscribe_url(recipient, url)
             try:
                 message = render_message(content, recipient, headers, args, limits, tracker)
             except Exception as exc:  # a user template may fail at runtime in any way

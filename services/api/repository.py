@@ -188,8 +188,28 @@ async def list_exists(db: Executor, list_id: UUID) -> bool:
     return bool(await db.fetchval("SELECT EXISTS (SELECT 1 FROM lists WHERE id = $1)", list_id))
 
 
+# A list's size is the sum of the changes its writers appended (migration 0031), never a
+# COUNT(*) over its recipients; past this many rows a read folds them into one.
+FOLD_COUNT_ROWS = 64
+_FOLD_COUNTS = """
+WITH gone AS (DELETE FROM list_recipient_counts WHERE list_id = $1 RETURNING delta)
+INSERT INTO list_recipient_counts (list_id, delta)
+SELECT $1, sum(delta) FROM gone HAVING count(*) > 0
+"""
+
+
 async def recipient_count(db: Executor, list_id: UUID) -> int:
-    return int(await db.fetchval("SELECT count(*) FROM recipients WHERE list_id = $1", list_id))
+    """Exact: every statement that adds or removes recipients appended its net change. One
+    statement folds the rows it deletes into one; rows appended meanwhile stay apart."""
+    row = await db.fetchrow(
+        "SELECT coalesce(sum(delta), 0)::bigint AS n, count(*) AS rows"
+        " FROM list_recipient_counts WHERE list_id = $1",
+        list_id,
+    )
+    assert row is not None
+    if row["rows"] > FOLD_COUNT_ROWS:
+        await db.execute(_FOLD_COUNTS, list_id)
+    return int(row["n"])
 
 
 async def page_lists(db: Executor, cursor: str | None, limit: int) -> tuple[list[Row], str | None]:

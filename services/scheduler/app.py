@@ -28,6 +28,7 @@ from libs.common.logging import bound_contextvars, get_logger
 from libs.common.service import ServiceContext, run_service
 from libs.common.settings import Settings, get_settings
 from libs.mail.config import DispatcherSettings, get_dispatcher_settings
+from services.scheduler.compaction import compact_periodically
 from services.scheduler.metrics import (
     AB_WINNERS,
     BATCHES_EMITTED,
@@ -337,6 +338,7 @@ async def main(ctx: ServiceContext, clock: Clock = real_clock) -> None:
         _consume_schedules(ctx, repo),
         _consume_control(ctx, repo),
         _clock(ctx, repo, emitter),
+        compact_periodically(ctx.pool, ctx.stop),
     )
 
 

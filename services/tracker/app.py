@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import asyncpg
@@ -26,7 +26,7 @@ from libs.common.logging import bound_contextvars, get_logger
 from libs.common.service import ServiceContext, run_service
 from libs.common.settings import get_settings
 from libs.stats import engagement
-from services.tracker import metrics
+from services.tracker import metrics, retention
 from services.tracker.contacts import as_delivery_event
 from services.tracker.store import EventsFold, FinishedCampaign, ResultsFold, TrackerStore
 
@@ -246,6 +246,9 @@ async def main(ctx: ServiceContext, group_id: str = "tracker") -> None:
         ),
         tracker.publish_outbox(),
         tracker.summarise_engagement(),
+        retention.sweep_periodically(
+            ctx.pool, timedelta(days=ctx.settings.delivery_retention_days), ctx.stop
+        ),
     )
 
 

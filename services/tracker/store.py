@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from uuid import UUID
 
@@ -48,7 +48,8 @@ Conn = asyncpg.Connection | PoolConnectionProxy
 _STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS tracker_staging (
     campaign_id uuid, recipient_id bigint, email text, status text,
-    message_id text, error text, variant text, batch_id text, sent_at timestamptz
+    message_id text, error text, variant text, batch_id text, sent_at timestamptz,
+    log_month date
 ) ON COMMIT DELETE ROWS
 """
 
@@ -61,11 +62,12 @@ ON CONFLICT (batch_id) DO NOTHING
 RETURNING batch_id
 """
 
+_STAGED_COLUMNS = (*DELIVERY_COLUMNS, "log_month")
 _MOVE_STAGED = f"""
 WITH inserted AS (
-    INSERT INTO deliveries ({", ".join(DELIVERY_COLUMNS)})
-    SELECT {", ".join(DELIVERY_COLUMNS)} FROM tracker_staging
-    ON CONFLICT (campaign_id, recipient_id) DO NOTHING
+    INSERT INTO deliveries ({", ".join(_STAGED_COLUMNS)})
+    SELECT {", ".join(_STAGED_COLUMNS)} FROM tracker_staging
+    ON CONFLICT (campaign_id, recipient_id, log_month) DO NOTHING
     RETURNING campaign_id, variant, status
 )
 SELECT campaign_id, variant, status, count(*) AS n FROM inserted
@@ -143,6 +145,19 @@ SELECT event_id, campaign_id, recipient_id, email, event, provider, provider_mes
  ORDER BY occurred_at, event_id
    FOR UPDATE
 """
+
+# The month partition of the delivery log that holds a campaign's rows (and its events):
+# fixed the first time the tracker sees the campaign, by whichever fold comes first, so
+# that every row and every copy of an event of the campaign meets its unique key in the
+# same partition (migration 0031). A concurrent first sight of the same campaign waits on
+# the other's insert and reads its row by the second statement.
+_CURRENT_MONTH = "(date_trunc('month', now() AT TIME ZONE 'UTC'))::date"
+_PIN_MONTHS = f"""
+INSERT INTO delivery_log_months (campaign_id, log_month)
+SELECT id, {_CURRENT_MONTH} FROM unnest($1::uuid[]) AS u(id) ORDER BY id
+ON CONFLICT (campaign_id) DO NOTHING
+RETURNING campaign_id, log_month
+"""  # noqa: S608 - a constant expression
 
 _ACTIVITY_COLUMNS = RecipientActivity.column_names()
 _ACTIVITY_TYPES = {
@@ -259,7 +274,8 @@ class TrackerStore:
         if not rows:
             return
         hits = [((row["campaign_id"], row["recipient_id"]), _stored_event(row)) for row in rows]
-        activities, mailed = await self._lock_activities(conn, {key for key, _ in hits})
+        months = await campaign_months(conn, {key[0] for key, _ in hits})
+        activities, mailed = await self._lock_activities(conn, {key for key, _ in hits}, months)
         added: dict[UUID, Counter[str]] = defaultdict(Counter)
         per_key: dict[RecipientKey, Counter[str]] = defaultdict(Counter)
         changed: set[RecipientKey] = set()
@@ -271,7 +287,7 @@ class TrackerStore:
                 per_key[key] += delta
                 changed.add(key)
                 matched.append((event.event_id, mailed[key]))
-        await self._write_activities(conn, {k: activities[k] for k in changed})
+        await self._write_activities(conn, {k: activities[k] for k in changed}, months)
         for campaign_id in sorted(added):
             await self._add_activity_to_stats(conn, campaign_id, added[campaign_id])
         await _add_activity_to_variants(conn, per_key)
@@ -309,11 +325,14 @@ class TrackerStore:
         """COPY the outcomes into the delivery log; returns what was added, per campaign,
         and per A/B variant (of the batches that carry one)."""
         await conn.execute(_STAGING_DDL)
+        months = await campaign_months(conn, {r.campaign_id for r in results})
         records = [
-            (*row[:-1], _aware(row[-1])) for result in results for row in delivery_rows(result)
+            (*row[:-1], _aware(row[-1]), months[row[0]])
+            for result in results
+            for row in delivery_rows(result)
         ]
         await conn.copy_records_to_table(
-            "tracker_staging", records=records, columns=list(DELIVERY_COLUMNS)
+            "tracker_staging", records=records, columns=list(_STAGED_COLUMNS)
         )
         added: dict[UUID, Counter[str]] = defaultdict(Counter)
         by_variant: dict[tuple[UUID, str], Counter[str]] = defaultdict(Counter)
@@ -403,8 +422,15 @@ class TrackerStore:
         fold = EventsFold(duplicates=len(events) - len(unique))
         async with self.pool.acquire() as conn, conn.transaction():
             targets = await self._resolve_recipients(conn, unique)
-            activities, mailed = await self._lock_activities(conn, set(targets.values()))
-            await self._wait_for_pending_deliveries(conn, unique, targets, activities, mailed)
+            # Each delivery's month partition, so that the lookups below read one partition,
+            # not every month's index. Read, not pinned here: pinning may wait on a results
+            # fold's uncommitted pin, and this fold may yet wait on that fold's lock (see
+            # `_wait_for_pending_deliveries`); `_gate_events` pins after those waits.
+            months = await pinned_months(conn, {key[0] for key in targets.values()})
+            activities, mailed = await self._lock_activities(conn, set(targets.values()), months)
+            await self._wait_for_pending_deliveries(
+                conn, unique, targets, activities, mailed, months
+            )
             new_ids = await self._gate_events(conn, unique, targets, mailed)
             fresh = [e for e in unique if e.event_id in new_ids]
             fold.duplicates += len(unique) - len(fresh)
@@ -421,7 +447,7 @@ class TrackerStore:
                     per_key[key] += delta
                     changed.add(key)
                 fold.folded[event.event] += 1
-            await self._write_activities(conn, {k: activities[k] for k in changed})
+            await self._write_activities(conn, {k: activities[k] for k in changed}, months)
             for campaign_id in sorted(added):
                 await self._add_activity_to_stats(conn, campaign_id, added[campaign_id])
             await _add_activity_to_variants(conn, per_key)
@@ -439,6 +465,7 @@ class TrackerStore:
         targets: dict[str, RecipientKey],
         activities: dict[RecipientKey, RecipientActivity],
         mailed: dict[RecipientKey, str],
+        months: dict[UUID, date],
     ) -> None:
         """Own hits whose delivery is not there: wait for a results fold of their campaign
         under way (see `_LOCK_RESULTS`), then look again. Whatever is still missing is
@@ -454,7 +481,7 @@ class TrackerStore:
             return
         for campaign_id in sorted({k[0] for k in missing}):
             await conn.execute(_LOCK_EVENTS, _HITS_LOCK_CLASS, str(campaign_id))
-        found, found_mailed = await self._lock_activities(conn, missing)
+        found, found_mailed = await self._lock_activities(conn, missing, months)
         activities.update(found)
         mailed.update(found_mailed)
 
@@ -542,24 +569,36 @@ class TrackerStore:
         return sum(moved.values())
 
     async def _lock_activities(
-        self, conn: Conn, keys: set[RecipientKey]
+        self, conn: Conn, keys: set[RecipientKey], months: dict[UUID, date]
     ) -> tuple[dict[RecipientKey, RecipientActivity], dict[RecipientKey, str]]:
         """The deliveries the events are about, locked: their activity, and the address
         each was mailed to (what an unsubscribe or a complaint suppresses)."""
         if not keys:
             return {}, {}
         ordered = sorted(keys)
+        # A campaign without a pinned month has no delivery the tracker wrote (rows put
+        # there by hand go to the current month): then every month is read.
+        ids, rids = [k[0] for k in ordered], [k[1] for k in ordered]
+        if all(k[0] in months for k in ordered):
+            where = (
+                "(campaign_id, recipient_id, log_month) IN"
+                " (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::date[]))"
+            )
+            args: list[Any] = [ids, rids, [months[k[0]] for k in ordered]]
+        else:
+            where = (
+                "(campaign_id, recipient_id) IN (SELECT * FROM unnest($1::uuid[], $2::bigint[]))"
+            )
+            args = [ids, rids]
         rows = await conn.fetch(
             f"""
             SELECT campaign_id, recipient_id, email, {", ".join(_ACTIVITY_COLUMNS)}
               FROM deliveries
-             WHERE (campaign_id, recipient_id) IN
-                   (SELECT * FROM unnest($1::uuid[], $2::bigint[]))
+             WHERE {where}
              ORDER BY campaign_id, recipient_id
                FOR UPDATE
-            """,  # noqa: S608 - column names are constants
-            [k[0] for k in ordered],
-            [k[1] for k in ordered],
+            """,  # noqa: S608 - column names and the two conditions are constants
+            *args,
         )
         activities = {
             (r["campaign_id"], r["recipient_id"]): RecipientActivity.from_row(r) for r in rows
@@ -578,17 +617,23 @@ class TrackerStore:
         if not events:
             return set()
         keys = [targets.get(e.event_id) for e in events]
+        # The partition: the month of the campaign the event is about (resolved, or named
+        # by the event); an event about no campaign goes to the month it came in, and moves
+        # no counter, so a copy of it stored in a later month is harmless.
+        campaigns = [k[0] if k else e.campaign_id for k, e in zip(keys, events, strict=True)]
+        months = await campaign_months(conn, {c for c in campaigns if c is not None})
         rows = await conn.fetch(
-            """
+            f"""
             INSERT INTO delivery_events (event_id, campaign_id, recipient_id, email, event,
                                          provider, provider_message_id, occurred_at, matched,
-                                         detail)
-            SELECT * FROM unnest($1::text[], $2::uuid[], $3::bigint[], $4::text[], $5::text[],
-                                 $6::text[], $7::text[], $8::timestamptz[], $9::bool[],
-                                 $10::jsonb[])
-            ON CONFLICT (event_id) DO NOTHING
+                                         detail, log_month)
+            SELECT e, c, r, a, v, p, pm, o, m, d, coalesce(lm, {_CURRENT_MONTH})
+              FROM unnest($1::text[], $2::uuid[], $3::bigint[], $4::text[], $5::text[],
+                          $6::text[], $7::text[], $8::timestamptz[], $9::bool[],
+                          $10::jsonb[], $11::date[]) AS u(e, c, r, a, v, p, pm, o, m, d, lm)
+            ON CONFLICT (event_id, log_month) DO NOTHING
             RETURNING event_id
-            """,
+            """,  # noqa: S608 - a constant expression
             [e.event_id for e in events],
             [k[0] if k else e.campaign_id for k, e in zip(keys, events, strict=True)],
             [k[1] if k else e.recipient_id for k, e in zip(keys, events, strict=True)],
@@ -602,31 +647,39 @@ class TrackerStore:
             [e.occurred_at for e in events],
             [k is not None and k in mailed for k in keys],
             [e.detail for e in events],
+            [months.get(c) if c is not None else None for c in campaigns],
         )
         return {row["event_id"] for row in rows}
 
     async def _write_activities(
-        self, conn: Conn, changed: dict[RecipientKey, RecipientActivity]
+        self,
+        conn: Conn,
+        changed: dict[RecipientKey, RecipientActivity],
+        months: dict[UUID, date],
     ) -> None:
         if not changed:
             return
         columns = _ACTIVITY_COLUMNS
         arrays = [
-            f"${i + 3}::{_ACTIVITY_TYPES.get(name, 'timestamptz')}[]"
+            f"${i + 4}::{_ACTIVITY_TYPES.get(name, 'timestamptz')}[]"
             for i, name in enumerate(columns)
         ]
         assignments = ", ".join(f"{name} = v.{name}" for name in columns)
         keys = sorted(changed)
         values = [[changed[k].as_tuple()[i] for k in keys] for i in range(len(columns))]
+        # As in `_lock_activities`: one month each when every campaign has its month.
+        same_month = "AND d.log_month = v.log_month" if all(k[0] in months for k in keys) else ""
         await conn.execute(
             f"""
             UPDATE deliveries d SET {assignments}, updated_at = now()
-              FROM unnest($1::uuid[], $2::bigint[], {", ".join(arrays)})
-                   AS v(campaign_id, recipient_id, {", ".join(columns)})
+              FROM unnest($1::uuid[], $2::bigint[], $3::date[], {", ".join(arrays)})
+                   AS v(campaign_id, recipient_id, log_month, {", ".join(columns)})
              WHERE d.campaign_id = v.campaign_id AND d.recipient_id = v.recipient_id
+               {same_month}
             """,  # noqa: S608 - column names are constants
             [k[0] for k in keys],
             [k[1] for k in keys],
+            [months.get(k[0]) for k in keys],
             *values,
         )
 
@@ -695,6 +748,46 @@ class TrackerStore:
         return await _insert_suppressions(conn, wanted)
 
 
+async def pinned_months(conn: Conn, campaign_ids: set[UUID]) -> dict[UUID, date]:
+    """The log month of the campaigns that have one (none is pinned here)."""
+    if not campaign_ids:
+        return {}
+    rows = await conn.fetch(
+        "SELECT campaign_id, log_month FROM delivery_log_months"
+        " WHERE campaign_id = ANY($1::uuid[])",
+        sorted(campaign_ids),
+    )
+    return {r["campaign_id"]: r["log_month"] for r in rows}
+
+
+async def campaign_months(conn: Conn, campaign_ids: set[UUID]) -> dict[UUID, date]:
+    """The log month of each campaign (or transactional message), pinned on first sight."""
+    if not campaign_ids:
+        return {}
+    wanted = sorted(campaign_ids)  # one lock order for every instance
+    months = {
+        r["campaign_id"]: r["log_month"]
+        for r in await conn.fetch(
+            "SELECT campaign_id, log_month FROM delivery_log_months"
+            " WHERE campaign_id = ANY($1::uuid[])",
+            wanted,
+        )
+    }
+    missing = [c for c in wanted if c not in months]
+    if missing:
+        for r in await conn.fetch(_PIN_MONTHS, missing):
+            months[r["campaign_id"]] = r["log_month"]
+    missing = [c for c in wanted if c not in months]
+    if missing:  # pinned meanwhile by a concurrent fold: this statement sees its commit
+        for r in await conn.fetch(
+            "SELECT campaign_id, log_month FROM delivery_log_months"
+            " WHERE campaign_id = ANY($1::uuid[])",
+            missing,
+        ):
+            months[r["campaign_id"]] = r["log_month"]
+    return months
+
+
 async def _add_to_variant_stats(
     conn: Conn, by_variant: dict[tuple[UUID, str], Counter[str]]
 ) -> None:
@@ -727,16 +820,23 @@ async def _add_activity_to_variants(conn: Conn, per_key: dict[RecipientKey, Coun
     keys = sorted(k for k, delta in per_key.items() if delta)
     if not keys:
         return
+    # In each campaign's log month when it has one (partition pruning, as the fold's own
+    # reads), else in every month.
+    months = await pinned_months(conn, {k[0] for k in keys})
+    ids, rids = [k[0] for k in keys], [k[1] for k in keys]
+    if all(k[0] in months for k in keys):
+        where = (
+            "(campaign_id, recipient_id, log_month) IN"
+            " (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::date[]))"
+        )
+        args: list[Any] = [ids, rids, [months[k[0]] for k in keys]]
+    else:
+        where = "(campaign_id, recipient_id) IN (SELECT * FROM unnest($1::uuid[], $2::bigint[]))"
+        args = [ids, rids]
     rows = await conn.fetch(
-        """
-        SELECT d.campaign_id, d.recipient_id, d.variant
-          FROM deliveries d
-         WHERE (d.campaign_id, d.recipient_id) IN
-               (SELECT * FROM unnest($1::uuid[], $2::bigint[]))
-           AND d.variant IS NOT NULL
-        """,
-        [k[0] for k in keys],
-        [k[1] for k in keys],
+        f"SELECT campaign_id, recipient_id, variant FROM deliveries"  # noqa: S608 - constants
+        f" WHERE {where} AND variant IS NOT NULL",
+        *args,
     )
     added: dict[tuple[UUID, str], Counter[str]] = defaultdict(Counter)
     for row in rows:

@@ -21,6 +21,8 @@ SMALL_RUNS = {
     "segment_count.py": ["--recipients", "2000", "--rounds", "2"],
     "webhooks.py": ["--events", "300", "--campaigns", "10", "--blocked", "2000"],
     "plan_audience.py": ["--recipients", "2000", "--rounds", "1"],
+    "api_load.py": ["--recipients", "2000", "--deliveries", "4000", "--campaign", "300",
+                    "--clients", "3", "--seconds", "1", "--rounds", "1"],
 }  # fmt: skip
 # What each prints once it has measured (a figure line, not only its banner).
 FIGURES = {
@@ -33,6 +35,7 @@ FIGURES = {
     "segment_count.py": "baseline: count(*) of the list",
     "webhooks.py": "blocked rows",
     "plan_audience.py": "two lists - segment",
+    "api_load.py": "campaign emails/s under",
 }
 
 
@@ -55,3 +58,8 @@ def test_the_benchmark_runs_at_a_small_size(script: str) -> None:
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     assert FIGURES[script] in done.stdout, output[-4000:]
+    if script == "e2e.py":
+        # The peer baseline ran (or says why not: `make install` builds its .venv-celery
+        # best effort), and the CPU per email of each process is shown.
+        assert "peer: Celery + Redis + sendgrid client" in done.stdout, output[-4000:]
+        assert "net us/email" in done.stdout, output[-4000:]

@@ -39,10 +39,11 @@ from libs.mail.metrics import (
 )
 from libs.mail.providers.base import (
     AccountRefused,
+    Addressee,
     ProgressCallback,
+    all_sent,
     failed,
     send_all,
-    sent,
     unknown,
 )
 from libs.mail.providers.sendgrid_payload import (
@@ -161,10 +162,10 @@ class SendGridProvider:
         """The session belongs to the caller."""
 
     async def send(self, outbox: Outbox, on_progress: ProgressCallback) -> list[RecipientOutcome]:
-        requests: list[tuple[Payload, list[Recipient]]] = []
+        requests: list[tuple[Payload, Sequence[Addressee]]] = []
         if outbox.templated is not None:
             for payload, chunk in templated_payloads(outbox.sender, outbox.templated):
-                requests.append((payload, [Recipient(r.recipient_id, r.email) for r in chunk]))
+                requests.append((payload, chunk))
         for message in outbox.individual:
             requests.append(
                 (
@@ -175,13 +176,13 @@ class SendGridProvider:
         if outbox.own_tracking:
             requests = [(without_sendgrid_tracking(p), r) for p, r in requests]
 
-        async def one(request: tuple[Payload, list[Recipient]]) -> list[RecipientOutcome]:
+        async def one(request: tuple[Payload, Sequence[Addressee]]) -> list[RecipientOutcome]:
             return await self.post(*request)
 
         return await send_all(self.name, requests, one, on_progress)
 
     async def post(
-        self, payload: Payload, recipients: Sequence[Recipient]
+        self, payload: Payload, recipients: Sequence[Addressee]
     ) -> list[RecipientOutcome]:
         """POST one payload, retrying what is proven unsent; outcomes for its recipients.
         Raises `AccountRefused` on an auth or configuration error."""
@@ -215,7 +216,7 @@ class SendGridProvider:
             error = f"gave up after {self._retry.max_attempts} attempts: {exc}"
             return [failed(r.recipient_id, r.email, error) for r in recipients]
         if status == 202:
-            return [sent(r.recipient_id, r.email, message_id) for r in recipients]
+            return all_sent(recipients, message_id)
         return [failed(r.recipient_id, r.email, f"{status}: {error}") for r in recipients]
 
     async def _post_once(self, body: bytes) -> tuple[int, str | None, str]:

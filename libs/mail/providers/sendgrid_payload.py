@@ -37,25 +37,61 @@ def personalization(
     custom_args: dict[str, str],
     substitutions: dict[str, str] | None = None,
 ) -> Payload:
-    item: Payload = {"to": [{"email": email}], "headers": headers}
+    item: Payload = {"to": [{"email": email}]}
+    if headers:
+        item["headers"] = headers
     if substitutions:
         item["substitutions"] = substitutions
-    item["custom_args"] = custom_args
+    if custom_args:
+        item["custom_args"] = custom_args
     return item
+
+
+def shared_entries(maps: list[dict[str, str]]) -> dict[str, str]:
+    """The entries every one of `maps` holds with the same value."""
+    if not maps:
+        return {}
+    shared = dict(maps[0])
+    for other in maps[1:]:
+        for key, value in list(shared.items()):
+            if other.get(key) != value:
+                del shared[key]
+        if not shared:
+            break
+    return shared
 
 
 def templated_payloads(
     sender: Sender, group: TemplatedGroup, max_per_request: int = MAX_PERSONALIZATIONS
 ) -> list[tuple[Payload, list[TemplatedRecipient]]]:
-    """One payload per chunk of recipients, with the recipients it carries."""
+    """One payload per chunk of recipients, with the recipients it carries.
+
+    Headers and custom args that every recipient of a chunk has alike (List-Id,
+    Feedback-ID, List-Unsubscribe-Post, the campaign and batch ids) are sent once, at the
+    message level, where SendGrid applies them to every personalization (and merges the
+    custom args into each one's events): a third of the bytes of a request, that each
+    recipient would otherwise carry again.
+    """
     shared = _shared(sender, group.subject, group.text, group.html)
     chunks = []
     size = max(1, min(max_per_request, MAX_PERSONALIZATIONS))
     for start in range(0, len(group.recipients), size):
         chunk = group.recipients[start : start + size]
         payload = dict(shared)
+        common_headers = shared_entries([r.headers for r in chunk])
+        common_args = shared_entries([r.custom_args for r in chunk])
+        if common_headers:
+            payload["headers"] = common_headers
+        if common_args:
+            payload["custom_args"] = common_args
         payload["personalizations"] = [
-            personalization(r.email, r.headers, r.custom_args, r.substitutions) for r in chunk
+            personalization(
+                r.email,
+                {k: v for k, v in r.headers.items() if k not in common_headers},
+                {k: v for k, v in r.custom_args.items() if k not in common_args},
+                r.substitutions,
+            )
+            for r in chunk
         ]
         chunks.append((payload, chunk))
     return chunks

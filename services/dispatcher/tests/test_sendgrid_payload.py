@@ -9,7 +9,7 @@ from sendgrid.helpers.mail import CustomArg, Header, Personalization, Substituti
 
 from libs.common.events import BatchRecipient
 from libs.mail.headers import HeaderPolicy
-from libs.mail.messages import Sender
+from libs.mail.messages import Sender, TemplatedGroup, TemplatedRecipient
 from libs.mail.providers.sendgrid_payload import (
     message_payload,
     personalization,
@@ -44,10 +44,36 @@ def test_a_large_templated_batch_is_one_request_per_thousand_valid_personalizati
     assert first["from"] == {"email": "n@example.com", "name": "N"}
     assert [c["type"] for c in first["content"]] == ["text/plain", "text/html"]
     item = first["personalizations"][7]
-    assert item["custom_args"]["recipient_id"] == "7"
-    assert item["custom_args"]["campaign_id"] == str(CAMPAIGN)
+    args = {**first["custom_args"], **item["custom_args"]}  # as SendGrid merges them
+    assert args["recipient_id"] == "7"
+    assert args["campaign_id"] == str(CAMPAIGN)
     assert item["substitutions"] == {"{{t:first_name}}": "F7", "{{h:first_name}}": "F7"}
     assert "Message-ID" in item["headers"] and "List-Unsubscribe" in item["headers"]
+
+
+def test_what_every_recipient_has_alike_is_sent_once_and_each_keeps_its_own() -> None:
+    outbox = batch_outbox(3)
+    recipients = outbox.templated.recipients
+    # One recipient's List-Id differs: it stays in that recipient's personalization only.
+    odd = TemplatedRecipient(
+        recipients[1].recipient_id, recipients[1].email, recipients[1].substitutions,
+        {**recipients[1].headers, "List-Id": "<other.example.com>"}, recipients[1].custom_args,
+    )  # fmt: skip
+    group = TemplatedGroup(
+        outbox.templated.subject, outbox.templated.html, outbox.templated.text,
+        [recipients[0], odd, recipients[2]],
+    )  # fmt: skip
+    ((payload, _),) = templated_payloads(outbox.sender, group)
+    assert validate_mail_send(payload) == []
+    assert set(payload["headers"]) == {"List-Unsubscribe-Post", "Feedback-ID"}
+    assert payload["custom_args"] == {"campaign_id": str(CAMPAIGN), "batch_id": f"{CAMPAIGN}:0"}
+    for item, wanted in zip(payload["personalizations"], group.recipients, strict=True):
+        # What SendGrid applies to each recipient is exactly what it was rendered with.
+        assert {**payload["headers"], **item["headers"]} == wanted.headers
+        assert {**payload["custom_args"], **item["custom_args"]} == wanted.custom_args
+        assert "Feedback-ID" not in item["headers"] and "campaign_id" not in item["custom_args"]
+    assert payload["personalizations"][1]["headers"]["List-Id"] == "<other.example.com>"
+    assert "List-Id" in payload["personalizations"][0]["headers"]
 
 
 def test_personalizations_match_the_sendgrid_package_model() -> None:
