@@ -238,6 +238,13 @@ class BatchReady(Event):
         description="Recipients of `recipients` suppressed since planning (found at emit):"
         " reported `suppressed`, never mailed.",
     )
+    variant: str | None = Field(
+        None,
+        pattern=r"^[A-E]$",
+        description="The A/B test variant of a test-group batch (its content is that"
+        " variant's); unset for the remainder (sent the winner's content) and for campaigns"
+        " without a test.",
+    )
 
 
 # `suppressed`: the address was suppressed after the campaign was planned (found at emit or
@@ -272,6 +279,12 @@ class DeliveryResult(Event):
     # in `messages` instead of adding it to any campaign's counts.
     message_id: UUID | None = Field(None, description="The transactional message's id.")
     category: str | None = Field(None, description="The transactional message's category.")
+    variant: str | None = Field(
+        None,
+        pattern=r"^[A-E]$",
+        description="The A/B test variant of the batch (copied from its `batch.ready`); the"
+        " tracker keeps counters per variant.",
+    )
 
 
 DeliveryEventType = Literal[

@@ -92,18 +92,25 @@ async def longest_stall_seconds(
 ) -> float:
     """Among in-progress campaigns (those of `campaign_ids`, default all), the longest time
     since one last made progress: its start, its last batch folded by the tracker, or, for
-    a local-time or windowed plan, its last batch that fell due. Such a campaign whose
-    unaccounted batches are all due later is waiting for a zone's instant or its window,
-    not stuck: left out (issue 17). A campaign with a rate cap (`max_per_hour`) is given
-    the time its cap needs to send what it has in flight (emitted, not accounted for)
-    before it counts as stalled: its batches fold that slowly by design."""
+    a local-time or windowed plan, its last batch that fell due, or, for an A/B test, the
+    end of its wait or its winner's decision. Such a campaign whose unaccounted batches are
+    all due later is waiting for a zone's instant or its window, not stuck: left out (issue
+    17); so is one whose A/B test group is all accounted for and whose remainder waits for
+    a winner due later (or picked by hand). A campaign with a rate cap (`max_per_hour`) is
+    given the time its cap needs to send what it has in flight (emitted, not accounted
+    for) before it counts as stalled: its batches fold that slowly by design."""
     stall = await conn.fetchval(
         """
         SELECT coalesce(max(greatest(extract(epoch FROM now() - greatest(
             coalesce(c.started_at, c.updated_at),
             (SELECT max(t.folded_at) FROM tracker_batches t WHERE t.campaign_id = c.id),
             (SELECT max(b.due_at) FROM batch_plans b
-              WHERE b.campaign_id = c.id AND b.due_at <= now())
+              WHERE b.campaign_id = c.id AND b.due_at <= now()),
+            (SELECT CASE WHEN a.winner IS NOT NULL THEN a.decided_at
+                         WHEN a.metric <> 'manual'
+                         THEN least(now(), a.test_started_at
+                                           + make_interval(secs => a.wait_seconds)) END
+               FROM ab_tests a WHERE a.campaign_id = c.id)
         )) - CASE WHEN c.max_per_hour IS NULL THEN 0 ELSE 3600.0 * (
               SELECT coalesce(sum(cardinality(b.recipient_ids)), 0) FROM batch_plans b
                WHERE b.campaign_id = c.id AND b.emitted > 0
@@ -113,6 +120,16 @@ async def longest_stall_seconds(
         FROM campaigns c
         WHERE c.status = 'in_progress'
           AND ($1::uuid[] IS NULL OR c.id = ANY($1::uuid[]))
+          AND NOT EXISTS (
+              SELECT 1 FROM ab_tests a
+               WHERE a.campaign_id = c.id AND a.winner IS NULL
+                 AND (a.metric = 'manual'
+                      OR a.test_started_at + make_interval(secs => a.wait_seconds) > now())
+                 AND NOT EXISTS (
+                     SELECT 1 FROM batch_plans b
+                      WHERE b.campaign_id = c.id AND b.variant IS NOT NULL
+                        AND NOT EXISTS (SELECT 1 FROM tracker_batches t
+                                         WHERE t.batch_id = b.batch_id)))
           AND (NOT EXISTS (SELECT 1 FROM batch_plans b
                             WHERE b.campaign_id = c.id AND b.due_at IS NOT NULL)
                OR EXISTS (SELECT 1 FROM batch_plans b

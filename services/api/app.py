@@ -28,6 +28,7 @@ from services.api.deps import ApiResources
 from services.api.openapi_docs import document_problems
 from services.api.ratelimit import FailureLimiter
 from services.api.routes import (
+    ab_tests,
     api_keys,
     audit,
     automations,
@@ -121,7 +122,7 @@ def create_app(
             "/console": CONSOLE_HTML_POLICY,
         },
     )
-    for module in (ops, lists, campaigns, campaign_control, api_keys):
+    for module in (ops, lists, campaigns, campaign_control, ab_tests, api_keys):
         app.include_router(module.router)
     for module in (suppressions, templates, recipients, campaign_test_sends):
         app.include_router(module.router)

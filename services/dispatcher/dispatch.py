@@ -776,6 +776,7 @@ class BatchDispatcher:
             outcomes=_one_per_recipient(batch.recipients, outcomes),
             started_at=started,
             finished_at=self._clock(),
+            variant=batch.variant,
         )
         stored = result.model_dump(mode="json")
         if claim is None:

@@ -30,6 +30,7 @@ from libs.common.settings import Settings, get_settings
 from libs.mail.config import DispatcherSettings, get_dispatcher_settings
 from services.scheduler.compaction import compact_periodically
 from services.scheduler.metrics import (
+    AB_WINNERS,
     BATCHES_EMITTED,
     BATCHES_SET_ASIDE,
     CAMPAIGNS_CLAIMED,
@@ -51,6 +52,7 @@ NO_CUTOFF = datetime(1970, 1, 1, tzinfo=UTC)
 # What a producer or broker answers for a record over the topic's max.message.bytes.
 TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError)
 TOPIC_CHECK_SECONDS = 5.0
+AB_CANCELLED = "campaign cancelled before its A/B test had a winner"
 
 Clock = Callable[[], datetime]
 
@@ -96,11 +98,16 @@ class BatchEmitter:
                     return total
                 await self._emit(window)
             total += len(window.batches)
-            BATCHES_EMITTED.inc(len(window.batches) - len(window.set_aside))
+            unsent = sum(b.cancelled_unsent for b in window.batches)
+            BATCHES_EMITTED.inc(len(window.batches) - len(window.set_aside) - unsent)
         return total
 
     async def _emit(self, window: EmitWindow) -> None:
-        ready = [(b, await self._event_for(b)) for b in window.batches if not b.set_aside_reason]
+        ready = [
+            (b, await self._event_for(b))
+            for b in window.batches
+            if not b.set_aside_reason and not b.cancelled_unsent
+        ]
         errors = await self.ctx.producer.send_each(
             Topic.BATCH_READY, [(b.batch_id, event) for b, event in ready]
         )
@@ -121,6 +128,7 @@ class BatchEmitter:
             (b, window.set_aside.get(b.batch_id) or b.set_aside_reason) for b in window.batches
         ]
         failed = [await self._failed_result(b, reason) for b, reason in reports if reason]
+        failed += [await self._cancelled_result(b) for b in window.batches if b.cancelled_unsent]
         await self.ctx.producer.send_many(
             Topic.DELIVERY_RESULT, [(str(r.campaign_id), r) for r in failed]
         )
@@ -142,6 +150,7 @@ class BatchEmitter:
             "audience_total": plan.audience_total,
             "suppressed_total": plan.suppressed_total,
             "provider": plan.provider,
+            "variant": batch.variant,
         }
 
     async def _failed_result(self, batch: PendingBatch, reason: str) -> DeliveryResult:
@@ -158,11 +167,33 @@ class BatchEmitter:
             finished_at=now,
         )
 
+    async def _cancelled_result(self, batch: PendingBatch) -> DeliveryResult:
+        """The result of an A/B campaign's remainder cancelled before its winner: nobody in
+        it was sent (those suppressed since planning are reported so), and no dispatcher
+        gets the batch, so no stale status can send it the campaign's base content."""
+        now = datetime.now(UTC)
+        suppressed = set(batch.suppressed_ids)
+        return DeliveryResult(
+            **await self._batch_fields(batch),
+            outcomes=[
+                RecipientOutcome(
+                    recipient_id=rid,
+                    email=email,
+                    status="suppressed" if rid in suppressed else "cancelled",
+                    error=None if rid in suppressed else AB_CANCELLED,
+                )
+                for rid, email, _ in batch.recipients
+            ],
+            started_at=now,
+            finished_at=now,
+        )
+
     async def _event_for(self, batch: PendingBatch) -> BatchReady:
         plan = await self._plan_of(batch.campaign_id)
         return BatchReady(
             **await self._batch_fields(batch),
-            content_id=plan.content_id,
+            # A variant's content, the winner's for an A/B test's remainder, else the plan's.
+            content_id=batch.content_id or plan.content_id,
             recipients=[
                 BatchRecipient(recipient_id=rid, email=email, fields=fields)
                 for rid, email, fields in batch.recipients
@@ -275,6 +306,10 @@ async def _clock(ctx: ServiceContext, repo: ScheduleRepository, emitter: BatchEm
                             batches=plan.batches_total,
                             invalid_timezones=plan.invalid_timezones,
                         )
+            for decision in await repo.decide_winners(emitter.clock()):
+                AB_WINNERS.inc()
+                with bound_contextvars(campaign_id=str(decision.campaign_id)):
+                    log.info("a/b winner chosen", winner=decision.winner, reason=decision.reason)
             cutoff = NO_CUTOFF
             if loop.time() >= next_topic_check:
                 next_topic_check = loop.time() + TOPIC_CHECK_SECONDS

@@ -24,3 +24,7 @@ INVALID_TIMEZONES = Counter(
     "mailfleet_scheduler_invalid_timezones_total",
     "Recipients planned in a fallback zone because their `timezone` field named no zone.",
 )
+AB_WINNERS = Counter(
+    "mailfleet_scheduler_ab_winners_total",
+    "A/B test winners chosen by the scheduler after the wait (an admin's picks are audited).",
+)

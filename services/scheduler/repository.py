@@ -22,6 +22,7 @@ from libs.common import audience as audiences
 from libs.common.events import SendWindow
 from libs.common.logging import get_logger
 from libs.common.sendtime import known_zones, local_instant, next_opening, zone_or_none
+from libs.stats.ab import VariantCounts, choose_winner
 from services.scheduler.metrics import BATCHES_WINDOW_DEFERRED, INVALID_TIMEZONES
 from services.scheduler.planner import (
     RECIPIENT_OVERHEAD_BYTES,
@@ -49,6 +50,32 @@ class PendingBatch:
     # Recipients whose address was suppressed since planning (issue 11 item 5): emitted
     # with the batch so that they are reported `suppressed`, never mailed.
     suppressed_ids: list[int] = field(default_factory=list)
+    # A/B tests (issue 17 item 1): the test group's variant (None for the remainder and for
+    # a campaign without a test), and the content it is sent with when it is not the
+    # plan's (a variant's, or the winner's for the remainder).
+    variant: str | None = None
+    content_id: UUID | None = None
+    # The remainder of an A/B campaign cancelled before its winner: never sent, reported
+    # `cancelled` by the scheduler itself (no dispatcher ever sees it).
+    cancelled_unsent: bool = False
+
+
+@dataclass(frozen=True)
+class AbSplit:
+    """How the planner splits an A/B campaign's sendable audience: the first `share` of it
+    in the order of a hash of each recipient id seeded with `seed` is the test group, dealt
+    round-robin to `variants` (groups 1..n); the rest is the remainder (group n + 1)."""
+
+    share: float
+    seed: int
+    variants: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WinnerDecision:
+    campaign_id: UUID
+    winner: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -230,6 +257,7 @@ class ScheduleRepository:
                 return await _fail_plan(conn, campaign_id, content_id, campaign, str(exc))
             target = await target.snapshot(conn)
             counted = target.sql(first_param=1, keep_suppressed=True)
+            ab = await _snapshot_variants(conn, campaign_id, campaign, now)
             counts = await conn.fetchrow(
                 "SELECT count(*) AS audience, count(*) FILTER (WHERE r.suppressed) AS suppressed"  # noqa: S608
                 f" FROM ({counted.sql}) AS r",
@@ -239,13 +267,13 @@ class ScheduleRepository:
             invalid = 0
             if campaign["local_time"] or campaign["send_window"] is not None:
                 batches, invalid = await _plan_zoned_batches(
-                    conn, campaign_id, campaign, target, batch_size, max_message_bytes
+                    conn, campaign_id, campaign, target, batch_size, max_message_bytes, ab
                 )
                 INVALID_TIMEZONES.inc(invalid)
                 log.info("zoned plan", batches=batches, invalid_timezones=invalid)
             else:
                 batches = await _plan_batches(
-                    conn, campaign_id, target, batch_size, max_message_bytes
+                    conn, campaign_id, target, batch_size, max_message_bytes, ab
                 )
             summary = PlanSummary(
                 campaign_id=campaign_id,
@@ -312,6 +340,10 @@ class ScheduleRepository:
 
         Locked with SKIP LOCKED so that several schedulers share the work, never repeat it.
 
+        A batch of an A/B campaign's remainder waits for the test's winner, and is then sent
+        with the winner's content (issue 17 item 1); if the campaign is cancelled first, it
+        comes out `cancelled_unsent`, for the emitter to report.
+
         A batch of a zoned plan (issue 17) waits for its `due_at` by the scheduler's clock
         `now` (default: the real time), and, when its campaign has a send window, for the
         window to be open in its zone: one found outside has its `due_at` moved to the next
@@ -358,6 +390,9 @@ class ScheduleRepository:
                         recipients=by_batch.get(r["batch_id"], []),
                         set_aside_reason=r["set_aside_reason"],
                         suppressed_ids=suppressed.get(r["batch_id"], []),
+                        variant=r["variant"],
+                        content_id=r["variant_content_id"],
+                        cancelled_unsent=r["cancelled_unsent"],
                     )
                     for r in rows
                 ]
@@ -402,6 +437,83 @@ class ScheduleRepository:
                 reason,
             )
             yield bool(changed)
+
+    async def decide_winners(self, now: datetime, limit: int = 20) -> list[WinnerDecision]:
+        """Store the winner of every A/B test whose wait is over by the scheduler's clock
+        `now`, whose metric is not `manual`, and whose test batches the tracker has all
+        accounted for, by the tracker's per-variant counters (issue 17 item 1).
+
+        Once: a compare-and-set on `winner IS NULL` (an admin's pick through the API wins if
+        it came first), with the rows locked SKIP LOCKED so that several schedulers share
+        the work. A paused campaign is decided too (its remainder waits for the resume), and
+        one that finished with no remainder (a test share of 1) for its report; a cancelled
+        one is not."""
+        decisions: list[WinnerDecision] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            due = await conn.fetch(
+                """
+                SELECT a.campaign_id, a.metric FROM ab_tests a
+                  JOIN campaigns c ON c.id = a.campaign_id
+                 WHERE a.winner IS NULL AND a.metric <> 'manual'
+                   AND a.test_started_at IS NOT NULL
+                   AND a.test_started_at + make_interval(secs => a.wait_seconds) <= $1
+                   AND c.status IN ('in_progress', 'paused', 'completed', 'failed')
+                   AND NOT EXISTS (
+                       SELECT 1 FROM batch_plans b
+                        WHERE b.campaign_id = a.campaign_id AND b.variant IS NOT NULL
+                          AND NOT EXISTS (
+                              SELECT 1 FROM tracker_batches t WHERE t.batch_id = b.batch_id))
+                 ORDER BY a.test_started_at
+                 LIMIT $2
+                   FOR UPDATE OF a SKIP LOCKED
+                """,
+                now,
+                limit,
+            )
+            for test in due:
+                rows = await conn.fetch(
+                    """
+                    SELECT v.variant, coalesce(s.sent, 0) AS sent,
+                           coalesce(s.delivered, 0) AS delivered,
+                           coalesce(s.unique_opens, 0) AS unique_opens,
+                           coalesce(s.unique_clicks, 0) AS unique_clicks
+                      FROM ab_variants v
+                      LEFT JOIN campaign_variant_stats s
+                             ON s.campaign_id = v.campaign_id AND s.variant = v.variant
+                     WHERE v.campaign_id = $1
+                    """,
+                    test["campaign_id"],
+                )
+                counts = [
+                    VariantCounts(
+                        r["variant"],
+                        r["sent"],
+                        r["unique_opens"],
+                        r["unique_clicks"],
+                        r["delivered"],
+                    )  # fmt: skip
+                    for r in rows
+                ]
+                if not counts:
+                    continue
+                decision = choose_winner(counts, test["metric"])
+                await conn.execute(
+                    """
+                    UPDATE ab_tests
+                       SET winner = $2, decided_at = $3, decided_by = $4,
+                           decision_reason = $5, updated_at = now()
+                     WHERE campaign_id = $1 AND winner IS NULL
+                    """,
+                    test["campaign_id"],
+                    decision.winner,
+                    now,
+                    f"scheduler:{test['metric']}",
+                    decision.reason,
+                )
+                decisions.append(
+                    WinnerDecision(test["campaign_id"], decision.winner, decision.reason)
+                )
+        return decisions
 
     async def reemit_unaccounted_now(self, campaign_id: UUID) -> int:
         """Make every emitted batch of the campaign not yet accounted for due at the next
@@ -528,34 +640,103 @@ _RECIPIENT_SIZE = (
 )
 
 
+async def _snapshot_variants(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    campaign_id: UUID,
+    campaign: asyncpg.Record,
+    now: datetime,
+) -> AbSplit | None:
+    """An A/B campaign's variants frozen (issue 17 item 1): one content snapshot each, the
+    campaign's content with the variant's overrides, and the test's start by the
+    scheduler's clock (its wait counts from there). None for a campaign without a test."""
+    test = await conn.fetchrow(
+        """
+        UPDATE ab_tests SET test_started_at = $2, updated_at = now()
+         WHERE campaign_id = $1 RETURNING test_share, seed
+        """,
+        campaign_id,
+        now,
+    )
+    if test is None:
+        return None
+    names = await conn.fetch(
+        """
+        WITH frozen AS (
+            SELECT v.variant, gen_random_uuid() AS content_id,
+                   coalesce(v.subject, $2) AS subject, coalesce(v.html, $3) AS html,
+                   coalesce(v.text, $4) AS text, coalesce(v.from_name, $6) AS from_name
+              FROM ab_variants v WHERE v.campaign_id = $1),
+        snapshots AS (
+            INSERT INTO content_snapshots (id, campaign_id, subject, html, text, from_email,
+                                           from_name)
+            SELECT content_id, $1, subject, html, text, $5, from_name FROM frozen)
+        UPDATE ab_variants v SET content_id = f.content_id
+          FROM frozen f
+         WHERE v.campaign_id = $1 AND v.variant = f.variant
+        RETURNING v.variant
+        """,
+        campaign_id,
+        campaign["subject"],
+        campaign["html"],
+        campaign["text"],
+        campaign["from_email"],
+        campaign["from_name"],
+    )
+    variants = tuple(sorted(r["variant"] for r in names))
+    return AbSplit(float(test["test_share"]), int(test["seed"]), variants) if variants else None
+
+
+def _group_sql(ab: AbSplit | None, first: int) -> tuple[str, list[Any]]:
+    """The SQL expression of a sendable recipient's group (see `AbSplit`; 0 without a test)
+    over the rows of `recipients r`, and its parameters, numbered from `$first`.
+    `libs.stats.ab.split` is its reference."""
+    if ab is None:
+        return "0", []
+    seed, share, n = f"${first}::bigint", f"${first + 1}::float8", f"${first + 2}::int"
+    rank = f"row_number() OVER (ORDER BY hashtextextended(r.id::text, {seed}), r.id)"
+    expression = (
+        f"CASE WHEN {rank} <= floor({share} * count(*) OVER () + 0.5)"
+        f" THEN ({rank} - 1) % {n} + 1 ELSE {n} + 1 END"
+    )
+    return expression, [ab.seed, ab.share, len(ab.variants)]
+
+
 async def _plan_batches(
     conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
     campaign_id: UUID,
     target: AudienceTarget,
     batch_size: int,
     max_message_bytes: int,
+    ab: AbSplit | None = None,
 ) -> int:
     """Cut the sendable audience into batches of at most `batch_size` recipients whose
     `batch.ready` event stays under `max_message_bytes` (issue 11, item 8): windows of the
-    running byte sum, each cut again by count. Returns how many batches were planned."""
+    running byte sum, each cut again by count. An A/B campaign's cut is partitioned by
+    group (`_group_sql`): each batch is of one variant, or of the remainder (no variant).
+    Returns how many batches were planned."""
     sized = target.sql(first_param=1)
     largest = await conn.fetchval(
         f"SELECT coalesce(max({_RECIPIENT_SIZE}), 0) FROM ({sized.sql}) AS r",  # noqa: S608
         *sized.params,
     )
     chunk = byte_chunk(recipient_bytes_budget(max_message_bytes), int(largest))
-    sendable = target.sql(first_param=4)
+    sendable = target.sql(first_param=5)
+    group, group_args = _group_sql(ab, 5 + len(sendable.params))
     result = await conn.execute(
         f"""
-        INSERT INTO batch_plans (batch_id, campaign_id, batch_no, recipient_ids)
-        SELECT $1::text || ':' || batch_no, $1::uuid, batch_no, array_agg(id ORDER BY id)
-          FROM (SELECT id, dense_rank() OVER (ORDER BY window_no, (n - 1) / $2) - 1 AS batch_no
-                  FROM (SELECT id, window_no,
-                               row_number() OVER (PARTITION BY window_no ORDER BY id) AS n
-                          FROM (SELECT r.id,
-                                       (sum({_RECIPIENT_SIZE}) OVER (ORDER BY r.id)
-                                        - ({_RECIPIENT_SIZE})) / $3 AS window_no
-                                  FROM ({sendable.sql}) AS r) AS sized
+        INSERT INTO batch_plans (batch_id, campaign_id, batch_no, recipient_ids, variant)
+        SELECT $1::text || ':' || batch_no, $1::uuid, batch_no, array_agg(id ORDER BY id),
+               ($4::text[])[min(grp)]
+          FROM (SELECT id, grp,
+                       dense_rank() OVER (ORDER BY grp, window_no, (n - 1) / $2) - 1 AS batch_no
+                  FROM (SELECT id, grp, window_no,
+                               row_number() OVER (PARTITION BY grp, window_no ORDER BY id) AS n
+                          FROM (SELECT id, grp,
+                                       (sum(size) OVER (PARTITION BY grp ORDER BY id) - size)
+                                        / $3 AS window_no
+                                  FROM (SELECT r.id, {_RECIPIENT_SIZE} AS size, {group} AS grp
+                                          FROM ({sendable.sql}) AS r) AS grouped
+                               ) AS sized
                        ) AS numbered
                ) AS cut
          GROUP BY batch_no
@@ -563,7 +744,9 @@ async def _plan_batches(
         str(campaign_id),
         batch_size,
         chunk,
+        list(ab.variants) if ab else [],
         *sendable.params,
+        *group_args,
     )
     return int(result.split()[-1])
 
@@ -575,6 +758,7 @@ async def _plan_zoned_batches(
     target: AudienceTarget,
     batch_size: int,
     max_message_bytes: int,
+    ab: AbSplit | None = None,
 ) -> tuple[int, int]:
     """The plan of a local-time campaign, or of one with a send window: `_plan_batches`'s
     cut, partitioned by each recipient's zone, every batch with its zone and `due_at`.
@@ -583,7 +767,9 @@ async def _plan_zoned_batches(
     zone of the audience's first list, else the campaign's, else UTC. A field naming no zone falls back and is
     counted. `due_at`: the local wall time in that zone (local time), or the campaign's
     instant. Zones are resolved and instants computed here (libs.common.sendtime), once
-    per known zone, and joined in as parameters. Returns (batches, invalid zones)."""
+    per known zone, and joined in as parameters. An A/B campaign's groups (`_group_sql`,
+    drawn over the whole sendable audience) partition the cut further, after the zone.
+    Returns (batches, invalid zones)."""
     primary = target.audience.primary_list
     list_default = (
         await conn.fetchval("SELECT default_timezone FROM lists WHERE id = $1", primary)
@@ -616,31 +802,37 @@ async def _plan_zoned_batches(
         *sized.params,
     )
     chunk = byte_chunk(recipient_bytes_budget(max_message_bytes), int(largest))
-    sendable = target.sql(first_param=8)
+    sendable = target.sql(first_param=9)
+    group, group_args = _group_sql(ab, 9 + len(sendable.params))
     counts = await conn.fetchrow(
         f"""
         WITH z AS (SELECT * FROM unnest($4::text[]) WITH ORDINALITY AS z(key, zone_no)),
         sized AS (
             SELECT r.id, {_RECIPIENT_SIZE} AS size, coalesce(z.zone_no, $7) AS zone_no,
+                   {group} AS grp,
                    z.zone_no IS NULL AND coalesce(btrim(r.fields->>'timezone'), '') <> ''
                        AS invalid
               FROM ({sendable.sql}) AS r
               LEFT JOIN z ON z.key = lower(btrim(r.fields->>'timezone'))),
         windowed AS (
-            SELECT id, zone_no, invalid,
-                   (sum(size) OVER (PARTITION BY zone_no ORDER BY id) - size) / $3 AS window_no
+            SELECT id, zone_no, grp, invalid,
+                   (sum(size) OVER (PARTITION BY zone_no, grp ORDER BY id) - size) / $3
+                       AS window_no
               FROM sized),
         numbered AS (
-            SELECT *, row_number() OVER (PARTITION BY zone_no, window_no ORDER BY id) AS n
+            SELECT *, row_number() OVER (PARTITION BY zone_no, grp, window_no ORDER BY id) AS n
               FROM windowed),
         cut AS (
-            SELECT id, zone_no, invalid,
-                   dense_rank() OVER (ORDER BY zone_no, window_no, (n - 1) / $2) - 1 AS batch_no
+            SELECT id, zone_no, grp, invalid,
+                   dense_rank() OVER (ORDER BY zone_no, grp, window_no, (n - 1) / $2) - 1
+                       AS batch_no
               FROM numbered),
         planned AS (
-            INSERT INTO batch_plans (batch_id, campaign_id, batch_no, recipient_ids, zone, due_at)
+            INSERT INTO batch_plans (batch_id, campaign_id, batch_no, recipient_ids, zone, due_at,
+                                     variant)
             SELECT $1::text || ':' || batch_no, $1::uuid, batch_no, array_agg(id ORDER BY id),
-                   ($5::text[])[min(zone_no)], ($6::timestamptz[])[min(zone_no)]
+                   ($5::text[])[min(zone_no)], ($6::timestamptz[])[min(zone_no)],
+                   ($8::text[])[min(grp)]
               FROM cut GROUP BY batch_no
             RETURNING 1)
         SELECT (SELECT count(*) FROM planned) AS batches,
@@ -653,7 +845,9 @@ async def _plan_zoned_batches(
         names,
         due,
         fallback_no,
+        list(ab.variants) if ab else [],
         *sendable.params,
+        *group_args,
     )
     assert counts is not None
     return int(counts["batches"]), int(counts["invalid"])
@@ -728,12 +922,18 @@ async def _due_rows(
              GROUP BY c.id, c.max_per_hour
         )
         SELECT b.batch_id, b.campaign_id, b.batch_no, b.recipient_ids, b.emitted,
-               b.set_aside_reason, p.provider, b.zone, c.status, c.send_window
+               b.set_aside_reason, p.provider, b.zone, c.status, c.send_window,
+               b.variant, v.content_id AS variant_content_id,
+               (b.variant IS NULL AND a.campaign_id IS NOT NULL AND a.winner IS NULL
+                AND c.status = 'cancelled') AS cancelled_unsent
           FROM batch_plans b
           JOIN campaigns c ON c.id = b.campaign_id
                            AND c.status IN ('in_progress', 'cancelled')
           JOIN campaign_plans p ON p.campaign_id = b.campaign_id
           LEFT JOIN capped cp ON cp.campaign_id = b.campaign_id
+          LEFT JOIN ab_tests a ON a.campaign_id = b.campaign_id
+          LEFT JOIN ab_variants v ON v.campaign_id = b.campaign_id
+                                 AND v.variant = coalesce(b.variant, a.winner)
          CROSS JOIN LATERAL (SELECT make_interval(
                 secs => $3::float8 * power(2, least(greatest(b.emitted - 1, 0), 6))
                ) AS backoff) k
@@ -765,6 +965,10 @@ async def _due_rows(
                            AND t.folded_at > now() - k.backoff)))
            AND NOT EXISTS (SELECT 1 FROM tracker_batches t WHERE t.batch_id = b.batch_id)
            AND (b.due_at IS NULL OR b.due_at <= $4 OR c.status = 'cancelled')
+           -- An A/B campaign's remainder waits for its winner (a cancelled one's is
+           -- reported `cancelled` by the emitter, never sent).
+           AND (b.variant IS NOT NULL OR a.campaign_id IS NULL OR a.winner IS NOT NULL
+                OR c.status = 'cancelled')
          ORDER BY b.campaign_id, b.batch_no
          LIMIT $2
            FOR UPDATE OF b SKIP LOCKED

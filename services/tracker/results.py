@@ -20,7 +20,7 @@ MAX_ERROR_CHARS = 1000
 Outcome = Literal["completed", "failed"]
 
 # One row of the `deliveries` COPY, in `DELIVERY_COLUMNS` order.
-DeliveryRow = tuple[UUID, int, str, str, str | None, str | None, str, datetime]
+DeliveryRow = tuple[UUID, int, str, str, str | None, str | None, str | None, str, datetime]
 DELIVERY_COLUMNS: tuple[str, ...] = (
     "campaign_id",
     "recipient_id",
@@ -28,6 +28,7 @@ DELIVERY_COLUMNS: tuple[str, ...] = (
     "status",
     "message_id",
     "error",
+    "variant",
     "batch_id",
     "sent_at",
 )
@@ -61,6 +62,7 @@ def delivery_rows(result: DeliveryResult) -> list[DeliveryRow]:
             o.status,
             _clean(o.message_id) if o.message_id is not None else None,
             _clean(o.error)[:MAX_ERROR_CHARS] if o.error is not None else None,
+            result.variant,
             result.batch_id,
             result.finished_at,
         )

@@ -48,7 +48,8 @@ Conn = asyncpg.Connection | PoolConnectionProxy
 _STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS tracker_staging (
     campaign_id uuid, recipient_id bigint, email text, status text,
-    message_id text, error text, batch_id text, sent_at timestamptz, log_month date
+    message_id text, error text, variant text, batch_id text, sent_at timestamptz,
+    log_month date
 ) ON COMMIT DELETE ROWS
 """
 
@@ -67,9 +68,10 @@ WITH inserted AS (
     INSERT INTO deliveries ({", ".join(_STAGED_COLUMNS)})
     SELECT {", ".join(_STAGED_COLUMNS)} FROM tracker_staging
     ON CONFLICT (campaign_id, recipient_id, log_month) DO NOTHING
-    RETURNING campaign_id, status
+    RETURNING campaign_id, variant, status
 )
-SELECT campaign_id, status, count(*) AS n FROM inserted GROUP BY campaign_id, status
+SELECT campaign_id, variant, status, count(*) AS n FROM inserted
+ GROUP BY campaign_id, variant, status
 """  # noqa: S608 - column names are constants
 
 _UPSERT_STATS = """
@@ -111,9 +113,10 @@ WITH evidence AS (
       FROM evidence e
      WHERE d.campaign_id = e.campaign_id AND d.recipient_id = e.recipient_id
        AND d.batch_id = e.batch_id AND d.status = 'unknown'
-    RETURNING d.campaign_id
+    RETURNING d.campaign_id, d.variant
 )
-SELECT campaign_id, count(*) AS n FROM moved GROUP BY campaign_id ORDER BY campaign_id
+SELECT campaign_id, variant, count(*) AS n FROM moved
+ GROUP BY campaign_id, variant ORDER BY campaign_id, variant
 """
 
 # The design gives the tracker the final status; a campaign an admin cancelled (or one not
@@ -240,7 +243,7 @@ class TrackerStore:
             fold.duplicates += len(unique) - len(fresh)
             if not fresh:
                 return fold
-            added = await self._write_deliveries(conn, fresh)
+            added, by_variant = await self._write_deliveries(conn, fresh)
             fold.folded = fresh
             # Inside the batch gate: a replayed batch suppresses nobody a second time.
             fold.suppressed = await _insert_suppressions(conn, send_time_bounces(fresh))
@@ -259,6 +262,7 @@ class TrackerStore:
                 )
                 if finished is not None:
                     fold.finished.append(finished)
+            await _add_to_variant_stats(conn, by_variant)
             await self._fold_early_hits(conn, fresh)
         return fold
 
@@ -273,16 +277,20 @@ class TrackerStore:
         months = await campaign_months(conn, {key[0] for key, _ in hits})
         activities, mailed = await self._lock_activities(conn, {key for key, _ in hits}, months)
         added: dict[UUID, Counter[str]] = defaultdict(Counter)
+        per_key: dict[RecipientKey, Counter[str]] = defaultdict(Counter)
         changed: set[RecipientKey] = set()
         matched: list[tuple[str, str]] = []
         for key, event in hits:
             if key in activities:
-                added[key[0]] += apply_event(activities[key], event)
+                delta = apply_event(activities[key], event)
+                added[key[0]] += delta
+                per_key[key] += delta
                 changed.add(key)
                 matched.append((event.event_id, mailed[key]))
         await self._write_activities(conn, {k: activities[k] for k in changed}, months)
         for campaign_id in sorted(added):
             await self._add_activity_to_stats(conn, campaign_id, added[campaign_id])
+        await _add_activity_to_variants(conn, per_key)
         await conn.execute(
             "UPDATE delivery_events e SET matched = true, email = v.email"
             " FROM unnest($1::text[], $2::text[]) AS v(event_id, email)"
@@ -313,8 +321,9 @@ class TrackerStore:
 
     async def _write_deliveries(
         self, conn: Conn, results: list[DeliveryResult]
-    ) -> dict[UUID, Counter[str]]:
-        """COPY the outcomes into the delivery log; returns what was added, per campaign."""
+    ) -> tuple[dict[UUID, Counter[str]], dict[tuple[UUID, str], Counter[str]]]:
+        """COPY the outcomes into the delivery log; returns what was added, per campaign,
+        and per A/B variant (of the batches that carry one)."""
         await conn.execute(_STAGING_DDL)
         months = await campaign_months(conn, {r.campaign_id for r in results})
         records = [
@@ -326,12 +335,15 @@ class TrackerStore:
             "tracker_staging", records=records, columns=list(_STAGED_COLUMNS)
         )
         added: dict[UUID, Counter[str]] = defaultdict(Counter)
+        by_variant: dict[tuple[UUID, str], Counter[str]] = defaultdict(Counter)
         for row in await conn.fetch(_MOVE_STAGED):
-            added[row["campaign_id"]][row["status"]] = row["n"]
+            added[row["campaign_id"]][row["status"]] += row["n"]
+            if row["variant"] is not None:
+                by_variant[(row["campaign_id"], row["variant"])][row["status"]] += row["n"]
         # A campaign whose every outcome conflicted still gets its batches counted.
         for result in results:
             added.setdefault(result.campaign_id, Counter())
-        return dict(added)
+        return dict(added), dict(by_variant)
 
     async def _add_to_stats(
         self,
@@ -423,18 +435,22 @@ class TrackerStore:
             fresh = [e for e in unique if e.event_id in new_ids]
             fold.duplicates += len(unique) - len(fresh)
             added: dict[UUID, Counter[str]] = defaultdict(Counter)
+            per_key: dict[RecipientKey, Counter[str]] = defaultdict(Counter)
             changed: set[RecipientKey] = set()
             for event in fresh:
                 key = targets.get(event.event_id)
                 if key is None or key not in activities:
                     fold.unmatched += 1
                 else:
-                    added[key[0]] += apply_event(activities[key], event)
+                    delta = apply_event(activities[key], event)
+                    added[key[0]] += delta
+                    per_key[key] += delta
                     changed.add(key)
                 fold.folded[event.event] += 1
             await self._write_activities(conn, {k: activities[k] for k in changed}, months)
             for campaign_id in sorted(added):
                 await self._add_activity_to_stats(conn, campaign_id, added[campaign_id])
+            await _add_activity_to_variants(conn, per_key)
             fold.resolved = await self._resolve_unknown(conn, fresh, targets, activities)
             fold.suppressed = await self._suppress(conn, fresh, targets, mailed)
             # Like suppressions, runs of soft bounces count only events matched to a delivery.
@@ -530,14 +546,27 @@ class TrackerStore:
             [e[2] for e in evidence],
             [e[3] for e in evidence],
         )
-        for row in rows:  # sorted by campaign: one lock order
+        moved: Counter[UUID] = Counter()
+        for row in rows:
+            moved[row["campaign_id"]] += int(row["n"])
+        for campaign_id in sorted(moved):  # one lock order
             await conn.execute(
                 "UPDATE campaign_stats SET sent = sent + $2::int, unknown = unknown - $2::int"
                 " WHERE campaign_id = $1",
-                row["campaign_id"],
-                row["n"],
+                campaign_id,
+                moved[campaign_id],
             )
-        return sum(int(row["n"]) for row in rows)
+        for row in rows:  # sorted by campaign and variant
+            if row["variant"] is not None:
+                await conn.execute(
+                    "UPDATE campaign_variant_stats"
+                    " SET sent = sent + $3::int, unknown = unknown - $3::int"
+                    " WHERE campaign_id = $1 AND variant = $2",
+                    row["campaign_id"],
+                    row["variant"],
+                    row["n"],
+                )
+        return sum(moved.values())
 
     async def _lock_activities(
         self, conn: Conn, keys: set[RecipientKey], months: dict[UUID, date]
@@ -757,6 +786,78 @@ async def campaign_months(conn: Conn, campaign_ids: set[UUID]) -> dict[UUID, dat
         ):
             months[r["campaign_id"]] = r["log_month"]
     return months
+
+
+async def _add_to_variant_stats(
+    conn: Conn, by_variant: dict[tuple[UUID, str], Counter[str]]
+) -> None:
+    """Add the outcomes a results fold wrote to its A/B variants' counters (inside the
+    batch gate: once)."""
+    if not by_variant:
+        return
+    keys = sorted(by_variant)  # one lock order for every instance
+    columns = (*OUTCOME_STATUSES, "suppressed")
+    arrays = ", ".join(f"${i + 4}::bigint[]" for i in range(len(columns)))
+    await conn.execute(
+        f"""
+        INSERT INTO campaign_variant_stats AS s
+               (campaign_id, variant, recipients, {", ".join(columns)})
+        SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], {arrays})
+        ON CONFLICT (campaign_id, variant) DO UPDATE
+           SET recipients = s.recipients + EXCLUDED.recipients,
+               {", ".join(f"{c} = s.{c} + EXCLUDED.{c}" for c in columns)}
+        """,  # noqa: S608 - column names are constants
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [sum(by_variant[k].values()) for k in keys],
+        *([by_variant[k][c] for k in keys] for c in columns),
+    )
+
+
+async def _add_activity_to_variants(conn: Conn, per_key: dict[RecipientKey, Counter[str]]) -> None:
+    """Add what events changed to the counters of the A/B variant each delivery was sent
+    (inside the event gate: once). Deliveries without a variant add nothing."""
+    keys = sorted(k for k, delta in per_key.items() if delta)
+    if not keys:
+        return
+    # In each campaign's log month when it has one (partition pruning, as the fold's own
+    # reads), else in every month.
+    months = await pinned_months(conn, {k[0] for k in keys})
+    ids, rids = [k[0] for k in keys], [k[1] for k in keys]
+    if all(k[0] in months for k in keys):
+        where = (
+            "(campaign_id, recipient_id, log_month) IN"
+            " (SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::date[]))"
+        )
+        args: list[Any] = [ids, rids, [months[k[0]] for k in keys]]
+    else:
+        where = "(campaign_id, recipient_id) IN (SELECT * FROM unnest($1::uuid[], $2::bigint[]))"
+        args = [ids, rids]
+    rows = await conn.fetch(
+        f"SELECT campaign_id, recipient_id, variant FROM deliveries"  # noqa: S608 - constants
+        f" WHERE {where} AND variant IS NOT NULL",
+        *args,
+    )
+    added: dict[tuple[UUID, str], Counter[str]] = defaultdict(Counter)
+    for row in rows:
+        added[(row["campaign_id"], row["variant"])] += per_key[
+            (row["campaign_id"], row["recipient_id"])
+        ]
+    if not added:
+        return
+    ordered = sorted(added)
+    arrays = ", ".join(f"${i + 3}::bigint[]" for i in range(len(ACTIVITY_COUNTERS)))
+    await conn.execute(
+        f"""
+        INSERT INTO campaign_variant_stats AS s (campaign_id, variant, {", ".join(ACTIVITY_COUNTERS)})
+        SELECT * FROM unnest($1::uuid[], $2::text[], {arrays})
+        ON CONFLICT (campaign_id, variant) DO UPDATE
+           SET {", ".join(f"{c} = s.{c} + EXCLUDED.{c}" for c in ACTIVITY_COUNTERS)}
+        """,  # noqa: S608 - column names are constants
+        [k[0] for k in ordered],
+        [k[1] for k in ordered],
+        *([added[k][c] for k in ordered] for c in ACTIVITY_COUNTERS),
+    )
 
 
 async def _write_messages(conn: Conn, results: list[DeliveryResult]) -> None:

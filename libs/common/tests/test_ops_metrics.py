@@ -148,3 +148,62 @@ async def test_a_capped_campaign_is_given_the_time_its_cap_needs(pool: asyncpg.P
             await conn.execute("DELETE FROM batch_plans WHERE campaign_id = $1", capped)
             await conn.execute("DELETE FROM tracker_batches WHERE campaign_id = $1", capped)
             await conn.execute("DELETE FROM campaigns WHERE id = $1", capped)
+
+
+async def test_an_ab_campaign_waiting_for_its_winner_is_not_stalled(pool: asyncpg.Pool) -> None:
+    """Issue 17 item 1: the test group was sent and folded an hour ago, the remainder waits
+    for the winner: waiting, not stuck, until the wait ends (or forever for a test decided
+    by hand); then the stall counts from the wait's end, and after a decision from it."""
+    list_id = uuid.uuid4()
+    cases = {  # (wait, metric, decided minutes ago)
+        "waiting": (7200, "open", None),
+        "manual": (0, "manual", None),
+        "overdue": (3000, "open", None),  # 50 min: its wait ended 10 minutes ago
+        "decided": (0, "open", 5),
+    }
+    ids = {name: uuid.uuid4() for name in cases}
+    async with pool.acquire() as conn:
+        await conn.execute("INSERT INTO lists (id, name) VALUES ($1, 'ops ab')", list_id)
+        for name, (wait, metric, decided) in cases.items():
+            campaign_id = ids[name]
+            await conn.execute(
+                "INSERT INTO campaigns (id, name, subject, html, from_email, list_id, provider,"
+                " status, started_at) VALUES ($1, 'c', 's', 'h', 'a@example.com', $2, 'sink',"
+                " 'in_progress', now() - interval '1 hour')",
+                campaign_id,
+                list_id,
+            )
+            await conn.execute(
+                "INSERT INTO ab_tests (campaign_id, test_share, seed, wait_seconds, metric,"
+                " test_started_at, winner, decided_at) VALUES ($1, 0.5, 1, $2, $3,"
+                " now() - interval '1 hour', CASE WHEN $4::int IS NOT NULL THEN 'A' END,"
+                " now() - make_interval(mins => $4::int))",
+                campaign_id,
+                wait,
+                metric,
+                decided,
+            )
+            await conn.execute(
+                "INSERT INTO batch_plans (batch_id, campaign_id, batch_no, recipient_ids,"
+                " variant, emitted) VALUES ($1 || ':0', $1::uuid, 0, '{1}', 'A', 1),"
+                " ($1 || ':1', $1::uuid, 1, '{2}', NULL, 0)",
+                str(campaign_id),
+            )
+            await conn.execute(
+                "INSERT INTO tracker_batches (batch_id, campaign_id, recipients, folded_at)"
+                " VALUES ($1, $2, 1, now() - interval '1 hour')",
+                f"{campaign_id}:0",
+                campaign_id,
+            )
+        try:
+            assert await longest_stall_seconds(conn, [ids["waiting"]]) == 0
+            assert await longest_stall_seconds(conn, [ids["manual"]]) == 0
+            assert 600 <= await longest_stall_seconds(conn, [ids["overdue"]]) < 700
+            assert 300 <= await longest_stall_seconds(conn, [ids["decided"]]) < 400
+        finally:
+            for campaign_id in ids.values():
+                await conn.execute(
+                    "DELETE FROM tracker_batches WHERE campaign_id = $1", campaign_id
+                )
+                await conn.execute("DELETE FROM batch_plans WHERE campaign_id = $1", campaign_id)
+                await conn.execute("DELETE FROM campaigns WHERE id = $1", campaign_id)

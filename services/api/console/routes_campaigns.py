@@ -13,15 +13,17 @@ from pydantic import ValidationError
 
 from libs.common.events import SendWindow
 from libs.stats import read_models
+from libs.stats.ab import variant_report
 from libs.web.problems import ProblemError
-from services.api import repository
+from services.api import ab_repo, repository
+from services.api.ab_schemas import WinnerIn
 from services.api.campaign_test_schemas import SendTestRequest
 from services.api.console import queries
 from services.api.console.auth import EditorPost, Viewer
 from services.api.console.delivery_export import delivery_csv
 from services.api.console.forms import field_errors_from_problem, field_errors_from_validation
 from services.api.console.web import STATUS_LABELS, ConsoleRoute, page_or_first, render
-from services.api.routes import campaign_control, campaign_test_sends, campaigns
+from services.api.routes import ab_tests, campaign_control, campaign_test_sends, campaigns
 from services.api.scheduling import (
     UnknownTimezone,
     UnrepresentableTime,
@@ -234,6 +236,22 @@ async def _campaign_or_404(request: Request, campaign_id: UUID) -> dict[str, Any
     return row
 
 
+async def _ab_view(db: Any, campaign_id: UUID) -> dict[str, Any] | None:
+    """The campaign's A/B test for its page: settings, decision, per-variant stats."""
+    test = await ab_repo.get_test(db, campaign_id)
+    if test is None:
+        return None
+    variants = {v["variant"]: v for v in await ab_repo.variants_of(db, campaign_id)}
+    report = variant_report(await ab_repo.variant_counters(db, campaign_id))
+    metric = "click" if test["metric"] == "click" else "open"
+    rows = [
+        {**r, "subject": variants.get(r["variant"], {}).get("subject"),
+         "versus": r["against_leader"][metric]}
+        for r in report["variants"]
+    ]  # fmt: skip
+    return {**test, "rows": rows, "compared_by": metric, "leader": report["leaders"][metric]}
+
+
 @router.get("/campaigns/{campaign_id}")
 async def campaign_detail(
     request: Request,
@@ -258,11 +276,13 @@ async def campaign_detail(
             )
         except ValueError:
             deliveries = await read_models.delivery_page(db, campaign_id, limit=PAGE_SIZE)
+    ab = await _ab_view(db, campaign_id)
     return render(
         request,
         "campaign.html",
         session,
         campaign=row,
+        ab=ab,
         audience_names=await queries.audience_names(db, row["audience"]),
         audience_planned=await repository.audience_plan(db, campaign_id),
         zone_plan=await queries.zones_of(db, row),
@@ -445,6 +465,24 @@ async def schedule(
         await campaigns.schedule_campaign(campaign_id, resources, session.as_caller(), body)
         return RedirectResponse(f"/console/campaigns/{campaign_id}", status_code=303)
     return render(request, "error.html", session, 422, message=error)
+
+
+@router.post("/campaigns/{campaign_id}/ab/winner")
+async def choose_winner(
+    request: Request,
+    session: EditorPost,
+    campaign_id: UUID,
+    variant: Annotated[str, Form(max_length=1)],
+) -> Response:
+    """Pick an A/B test's winner by hand (the API's rules: once, while the test runs)."""
+    try:
+        body = WinnerIn(variant=variant)
+    except ValidationError:
+        return render(request, "error.html", session, 422, message="There is no such variant.")
+    await ab_tests.choose_ab_winner(
+        campaign_id, body, request.app.state.resources, session.as_caller()
+    )
+    return RedirectResponse(f"/console/campaigns/{campaign_id}", status_code=303)
 
 
 @router.post("/campaigns/{campaign_id}/rate-cap")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -23,7 +24,7 @@ from libs.common.templating import (
 )
 from libs.stats import read_models
 from libs.web.problems import FieldError, ProblemError, problem_responses
-from services.api import audiences, deletions_repo, repository
+from services.api import ab_repo, audiences, deletions_repo, repository
 from services.api.audit import Target, record_audit
 from services.api.deletion_rules import why_campaign_is_kept
 from services.api.deps import ApiResources, CanEdit, CanRead, Resources
@@ -383,7 +384,7 @@ async def unschedule_campaign(
     responses=problem_responses(401, 403, 404, 422),
 )
 async def duplicate_campaign(campaign_id: UUID, resources: Resources, _: CanEdit) -> CampaignOut:
-    """A new draft with the same content, list and provider, and no schedule."""
+    """A new draft with the same content, list, provider and A/B test, and no schedule."""
     source = await repository.get_campaign(resources.db, campaign_id)
     if source is None:
         raise not_found("campaign", campaign_id)
@@ -392,7 +393,10 @@ async def duplicate_campaign(campaign_id: UUID, resources: Resources, _: CanEdit
         "name": f"{source['name']} (copy)"[:200],
         "audience_filters": await repository.audience_filters(resources.db, campaign_id),
     }
-    row = await repository.insert_campaign(resources.db, copy)
+    async with resources.db.acquire() as conn, conn.transaction():
+        row = await repository.insert_campaign(conn, copy)
+        # Its A/B test too (settings and variants, a new seed, no decision).
+        await ab_repo.copy_test(conn, campaign_id, row["id"], secrets.randbelow(2**62))
     log.info("campaign duplicated", campaign_id=str(row["id"]), source_id=str(campaign_id))
     return await campaign_with_stats(resources, row)
 
