@@ -235,10 +235,12 @@ class AudienceIn(Strict):
 
 
 class AudienceOut(BaseModel):
-    lists: list[UUID]
-    segments: list[UUID]
-    exclude_lists: list[UUID]
-    exclude_segments: list[UUID]
+    # A key missing from the stored definition (written by another writer than this API,
+    # e.g. a test or an internal tool) reads as empty: a listing never fails on one row.
+    lists: list[UUID] = Field(default_factory=list)
+    segments: list[UUID] = Field(default_factory=list)
+    exclude_lists: list[UUID] = Field(default_factory=list)
+    exclude_segments: list[UUID] = Field(default_factory=list)
 
 
 class AudiencePlanned(BaseModel):

@@ -100,3 +100,21 @@ async def test_a_campaign_from_before_audiences_can_be_paused_and_resumed(
         code, body = await _post(api, campaign_id, action)
         assert (code, body["status"]) == (200, status), body
         assert body["audience"]["lists"] == [body["list_id"]]
+
+
+async def test_a_stored_audience_missing_keys_reads_as_empty_ones(
+    api: Api, pool: asyncpg.Pool
+) -> None:
+    """A definition written by another writer with only some keys: the listing and the
+    campaign still answer (they answered 500 for every campaign in the listing)."""
+    campaign_id = await _in_progress(api, pool)
+    await pool.execute(
+        "UPDATE campaigns SET audience = jsonb_build_object('lists', jsonb_build_array(list_id))"
+        " WHERE id = $1",
+        uuid.UUID(campaign_id),
+    )
+    one = await api.client.get(f"/api/v1/campaigns/{campaign_id}", headers=api.auth("viewer"))
+    assert one.status_code == 200, one.text
+    assert one.json()["audience"]["exclude_segments"] == []
+    listing = await api.client.get("/api/v1/campaigns?limit=200", headers=api.auth("viewer"))
+    assert listing.status_code == 200, listing.text
