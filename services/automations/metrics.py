@@ -31,6 +31,10 @@ STOPPED = Counter(
     "Runs stopped early, by reason (unsubscribed: the address is suppressed; goal; left).",
     ["reason"],
 )
+OUTBOX_REFUSED = Counter(
+    "mailfleet_automation_outbox_refused_total",
+    "Outbox rows that were no valid message.requested: set aside, never published.",
+)
 ACTIVE = Gauge("mailfleet_automation_runs_active", "Runs in flight (waiting or due).")
 DUE = Gauge(
     "mailfleet_automation_runs_due",

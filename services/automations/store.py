@@ -21,11 +21,13 @@ from uuid import UUID
 import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
+from pydantic import ValidationError
 
 from libs.automations.definition import DEFINITION, AnniversaryTrigger, Definition
 from libs.common.events import MessageRequested
 from libs.common.logging import get_logger
 from libs.common.sendtime import local_instant, parse_hhmm
+from services.automations import metrics
 from services.automations.machine import (
     Advance,
     Engagement,
@@ -288,17 +290,34 @@ class AutomationStore:
     # --- the outbox --------------------------------------------------------------------------
 
     async def unpublished(self, limit: int) -> list[Outgoing]:
+        """The next messages to publish. A row that is no valid message any more (written
+        by hand, or changed by an erasure) is set aside, published_at set with publishes
+        0, and logged: otherwise it would come first in every tick, and hold back all the
+        rows behind it."""
         rows = await self.pool.fetch(
             "SELECT message_id, key, payload FROM automation_outbox WHERE published_at IS NULL"
             " ORDER BY created_at LIMIT $1",
             limit,
         )
-        return [
-            Outgoing(
-                r["message_id"], r["key"], MessageRequested.model_validate(_json(r["payload"]))
+        good: list[Outgoing] = []
+        refused: list[UUID] = []
+        for r in rows:
+            try:
+                event = MessageRequested.model_validate(_json(r["payload"]))
+            except ValidationError as exc:
+                log.error("outbox row is no message; set aside", message_id=str(r["message_id"]),
+                          error=str(exc).splitlines()[0])  # fmt: skip
+                refused.append(r["message_id"])
+                continue
+            good.append(Outgoing(r["message_id"], r["key"], event))
+        if refused:
+            metrics.OUTBOX_REFUSED.inc(len(refused))
+            await self.pool.execute(
+                "UPDATE automation_outbox SET published_at = now()"
+                " WHERE message_id = ANY($1::uuid[]) AND published_at IS NULL",
+                refused,
             )
-            for r in rows
-        ]
+        return good
 
     async def published(self, message_ids: Sequence[UUID], now: datetime) -> None:
         await self.pool.execute(

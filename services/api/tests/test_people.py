@@ -157,12 +157,17 @@ async def _plant_automation_run(pool: asyncpg.Pool, address: str) -> None:
         run,
     )
     await pool.execute(
-        "INSERT INTO automation_outbox (message_id, run_id, step, key, payload)"
-        " VALUES ($1, $2, 0, $3, $4)",
+        "INSERT INTO automation_outbox (message_id, run_id, step, key, payload, published_at,"
+        " publishes) VALUES ($1, $2, 0, $3, $4, now(), 1)",
         uuid.uuid4(),
         run,
         address,
-        {"to": address, "data": {"email": address}},
+        {
+            "schema_version": 1,
+            "to": address,
+            "content": {"subject": "Welcome", "html": "<p>Hi</p>", "from_email": "n@example.com"},
+            "data": {"email": address},
+        },
     )
 
 

@@ -353,3 +353,45 @@ async def test_pause_resume_versions_and_anniversaries(
             assert await _count(pool, birthday, 2)
     finally:
         await producer.stop()
+
+
+async def test_an_outbox_row_that_is_no_message_is_set_aside_and_the_rest_goes(
+    pool: asyncpg.Pool,
+) -> None:
+    """A row that no longer decodes (written by hand, rewritten by an erasure) held back
+    every row behind it, tick after tick, when the tick failed on it."""
+    step = {"kind": "send", "template_id": str(uuid.uuid4()), "from_email": "hi@example.com"}
+    automation = await create_automation(
+        pool, {"trigger": {"kind": "event", "event": "outbox_test"}, "steps": [step, step]}
+    )
+    run = await pool.fetchval(
+        "INSERT INTO automation_runs (automation_id, version, enrol_key, email, trigger,"
+        " due_at, started_at) VALUES ($1, 1, 'x@example.com', 'x@example.com', 'event',"
+        " now(), now()) RETURNING id",
+        automation,
+    )
+    bad, good = uuid.uuid4(), uuid.uuid4()
+    message = MessageRequested(
+        message_id=good, to="x@example.com", idempotency_key=f"auto:{run}:1",
+        content={"subject": "Hi", "html": "<p>Hi</p>", "from_email": "news@example.com"},
+    )  # type: ignore[arg-type]  # fmt: skip
+    await pool.execute(
+        "INSERT INTO automation_outbox (message_id, run_id, step, key, payload, created_at)"
+        " VALUES ($1, $2, 0, 'x', $3, now() - interval '10 years'),"
+        " ($4, $2, 1, 'x', $5, now() - interval '10 years')",
+        bad,
+        run,
+        {"to": "erased:ab:cd"},
+        good,
+        orjson.loads(message.model_dump_json()),
+    )
+    store = AutomationStore(pool)
+    batch = await store.unpublished(1000)
+    assert good in {o.message_id for o in batch}
+    assert bad not in {o.message_id for o in batch}
+    assert await pool.fetchval(
+        "SELECT published_at IS NOT NULL AND publishes = 0 FROM automation_outbox"
+        " WHERE message_id = $1",
+        bad,
+    )
+    assert good in {o.message_id for o in await store.unpublished(1000)}  # still to publish
