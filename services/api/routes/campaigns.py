@@ -51,7 +51,7 @@ from services.api.schemas import (
     TimelinePoint,
     ZoneWaiting,
 )
-from services.api.stats import campaign_stats
+from services.api.stats import TERMINAL, campaign_stats
 from services.api.template_use import resolve_campaign_content
 
 log = get_logger(__name__)
@@ -153,8 +153,15 @@ async def campaign_with_stats(resources: ApiResources, row: dict[str, Any]) -> C
     report = await read_models.campaign_report(resources.db, row["id"])
     if report is not None:
         return CampaignOut(**row, **zones, stats=StatsOut(**report))
+    if planned is not None:
+        # Planned, and no batch folded yet (e.g. paused before its first result): the
+        # audience of the plan, as the tracker will count it.
+        counters = {name: 0 for name in TERMINAL}
+        counters.update(audience_total=planned["total"], suppressed=planned["suppressed"])
+        stats = StatsOut(**campaign_stats(counters, 0).as_dict())
+        return CampaignOut(**row, **zones, stats=stats)
     # Not planned yet: the audience as it is now (0 when it cannot be counted in time).
-    size = 0 if planned is not None else await audiences.count_now(resources.db, row)
+    size = await audiences.count_now(resources.db, row)
     stats = StatsOut(**campaign_stats(None, size or 0).as_dict())
     return CampaignOut(**row, **zones, stats=stats)
 
