@@ -86,6 +86,10 @@ async def provider_stack(
             "MAILFLEET_PROVIDER_TIMEOUT_S": str(CLIENT_TIMEOUT_S),
             "MAILFLEET_PROVIDER_RETRY_INITIAL_S": "0.05",
             "MAILFLEET_PROVIDER_RETRY_MAX_S": "0.5",
+            # Campaign batches only: transactional messages other tests left on the shared
+            # broker (a new group reads them from the start) would take the faults meant
+            # for the campaign's first requests.
+            "MAILFLEET_DISPATCHER_LANES": "batches",
         },
     )
     yield running

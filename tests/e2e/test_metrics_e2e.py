@@ -20,6 +20,7 @@ from tests.e2e.harness import RunningStack, start_stack
 RECIPIENTS = 300
 BACKGROUND = [
     "importer", "scheduler", "tracker", "dispatcher-1", "dispatcher-2", "guard", "webhooks",
+    "automations",
 ]  # fmt: skip
 
 
@@ -34,8 +35,8 @@ async def stack(
         tmp_path_factory.mktemp("metrics-e2e-logs"),
         dispatchers=2,
         metrics_ports=ports,
-        # The reputation and webhook alerts read the metrics of these two.
-        extra_children=["guard", "webhooks"],
+        # The reputation, webhook and automation alerts read the metrics of these three.
+        extra_children=["guard", "webhooks", "automations"],
     )
     yield running, ports
     await running.stop()
