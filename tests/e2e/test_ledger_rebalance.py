@@ -93,7 +93,11 @@ async def test_a_dispatcher_joining_mid_batch_on_a_slow_relay_sends_nobody_twice
         record["batch_id"]
         for path in log_dir.glob("dispatcher-*.log")
         for line in path.read_text(errors="replace").splitlines()
-        if line.startswith("{") and (record := orjson.loads(line)).get("event") == "batch finished"
+        if line.startswith("{")
+        and (record := orjson.loads(line)).get("event") == "batch finished"
+        # Only this campaign's: the shared database may hold another test's campaign still
+        # sending, whose batches these dispatchers take too.
+        and str(record.get("batch_id", "")).startswith(f"{campaign_id}:")
     )
     assert finished and max(finished.values()) == 1, "a batch was finished by two owners"
     batches = await pool.fetchval(
