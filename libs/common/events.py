@@ -365,6 +365,14 @@ class ContactEvent(Event):
         " unsubscribe form; others: where a subscription came from.",
     )
 
+    @property
+    def key(self) -> str:
+        """The record's key: the address, so that one person's events stay ordered; for
+        an unsubscribe from a link, which names no address, the delivery it was in."""
+        if self.action == "unsubscribe":
+            return f"{self.campaign_id}:{self.recipient_id}"
+        return self.email or ""
+
     @model_validator(mode="after")
     def _fields_of_action(self) -> ContactEvent:
         if self.action == "unsubscribe":

@@ -56,7 +56,7 @@ async def main(ctx: ServiceContext, *, group_id: str = GROUP_ID) -> None:
                 )
             if out.contacts:
                 await ctx.producer.send_many(
-                    Topic.CONTACT_EVENT, [(c.email or "", c) for c in out.contacts]
+                    Topic.CONTACT_EVENT, [(c.key, c) for c in out.contacts]
                 )
 
     contacts: EventConsumer[ContactEvent] = EventConsumer(

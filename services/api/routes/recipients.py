@@ -142,7 +142,7 @@ async def _publish_joined(
         list_id=list_id, source="api", occurred_at=datetime.now(UTC),
     )  # fmt: skip
     try:
-        await resources.events.send(Topic.CONTACT_EVENT, email, event)
+        await resources.events.send(Topic.CONTACT_EVENT, event.key, event)
     except (KafkaError, ProblemError) as exc:
         log.warning(
             "joined event not published; the list's automations will not start for them",

@@ -250,7 +250,7 @@ async def subscribe(public_id: str, request: Request, resources: Resources) -> R
         occurred_at=datetime.now(UTC),
         source="form",
     )
-    await _publish(resources, event)
+    await publish_contact(resources, event)
     SUBSCRIBE_POSTS.labels("published").inc()
     log.info("subscription published", list_id=str(lst.id), event_id=event.event_id)
     return _accepted(lst, as_json)
@@ -265,9 +265,10 @@ async def _public_list(resources: EdgeResources, public_id: str) -> PublicList |
         raise ProblemError(503, "subscriptions are unavailable; please try again later") from exc
 
 
-async def _publish(resources: EdgeResources, event: ContactEvent) -> None:
+async def publish_contact(resources: EdgeResources, event: ContactEvent) -> None:
+    """Publish on `contact.event` by the event's key; a broker that fails is a 503."""
     try:
-        await resources.events.send(Topic.CONTACT_EVENT, event.email or "", event)
+        await resources.events.send(Topic.CONTACT_EVENT, event.key, event)
     except KafkaError as exc:
         raise ProblemError(503, "could not record the request; please try again") from exc
 
@@ -325,7 +326,7 @@ async def confirm(token: str, request: Request, resources: Resources) -> HTMLRes
         occurred_at=datetime.now(UTC),
         source="confirmation",
     )
-    await _publish(resources, event)
+    await publish_contact(resources, event)
     PREFERENCE_ACTIONS.labels("confirmed").inc()
     log.info("confirmation published", list_id=str(target.list_id))
     return HTMLResponse(confirmed_page(), headers=_NO_STORE)

@@ -19,18 +19,23 @@ import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from libs.common.events import ContactEvent, Topic
+from libs.common.events import ContactEvent
 from libs.common.logging import get_logger
 from libs.common.unsubscribe import BadToken, UnsubscribeTarget, read_token
 from libs.web.problems import ProblemError, problem_responses
 from services.edge.deps import EdgeResources, Resources
 from services.edge.directory import Member, Unavailable
 from services.edge.metrics import PREFERENCE_ACTIONS, UNSUBSCRIBES
-from services.edge.routes.subscribe import BadPost, client_of, parse_post, read_body
+from services.edge.routes.subscribe import (
+    BadPost,
+    client_of,
+    parse_post,
+    publish_contact,
+    read_body,
+)
 from services.edge.subscription_pages import preference_page, subscribe_accepted_page, text_page
 from services.edge.unsubscribe_page import confirm_page, done_page
 
@@ -116,10 +121,7 @@ async def _member_or_page(
 
 
 async def _publish_contact(resources: EdgeResources, event: ContactEvent) -> None:
-    try:
-        await resources.events.send(Topic.CONTACT_EVENT, event.email or "", event)
-    except KafkaError as exc:
-        raise ProblemError(503, "could not record the request; please try again") from exc
+    await publish_contact(resources, event)
     PREFERENCE_ACTIONS.labels(event.action).inc()
 
 
@@ -218,15 +220,7 @@ async def unsubscribe(token: str, request: Request, resources: Resources) -> HTM
         occurred_at=datetime.now(UTC),
         source=source,
     )
-    try:
-        await resources.events.send(Topic.CONTACT_EVENT, contact_key(event), event)
-    except KafkaError as exc:
-        raise ProblemError(503, "could not record the request; please try again") from exc
+    await publish_contact(resources, event)
     UNSUBSCRIBES.labels(source).inc()
     log.info("unsubscribe published", campaign_id=str(target.campaign_id), source=source)
     return HTMLResponse(done_page())
-
-
-def contact_key(event: ContactEvent) -> str:
-    """The delivery the link was in: one person's actions on one message stay ordered."""
-    return f"{event.campaign_id}:{event.recipient_id}"
