@@ -18,11 +18,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from libs.common.events import ContactEvent
+from libs.common.events import ContactAction, ContactEvent
 from libs.common.logging import get_logger
 from libs.common.unsubscribe import BadToken, UnsubscribeTarget, read_token
 from libs.web.problems import ProblemError, problem_responses
@@ -120,9 +121,25 @@ async def _member_or_page(
     return member, f"/u/{token}"
 
 
-async def _publish_contact(resources: EdgeResources, event: ContactEvent) -> None:
+async def _publish_contact(
+    resources: EdgeResources,
+    member: Member,
+    action: ContactAction,
+    prefix: str,
+    data: dict[str, Any] | None = None,
+) -> None:
+    """Publish one preference-centre action of `member` on its list."""
+    event = ContactEvent(
+        event_id=f"{prefix}:{uuid.uuid4()}",
+        action=action,
+        email=member.email,
+        list_id=member.list_id,
+        data=data or {},
+        occurred_at=datetime.now(UTC),
+        source="preferences",
+    )
     await publish_contact(resources, event)
-    PREFERENCE_ACTIONS.labels(event.action).inc()
+    PREFERENCE_ACTIONS.labels(action).inc()
 
 
 @router.post("/u/{token}/leave", response_class=HTMLResponse, include_in_schema=False)
@@ -132,17 +149,7 @@ async def leave(token: str, request: Request, resources: Resources) -> HTMLRespo
     if isinstance(found, HTMLResponse):
         return found
     member, base = found
-    await _publish_contact(
-        resources,
-        ContactEvent(
-            event_id=f"left:{uuid.uuid4()}",
-            action="left",
-            email=member.email,
-            list_id=member.list_id,
-            occurred_at=datetime.now(UTC),
-            source="preferences",
-        ),
-    )
+    await _publish_contact(resources, member, "left", "left")
     log.info("left a list", list_id=str(member.list_id))
     shown = replace(member, status="unsubscribed")
     return HTMLResponse(
@@ -158,21 +165,11 @@ async def join(token: str, request: Request, resources: Resources) -> HTMLRespon
         return found
     member, _ = found
     if resources.per_address.take(member.email):
-        await _publish_contact(
-            resources,
-            ContactEvent(
-                event_id=f"subscribe:{uuid.uuid4()}",
-                action="subscribed",
-                email=member.email,
-                list_id=member.list_id,
-                data={
-                    "ip": client_of(request, resources),
-                    "user_agent": request.headers.get("user-agent", "")[:512],
-                },
-                occurred_at=datetime.now(UTC),
-                source="preferences",
-            ),
-        )
+        consent = {
+            "ip": client_of(request, resources),
+            "user_agent": request.headers.get("user-agent", "")[:512],
+        }
+        await _publish_contact(resources, member, "subscribed", "subscribe", consent)
     return HTMLResponse(subscribe_accepted_page(member.opt_in), headers=_NO_STORE)
 
 
@@ -189,18 +186,7 @@ async def preferences(token: str, request: Request, resources: Resources) -> HTM
         return HTMLResponse(text_page("Not saved", str(exc)), status_code=422)
     changed = {k: posted[k].strip() for k in member.editable_fields if k in posted}
     if changed:
-        await _publish_contact(
-            resources,
-            ContactEvent(
-                event_id=f"preferences:{uuid.uuid4()}",
-                action="preferences",
-                email=member.email,
-                list_id=member.list_id,
-                data={"fields": changed},
-                occurred_at=datetime.now(UTC),
-                source="preferences",
-            ),
-        )
+        await _publish_contact(resources, member, "preferences", "preferences", {"fields": changed})
     shown = replace(member, fields=member.fields | changed)
     return HTMLResponse(_preferences(base, shown, "Your details are saved."), headers=_NO_STORE)
 
