@@ -25,6 +25,7 @@ from services.api.ab_schemas import (
 )
 from services.api.audit import Target, record_audit
 from services.api.deps import ApiResources, CanEdit, CanRead, Resources
+from services.api.repository import Executor
 from services.api.routes.campaigns import check_templates, refuse_costly_templates
 from services.api.routes.common import not_found
 
@@ -68,6 +69,17 @@ async def _test_or_404(resources: ApiResources, campaign_id: UUID) -> dict[str, 
     return test
 
 
+async def _lock_editable(conn: Executor, campaign_id: UUID, doing: str) -> None:
+    """Lock the campaign's row; 404 if there is none, 409 once it is past scheduled."""
+    campaign = await ab_repo.lock_campaign(conn, campaign_id)
+    if campaign is None:
+        raise not_found("campaign", campaign_id)
+    if not ab_repo.editable(campaign["status"]):
+        raise ProblemError(
+            409, f"cannot {doing} a campaign that is {campaign['status']}", kind="campaign-state"
+        )
+
+
 @router.put(
     "/{campaign_id}/ab",
     response_model=AbTestOut,
@@ -95,15 +107,7 @@ async def set_ab_test(
     settings = {**body.model_dump(exclude={"variants", "seed"}), "seed": seed}
     with bound_contextvars(campaign_id=str(campaign_id)):
         async with resources.db.acquire() as conn, conn.transaction():
-            campaign = await ab_repo.lock_campaign(conn, campaign_id)
-            if campaign is None:
-                raise not_found("campaign", campaign_id)
-            if not ab_repo.editable(campaign["status"]):
-                raise ProblemError(
-                    409,
-                    f"cannot set an A/B test on a campaign that is {campaign['status']}",
-                    kind="campaign-state",
-                )
+            await _lock_editable(conn, campaign_id, "set an A/B test on")
             await ab_repo.replace_test(conn, campaign_id, settings, variants)
             await record_audit(
                 conn,
@@ -161,15 +165,7 @@ async def update_ab_test(
 async def delete_ab_test(campaign_id: UUID, resources: Resources, caller: CanEdit) -> Response:
     """Back to a plain campaign, while it is draft or scheduled."""
     async with resources.db.acquire() as conn, conn.transaction():
-        campaign = await ab_repo.lock_campaign(conn, campaign_id)
-        if campaign is None:
-            raise not_found("campaign", campaign_id)
-        if not ab_repo.editable(campaign["status"]):
-            raise ProblemError(
-                409,
-                f"cannot remove the A/B test of a campaign that is {campaign['status']}",
-                kind="campaign-state",
-            )
+        await _lock_editable(conn, campaign_id, "remove the A/B test of")
         if not await ab_repo.delete_test(conn, campaign_id):
             raise ProblemError(404, f"campaign {campaign_id} has no A/B test", kind="not-found")
         await record_audit(
