@@ -10,17 +10,21 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import asyncpg
 
 from libs.common import db
 from libs.common.broker_epoch import BrokerEpoch
-from libs.common.kafka import EventProducer, ensure_topics, wait_for_broker
+from libs.common.events import Event, Topic
+from libs.common.kafka import Consumed, EventConsumer, EventProducer, ensure_topics, wait_for_broker
 from libs.common.logging import configure, get_logger
 from libs.common.metrics import CampaignGauges, start_ops_server
 from libs.common.settings import Settings
 
 log = get_logger(__name__)
+
+E = TypeVar("E", bound=Event)
 
 
 @dataclass
@@ -35,6 +39,25 @@ class ServiceContext:
     def epoch(self) -> BrokerEpoch:
         """Pass to every EventConsumer: it re-reads topics the broker lost and re-created."""
         return BrokerEpoch(self.pool)
+
+    async def consume(
+        self,
+        topic: Topic,
+        group_id: str,
+        handler: Callable[[list[Consumed[E]]], Awaitable[None]],
+        *,
+        max_records: int = 500,
+    ) -> None:
+        """Read `topic` in `group_id`, handing each batch to `handler`, until `stop` is set."""
+        consumer: EventConsumer[E] = EventConsumer(
+            self.settings, topic, group_id, self.producer, max_records=max_records,
+            epoch=self.epoch,
+        )  # fmt: skip
+        await consumer.start()
+        try:
+            await consumer.run(handler, self.stop)
+        finally:
+            await consumer.stop()
 
 
 ServiceMain = Callable[[ServiceContext], Awaitable[None]]

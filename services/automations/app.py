@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
 
 from libs.automations.definition import (
     AnniversaryTrigger,
@@ -18,8 +17,8 @@ from libs.automations.definition import (
     JoinedTrigger,
     parse_month_day,
 )
-from libs.common.events import ContactEvent, Event, ImportProgress, Topic
-from libs.common.kafka import Consumed, EventConsumer, ensure_topics
+from libs.common.events import ContactEvent, ImportProgress, Topic
+from libs.common.kafka import Consumed, ensure_topics
 from libs.common.logging import bound_contextvars, get_logger
 from libs.common.service import ServiceContext, run_service
 from libs.common.settings import Settings, get_settings
@@ -28,10 +27,8 @@ from services.automations.store import AutomationStore, anniversary_due
 
 log = get_logger(__name__)
 
-E = TypeVar("E", bound=Event)
 Clock = Callable[[], datetime]
 
-EVENTS_PER_BATCH = 500
 OUTBOX_BATCH = 500
 # Imports completed this recently are swept for an `import.completed` the broker lost.
 IMPORT_SWEEP_WINDOW = timedelta(days=2)
@@ -205,23 +202,6 @@ class Automations:
         return started
 
 
-async def _consume(
-    ctx: ServiceContext,
-    topic: Topic,
-    group_id: str,
-    handler: Callable[[list[Consumed[E]]], Awaitable[None]],
-) -> None:
-    consumer: EventConsumer[E] = EventConsumer(
-        ctx.settings, topic, group_id, ctx.producer, max_records=EVENTS_PER_BATCH,
-        epoch=ctx.epoch,
-    )  # fmt: skip
-    await consumer.start()
-    try:
-        await consumer.run(handler, ctx.stop)
-    finally:
-        await consumer.stop()
-
-
 async def _clock_loop(ctx: ServiceContext, service: Automations) -> None:
     loop = asyncio.get_running_loop()
     known_epoch: int | None = None
@@ -265,8 +245,8 @@ async def main(ctx: ServiceContext, clock: Clock | None = None) -> None:
     store = AutomationStore(ctx.pool, ctx.settings.automations_batch)
     service = Automations(ctx, store, clock or clock_of(ctx.settings))
     await asyncio.gather(
-        _consume(ctx, Topic.CONTACT_EVENT, "automations.contacts", service.on_contact),
-        _consume(ctx, Topic.IMPORT_COMPLETED, "automations.imports", service.on_import),
+        ctx.consume(Topic.CONTACT_EVENT, "automations.contacts", service.on_contact),
+        ctx.consume(Topic.IMPORT_COMPLETED, "automations.imports", service.on_import),
         _clock_loop(ctx, service),
     )
 

@@ -13,12 +13,12 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 from libs.common import db
-from libs.common.events import CampaignControl, DeliveryEvent, DeliveryResult, Event, Topic
-from libs.common.kafka import Consumed, EventConsumer, Handler
+from libs.common.events import CampaignControl, DeliveryEvent, DeliveryResult, Topic
+from libs.common.kafka import Consumed
 from libs.common.logging import bound_contextvars, get_logger
 from libs.common.service import ServiceContext, run_service
 from libs.common.settings import get_settings
@@ -45,7 +45,6 @@ STATE_TTL_S = 2.0
 REASK_S = 10.0
 
 Clock = Callable[[], float]
-E = TypeVar("E", bound=Event)
 
 
 class Guard:
@@ -247,17 +246,6 @@ async def _rebuild_when_ready(guard: Guard, stop: asyncio.Event) -> None:
             delay = min(delay * 2, 10.0)
 
 
-async def _consume(ctx: ServiceContext, topic: Topic, group_id: str, handler: Handler[E]) -> None:
-    consumer: EventConsumer[E] = EventConsumer(
-        ctx.settings, topic, group_id, ctx.producer, epoch=ctx.epoch
-    )
-    await consumer.start()
-    try:
-        await consumer.run(handler, ctx.stop)
-    finally:
-        await consumer.stop()
-
-
 async def main(ctx: ServiceContext, group_id: str = "guard", clock: Clock = time.time) -> None:
     """Run until `ctx.stop` is set. One instance (its windows are its memory): a second one
     in the same group would see only part of each campaign's records."""
@@ -265,8 +253,8 @@ async def main(ctx: ServiceContext, group_id: str = "guard", clock: Clock = time
     metrics.start_series()
     await _rebuild_when_ready(guard, ctx.stop)
     await asyncio.gather(
-        _consume(ctx, Topic.DELIVERY_RESULT, group_id, guard.on_results),
-        _consume(ctx, Topic.DELIVERY_EVENT, f"{group_id}.events", guard.on_events),
+        ctx.consume(Topic.DELIVERY_RESULT, group_id, guard.on_results),
+        ctx.consume(Topic.DELIVERY_EVENT, f"{group_id}.events", guard.on_events),
         guard.run_clock(ctx.stop),
     )
 

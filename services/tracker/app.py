@@ -21,7 +21,7 @@ from libs.common.events import (
     Topic,
     encode,
 )
-from libs.common.kafka import Consumed, EventConsumer
+from libs.common.kafka import Consumed
 from libs.common.logging import bound_contextvars, get_logger
 from libs.common.service import ServiceContext, run_service
 from libs.common.settings import get_settings
@@ -210,40 +210,27 @@ async def _fold_isolating_bad_events(
             await dead_letter(event, f"refused by the database: {exc!r}"[:500])
 
 
-async def _consume(
-    ctx: ServiceContext,
-    topic: Topic,
-    group_id: str,
-    max_records: int,
-    handler: Callable[[list[Consumed[E]]], Awaitable[None]],
-) -> None:
-    consumer: EventConsumer[E] = EventConsumer(
-        ctx.settings, topic, group_id, ctx.producer, max_records=max_records, epoch=ctx.epoch
-    )
-    await consumer.start()
-    try:
-        await consumer.run(handler, ctx.stop)
-    finally:
-        await consumer.stop()
-
-
 async def main(ctx: ServiceContext, group_id: str = "tracker") -> None:
     """Run until `ctx.stop` is set. Any number of instances may run, in any groups: the
     folds are gated by batch and event ids, so a second reader never double-counts."""
     tracker = Tracker(ctx, TrackerStore(ctx.pool, ctx.settings.soft_bounce_limit))
     metrics.start_series()
     await asyncio.gather(
-        _consume(ctx, Topic.DELIVERY_RESULT, group_id, RESULTS_PER_FOLD, tracker.fold_results),
-        _consume(
-            ctx, Topic.DELIVERY_EVENT, f"{group_id}.events", EVENTS_PER_FOLD, tracker.fold_events
+        ctx.consume(
+            Topic.DELIVERY_RESULT, group_id, tracker.fold_results, max_records=RESULTS_PER_FOLD
         ),
-        _consume(
-            ctx,
+        ctx.consume(
+            Topic.DELIVERY_EVENT,
+            f"{group_id}.events",
+            tracker.fold_events,
+            max_records=EVENTS_PER_FOLD,
+        ),
+        ctx.consume(
             Topic.CONTACT_EVENT,
             f"{group_id}.contacts",
-            EVENTS_PER_FOLD,
             tracker.fold_contacts,
-        ),
+            max_records=EVENTS_PER_FOLD,
+        ),  # fmt: skip
         tracker.publish_outbox(),
         tracker.summarise_engagement(),
         retention.sweep_periodically(

@@ -8,12 +8,12 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
-from libs.common.events import CampaignStatus, ContactEvent, DeliveryEvent, Event, Topic
-from libs.common.kafka import Consumed, EventConsumer
+from libs.common.events import CampaignStatus, ContactEvent, DeliveryEvent, Topic
+from libs.common.kafka import Consumed
 from libs.common.logging import bound_contextvars, get_logger
 from libs.common.service import ServiceContext, run_service
 from libs.common.settings import Settings, get_settings
@@ -32,10 +32,8 @@ from services.webhooks.store import Claimed, WebhookStore
 
 log = get_logger(__name__)
 
-E = TypeVar("E", bound=Event)
 Clock = Callable[[], datetime]
 
-EVENTS_PER_BATCH = 500
 GAUGES_EVERY_SECONDS = 10.0
 
 
@@ -260,27 +258,6 @@ async def _maintain_loop(
             await asyncio.wait_for(stop.wait(), GAUGES_EVERY_SECONDS)
 
 
-async def _consume(
-    ctx: ServiceContext,
-    topic: Topic,
-    group_id: str,
-    handler: Callable[[list[Consumed[E]]], Awaitable[None]],
-) -> None:
-    consumer: EventConsumer[E] = EventConsumer(
-        ctx.settings,
-        topic,
-        group_id,
-        ctx.producer,
-        max_records=EVENTS_PER_BATCH,
-        epoch=ctx.epoch,
-    )
-    await consumer.start()
-    try:
-        await consumer.run(handler, ctx.stop)
-    finally:
-        await consumer.stop()
-
-
 async def main(ctx: ServiceContext, group_id: str = "webhooks") -> None:
     """Run until `ctx.stop` is set. Any number of instances may run: the outbox rows are
     unique per (endpoint, event) and claims are leased with SKIP LOCKED."""
@@ -295,9 +272,9 @@ async def main(ctx: ServiceContext, group_id: str = "webhooks") -> None:
     metrics.start_series()
     try:
         await asyncio.gather(
-            _consume(ctx, Topic.CAMPAIGN_STATUS, f"{group_id}.status", outbox.on_status),
-            _consume(ctx, Topic.DELIVERY_EVENT, f"{group_id}.events", outbox.on_delivery),
-            _consume(ctx, Topic.CONTACT_EVENT, f"{group_id}.contacts", outbox.on_contact),
+            ctx.consume(Topic.CAMPAIGN_STATUS, f"{group_id}.status", outbox.on_status),
+            ctx.consume(Topic.DELIVERY_EVENT, f"{group_id}.events", outbox.on_delivery),
+            ctx.consume(Topic.CONTACT_EVENT, f"{group_id}.contacts", outbox.on_contact),
             Sender(store, client, ctx.settings).run(ctx.stop),
             _maintain_loop(store, ctx.settings, ctx.stop),
         )
