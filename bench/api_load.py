@@ -319,16 +319,20 @@ async def load(
     paths: list[tuple[str, str]],
     clients: int,
     stop: asyncio.Event,
+    think_ms: float = 0.0,
 ) -> tuple[dict[str, list[float]], dict[str, int]]:
     """`clients` clients, each its own connection, each requesting every endpoint in turn
     (in its own order) until `stop`; client n talks to API process n mod len(bases), as a
-    load balancer would spread them. Returns the latencies (ms) and the non-200 answers."""
+    load balancer would spread them. Between two requests a client waits a think time
+    drawn uniformly from 0.5 to 1.5 times `think_ms` (locust's `between`; 0: none).
+    Returns the latencies (ms) and the non-200 answers."""
     times: dict[str, list[float]] = {name: [] for name, _ in paths}
     errors: dict[str, int] = {}
 
     async def client(n: int) -> None:
         order = paths[:]
-        random.Random(n).shuffle(order)
+        draw = random.Random(n)
+        draw.shuffle(order)
         headers = {
             "Authorization": f"Bearer {api_key}",
             "Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items()),
@@ -345,6 +349,8 @@ async def load(
                     if answer.status != 200:
                         key = f"{name} {answer.status}"
                         errors[key] = errors.get(key, 0) + 1
+                    if think_ms:  # the user reading the page: part of the load's model
+                        await asyncio.sleep(draw.uniform(0.5, 1.5) * think_ms / 1000)
                 if stop.is_set():
                     return
 
@@ -381,7 +387,7 @@ async def run(args: argparse.Namespace) -> None:
     print(
         f"{args.recipients:,} recipients over {args.lists} lists, {args.deliveries:,} delivery"
         f" log rows; campaign of {args.campaign:,}; {args.clients} clients;"
-        f" {args.api_processes} API process(es)"
+        f" think time {args.think_ms:.0f} ms; {args.api_processes} API process(es)"
     )
     work = Path(tempfile.mkdtemp(prefix="mailfleet-api-load-"))
     infra = BenchInfrastructure(work)
@@ -447,16 +453,17 @@ async def run(args: argparse.Namespace) -> None:
             print(f"campaign under {args.clients} clients …", flush=True)
             stop = asyncio.Event()
             reads = [(name, path) for name, path in paths if name not in HEAVY]
-            loaded = asyncio.create_task(
-                load(bases, stack.api_key, cookies, reads, args.clients, stop)
-            )
             began = time.perf_counter()
+            loaded = asyncio.create_task(
+                load(bases, stack.api_key, cookies, reads, args.clients, stop, args.think_ms)
+            )
             under_load, _ = await send_campaign(api, send_list, "under load")
             remaining = args.seconds - (time.perf_counter() - began)
             if remaining > 0:
                 await asyncio.sleep(remaining)  # the load's own duration, by the clock
             stop.set()
             times, errors = await loaded
+            load_seconds = time.perf_counter() - began
             loadavg = os.getloadavg()
         finally:
             await api.close()
@@ -493,6 +500,10 @@ async def run(args: argparse.Namespace) -> None:
         f"{'all endpoints':32} {len(everything):8} {statistics.median(everything):8.1f}"
         f" {percentile(everything, 0.99):8.1f} {max(everything):8.1f}"
     )
+    print(
+        f"requests/s under load: {len(everything) / load_seconds:,.0f} from {args.clients}"
+        f" clients, think time {args.think_ms:.0f} ms (0.5-1.5x)"
+    )
     if errors:
         print(f"non-200 answers: {errors}")
     print(
@@ -519,6 +530,12 @@ def main() -> None:
     parser.add_argument("--campaign", type=int, default=20_000, help="recipients it sends to")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--api-processes", type=int, default=1, help="API processes")
+    parser.add_argument(
+        "--think-ms",
+        type=float,
+        default=1000.0,
+        help="mean pause of each client between requests (0: none, as fast as answered)",
+    )
     parser.add_argument("--rounds", type=int, default=5, help="one-client rounds")
     parser.add_argument("--seconds", type=float, default=20.0, help="least time under load")
     parser.add_argument("--full", action="store_true", help="5M recipients, 10M log rows")

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
+import orjson
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -217,6 +218,10 @@ class BatchRecipient(BaseModel):
     recipient_id: int
     email: str
     fields: dict[str, Any] = Field(default_factory=dict)
+
+
+# (recipient id, address, merge fields): a recipient of a batch of the plan.
+PlannedRecipient = tuple[int, str, dict[str, Any]]
 
 
 class BatchReady(Event):
@@ -475,8 +480,20 @@ TOPIC_MODELS: dict[Topic, type[Event]] = {
 }
 
 
-def encode(event: Event) -> bytes:
-    return event.model_dump_json().encode()
+def encode(event: Event | bytes) -> bytes:
+    """An event's record value; bytes are taken as already encoded (`encode_batch_ready`)."""
+    return event if isinstance(event, bytes) else event.model_dump_json().encode()
+
+
+def encode_batch_ready(header: BatchReady, recipients_json: bytes) -> bytes:
+    """`encode(header)` with the JSON array `recipients_json` as its recipients, spliced in
+    as it is: the scheduler has PostgreSQL build that array from the plan, because a
+    `BatchRecipient` per recipient (2.6 us) and the row decoding before it were most of the
+    scheduler's CPU at a million emails. Every consumer still validates the event it
+    reads; a test holds this equal to the model's own JSON."""
+    body = header.model_dump(mode="json")
+    body["recipients"] = orjson.Fragment(recipients_json)
+    return orjson.dumps(body)
 
 
 def export_json_schemas() -> dict[str, dict[str, Any]]:

@@ -192,7 +192,7 @@ class EventProducer:
         EVENTS_PRODUCED.labels(topic.value).inc(len(items))
 
     async def send_each(
-        self, topic: Topic, items: Sequence[tuple[str, Event]]
+        self, topic: Topic, items: Sequence[tuple[str, Event | bytes]]
     ) -> list[Exception | None]:
         """As `send_many`, but each event's own error (or None) instead of the first raised:
         one record the broker refuses (too large, say) must not hide that the others went."""

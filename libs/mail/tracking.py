@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import html as html_lib
 import ipaddress
@@ -37,6 +36,8 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 from uuid import UUID
+
+from libs.common.keyed_hash import keyed_sha256
 
 VERSION = 1
 _MAC_BYTES = 16
@@ -83,7 +84,7 @@ def _unb64(text: str) -> bytes:
 def _mac(secret: str, label: bytes, payload: bytes) -> bytes:
     if not secret:
         raise ValueError("MAILFLEET_SECRET_KEY is not set: tracking links cannot be signed")
-    return hmac.digest(secret.encode(), label + payload, hashlib.sha256)[:_MAC_BYTES]
+    return keyed_sha256(secret).digest(label + payload)[:_MAC_BYTES]
 
 
 _OPEN_LABEL = b"mailfleet:open:v1\x00"

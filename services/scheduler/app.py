@@ -14,14 +14,13 @@ from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 
 from libs.common.events import (
     BatchReady,
-    BatchRecipient,
     CampaignControl,
     CampaignScheduled,
     CampaignStatus,
     DeliveryResult,
     RecipientOutcome,
     Topic,
-    encode,
+    encode_batch_ready,
 )
 from libs.common.kafka import Consumed, EventConsumer, ensure_topics
 from libs.common.logging import bound_contextvars, get_logger
@@ -104,7 +103,7 @@ class BatchEmitter:
 
     async def _emit(self, window: EmitWindow) -> None:
         ready = [
-            (b, await self._event_for(b))
+            (b, await self._encoded_batch(b))
             for b in window.batches
             if not b.set_aside_reason and not b.cancelled_unsent
         ]
@@ -117,7 +116,7 @@ class BatchEmitter:
             if not isinstance(error, TOO_LARGE):
                 raise error  # the broker is away: the whole window is tried again later
             reason = (
-                f"batch.ready of {len(encode(event))} bytes refused: over the topic's "
+                f"batch.ready of {len(event)} bytes refused: over the topic's "
                 f"max.message.bytes ({self.ctx.settings.kafka_max_message_bytes})"
             )
             with bound_contextvars(campaign_id=str(batch.campaign_id), batch_id=batch.batch_id):
@@ -188,19 +187,19 @@ class BatchEmitter:
             finished_at=now,
         )
 
-    async def _event_for(self, batch: PendingBatch) -> BatchReady:
+    async def _encoded_batch(self, batch: PendingBatch) -> bytes:
+        """The batch's `batch.ready`, encoded: the header is a validated model, the
+        recipients go straight from the plan's rows into the JSON (`encode_batch_ready`)."""
         plan = await self._plan_of(batch.campaign_id)
-        return BatchReady(
+        header = BatchReady(
             **await self._batch_fields(batch),
             # A variant's content, the winner's for an A/B test's remainder, else the plan's.
             content_id=batch.content_id or plan.content_id,
-            recipients=[
-                BatchRecipient(recipient_id=rid, email=email, fields=fields)
-                for rid, email, fields in batch.recipients
-            ],
+            recipients=[],
             emitted=batch.emitted,
             suppressed_ids=batch.suppressed_ids,
         )
+        return encode_batch_ready(header, batch.recipients_json)
 
 
 def reemit_policy(settings: Settings, rates: DispatcherSettings) -> ReemitPolicy:

@@ -17,9 +17,10 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import orjson
 
 from libs.common import audience as audiences
-from libs.common.events import SendWindow
+from libs.common.events import PlannedRecipient, SendWindow
 from libs.common.logging import get_logger
 from libs.common.sendtime import known_zones, local_instant, next_opening, zone_or_none
 from libs.stats.ab import VariantCounts, choose_winner
@@ -44,7 +45,10 @@ class PendingBatch:
     campaign_id: UUID
     batch_no: int
     emitted: int
-    recipients: list[tuple[int, str, dict[str, Any]]]
+    # The recipients as the JSON array `batch.ready` carries ({recipient_id, email,
+    # fields}, by id), built by PostgreSQL: the scheduler passes it on without a Python
+    # object per recipient (`recipients` decodes it, for the rare paths that need them).
+    recipients_json: bytes
     # Why its `batch.ready` cannot be published; it is then reported failed instead.
     set_aside_reason: str | None = None
     # Recipients whose address was suppressed since planning (issue 11 item 5): emitted
@@ -58,6 +62,12 @@ class PendingBatch:
     # The remainder of an A/B campaign cancelled before its winner: never sent, reported
     # `cancelled` by the scheduler itself (no dispatcher ever sees it).
     cancelled_unsent: bool = False
+
+    @property
+    def recipients(self) -> list[PlannedRecipient]:
+        return [
+            (r["recipient_id"], r["email"], r["fields"]) for r in orjson.loads(self.recipients_json)
+        ]
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,10 @@ class ReemitPolicy:
 
     base_s: float
     rates: dict[str, float]
+    # A batch whose ledger says `done` is taken for lost as soon as a result of its campaign
+    # that finished this much later was folded (clock skew between a dispatcher and the
+    # database is assumed below it; a replay too many is dropped by the tracker's gate).
+    overtaken_s: float = 30.0
 
 
 @dataclass
@@ -361,25 +375,26 @@ class ScheduleRepository:
                 return
             members = await conn.fetch(
                 """
-                SELECT m.batch_id, r.id, r.email, r.fields,
+                SELECT m.batch_id,
+                       json_agg(json_build_object('recipient_id', r.id, 'email', r.email,
+                                                  'fields', coalesce(r.fields, '{}'))
+                                ORDER BY r.id)::text
+                           AS recipients,
                        -- A row no longer active on its list (unsubscribed from it since
                        -- planning) is held back like a suppressed address.
-                       r.status <> 'active'
-                       OR EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)
-                          AS suppressed
+                       array_agg(r.id ORDER BY r.id) FILTER (
+                           WHERE r.status <> 'active'
+                              OR EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)
+                       ) AS suppressed
                   FROM (SELECT b.batch_id, unnest(b.recipient_ids) AS rid
                           FROM batch_plans b WHERE b.batch_id = ANY($1::text[])) AS m
                   JOIN recipients r ON r.id = m.rid
-                 ORDER BY m.batch_id, r.id
+                 GROUP BY m.batch_id
                 """,
                 [r["batch_id"] for r in rows],
             )
-            by_batch: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
-            suppressed: dict[str, list[int]] = {}
-            for m in members:
-                by_batch.setdefault(m["batch_id"], []).append((m["id"], m["email"], m["fields"]))
-                if m["suppressed"]:
-                    suppressed.setdefault(m["batch_id"], []).append(m["id"])
+            by_batch = {m["batch_id"]: m["recipients"].encode() for m in members}
+            suppressed = {m["batch_id"]: m["suppressed"] or [] for m in members}
             window = EmitWindow(
                 [
                     PendingBatch(
@@ -387,7 +402,7 @@ class ScheduleRepository:
                         campaign_id=r["campaign_id"],
                         batch_no=r["batch_no"],
                         emitted=r["emitted"] + 1,
-                        recipients=by_batch.get(r["batch_id"], []),
+                        recipients_json=by_batch.get(r["batch_id"], b"[]"),
                         set_aside_reason=r["set_aside_reason"],
                         suppressed_ids=suppressed.get(r["batch_id"], []),
                         variant=r["variant"],
@@ -954,15 +969,36 @@ async def _due_rows(
            AND (b.emitted = 0
                 OR b.last_emitted_at < $1::timestamptz
                 OR ($3::float8 IS NOT NULL
-                    AND now() > coalesce(b.expected_by, b.last_emitted_at) + k.backoff
-                    AND NOT EXISTS (
-                        SELECT 1 FROM send_ledger l
-                         WHERE l.batch_id = b.batch_id
-                           AND greatest(l.started_at, l.finished_at) > now() - k.backoff)
-                    AND NOT EXISTS (
-                        SELECT 1 FROM tracker_batches t
-                         WHERE t.campaign_id = b.campaign_id
-                           AND t.folded_at > now() - k.backoff)))
+                    -- First: false for almost every emitted batch, and one probe (the
+                    -- checks below read the campaign's other batches).
+                    AND NOT EXISTS (SELECT 1 FROM tracker_batches t WHERE t.batch_id = b.batch_id)
+                    AND (
+                        -- Stalled: no sign of life for the backoff.
+                        (now() > coalesce(b.expected_by, b.last_emitted_at) + k.backoff
+                         AND NOT EXISTS (
+                             SELECT 1 FROM send_ledger l
+                              WHERE l.batch_id = b.batch_id
+                                AND greatest(l.started_at, l.finished_at) > now() - k.backoff)
+                         AND NOT EXISTS (
+                             SELECT 1 FROM tracker_batches t
+                              WHERE t.campaign_id = b.campaign_id
+                                AND t.folded_at > now() - k.backoff))
+                        -- Overtaken: its result was stored (`done`, then published), yet a
+                        -- result of its campaign that finished $6 s later was folded first.
+                        -- A campaign's results travel in one partition, in order: this one
+                        -- was lost. Replayed from the ledger at once, not after the
+                        -- campaign goes quiet; at most once per $6 s.
+                        OR EXISTS (
+                            SELECT 1 FROM send_ledger l
+                             WHERE l.batch_id = b.batch_id AND l.state = 'done'
+                               AND now() > greatest(l.finished_at, b.last_emitted_at)
+                                           + make_interval(secs => $6::float8)
+                               AND EXISTS (
+                                   SELECT 1 FROM tracker_batches t
+                                    WHERE t.campaign_id = b.campaign_id
+                                      AND t.finished_at > l.finished_at
+                                                          + make_interval(secs => $6::float8)))
+                    )))
            AND NOT EXISTS (SELECT 1 FROM tracker_batches t WHERE t.batch_id = b.batch_id)
            AND (b.due_at IS NULL OR b.due_at <= $4 OR c.status = 'cancelled')
            -- An A/B campaign's remainder waits for its winner (a cancelled one's is
@@ -978,6 +1014,7 @@ async def _due_rows(
         policy.base_s if policy is not None else None,
         now,
         CAPPED_LOOKAHEAD_HOURS,
+        policy.overtaken_s if policy is not None else 0.0,
     )
     return [{**r, "deferred": False} for r in rows]
 

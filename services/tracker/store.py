@@ -136,6 +136,13 @@ OWN_PROVIDER = "mailfleet"
 _HITS_LOCK_CLASS = 19
 _LOCK_RESULTS = "SELECT pg_advisory_xact_lock($1, hashtext($2::text))"
 _LOCK_EVENTS = "SELECT pg_advisory_xact_lock_shared($1, hashtext($2::text))"
+_CAMPAIGNS_WITH_EARLY_HITS = """
+SELECT c.campaign_id FROM unnest($1::uuid[]) AS c(campaign_id)
+ WHERE EXISTS (SELECT 1 FROM delivery_events e
+                WHERE NOT e.matched AND e.provider = 'mailfleet'
+                  AND e.campaign_id = c.campaign_id)
+"""
+
 _EARLY_HITS = """
 SELECT event_id, campaign_id, recipient_id, email, event, provider, provider_message_id,
        occurred_at, detail
@@ -269,7 +276,19 @@ class TrackerStore:
     async def _fold_early_hits(self, conn: Conn, results: list[DeliveryResult]) -> None:
         """Fold our own opens and clicks that came before these deliveries were written.
         Inside the batch gate, and each hit flips to matched: folded once."""
-        keys = sorted({(r.campaign_id, o.recipient_id) for r in results for o in r.outcomes})
+        # Almost always none: one probe per campaign first, instead of one per recipient.
+        waiting = {
+            row["campaign_id"]
+            for row in await conn.fetch(
+                _CAMPAIGNS_WITH_EARLY_HITS, sorted({r.campaign_id for r in results})
+            )
+        }
+        if not waiting:
+            return
+        keys = sorted(
+            {(r.campaign_id, o.recipient_id) for r in results if r.campaign_id in waiting
+             for o in r.outcomes}
+        )  # fmt: skip
         rows = await conn.fetch(_EARLY_HITS, [k[0] for k in keys], [k[1] for k in keys])
         if not rows:
             return

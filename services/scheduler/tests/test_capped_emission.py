@@ -4,17 +4,13 @@ PostgreSQL and broker; time is moved by rewriting the recorded times."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import asyncpg
 
-from libs.common.kafka import EventProducer
-from libs.common.service import ServiceContext
 from libs.common.settings import Settings
-from services.scheduler.app import BatchEmitter
-from services.scheduler.repository import ReemitPolicy, ScheduleRepository
-from services.scheduler.tests.test_reemission import emitted, seed
+from services.scheduler.repository import ReemitPolicy
+from services.scheduler.tests.test_reemission import emitted, planned_emitter, seed
 
 
 async def test_a_capped_campaign_is_emitted_at_its_pace_and_not_reemitted_early(
@@ -24,13 +20,8 @@ async def test_a_capped_campaign_is_emitted_at_its_pace_and_not_reemitted_early(
     campaign_id = await seed(pool, provider, recipients=60)
     # 240 an hour: 5 minutes of it is 20 recipients, two batches of 10.
     await pool.execute("UPDATE campaigns SET max_per_hour = 240 WHERE id = $1", campaign_id)
-    repo = ScheduleRepository(pool)
-    assert await repo.claim_and_plan(campaign_id, 10) is not None
-    producer = EventProducer(settings)
-    await producer.start()
-    try:
-        ctx = ServiceContext("scheduler", settings, pool, producer, asyncio.Event())
-        emitter = BatchEmitter(ctx, repo, ReemitPolicy(base_s=5.0, rates={}))
+    policy = ReemitPolicy(base_s=5.0, rates={})
+    async with planned_emitter(pool, settings, campaign_id, policy) as emitter:
         await emitter.emit_due()
         await emitter.emit_due()
         assert await emitted(pool, campaign_id) == {0: 1, 1: 1, 2: 0, 3: 0, 4: 0, 5: 0}
@@ -69,5 +60,3 @@ async def test_a_capped_campaign_is_emitted_at_its_pace_and_not_reemitted_early(
         await emitter.emit_due()
         # Past 10 min + backoff with nothing seen: lost after all, both travel again.
         assert await emitted(pool, campaign_id) == {0: 1, 1: 2, 2: 2, 3: 0, 4: 0, 5: 0}
-    finally:
-        await producer.stop()
