@@ -113,7 +113,10 @@ class Fault:
 class SinkState:
     keep_messages: int | None = None
     messages: deque[SinkMessage] = field(default_factory=deque)
-    received: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Recipients accepted, by "<campaign id>\0<address, lower-cased>": a plain dict of
+    # strings and ints, which the garbage collector never walks (a Counter of tuples of a
+    # 10M-recipient run made every request of this sink 60 % dearer). See `received`.
+    _received: dict[str, int] = field(default_factory=dict)
     requests: int = 0
     accepted_requests: int = 0
     rejected_requests: int = 0
@@ -160,7 +163,8 @@ class SinkState:
             for kind in ("to", "cc", "bcc"):
                 for address in item.get(kind) or []:
                     count += 1
-                    self.received[(campaign, address["email"].lower())] += 1
+                    key = f"{campaign}\0{address['email'].lower()}"
+                    self._received[key] = self._received.get(key, 0) + 1
                     if index < kept_from:
                         continue
                     message = SinkMessage(
@@ -179,21 +183,30 @@ class SinkState:
             self.record_file.flush()
         return count
 
+    @property
+    def received(self) -> Counter[tuple[str, str]]:
+        """How many times each (campaign id, lower-cased address) was accepted."""
+        counts: Counter[tuple[str, str]] = Counter()
+        for key, n in self._received.items():
+            campaign, _, email = key.partition("\0")
+            counts[(campaign, email)] = n
+        return counts
+
     def stats(self) -> dict[str, int]:
-        messages = sum(self.received.values())
+        messages = sum(self._received.values())
         return {
             "requests": self.requests,
             "accepted_requests": self.accepted_requests,
             "rejected_requests": self.rejected_requests,
             "faults_served": self.faults_served,
             "messages": messages,
-            "unique_recipients": len(self.received),
-            "duplicates": messages - len(self.received),
+            "unique_recipients": len(self._received),
+            "duplicates": messages - len(self._received),
         }
 
     def clear(self) -> None:
         self.messages.clear()
-        self.received.clear()
+        self._received.clear()
         self.requests = self.accepted_requests = self.rejected_requests = 0
         self.faults_served = 0
 

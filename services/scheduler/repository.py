@@ -365,6 +365,7 @@ class ScheduleRepository:
         """
         clock = now or datetime.now(UTC)
         async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(_MARK_ACCOUNTED)
             while True:  # until a batch may go, or none is due: deferred ones are not due
                 rows = await _due_rows(conn, emitted_before, limit, policy, clock)
                 if not rows or await _defer_closed(conn, rows, clock) < len(rows):
@@ -910,6 +911,21 @@ async def _backlog_seconds(
     return waits
 
 
+# Batches in flight that the tracker has accounted for since the last tick: marked, so that
+# the due query (below) reads only the batches still out, through a partial index. Locked
+# rows are another scheduler's window: marked on a later tick.
+_MARK_ACCOUNTED = """
+WITH in_flight AS (
+    SELECT batch_id FROM batch_plans
+     WHERE accounted_at IS NULL AND emitted > 0
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE batch_plans b SET accounted_at = t.folded_at
+  FROM in_flight f JOIN tracker_batches t ON t.batch_id = f.batch_id
+ WHERE b.batch_id = f.batch_id
+"""
+
+
 async def _due_rows(
     conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
     emitted_before: datetime,
@@ -944,6 +960,7 @@ async def _due_rows(
           FROM batch_plans b
           JOIN campaigns c ON c.id = b.campaign_id
                            AND c.status IN ('in_progress', 'cancelled')
+                           AND b.accounted_at IS NULL
           JOIN campaign_plans p ON p.campaign_id = b.campaign_id
           LEFT JOIN capped cp ON cp.campaign_id = b.campaign_id
           LEFT JOIN ab_tests a ON a.campaign_id = b.campaign_id

@@ -11,3 +11,15 @@ CREATE INDEX IF NOT EXISTS tracker_batches_campaign_folded
 CREATE INDEX IF NOT EXISTS tracker_batches_campaign_finished
     ON tracker_batches (campaign_id, finished_at);
 DROP INDEX IF EXISTS tracker_batches_campaign;
+
+-- Batches the tracker has accounted for, as the scheduler last saw (it marks them at the
+-- start of each emit tick): the due query reads only the others, through this partial
+-- index, instead of probing `tracker_batches` for every batch of the plan on every tick
+-- (20k probes twice a second at 10M recipients: a third of PostgreSQL's CPU per email).
+ALTER TABLE batch_plans ADD COLUMN IF NOT EXISTS accounted_at timestamptz;
+UPDATE batch_plans b SET accounted_at = t.folded_at
+  FROM tracker_batches t WHERE t.batch_id = b.batch_id AND b.accounted_at IS NULL;
+CREATE INDEX IF NOT EXISTS batch_plans_unaccounted
+    ON batch_plans (campaign_id, batch_no) WHERE accounted_at IS NULL;
+CREATE INDEX IF NOT EXISTS batch_plans_in_flight
+    ON batch_plans (batch_id) WHERE accounted_at IS NULL AND emitted > 0;

@@ -172,6 +172,17 @@ async def test_a_result_lost_while_its_campaign_goes_on_is_replayed_without_wait
         await pool.execute(fold, f"{campaign_id}:2", campaign_id, 10.0)
         await emitter.emit_due()
         assert await emitted(pool, campaign_id) == {0: 1, 1: 2, 2: 1}
+        # The accounted batches are marked by the tick, so later ticks read only batch 1.
+        marked = await pool.fetch(
+            "SELECT batch_no, accounted_at IS NOT NULL AS accounted FROM batch_plans"
+            " WHERE campaign_id = $1 ORDER BY batch_no",
+            campaign_id,
+        )
+        assert [(r["batch_no"], r["accounted"]) for r in marked] == [
+            (0, True),
+            (1, False),
+            (2, True),
+        ]
         # Once per 30 s, not on every tick.
         await emitter.emit_due()
         assert await emitted(pool, campaign_id) == {0: 1, 1: 2, 2: 1}
