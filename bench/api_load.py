@@ -12,8 +12,12 @@ more, templates, segments, a webhook endpoint and its log, transactional message
 suppressions. Then starts every service (its own broker; the sink provider), imports a
 `--campaign`-recipient list through the API and sends it twice: once alone (the baseline),
 once while `--clients` clients (aiohttp, each its own connection) request every GET
-endpoint in turn, with a valid API key or console session. Prints p50/p99 per endpoint
-(goal: p99 under 100 ms) and the campaign's emails/s without and with the load.
+endpoint in turn, with a valid API key or console session, each pausing a think time of
+0.5-1.5 x `--think-ms` (default 1 s, as a console user reading the page; locust's
+`between`) after each answer. Prints p50/p99 per endpoint (goal: p99 under 100 ms), the
+requests/s served, and the campaign's emails/s without and with the load. `--think-ms 0`
+is the closed loop (each client asks again the moment it is answered): what one API
+process serves at saturation, where each request waits behind the others by construction.
 
 Left out, and why: the console's server-sent event streams (`/live`: they never end), the
 delivery log CSV export (a stream whose length is the campaign's), the sender DNS check
