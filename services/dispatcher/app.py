@@ -171,7 +171,14 @@ async def main(
 
         async def dispatch_bounded(event: BatchReady) -> DeliveryResult:
             async with in_flight:
-                return await dispatcher.dispatch(event)
+                result = await dispatcher.dispatch(event)
+            # Published as soon as the ledger says `done`, not with the rest of the poll:
+            # under a rate limit a poll's batches end minutes apart, and the scheduler takes
+            # a result still missing well after its ledger row and a later result for lost
+            # (it re-emits it; a replay, but not a needless one). Failing here fails the
+            # batch: its offset is not committed, and the next read replays the result.
+            await ctx.producer.send(Topic.DELIVERY_RESULT, str(result.campaign_id), result)
+            return result
 
         async def handle(items: list[Consumed[BatchReady]]) -> None:
             settled = await asyncio.gather(
@@ -188,11 +195,6 @@ async def main(
             ]
             if requeue:
                 await ctx.producer.send_many(Topic.BATCH_READY, requeue)
-            results = [r for r in settled if isinstance(r, DeliveryResult)]
-            # Published after the ledger says `done`; the offset is committed after this.
-            await ctx.producer.send_many(
-                Topic.DELIVERY_RESULT, [(str(r.campaign_id), r) for r in results]
-            )
             # Before the commit: a lost pause request is asked again when the batch is read
             # again.
             await pauses.ask_for(settled)

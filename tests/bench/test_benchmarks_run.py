@@ -22,7 +22,7 @@ SMALL_RUNS = {
     "webhooks.py": ["--events", "300", "--campaigns", "10", "--blocked", "2000"],
     "plan_audience.py": ["--recipients", "2000", "--rounds", "1"],
     "api_load.py": ["--recipients", "2000", "--deliveries", "4000", "--campaign", "300",
-                    "--clients", "3", "--seconds", "1", "--rounds", "1"],
+                    "--clients", "3", "--seconds", "1", "--rounds", "1", "--think-ms", "5"],
 }  # fmt: skip
 # What each prints once it has measured (a figure line, not only its banner).
 FIGURES = {
