@@ -45,6 +45,14 @@ Conn = asyncpg.Connection | PoolConnectionProxy
 # Staging for the delivery log: COPY lands here, then one INSERT ... ON CONFLICT moves the
 # rows, so that a recipient reported twice (in two different batches) is refused row by row
 # instead of failing the whole partition's transaction forever.
+_STAGING_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS tracker_staging (
+    campaign_id uuid, recipient_id bigint, email text, status text,
+    message_id text, error text, variant text, batch_id text, sent_at timestamptz,
+    log_month date
+) ON COMMIT DELETE ROWS
+"""
+
 _GATE_BATCHES = """
 INSERT INTO tracker_batches
     (batch_id, campaign_id, batch_no, recipients, sent, failed, started_at, finished_at, replayed)
@@ -54,14 +62,11 @@ ON CONFLICT (batch_id) DO NOTHING
 RETURNING batch_id
 """
 
-_INSERTED_COLUMNS = (*DELIVERY_COLUMNS, "log_month")
-# Straight from arrays into the delivery log: no temporary table written and read again
-# (a COPY into one, then INSERT ... SELECT, cost PostgreSQL a write and a scan per row).
-_INSERT_DELIVERIES = f"""
+_STAGED_COLUMNS = (*DELIVERY_COLUMNS, "log_month")
+_MOVE_STAGED = f"""
 WITH inserted AS (
-    INSERT INTO deliveries ({", ".join(_INSERTED_COLUMNS)})
-    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::text[], $9::timestamptz[], $10::date[])
+    INSERT INTO deliveries ({", ".join(_STAGED_COLUMNS)})
+    SELECT {", ".join(_STAGED_COLUMNS)} FROM tracker_staging
     ON CONFLICT (campaign_id, recipient_id, log_month) DO NOTHING
     RETURNING campaign_id, variant, status
 )
@@ -336,20 +341,21 @@ class TrackerStore:
     async def _write_deliveries(
         self, conn: Conn, results: list[DeliveryResult]
     ) -> tuple[dict[UUID, Counter[str]], dict[tuple[UUID, str], Counter[str]]]:
-        """Insert the outcomes into the delivery log; returns what was added, per campaign,
+        """COPY the outcomes into the delivery log; returns what was added, per campaign,
         and per A/B variant (of the batches that carry one)."""
+        await conn.execute(_STAGING_DDL)
         months = await campaign_months(conn, {r.campaign_id for r in results})
         records = [
             (*row[:-1], _aware(row[-1]), months[row[0]])
             for result in results
             for row in delivery_rows(result)
         ]
-        columns = [list(column) for column in zip(*records, strict=True)] or [
-            [] for _ in _INSERTED_COLUMNS
-        ]
+        await conn.copy_records_to_table(
+            "tracker_staging", records=records, columns=list(_STAGED_COLUMNS)
+        )
         added: dict[UUID, Counter[str]] = defaultdict(Counter)
         by_variant: dict[tuple[UUID, str], Counter[str]] = defaultdict(Counter)
-        for row in await conn.fetch(_INSERT_DELIVERIES, *columns):
+        for row in await conn.fetch(_MOVE_STAGED):
             added[row["campaign_id"]][row["status"]] += row["n"]
             if row["variant"] is not None:
                 by_variant[(row["campaign_id"], row["variant"])][row["status"]] += row["n"]
