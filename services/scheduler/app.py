@@ -189,7 +189,7 @@ class BatchEmitter:
 
     async def _encoded_batch(self, batch: PendingBatch) -> bytes:
         """The batch's `batch.ready`, encoded: the header is a validated model, the
-        recipients go straight from the plan's rows into the JSON (`encode_batch_ready`)."""
+        recipients the JSON array PostgreSQL built from the plan (`encode_batch_ready`)."""
         plan = await self._plan_of(batch.campaign_id)
         header = BatchReady(
             **await self._batch_fields(batch),
