@@ -12,7 +12,7 @@ import pytest
 
 from libs.common.blobs import BlobStore, blob_ref
 from libs.common.events import ImportProgress, ImportRequested
-from services.importer import reader, repository
+from services.importer import reader
 from services.importer.job import Importer
 from services.importer.repository import ImportRepository, JobState, ListSession
 
@@ -138,12 +138,7 @@ async def test_an_import_into_a_deleted_list_fails_clearly(pool: asyncpg.Pool) -
     assert await _fields(pool, list_id) == {}
 
 
-@pytest.mark.parametrize("as_array", [True, False], ids=["few-suppressions", "many-suppressions"])
-async def test_suppressed_addresses_are_removed_either_way(
-    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, as_array: bool
-) -> None:
-    if not as_array:  # as if the suppression list were too long for one array
-        monkeypatch.setattr(repository, "_SUPPRESSIONS_AS_ARRAY", 0)
+async def test_suppressed_addresses_are_removed(pool: asyncpg.Pool) -> None:
     gone = f"gone-{uuid.uuid4().hex[:8]}@example.com"
     await pool.execute("INSERT INTO suppressions (email, reason) VALUES ($1, 'bounce')", gone)
     list_id = await _new_list(pool)
