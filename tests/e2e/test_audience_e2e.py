@@ -84,7 +84,7 @@ async def test_two_overlapping_lists_minus_a_segment(
     audience = (set(on_a) | set(on_b)) - pune - inactive
     expected = audience - {suppressed}
     assert people[151] in expected and suppressed in audience  # the cases are present
-    got = {e: n for (c, e), n in stack.sink.state.received.items() if c == campaign_id}
+    got = stack.sink.state.received_in(campaign_id)
     assert set(got) == expected
     assert set(got.values()) == {1}
     assert done["status"] == "completed", done

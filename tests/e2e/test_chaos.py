@@ -252,7 +252,7 @@ async def test_postgres_crashed_for_20_seconds_mid_campaign_no_service_exits_nob
         began = time.monotonic()
 
         def received() -> dict[str, int]:
-            return {e: n for (c, e), n in stack.sink.state.received.items() if c == campaign_id}
+            return stack.sink.state.received_in(campaign_id)
 
         deadline = time.monotonic() + 120
         while len(received()) < OUTAGE_RECIPIENTS // 5:

@@ -88,7 +88,7 @@ async def start_campaign(stack: RunningStack, recipients: int, seed: int) -> tup
 
 
 def received(stack: RunningStack, campaign_id: str) -> dict[str, int]:
-    return {email: n for (c, email), n in stack.sink.state.received.items() if c == campaign_id}
+    return stack.sink.state.received_in(campaign_id)
 
 
 async def wait_until(

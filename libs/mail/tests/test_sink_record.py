@@ -32,6 +32,8 @@ def test_every_recipient_is_counted_and_the_last_ones_kept_whole() -> None:
     assert state.received[("other", "user4@example.com")] == 1
     assert state.received[("other", "cc@example.com")] == 1
     assert state.stats()["messages"] == 6
+    assert state.received_in("other") == {"user4@example.com": 1, "cc@example.com": 1}
+    assert state.received_in("nobody") == {}
     kept = list(state.messages)
     assert [m.email for m in kept] == ["User4@Example.com", "cc@example.com"]
     assert kept[0].custom_args == {"campaign_id": "other", "recipient_id": "9"}

@@ -95,7 +95,7 @@ def dispatcher(
 
 
 def received(sink: SinkHandle, campaign: uuid.UUID) -> int:
-    return sum(n for (c, _), n in sink.state.received.items() if c == str(campaign))
+    return sum(sink.state.received_in(str(campaign)).values())
 
 
 async def test_a_paused_campaigns_batch_is_handed_back_untouched_and_sent_after_resume(
