@@ -95,7 +95,9 @@ class ReemitPolicy:
     with each emission, counts from when the batch could be expected to show progress (its
     emission, plus the rate limit's backlog ahead of it then: see `rates`, emails/s per
     provider, 0 = unlimited), and is restarted by any sign of life: its ledger row changing,
-    or a batch of its campaign accounted for by the tracker."""
+    or a batch of its campaign accounted for by the tracker. Sooner, a batch whose ledger
+    row is `done` is re-emitted once a result of its campaign that finished `overtaken_s`
+    later was folded (its own result was lost; the dispatcher replays it)."""
 
     base_s: float
     rates: dict[str, float]
