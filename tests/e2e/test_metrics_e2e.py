@@ -168,7 +168,8 @@ async def test_every_dashboard_and_rule_metric_is_exported_during_a_campaign(
     assert len(owned[0] | owned[1]) == running_settings_partitions(), owned
     # Nothing left in flight once the campaign is done and the last events are read (the
     # campaign's `completed` is itself an event that the guard and webhooks still consume).
-    assert await settles_to_nothing_in_flight(urls(running, ports)), "events still in flight"
+    still = await in_flight_after_settling(urls(running, ports))
+    assert still == {}, f"events still in flight: {still}\n" + log_tails(running, still)
     # Every labelled counter has its series (at 0) after a clean campaign, so that alerts
     # built on rate() or increase() see the first increase.
     assert not_yet_counted(pages) == {}
@@ -187,15 +188,35 @@ SERIES_FROM_THE_START: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 
-async def settles_to_nothing_in_flight(bases: dict[str, str], timeout: float = 30) -> bool:
+async def in_flight_after_settling(
+    bases: dict[str, str], timeout: float = 30
+) -> dict[tuple[str, str], float]:
+    """{(service, topic): events} still in flight after `timeout` ({} as soon as none is)."""
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=10) as http:
-        while time.monotonic() < deadline:
-            pages = [(await http.get(f"{base}/metrics")).text for base in bases.values()]
-            if sum(total(p, "mailfleet_events_in_flight") for p in pages) == 0:
-                return True
+        while True:
+            still = {
+                (name, s.labels["topic"]): s.value
+                for name, base in bases.items()
+                for family in text_string_to_metric_families(
+                    (await http.get(f"{base}/metrics")).text
+                )
+                for s in family.samples
+                if s.name == "mailfleet_events_in_flight" and s.value
+            }
+            if not still or time.monotonic() > deadline:
+                return still
             await asyncio.sleep(0.2)  # metrics of other processes: nothing to wait on here
-    return False
+
+
+def log_tails(running: RunningStack, still: dict[tuple[str, str], float]) -> str:
+    """The last lines each service with events in flight logged: what it is waiting on."""
+    tails = []
+    for service in sorted({name for name, _ in still}):
+        log = running.supervisor.log_dir / f"{service}.log"
+        lines = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
+        tails.append(f"--- {service}.log\n" + "\n".join(lines))
+    return "\n".join(tails)
 
 
 def not_yet_counted(pages: dict[str, str]) -> dict[str, str]:
