@@ -69,8 +69,9 @@ async def main(ctx: ServiceContext, *, group_id: str = GROUP_ID) -> None:
     )
     retention = timedelta(days=ctx.settings.import_rejections_retention_days)
     sweeper = asyncio.create_task(sweep_periodically(ctx.pool, retention, ctx.stop))
-    await consumer.start()
-    await contacts.start()
+    # Together: each new member's join waits on the coordinator (3 s on Tansu, Kafka's
+    # initial rebalance delay), and imports would otherwise wait for both joins.
+    await asyncio.gather(consumer.start(), contacts.start())
     try:
         await asyncio.gather(
             consumer.run(handle, ctx.stop), contacts.run(handle_contacts, ctx.stop)

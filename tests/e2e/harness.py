@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiosmtpd.controller import Controller
@@ -65,7 +66,6 @@ async def start_stack(
     names services started besides the usual ones (e.g. "bounces"). `message_dispatchers`:
     dispatchers of their own for transactional messages (the others then send batches only)."""
     sink = await start_sink(keep_messages=keep_messages)
-    dispatcher_group = f"dispatcher-{uuid.uuid4().hex[:8]}"
     api_port, edge_port = free_port(), free_port()
     api_key = generate_key()
     base_env = {
@@ -81,9 +81,10 @@ async def start_stack(
         "MAILFLEET_CHILD": "1",
         # Its own dispatcher group per stack: Tansu holds a group's joins for long after an
         # earlier stack's members were killed (a later stack then received no batch at all).
-        "MAILFLEET_DISPATCHER_GROUP": dispatcher_group,
+        "MAILFLEET_DISPATCHER_GROUP": f"dispatcher-{uuid.uuid4().hex[:8]}",
         **(env or {}),
     }
+    dispatcher_group = base_env["MAILFLEET_DISPATCHER_GROUP"]
     # ... starting where the topics end now: a new group would otherwise begin at the first
     # batch and message of the test session and work through every earlier test's (replays,
     # and batches whose test faked their ledger rows), late tests minutes behind.
@@ -154,6 +155,19 @@ async def start_group_at_end(bootstrap: str, group_id: str, topic: Topic) -> Non
             await consumer.commit(ends)
     finally:
         await consumer.stop()
+
+
+async def settle_earlier_campaigns(pool: asyncpg.Pool) -> None:
+    """Cancel every campaign an earlier test left unfinished and mark its batches accounted
+    for: a new stack's scheduler re-emits every batch not accounted for when it starts, so a
+    test would otherwise wait behind batches of other tests' campaigns (paused by a guard,
+    or with ledger rows a unit test faked, which a dispatcher refuses five times)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE campaigns SET status = 'cancelled'"
+            " WHERE status IN ('scheduled', 'in_progress', 'paused')"
+        )
+        await conn.execute("UPDATE batch_plans SET accounted_at = now() WHERE accounted_at IS NULL")
 
 
 class ApiClient:

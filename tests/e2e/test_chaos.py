@@ -340,9 +340,6 @@ async def ledger_stack(
             "MAILFLEET_BATCH_SIZE": str(LEDGER_BATCH_SIZE),
             # A killed dispatcher's claims expire soon after its partitions move.
             "MAILFLEET_LEDGER_LEASE_S": "8",
-            # A group of its own: members of an earlier stack's group, killed, cannot
-            # hold up its joins (Tansu is slow to let them go).
-            "MAILFLEET_DISPATCHER_GROUP": f"dispatcher-{uuid.uuid4().hex[:8]}",
             # The slow relay (no rate limit): what a deploy meets with a slow provider.
             "SMTP_HOST": "127.0.0.1",
             "SMTP_PORT": str(ledger_relay[0]),

@@ -65,7 +65,6 @@ async def test_a_dispatcher_joining_mid_batch_on_a_slow_relay_sends_nobody_twice
             "SMTP_TLS": "none",
             "MAILFLEET_BATCH_SIZE": "200",
             "MAILFLEET_LEDGER_LEASE_S": "8",
-            "MAILFLEET_DISPATCHER_GROUP": f"dispatcher-{uuid.uuid4().hex[:8]}",
         },
     )
     started = time.monotonic()
