@@ -4,10 +4,14 @@ the hour window, and the warm-up day counted from the domain's first send day.""
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 import uuid
 
 import asyncpg
+import pytest
 
+from libs.common.clock import ManualClock
 from libs.mail.throttles import GroupLimit, ThrottlePolicy, WarmupSchedule
 from services.dispatcher.throttle_store import PostgresThrottles
 
@@ -49,16 +53,20 @@ async def test_a_group_without_room_holds_only_its_own_recipients(pool: asyncpg.
             (provider, "yahoo"): GroupLimit(per_minute=3),
         }
     )
-    store = PostgresThrottles(pool, policy, WarmupSchedule(), minute_s=60)
+    # Ten seconds into an hour: the minute's rest (50 s) and the hour's (3,590 s) differ
+    # whenever the test runs (by the wall clock, in the last minute of an hour both were
+    # the same few seconds).
+    clock = ManualClock(math.floor(time.time() / 3600) * 3600 + 10.0)
+    store = PostgresThrottles(pool, policy, WarmupSchedule(), minute_s=60, clock=clock)
     domain = _domain()
     first = await store.reserve(provider, domain, {"gmail": 8, "yahoo": 5, "other": 100})
     assert first.granted == {"gmail": 8, "yahoo": 3, "other": 100}
     assert first.held == {"yahoo": 2}
-    assert first.wait_s is not None and 0 < first.wait_s <= 60  # the minute window
+    assert first.wait_s == pytest.approx(50)  # the minute window's rest
     second = await store.reserve(provider, domain, {"gmail": 8})
     # The hour window binds now: 2 left of 10, and the wait is the hour's rest.
     assert second.granted == {"gmail": 2} and second.held == {"gmail": 6}
-    assert second.wait_s is not None and second.wait_s > 60
+    assert second.wait_s == pytest.approx(3590)
 
 
 async def test_the_warmup_day_counts_every_group_from_the_first_send_day(
