@@ -193,11 +193,14 @@ def _all_of_kind(column: pa.Array, kind: FieldKind) -> bool:
         return bool(pc.all(pc.match_substring_regex(column, _BOOL)).as_py())
     if not pc.all(pc.match_substring_regex(column, _DATE)).as_py():
         return False
-    # strptime rolls 30 February over into March; a round trip tells real dates apart.
+    # strptime rolls 30 February over into March; a date that rolled over has another day
+    # of the month than it was written with (a strftime round trip told the same, at ten
+    # times the cost: a fifth of a CRM export's preparation went into it).
     parsed = pc.strptime(column, format="%Y-%m-%d", unit="s", error_is_null=True)
     if parsed.null_count:
         return False
-    return bool(pc.all(pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), column)).as_py())
+    written_day = pc.cast(pc.utf8_slice_codeunits(column, 8, 10), pa.int64())
+    return bool(pc.all(pc.equal(pc.day(parsed), written_day)).as_py())
 
 
 def _field_values(batch: pa.RecordBatch, column: FieldColumn) -> pa.Array:
