@@ -69,10 +69,13 @@ async def main(ctx: ServiceContext, *, group_id: str = GROUP_ID) -> None:
     )
     retention = timedelta(days=ctx.settings.import_rejections_retention_days)
     sweeper = asyncio.create_task(sweep_periodically(ctx.pool, retention, ctx.stop))
-    # Together: each new member's join waits on the coordinator (3 s on Tansu, Kafka's
-    # initial rebalance delay), and imports would otherwise wait for both joins.
-    await asyncio.gather(consumer.start(), contacts.start())
     try:
+        # Together: a new member's first join waits on the coordinator (3 s on Tansu;
+        # Kafka's initial rebalance delay is 3 s too), and imports would otherwise wait for
+        # both joins. A task group cancels the other start when one fails.
+        async with asyncio.TaskGroup() as starting:
+            starting.create_task(consumer.start())
+            starting.create_task(contacts.start())
         await asyncio.gather(
             consumer.run(handle, ctx.stop), contacts.run(handle_contacts, ctx.stop)
         )
