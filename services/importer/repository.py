@@ -279,11 +279,10 @@ class Loader:
         if await self.conn.fetchval("SELECT NOT EXISTS (SELECT 1 FROM suppressions)"):
             return await self._remove_erased("recipients", "list_id = $1 AND", self.list_id)
         # Linear in the loaded rows whatever the plan (a probe of the suppressions' key, or
-        # a hash of them, per row). The list
-        # was loaded a moment ago, so its statistics say it is empty: `email = ANY
-        # (ARRAY(SELECT email FROM suppressions))` was then planned as a filter on the
-        # list's rows, each compared with the whole array (a 2M-row import with 50k
-        # suppressions ran for over six minutes, bench/api_load.py).
+        # a hash of them, per row). The list was loaded a moment ago, so its statistics say
+        # it is empty: `email = ANY (ARRAY(SELECT email FROM suppressions))` was then
+        # planned as a filter on the list's rows, each compared with the whole array (a
+        # 2M-row import with 50k suppressions ran for over six minutes, bench/api_load.py).
         removed = await self.conn.fetchval(
             "WITH gone AS (DELETE FROM recipients r WHERE r.list_id = $1"
             " AND EXISTS (SELECT 1 FROM suppressions s WHERE s.email = r.email)"

@@ -79,9 +79,9 @@ async def lag_partitions_when_all_reported(bases: dict[str, str]) -> list[set[st
                 lag_partitions((await http.get(f"{bases[name]}/metrics")).text)
                 for name in ("dispatcher-1", "dispatcher-2")
             ]
-            if len(owned[0] | owned[1]) >= running_settings_partitions():
-                return owned
-            if time.monotonic() > deadline:
+            if len(owned[0] | owned[1]) >= running_settings_partitions() or (
+                time.monotonic() > deadline
+            ):
                 return owned
             await asyncio.sleep(0.2)
 
