@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from axe_playwright_python.async_playwright import Axe
@@ -21,7 +20,7 @@ from libs.common.embedded import wait_for_port
 from libs.common.settings import Settings
 from tests.console.browser import SCREENSHOTS, ensure_chromium
 from tests.console.support import ADMIN_EMAIL, PASSWORD
-from tests.e2e.harness import RunningStack, settle_earlier_campaigns, start_stack
+from tests.e2e.harness import RunningStack, start_stack
 
 WAIT_MS = 180_000  # generous: the machine is shared
 CAMPAIGN_URL = re.compile(r".*/console/campaigns/[0-9a-f-]{36}$")
@@ -35,9 +34,8 @@ CSV = (
 
 @pytest.fixture(scope="module")
 async def stack(
-    settings: Settings, pool: asyncpg.Pool, tmp_path_factory: pytest.TempPathFactory
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[RunningStack]:
-    await settle_earlier_campaigns(pool)  # none of them may hold up this stack's batches
     running = await start_stack(
         settings.database_url,
         settings.kafka_bootstrap_servers,

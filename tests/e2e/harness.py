@@ -84,10 +84,13 @@ async def start_stack(
         "MAILFLEET_DISPATCHER_GROUP": f"dispatcher-{uuid.uuid4().hex[:8]}",
         **(env or {}),
     }
+    # A stack starts quiet: no earlier test's campaign left for its scheduler to re-emit,
+    await settle_earlier_campaigns(database_url)
+    # ... and its dispatcher group starting where the topics end now: a new group would
+    # otherwise begin at the first batch and message of the test session and work through
+    # every earlier test's (replays, and batches whose test faked their ledger rows), late
+    # tests minutes behind.
     dispatcher_group = base_env["MAILFLEET_DISPATCHER_GROUP"]
-    # ... starting where the topics end now: a new group would otherwise begin at the first
-    # batch and message of the test session and work through every earlier test's (replays,
-    # and batches whose test faked their ledger rows), late tests minutes behind.
     await start_group_at_end(kafka_bootstrap, dispatcher_group, Topic.BATCH_READY)
     await start_group_at_end(
         kafka_bootstrap, f"{dispatcher_group}.messages", Topic.MESSAGE_REQUESTED
@@ -157,17 +160,23 @@ async def start_group_at_end(bootstrap: str, group_id: str, topic: Topic) -> Non
         await consumer.stop()
 
 
-async def settle_earlier_campaigns(pool: asyncpg.Pool) -> None:
+async def settle_earlier_campaigns(database_url: str) -> None:
     """Cancel every campaign an earlier test left unfinished and mark its batches accounted
     for: a new stack's scheduler re-emits every batch not accounted for when it starts, so a
     test would otherwise wait behind batches of other tests' campaigns (paused by a guard,
     or with ledger rows a unit test faked, which a dispatcher refuses five times)."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "UPDATE campaigns SET status = 'cancelled'"
-            " WHERE status IN ('scheduled', 'in_progress', 'paused')"
-        )
-        await conn.execute("UPDATE batch_plans SET accounted_at = now() WHERE accounted_at IS NULL")
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "UPDATE campaigns SET status = 'cancelled'"
+                " WHERE status IN ('scheduled', 'in_progress', 'paused')"
+            )
+            await conn.execute(
+                "UPDATE batch_plans SET accounted_at = now() WHERE accounted_at IS NULL"
+            )
+    finally:
+        await conn.close()
 
 
 class ApiClient:

@@ -48,13 +48,7 @@ from libs.common.events import CampaignStatus, Topic
 from libs.common.settings import Settings
 from libs.common.supervisor import Supervisor
 from services.dispatcher.tests.support import SlowRelay, slow_relay_server
-from tests.e2e.harness import (
-    RunningStack,
-    ThrowawayPostgres,
-    plain_campaign,
-    settle_earlier_campaigns,
-    start_stack,
-)
+from tests.e2e.harness import RunningStack, ThrowawayPostgres, plain_campaign, start_stack
 from tests.e2e.test_campaign_e2e import make_csv
 from tests.e2e.test_dispatcher_faults import (
     control,
@@ -79,10 +73,8 @@ pytestmark = pytest.mark.timeout(2 * WAIT_S + 120)
 
 @pytest.fixture(scope="class")
 async def provider_stack(
-    settings: Settings, pool: asyncpg.Pool, tmp_path_factory: pytest.TempPathFactory
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[RunningStack]:
-    # This module starts several stacks: none may re-send another's unfinished campaign.
-    await settle_earlier_campaigns(pool)
     running = await start_stack(
         settings.database_url,
         settings.kafka_bootstrap_servers,
@@ -334,12 +326,9 @@ def ledger_relay() -> Iterator[tuple[int, SlowRelay]]:
 @pytest.fixture(scope="class")
 async def ledger_stack(
     settings: Settings,
-    pool: asyncpg.Pool,
     tmp_path_factory: pytest.TempPathFactory,
     ledger_relay: tuple[int, SlowRelay],
 ) -> AsyncIterator[RunningStack]:
-    # This module starts several stacks: none may re-send another's unfinished campaign.
-    await settle_earlier_campaigns(pool)
     running = await start_stack(
         settings.database_url,
         settings.kafka_bootstrap_servers,
