@@ -311,8 +311,15 @@ async def run(recipients: int, dispatchers: int, provider: str, peer: bool) -> N
         baseline = await smtp_baseline(controller.port, baseline_n)
         smtp_handler.received.clear()
         baseline_name = "baseline: bare aiosmtplib to the same aiosmtpd"
+    tracker_metrics = free_port()
     stack = await start_stack(
-        dsn, bootstrap, work / "logs", dispatchers=dispatchers, keep_messages=1000, env=env
+        dsn,
+        bootstrap,
+        work / "logs",
+        dispatchers=dispatchers,
+        keep_messages=1000,
+        env=env,
+        metrics_ports={"tracker": tracker_metrics},
     )
     api = stack.client()
     try:
@@ -389,6 +396,7 @@ async def run(recipients: int, dispatchers: int, provider: str, peer: bool) -> N
         )
         print("(net: less the CPU the same process used per second while idle, before the run)")
         print(f"load average (1 min): {load_before:.1f} before, {load_after:.1f} after")
+        print(await tracker_folds(tracker_metrics))
         rate = recipients / elapsed
         print(
             f"\nend-to-end emails/s = {rate:,.0f} "
@@ -404,6 +412,26 @@ async def run(recipients: int, dispatchers: int, provider: str, peer: bool) -> N
             controller.stop()
         await infra.drop_database()
         infra.stop()
+
+
+async def tracker_folds(port: int) -> str:
+    """How many transactions the tracker folded the results in (fewer, larger folds cost
+    less per email), from its /metrics."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as answer:
+            text = await answer.text()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in (
+            'mailfleet_tracker_fold_seconds_count{topic="delivery.result"}',
+            "mailfleet_tracker_batches_folded_total",
+        ):
+            values[name.split("{")[0]] = float(value)
+    folds = values.get("mailfleet_tracker_fold_seconds_count", 0.0)
+    batches = values.get("mailfleet_tracker_batches_folded_total", 0.0)
+    per_fold = batches / folds if folds else 0.0
+    return f"tracker: {batches:,.0f} batch results in {folds:,.0f} folds ({per_fold:.1f} per fold)"
 
 
 def main() -> None:

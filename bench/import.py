@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/import.py [--rows 1000000] [--xlsx-rows 100000] [--memory-rows 0]
                                      [--crm-rows 1000000] [--crm-xlsx-rows 100000]
+                                     [--crm-random-order]
 
 Generates realistic files (5 % invalid addresses, 3 % duplicates of earlier addresses in
 another case, unicode names, 4 merge fields: first_name, last_name, city, age), starts its
@@ -116,10 +117,13 @@ NOTES = [
 ]
 
 
-def make_crm_rows(n: int, seed: int = 13) -> list[list[str]]:
+def make_crm_rows(n: int, seed: int = 13, random_order: bool = False) -> list[list[str]]:
     """n rows shaped like a CRM export: ~4 % invalid, ~3 % earlier addresses again with
-    another case and surrounding spaces."""
+    another case and surrounding spaces. The addresses (`anna.17@...`) gather around a few
+    dozen names in address order; `random_order` puts a random prefix before each, as
+    in an export sorted by sign-up date, so that file order is random address order."""
     rng = random.Random(seed)
+    prefixes = random.Random(seed + 1)  # its own draws: the rows stay those of `seed`
     rows: list[list[str]] = []
     valid: list[str] = []
     for i in range(n):
@@ -132,6 +136,8 @@ def make_crm_rows(n: int, seed: int = 13) -> list[list[str]]:
             email = f"  {rng.choice(valid).upper()} "
         else:
             email = f"{local}.{i}@{rng.choice(DOMAINS)}"
+            if random_order:
+                email = f"{prefixes.getrandbits(32):08x}.{email}"
             valid.append(email)
         signed_up = (
             f"20{rng.randrange(15, 26)}-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}"
@@ -373,7 +379,12 @@ async def peak_rss_mib(pid: int) -> float:
 
 
 async def crm_export(
-    stack: RunningStack, feed: CompletionFeed, conn: asyncpg.Connection, csv_n: int, xlsx_n: int
+    stack: RunningStack,
+    feed: CompletionFeed,
+    conn: asyncpg.Connection,
+    csv_n: int,
+    xlsx_n: int,
+    random_order: bool,
 ) -> None:
     """The CRM-shaped files: mailfleet against the bare COPY of the rows it kept."""
     for label, n, make, filename in (
@@ -382,11 +393,12 @@ async def crm_export(
     ):
         if not n:
             continue
-        rows = make_crm_rows(n, seed=13 if label == "CSV" else 17)
+        rows = make_crm_rows(n, seed=13 if label == "CSV" else 17, random_order=random_order)
         data, kept = make(rows), kept_crm_rows(rows)
         print(
             f"\nCRM export, {label}, {n:,} rows x {len(CRM_HEADER)} columns, "
             f"{len(data) / 2**20:.1f} MiB, {len(kept):,} to keep"
+            + (", addresses in random order" if random_order else "")
         )
         await conn.execute("CHECKPOINT")
         seconds, job = await api_import(
@@ -425,7 +437,13 @@ def dupes(rows: list[list[str]]) -> int:
 
 
 async def run(
-    rows_n: int, xlsx_n: int, memory_n: int, work: Path, crm_n: int = 0, crm_xlsx_n: int = 0
+    rows_n: int,
+    xlsx_n: int,
+    memory_n: int,
+    work: Path,
+    crm_n: int = 0,
+    crm_xlsx_n: int = 0,
+    crm_random_order: bool = False,
 ) -> None:
     print(f"machine: {machine()}")
     print(f"versions: {versions()}")
@@ -531,7 +549,7 @@ async def run(
         for label, secs, note in xresults:
             line(label, xlsx_n, secs, note)
 
-        await crm_export(stack, feed, conn, crm_n, crm_xlsx_n)
+        await crm_export(stack, feed, conn, crm_n, crm_xlsx_n, crm_random_order)
 
         if memory_n:
             print(f"\nmemory, {memory_n:,} rows")
@@ -563,6 +581,11 @@ def main() -> None:
     parser.add_argument("--memory-rows", type=int, default=0, help="e.g. 5000000")
     parser.add_argument("--crm-rows", type=int, default=1_000_000)
     parser.add_argument("--crm-xlsx-rows", type=int, default=100_000)
+    parser.add_argument(
+        "--crm-random-order",
+        action="store_true",
+        help="CRM addresses in random order (as sorted by sign-up date), not by name",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mailfleet-bench-import-") as work:
         asyncio.run(
@@ -573,6 +596,7 @@ def main() -> None:
                 Path(work),
                 args.crm_rows,
                 args.crm_xlsx_rows,
+                args.crm_random_order,
             )
         )
 

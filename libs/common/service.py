@@ -47,11 +47,13 @@ class ServiceContext:
         handler: Callable[[list[Consumed[E]]], Awaitable[None]],
         *,
         max_records: int = 500,
+        gather_ms: int = 0,
     ) -> None:
-        """Read `topic` in `group_id`, handing each batch to `handler`, until `stop` is set."""
+        """Read `topic` in `group_id`, handing each batch to `handler`, until `stop` is set
+        (`gather_ms`: see `EventConsumer`)."""
         consumer: EventConsumer[E] = EventConsumer(
             self.settings, topic, group_id, self.producer, max_records=max_records,
-            epoch=self.epoch,
+            epoch=self.epoch, gather_ms=gather_ms,
         )  # fmt: skip
         await consumer.start()
         try:

@@ -5,6 +5,13 @@ fields as JSON and encoded for `COPY ... (list_id, email, fields) (FORMAT binary
 that PostgreSQL takes one batch while the next is prepared (in a worker thread: pyarrow,
 numpy and pgpq release the GIL for the heavy part).
 
+Rows go to the COPY in runs of up to `RUN_ROWS` kept rows, each sorted by address. The
+unique index on `(list_id, email)` is what costs most in the COPY, and rows in address order
+reach it page after page instead of at random: a 930k-row COPY takes 4.5 s in 100k-row
+runs, 3.4 s sorted whole and 6.5 s in file order (docs/design.md, "Import in sorted runs").
+A run, not the whole file, so that PostgreSQL loads one run while the next is prepared.
+Recipients are therefore numbered in address order within a run, not in file order.
+
 Rejected rows cannot go into that COPY: they are spooled to a local CSV file and loaded
 into `import_rejections` after it.
 
@@ -37,10 +44,14 @@ from services.importer.validation import (
 )
 
 _STRING_KINDS = {FieldKind.TEXT, FieldKind.DATE}  # JSON strings either way
+# Kept rows per sorted run (a run holds ~50 MB of Arrow data at this size).
+RUN_ROWS = 250_000
 
 
 @dataclass(frozen=True)
 class PreparedBatch:
+    """One sorted run (see the module docstring) and the file rows it took."""
+
     copy_data: bytes  # binary COPY rows for `recipients` (no header or trailer)
     rows_read: int
     rows_rejected: int
@@ -56,8 +67,10 @@ class RowPreparer:
         import_id: UUID,
         list_id: UUID,
         folder: Path,
+        run_rows: int | None = None,
     ) -> None:
         self.source = source
+        self.run_rows = run_rows or RUN_ROWS
         self.plan = plan
         self.import_id = import_id
         self.kinds = FieldKinds.for_plan(plan)
@@ -74,22 +87,37 @@ class RowPreparer:
         self._used_kinds: list[set[FieldKind]] = [set() for _ in plan.fields]
 
     def next_batch(self) -> PreparedBatch | None:
-        """The next batch's COPY data; None at the end of the file (spools closed)."""
-        batch = next(self.source.batches, None)
-        if batch is None:
+        """The next run's COPY data, sorted by address; None at the end of the file
+        (spools closed)."""
+        emails: list[pa.Array] = []
+        fields: list[pa.Array] = []
+        kept = rows_read = rows_rejected = 0
+        while kept < self.run_rows:
+            batch = next(self.source.batches, None)
+            if batch is None:
+                break
+            validated = validate_batch(batch, self.plan, self.kinds)
+            rows_read += validated.rows_read
+            rows_rejected += len(validated.rejections)
+            self._spool_rejections(validated.rejections)
+            rows = validated.rows
+            self.rows_valid += rows.num_rows
+            if not rows.num_rows:
+                continue
+            first = pa.array(self.first.mark(rows.column("email")))
+            emails.append(pc.filter(rows.column("email"), first))
+            fields.append(pc.filter(self._fields(rows), first))
+            kept += len(emails[-1])
+        if not rows_read:
             self.close()
             return None
-        validated = validate_batch(batch, self.plan, self.kinds)
-        rows = validated.rows
-        self.rows_valid += rows.num_rows
-        self._spool_rejections(validated.rejections)
-        if not rows.num_rows:
-            return PreparedBatch(b"", validated.rows_read, len(validated.rejections))
-        fields = self._fields(rows)
-        emails = rows.column("email")
-        first = pa.array(self.first.mark(emails))
-        data = self.recipients.encode(pc.filter(emails, first), pc.filter(fields, first))
-        return PreparedBatch(data, validated.rows_read, len(validated.rejections))
+        if not kept:
+            return PreparedBatch(b"", rows_read, rows_rejected)
+        run_emails, run_fields = pa.concat_arrays(emails), pa.concat_arrays(fields)
+        # Byte order, as the index's "C" collation compares.
+        order = pc.sort_indices(run_emails)
+        data = self.recipients.encode(run_emails.take(order), run_fields.take(order))
+        return PreparedBatch(data, rows_read, rows_rejected)
 
     def _fields(self, rows: pa.RecordBatch) -> pa.Array:
         kinds = self.kinds.result(self.rows_valid)

@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_RUNS = {
     "import.py": ["--rows", "2000", "--xlsx-rows", "300", "--crm-rows", "2000",
-                  "--crm-xlsx-rows", "300"],
+                  "--crm-xlsx-rows", "300", "--crm-random-order"],
     "e2e.py": ["--recipients", "2000"],
     "console_pages.py": ["--recipients", "2000", "--deliveries", "20000", "--rounds", "2"],
     "dkim_sign.py": ["--messages", "20"],

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from conftest import make_settings
 from libs.common import db, kafka
@@ -199,6 +199,62 @@ async def test_a_commit_that_times_out_once_is_retried_not_taken_for_a_lost_brok
         await producer.stop()
     assert consumer.consumer is client, "the consumer rejoined as if the broker were lost"
     assert seen.count(first.campaign_id) == 1, "the topic was replayed"
+
+
+async def test_a_gathering_consumer_hands_over_what_arrives_within_its_window_together(
+    settings: Settings,
+) -> None:
+    """The tracker's results arrive one or two at a time: gathered, they make one fold.
+    The second event is published only once the first has been fetched, so only the
+    gathering can hand them over together."""
+    key = uuid.uuid4().hex.encode()
+    first, second = _scheduled(2)
+    producer = EventProducer(settings)
+    await producer.start()
+    consumer: EventConsumer[CampaignScheduled] = EventConsumer(
+        settings,
+        Topic.CAMPAIGN_SCHEDULED,
+        f"test-{uuid.uuid4().hex}",
+        producer,
+        max_records=100_000,  # never full: the window alone ends the gathering
+        gather_ms=4_000,
+    )
+    ours = {first.campaign_id, second.campaign_id}
+    calls: list[list[uuid.UUID]] = []
+    stop = asyncio.Event()
+
+    async def handle(events: list[Consumed[CampaignScheduled]]) -> None:
+        mine = [e.event.campaign_id for e in events if e.event.campaign_id in ours]
+        if mine:
+            calls.append(mine)
+        if sum(map(len, calls)) == 2:
+            stop.set()
+
+    raw = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await raw.start()
+    await consumer.start()
+    run = asyncio.create_task(consumer.run(handle, stop))
+    try:
+        sent = await raw.send_and_wait(Topic.CAMPAIGN_SCHEDULED.value, encode(first), key=key)
+        tp = TopicPartition(sent.topic, sent.partition)
+        async with asyncio.timeout(30):
+            await _fetched_past(consumer.consumer, tp, sent.offset)
+            await raw.send_and_wait(Topic.CAMPAIGN_SCHEDULED.value, encode(second), key=key)
+            await run
+    finally:
+        stop.set()
+        await raw.stop()
+        await consumer.stop()
+        await producer.stop()
+    assert calls == [[first.campaign_id, second.campaign_id]]
+
+
+async def _fetched_past(client: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+    """Until `client` has fetched the record at `offset` (its position is past it)."""
+    fetched = False
+    while not fetched:
+        await asyncio.sleep(0.02)
+        fetched = tp in client.assignment() and await client.position(tp) > offset
 
 
 async def test_the_broker_epoch_is_bumped_only_by_whoever_really_created_topics(

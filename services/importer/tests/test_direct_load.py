@@ -12,7 +12,7 @@ import pytest
 
 from libs.common.blobs import BlobStore, blob_ref
 from libs.common.events import ImportProgress, ImportRequested
-from services.importer import reader
+from services.importer import prepare, reader
 from services.importer.job import Importer
 from services.importer.repository import ImportRepository, JobState, ListSession
 
@@ -67,6 +67,30 @@ async def test_many_batches_dedupe_across_batches_and_retype_late_text(pool: asy
     assert stored["user10@example.com"] == {"code": "10", "flag": "true"}
     assert stored["late@example.com"] == {"code": "n/a", "flag": "maybe"}
     assert all(isinstance(f["code"], str) and isinstance(f["flag"], str) for f in stored.values())
+
+
+@pytest.mark.usefixtures("small_batches")
+async def test_rows_reach_the_list_in_address_order_run_by_run(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Address order is what makes the unique index cheap to fill (prepare.py); the file
+    # here is in reverse address order, so file order would be all descents.
+    monkeypatch.setattr(prepare, "RUN_ROWS", 500)
+    rows = [f"p{i:05d}@example.com,{i}" for i in reversed(range(2000))]
+    rows.insert(1000, "P01999@EXAMPLE.COM,dupe")  # a later run repeats the first row's address
+    list_id = await _new_list(pool)
+    state = await _import(pool, list_id, ("email,n\n" + "\n".join(rows) + "\n").encode())
+
+    assert (state.rows_imported, state.rows_duplicate) == (2000, 1), state
+    by_id = await pool.fetch(
+        "SELECT email, fields FROM recipients WHERE list_id = $1 ORDER BY id", list_id
+    )
+    emails = [r["email"] for r in by_id]
+    descents = sum(1 for a, b in zip(emails, emails[1:], strict=False) if a > b)
+    assert descents == 3  # four runs of 500 kept rows, each sorted
+    assert sorted(emails) == [f"p{i:05d}@example.com" for i in range(2000)]
+    # The first row wins ("dupe" makes the column text for all).
+    assert by_id[emails.index("p01999@example.com")]["fields"] == {"n": "1999"}
 
 
 @pytest.mark.usefixtures("small_batches")
