@@ -266,6 +266,7 @@ async def stage_report(
             imp["rows_total"],
         ),
         ("scheduler (plan + emit batch.ready)", span(camp["started_at"], emit["last"]), n),
+        ("  of which: campaign start -> first send", span(camp["started_at"], send["first"]), 0),
         ("dispatcher (render + send, all instances)", span(send["first"], send["last"]), n),
         ("tracker (fold results into PostgreSQL)", span(fold["first"], fold["last"]), n),
         ("campaign start -> completed", span(camp["started_at"], camp["finished_at"]), n),
@@ -367,7 +368,7 @@ async def run(recipients: int, dispatchers: int, provider: str, peer: bool) -> N
         print()
         print(f"{'stage':45} {'seconds':>9} {'rows/s':>10}")
         for name, secs, rate in await stage_report(dsn, campaign_id, import_id):
-            print(f"{name:45} {secs:9.2f} {rate:10,.0f}")
+            print(f"{name:45} {secs:9.2f} {f'{rate:,.0f}' if rate else '':>10}")
         print(
             f"{'end to end (schedule request -> completed)':45} {elapsed:9.2f} {recipients / elapsed:10,.0f}"
         )

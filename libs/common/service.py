@@ -20,6 +20,7 @@ from libs.common.events import Event, Topic
 from libs.common.kafka import Consumed, EventConsumer, EventProducer, ensure_topics, wait_for_broker
 from libs.common.logging import configure, get_logger
 from libs.common.metrics import CampaignGauges, start_ops_server
+from libs.common.process import freeze_startup_objects, lower_priority
 from libs.common.settings import Settings
 
 log = get_logger(__name__)
@@ -68,6 +69,7 @@ ServiceMain = Callable[[ServiceContext], Awaitable[None]]
 async def run_service(name: str, main: ServiceMain, settings: Settings) -> None:
     configure(name, settings.log_level)
     settings.require_infrastructure()
+    lower_priority(settings.bulk_nice)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -99,6 +101,7 @@ async def run_service(name: str, main: ServiceMain, settings: Settings) -> None:
             before_scrape=CampaignGauges(pool).refresh,
         )
     log.info("service started", metrics_port=settings.metrics_port or None)
+    freeze_startup_objects()
     try:
         await main(ServiceContext(name, settings, pool, producer, stop))
     finally:

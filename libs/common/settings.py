@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     database_url: str = Field("", alias="DATABASE_URL")
     kafka_bootstrap_servers: str = Field("", alias="KAFKA_BOOTSTRAP_SERVERS")
     db_pool_size: int = Field(10, alias="MAILFLEET_DB_POOL_SIZE", ge=2, le=200)
+    # The niceness the event-driven services (dispatcher, tracker, importer, scheduler,
+    # guard, ...) give their process at start. Under CPU contention on one host the API and
+    # the edge, which people and mailbox clients wait on, run first; alone, bulk work runs
+    # at full speed (niceness only orders who waits). 0 leaves the priority alone.
+    bulk_nice: int = Field(10, alias="MAILFLEET_BULK_NICE", ge=0, le=19)
 
     # HTTP.
     api_host: str = Field("127.0.0.1", alias="MAILFLEET_API_HOST")

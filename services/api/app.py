@@ -12,6 +12,7 @@ from libs.common import db
 from libs.common.broker_epoch import BrokerEpoch
 from libs.common.kafka import EventProducer, wait_for_broker
 from libs.common.logging import configure, get_logger
+from libs.common.process import freeze_startup_objects
 from libs.common.settings import Settings, get_settings
 from libs.web.middleware import RequestContextMiddleware
 from libs.web.problems import install_problem_handlers
@@ -78,6 +79,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ensure_first_admin(pool, settings.admin_email, settings.admin_password)
         resources.pool, resources.producer = pool, producer
         log.info("api started")
+        freeze_startup_objects()
         yield
     finally:
         resources.pool, resources.producer = None, None

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from libs.common.kafka import EventProducer
 from libs.common.logging import configure, get_logger
+from libs.common.process import freeze_startup_objects
 from libs.common.settings import Settings, get_settings
 from libs.web.middleware import RequestContextMiddleware
 from libs.web.problems import install_problem_handlers
@@ -49,6 +50,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     await producer.start()
     resources.producer = producer
     log.info("edge started")
+    freeze_startup_objects()
     try:
         yield
     finally:

@@ -5,6 +5,7 @@ service answers /healthz and /readyz."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -173,6 +174,23 @@ async def test_every_dashboard_and_rule_metric_is_exported_during_a_campaign(
     # Every labelled counter has its series (at 0) after a clean campaign, so that alerts
     # built on rate() or increase() see the first increase.
     assert not_yet_counted(pages) == {}
+
+
+async def test_bulk_services_yield_the_cpu_to_the_api_and_the_edge(
+    stack: tuple[RunningStack, dict[str, int]],
+) -> None:
+    """Under contention on one host, the API and the edge (people and mail clients wait on
+    them) run before the event-driven services (MAILFLEET_BULK_NICE)."""
+    running, _ = stack
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    nice = {
+        name: os.getpriority(os.PRIO_PROCESS, pid)
+        for name, pid in running.supervisor.pids().items()
+    }
+    assert (nice["api"], nice["edge"]) == (ours, ours), nice
+    bulk = min(19, ours + Settings().bulk_nice)
+    for name in ("dispatcher-1", "dispatcher-2", "importer", "scheduler", "tracker"):
+        assert nice[name] == bulk, nice
 
 
 # The labelled counters whose known label values must have a series from the start, and
