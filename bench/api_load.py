@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import multiprocessing
 import os
 import random
@@ -346,6 +347,11 @@ async def load(
         async with aiohttp.ClientSession(
             bases[n % len(bases)], headers=headers, connector=aiohttp.TCPConnector(limit=1)
         ) as http:
+            if think_ms:
+                # Users arrive spread over one think time, as they would (locust spawns
+                # them at a rate); all 50 asking at the same instant is a burst the model
+                # does not have, and its last answer waited for the 49 before it.
+                await asyncio.sleep(draw.uniform(0.0, 1.5) * think_ms / 1000)
             while True:  # whole rounds: every endpoint as often as the others
                 for name, path in order:
                     started = time.perf_counter()
@@ -396,8 +402,11 @@ class LoadProcess:
 
     async def stop(self) -> tuple[dict[str, list[float]], dict[str, int]]:
         self._stop.set()
-        times, errors = await asyncio.to_thread(self._results.get)
+        outcome = await asyncio.to_thread(self._results.get)
         await asyncio.to_thread(self._process.join)
+        if isinstance(outcome, str):
+            raise RuntimeError(f"the load process failed: {outcome}")
+        times, errors = outcome
         return times, errors
 
 
@@ -423,12 +432,20 @@ def _load_process(spec: LoadSpec, stop_flag: Any, results: Any) -> None:
         finally:
             await watcher
 
-    results.put(asyncio.run(until_stopped()))
+    try:
+        results.put(asyncio.run(until_stopped()))
+    except Exception as exc:  # told to the parent, which would otherwise wait for ever
+        results.put(repr(exc))
 
 
 def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank percentile: the smallest value with at least q of all at or below
+    it (p99 of 100 answers is the 99th, of 150 the 149th). Before session 5 this took the
+    next rank, so the p99 of 100 answers was their maximum."""
+    if not values:
+        return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 async def send_campaign(api: ApiClient, list_id: str, name: str) -> tuple[float, int]:

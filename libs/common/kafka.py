@@ -377,9 +377,12 @@ class EventConsumer(Generic[E]):
                 lag_recorded_at = loop.time()
 
     async def _gather_more(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        """Add to `batches` what arrives within `gather_ms`, up to `max_records` in all
-        (each partition's records stay in offset order: a fetch continues where the last
-        one ended)."""
+        """Add to `batches` what arrives within `gather_ms`, up to `max_records` in all.
+
+        A partition's records must stay one run of offsets: its commit is the last one's
+        offset + 1, and a failed handling seeks back to the first. A fetch that does not
+        continue where the held records end (a rebalance moved the position meanwhile)
+        is put back by a seek, and the gathering ends."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.gather_ms / 1000
         count = sum(len(records) for records in batches.values())
@@ -394,9 +397,17 @@ class EventConsumer(Generic[E]):
             except KafkaError as exc:  # what was fetched is handled; the next fetch retries
                 log.warning("fetch failed; retrying", topic=self.topic.value, error=str(exc))
                 return
+            continuous = True
             for tp, records in more.items():
-                batches.setdefault(tp, []).extend(records)
+                held = batches.setdefault(tp, [])
+                if held and records[0].offset != held[-1].offset + 1:
+                    self.consumer.seek(tp, records[0].offset)  # fetched again, after these
+                    continuous = False
+                    continue
+                held.extend(records)
                 count += len(records)
+            if not continuous:
+                return
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake up at once when the consumer is asked to stop."""

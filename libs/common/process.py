@@ -6,6 +6,8 @@ from __future__ import annotations
 import gc
 import os
 
+_frozen = False
+
 
 def lower_priority(nice: int) -> None:
     """Make this process `nice` steps nicer than it started (only ever lower: raising a
@@ -23,6 +25,11 @@ def freeze_startup_objects() -> None:
     collection of the API process scanned its ~160k startup objects in ~75 ms: a pause
     that every request in flight waited for, whatever it read (docs/design.md, "The
     API's pauses were full garbage collections"). Collected first, so that no garbage
-    of the start is kept for good."""
+    of the start is kept for good. Once per process: a test process starts the API's
+    lifespan many times, and a later freeze would keep its tests' garbage for good."""
+    global _frozen
+    if _frozen:
+        return
+    _frozen = True
     gc.collect()
     gc.freeze()

@@ -44,8 +44,11 @@ from services.importer.validation import (
 )
 
 _STRING_KINDS = {FieldKind.TEXT, FieldKind.DATE}  # JSON strings either way
-# Kept rows per sorted run (a run holds ~50 MB of Arrow data at this size).
+# Kept rows per sorted run (~50 MB of Arrow data for a CRM export of 7 columns), and the
+# most merge-field JSON one run may hold, whichever comes first: a file of a few hundred
+# columns makes a run of far fewer rows (and an Arrow string array holds 2 GiB at most).
 RUN_ROWS = 250_000
+RUN_FIELD_BYTES = 128 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,8 @@ class RowPreparer:
         (spools closed)."""
         emails: list[pa.Array] = []
         fields: list[pa.Array] = []
-        kept = rows_read = rows_rejected = 0
-        while kept < self.run_rows:
+        kept = rows_read = rows_rejected = field_bytes = 0
+        while kept < self.run_rows and field_bytes < RUN_FIELD_BYTES:
             batch = next(self.source.batches, None)
             if batch is None:
                 break
@@ -108,6 +111,7 @@ class RowPreparer:
             emails.append(pc.filter(rows.column("email"), first))
             fields.append(pc.filter(self._fields(rows), first))
             kept += len(emails[-1])
+            field_bytes += fields[-1].nbytes
         if not rows_read:
             self.close()
             return None

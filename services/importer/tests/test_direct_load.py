@@ -94,6 +94,29 @@ async def test_rows_reach_the_list_in_address_order_run_by_run(
 
 
 @pytest.mark.usefixtures("small_batches")
+async def test_a_run_ends_at_its_byte_bound_before_its_row_bound(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A file of hundreds of columns must not make one run of 250k rows (an Arrow string
+    # array holds 2 GiB at most): here every read batch is a run of its own.
+    monkeypatch.setattr(prepare, "RUN_ROWS", 10**9)
+    monkeypatch.setattr(prepare, "RUN_FIELD_BYTES", 1)
+    rows = [f"q{i:05d}@example.com,{i}" for i in reversed(range(2000))]
+    list_id = await _new_list(pool)
+    state = await _import(pool, list_id, ("email,n\n" + "\n".join(rows) + "\n").encode())
+
+    assert state.rows_imported == 2000, state
+    emails = [
+        r["email"]
+        for r in await pool.fetch(
+            "SELECT email FROM recipients WHERE list_id = $1 ORDER BY id", list_id
+        )
+    ]
+    descents = sum(1 for a, b in zip(emails, emails[1:], strict=False) if a > b)
+    assert descents >= 10  # 2 KiB batches of ~90 rows: one run each, not one run in all
+
+
+@pytest.mark.usefixtures("small_batches")
 async def test_numbers_stay_numbers_when_the_whole_file_agrees(pool: asyncpg.Pool) -> None:
     rows = [f"n{i}@example.com,{i}" for i in range(2000)]
     list_id = await _new_list(pool)
