@@ -319,30 +319,37 @@ async def console_cookies(base: str) -> dict[str, str]:
         return {c.key: c.value for c in http.cookie_jar}
 
 
+@dataclass(frozen=True)
+class LoadSpec:
+    """What `load` runs (sent as it is to the process that runs it, `LoadProcess`)."""
+
+    bases: list[str]
+    api_key: str
+    cookies: dict[str, str]
+    paths: list[tuple[str, str]]
+    clients: int
+    think_ms: float
+
+
 async def load(
-    bases: list[str],
-    api_key: str,
-    cookies: dict[str, str],
-    paths: list[tuple[str, str]],
-    clients: int,
-    stop: asyncio.Event,
-    think_ms: float = 0.0,
+    spec: LoadSpec, stop: asyncio.Event
 ) -> tuple[dict[str, list[float]], dict[str, int]]:
-    """`clients` clients, each its own connection, each requesting every endpoint in turn
-    (in its own order) until `stop`; client n talks to API process n mod len(bases), as a
-    load balancer would spread them. Between two requests a client waits a think time
-    drawn uniformly from 0.5 to 1.5 times `think_ms` (locust's `between`; 0: none).
-    Returns the latencies (ms) and the non-200 answers."""
-    times: dict[str, list[float]] = {name: [] for name, _ in paths}
+    """`spec.clients` clients, each its own connection, each requesting every endpoint in
+    turn (in its own order) until `stop`; client n talks to API process n mod
+    len(spec.bases), as a load balancer would spread them. Between two requests a client
+    waits a think time drawn uniformly from 0.5 to 1.5 times `spec.think_ms` (locust's
+    `between`; 0: none). Returns the latencies (ms) and the non-200 answers."""
+    bases, think_ms = spec.bases, spec.think_ms
+    times: dict[str, list[float]] = {name: [] for name, _ in spec.paths}
     errors: dict[str, int] = {}
 
     async def client(n: int) -> None:
-        order = paths[:]
+        order = spec.paths[:]
         draw = random.Random(n)
         draw.shuffle(order)
         headers = {
-            "Authorization": f"Bearer {api_key}",
-            "Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items()),
+            "Authorization": f"Bearer {spec.api_key}",
+            "Cookie": "; ".join(f"{k}={v}" for k, v in spec.cookies.items()),
         }
         async with aiohttp.ClientSession(
             bases[n % len(bases)], headers=headers, connector=aiohttp.TCPConnector(limit=1)
@@ -366,20 +373,8 @@ async def load(
                 if stop.is_set():
                     return
 
-    await asyncio.gather(*(client(n) for n in range(clients)))
+    await asyncio.gather(*(client(n) for n in range(spec.clients)))
     return times, errors
-
-
-@dataclass(frozen=True)
-class LoadSpec:
-    """What `load` is given, sent to the process that runs it."""
-
-    bases: list[str]
-    api_key: str
-    cookies: dict[str, str]
-    paths: list[tuple[str, str]]
-    clients: int
-    think_ms: float
 
 
 class LoadProcess:
@@ -406,8 +401,7 @@ class LoadProcess:
         await asyncio.to_thread(self._process.join)
         if isinstance(outcome, str):
             raise RuntimeError(f"the load process failed: {outcome}")
-        times, errors = outcome
-        return times, errors
+        return outcome
 
 
 def _load_process(spec: LoadSpec, stop_flag: Any, results: Any) -> None:
@@ -420,15 +414,7 @@ def _load_process(spec: LoadSpec, stop_flag: Any, results: Any) -> None:
 
         watcher = asyncio.create_task(watch())
         try:
-            return await load(
-                spec.bases,
-                spec.api_key,
-                spec.cookies,
-                spec.paths,
-                spec.clients,
-                stop,
-                spec.think_ms,
-            )
+            return await load(spec, stop)
         finally:
             await watcher
 
@@ -531,7 +517,7 @@ async def run(args: argparse.Namespace) -> None:
             stop = asyncio.Event()
             stop.set()  # one round each
             alone_times, _ = await load(
-                bases[:1], stack.api_key, cookies, paths * args.rounds, 1, stop
+                LoadSpec(bases[:1], stack.api_key, cookies, paths * args.rounds, 1, 0.0), stop
             )
             print("campaign alone …", flush=True)
             alone, sent = await send_campaign(api, send_list, "alone")

@@ -34,6 +34,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -421,16 +422,14 @@ async def tracker_folds(port: int) -> str:
     async with aiohttp.ClientSession() as http:
         async with http.get(f"http://127.0.0.1:{port}/metrics") as answer:
             text = await answer.text()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        name, _, value = line.rpartition(" ")
-        if name in (
-            'mailfleet_tracker_fold_seconds_count{topic="delivery.result"}',
-            "mailfleet_tracker_batches_folded_total",
-        ):
-            values[name.split("{")[0]] = float(value)
-    folds = values.get("mailfleet_tracker_fold_seconds_count", 0.0)
-    batches = values.get("mailfleet_tracker_batches_folded_total", 0.0)
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    folds = sum(
+        s.value
+        for s in samples
+        if s.name == "mailfleet_tracker_fold_seconds_count"
+        and s.labels.get("topic") == "delivery.result"
+    )
+    batches = sum(s.value for s in samples if s.name == "mailfleet_tracker_batches_folded_total")
     per_fold = batches / folds if folds else 0.0
     return f"tracker: {batches:,.0f} batch results in {folds:,.0f} folds ({per_fold:.1f} per fold)"
 

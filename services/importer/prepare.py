@@ -8,7 +8,7 @@ numpy and pgpq release the GIL for the heavy part).
 Rows go to the COPY in runs of up to `RUN_ROWS` kept rows, each sorted by address. The
 unique index on `(list_id, email)` is what costs most in the COPY, and rows in address order
 reach it page after page instead of at random: a 930k-row COPY takes 4.5 s in 100k-row
-runs, 3.4 s sorted whole and 6.5 s in file order (docs/design.md, "Import in sorted runs").
+runs, 3.4 s sorted whole and 6.5 s in file order (docs/design.md, "rows reach the COPY in sorted runs").
 A run, not the whole file, so that PostgreSQL loads one run while the next is prepared.
 Recipients are therefore numbered in address order within a run, not in file order.
 
@@ -70,10 +70,8 @@ class RowPreparer:
         import_id: UUID,
         list_id: UUID,
         folder: Path,
-        run_rows: int | None = None,
     ) -> None:
         self.source = source
-        self.run_rows = run_rows or RUN_ROWS
         self.plan = plan
         self.import_id = import_id
         self.kinds = FieldKinds.for_plan(plan)
@@ -95,7 +93,7 @@ class RowPreparer:
         emails: list[pa.Array] = []
         fields: list[pa.Array] = []
         kept = rows_read = rows_rejected = field_bytes = 0
-        while kept < self.run_rows and field_bytes < RUN_FIELD_BYTES:
+        while kept < RUN_ROWS and field_bytes < RUN_FIELD_BYTES:
             batch = next(self.source.batches, None)
             if batch is None:
                 break
