@@ -39,6 +39,13 @@ def byte_chunk(budget: int, largest_recipient: int) -> int:
     return max(budget - largest_recipient, _MIN_CHUNK_BYTES)
 
 
+def cut_by_count(batch_size: int, largest_recipient: int, budget: int) -> bool:
+    """Whether a full batch of the largest recipients fits `budget`: then every batch cut by
+    count alone does, and the plan needs no running sum of sizes (the common case: it cuts
+    a sorted array in slices instead of three window passes over the audience)."""
+    return batch_size * largest_recipient <= budget
+
+
 @dataclass(frozen=True)
 class PlanSummary:
     campaign_id: UUID

@@ -30,6 +30,7 @@ from services.scheduler.planner import (
     PlanSummary,
     ScheduleRequest,
     byte_chunk,
+    cut_by_count,
     recipient_bytes_budget,
 )
 
@@ -272,25 +273,30 @@ class ScheduleRepository:
             except audiences.AudienceError as exc:
                 return await _fail_plan(conn, campaign_id, content_id, campaign, str(exc))
             target = await target.snapshot(conn)
-            counted = target.sql(first_param=1, keep_suppressed=True)
             ab = await _snapshot_variants(conn, campaign_id, campaign, now)
-            counts = await conn.fetchrow(
-                "SELECT count(*) AS audience, count(*) FILTER (WHERE r.suppressed) AS suppressed"  # noqa: S608
-                f" FROM ({counted.sql}) AS r",
-                *counted.params,
-            )
-            assert counts is not None  # an aggregate always returns a row
-            invalid = 0
+            counts = await _audience_stats(conn, target)
+            zoning = None
             if campaign["local_time"] or campaign["send_window"] is not None:
-                batches, invalid = await _plan_zoned_batches(
-                    conn, campaign_id, campaign, target, batch_size, max_message_bytes, ab
+                primary = target.audience.primary_list
+                list_default = (
+                    await conn.fetchval("SELECT default_timezone FROM lists WHERE id = $1", primary)
+                    if primary is not None
+                    else None
                 )
+                zoning = _zoning(campaign, list_default)
+            batches, invalid = await _plan_batches(
+                conn,
+                campaign_id,
+                target,
+                batch_size,
+                max_message_bytes,
+                int(counts["largest"]),
+                ab,
+                zoning,
+            )
+            if zoning is not None:
                 INVALID_TIMEZONES.inc(invalid)
                 log.info("zoned plan", batches=batches, invalid_timezones=invalid)
-            else:
-                batches = await _plan_batches(
-                    conn, campaign_id, target, batch_size, max_message_bytes, ab
-                )
             summary = PlanSummary(
                 campaign_id=campaign_id,
                 content_id=content_id,
@@ -576,7 +582,7 @@ class AudienceTarget:
         """The same audience, read from a temporary table that holds it for the rest of the
         transaction, when building it costs more than a scan: deduplicating several lists
         and segments sorts the candidates by address, and the plan reads the audience
-        three times (count, largest recipient, the cut). One list without segments is read
+        twice (its counts and largest recipient, then the cut). One list without segments is read
         as it is (its index narrows the scan, and it needs no deduplication)."""
         if self.table is not None or (len(self.audience.lists) == 1 and not self.audience.segments):
             return self
@@ -719,81 +725,174 @@ def _group_sql(ab: AbSplit | None, first: int) -> tuple[str, list[Any]]:
     return expression, [ab.seed, ab.share, len(ab.variants)]
 
 
+@dataclass(frozen=True)
+class _Zoning:
+    """Where a zoned plan (local time, or a send window) puts each recipient: the zones a
+    `timezone` field may name, numbered from 1 in the order they fall due, the instant each
+    falls due, and the number of the zone of a recipient whose field names none."""
+
+    names: list[str]
+    due: list[datetime]
+    fallback_no: int
+
+
+class _Params:
+    """The positional parameters of a statement assembled from parts, numbered in the order
+    the parts take them."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def add(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+    def take(self, values: list[Any]) -> None:
+        """Values of a part built with `first_param=self.next_number`."""
+        self.values.extend(values)
+
+    @property
+    def next_number(self) -> int:
+        return len(self.values) + 1
+
+
+async def _audience_stats(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, target: AudienceTarget
+) -> asyncpg.Record:
+    """One pass over the audience: its size, how many are suppressed, and the largest
+    sendable recipient's size in a `batch.ready` event (what the cut must allow for)."""
+    counted = target.sql(first_param=1, keep_suppressed=True)
+    row = await conn.fetchrow(
+        "SELECT count(*) AS audience, count(*) FILTER (WHERE r.suppressed) AS suppressed,"  # noqa: S608
+        f" coalesce(max({_RECIPIENT_SIZE}) FILTER (WHERE NOT r.suppressed), 0) AS largest"
+        f" FROM ({counted.sql}) AS r",
+        *counted.params,
+    )
+    assert row is not None  # an aggregate always returns a row
+    return row
+
+
 async def _plan_batches(
     conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
     campaign_id: UUID,
     target: AudienceTarget,
     batch_size: int,
     max_message_bytes: int,
+    largest: int,
     ab: AbSplit | None = None,
-) -> int:
-    """Cut the sendable audience into batches of at most `batch_size` recipients whose
-    `batch.ready` event stays under `max_message_bytes` (issue 11, item 8): windows of the
-    running byte sum, each cut again by count. An A/B campaign's cut is partitioned by
-    group (`_group_sql`): each batch is of one variant, or of the remainder (no variant).
-    Returns how many batches were planned."""
-    sized = target.sql(first_param=1)
-    largest = await conn.fetchval(
-        f"SELECT coalesce(max({_RECIPIENT_SIZE}), 0) FROM ({sized.sql}) AS r",  # noqa: S608
-        *sized.params,
-    )
-    chunk = byte_chunk(recipient_bytes_budget(max_message_bytes), int(largest))
-    sendable = target.sql(first_param=5)
-    group, group_args = _group_sql(ab, 5 + len(sendable.params))
-    result = await conn.execute(
-        f"""
-        INSERT INTO batch_plans (batch_id, campaign_id, batch_no, recipient_ids, variant)
-        SELECT $1::text || ':' || batch_no, $1::uuid, batch_no, array_agg(id ORDER BY id),
-               ($4::text[])[min(grp)]
-          FROM (SELECT id, grp,
-                       dense_rank() OVER (ORDER BY grp, window_no, (n - 1) / $2) - 1 AS batch_no
-                  FROM (SELECT id, grp, window_no,
-                               row_number() OVER (PARTITION BY grp, window_no ORDER BY id) AS n
-                          FROM (SELECT id, grp,
-                                       (sum(size) OVER (PARTITION BY grp ORDER BY id) - size)
-                                        / $3 AS window_no
-                                  FROM (SELECT r.id, {_RECIPIENT_SIZE} AS size, {group} AS grp
-                                          FROM ({sendable.sql}) AS r) AS grouped
-                               ) AS sized
-                       ) AS numbered
-               ) AS cut
-         GROUP BY batch_no
-        """,  # noqa: S608 - only constants are formatted in
-        str(campaign_id),
-        batch_size,
-        chunk,
-        list(ab.variants) if ab else [],
-        *sendable.params,
-        *group_args,
-    )
-    return int(result.split()[-1])
-
-
-async def _plan_zoned_batches(
-    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
-    campaign_id: UUID,
-    campaign: asyncpg.Record,
-    target: AudienceTarget,
-    batch_size: int,
-    max_message_bytes: int,
-    ab: AbSplit | None = None,
+    zoning: _Zoning | None = None,
 ) -> tuple[int, int]:
-    """The plan of a local-time campaign, or of one with a send window: `_plan_batches`'s
-    cut, partitioned by each recipient's zone, every batch with its zone and `due_at`.
+    """Cut the sendable audience into batches of at most `batch_size` recipients whose
+    `batch.ready` event stays under `max_message_bytes` (issue 11, item 8), in one
+    statement, and write them to `batch_plans`. Returns (batches, invalid zones).
+
+    Recipients are partitioned first by zone (`zoning`: each batch has one zone and its
+    `due_at`), then by A/B group (`_group_sql`: each batch is of one variant, or of the
+    remainder). Each partition is cut in id order: by count alone when a full batch of the
+    largest recipient fits the budget (`cut_by_count`), else by windows of the running sum
+    of sizes, each cut again by count (`_BYTE_CUT`). Batches are numbered in the order of
+    (zone, group, first id), so a zoned plan's batches are numbered in the order they fall
+    due."""
+    budget = recipient_bytes_budget(max_message_bytes)
+    by_count = cut_by_count(batch_size, largest, budget)
+    params = _Params()
+    campaign, size_of_batch = params.add(str(campaign_id)), params.add(batch_size)
+    if by_count:
+        cut, size = _COUNT_CUT.format(batch_size=size_of_batch), "0"
+    else:
+        chunk = params.add(byte_chunk(budget, largest))
+        cut, size = _BYTE_CUT.format(batch_size=size_of_batch, chunk=chunk), _RECIPIENT_SIZE
+    variants = params.add(list(ab.variants) if ab else [])
+    if zoning is None:
+        zones = "WITH"
+        zone_no, invalid, join = "1", "false", ""
+        zone_name = due_at = "NULL"
+    else:
+        keys = params.add([n.lower() for n in zoning.names])
+        names, due = params.add(zoning.names), params.add(zoning.due)
+        fallback = params.add(zoning.fallback_no)
+        zones = (
+            f"WITH z AS (SELECT * FROM unnest({keys}::text[]) WITH ORDINALITY AS z(key, zone_no)),"  # noqa: S608, E501
+        )
+        zone_no = f"coalesce(z.zone_no, {fallback})"
+        invalid = "z.zone_no IS NULL AND coalesce(btrim(r.fields->>'timezone'), '') <> ''"
+        join = " LEFT JOIN z ON z.key = lower(btrim(r.fields->>'timezone'))"
+        zone_name, due_at = f"({names}::text[])[zone_no]", f"({due}::timestamptz[])[zone_no]"
+    sendable = target.sql(first_param=params.next_number)
+    params.take(sendable.params)
+    group, group_args = _group_sql(ab, params.next_number)
+    params.take(group_args)
+    row = await conn.fetchrow(
+        f"""
+        {zones}
+        sized AS (
+            SELECT r.id, {size} AS size, {zone_no}::int AS zone_no, {group} AS grp,
+                   {invalid} AS invalid
+              FROM ({sendable.sql}) AS r{join}),
+        {cut},
+        planned AS (
+            INSERT INTO batch_plans (batch_id, campaign_id, batch_no, recipient_ids, zone,
+                                     due_at, variant)
+            SELECT {campaign}::text || ':' || batch_no, {campaign}::uuid, batch_no, ids,
+                   {zone_name}, {due_at}, ({variants}::text[])[grp]
+              FROM cut
+            RETURNING 1)
+        SELECT (SELECT count(*) FROM planned) AS batches,
+               (SELECT coalesce(sum(invalid), 0) FROM cut) AS invalid
+        """,  # noqa: S608 - only constants and parameter numbers are formatted in
+        *params.values,
+    )
+    assert row is not None
+    return int(row["batches"]), int(row["invalid"])
+
+
+# The cut by count: each partition's ids as one sorted array, sliced into batches. One sort,
+# no window over the audience. Partitions are numbered from their first batch's number.
+_COUNT_CUT = """
+        partitions AS (
+            SELECT zone_no, grp, array_agg(id ORDER BY id) AS ids,
+                   count(*) FILTER (WHERE invalid) AS invalid,
+                   (count(*) + {batch_size} - 1) / {batch_size} AS batches
+              FROM sized GROUP BY zone_no, grp),
+        numbered AS (
+            SELECT *, sum(batches) OVER (ORDER BY zone_no, grp) - batches AS first_no
+              FROM partitions),
+        cut AS (
+            SELECT first_no + slice AS batch_no, zone_no, grp,
+                   ids[slice * {batch_size} + 1 : (slice + 1) * {batch_size}] AS ids,
+                   CASE WHEN slice = 0 THEN invalid ELSE 0 END AS invalid
+              FROM numbered, generate_series(0, batches - 1) AS slice)"""
+
+# The cut by bytes: windows of the running sum of sizes (`byte_chunk` wide), each cut again
+# by count.
+_BYTE_CUT = """
+        windowed AS (
+            SELECT id, zone_no, grp, invalid,
+                   (sum(size) OVER (PARTITION BY zone_no, grp ORDER BY id) - size) / {chunk}
+                       AS window_no
+              FROM sized),
+        numbered AS (
+            SELECT *, row_number() OVER (PARTITION BY zone_no, grp, window_no ORDER BY id) AS n
+              FROM windowed),
+        ranked AS (
+            SELECT id, zone_no, grp, invalid,
+                   dense_rank() OVER (ORDER BY zone_no, grp, window_no, (n - 1) / {batch_size})
+                       - 1 AS batch_no
+              FROM numbered),
+        cut AS (
+            SELECT batch_no, min(zone_no) AS zone_no, min(grp) AS grp,
+                   array_agg(id ORDER BY id) AS ids, count(*) FILTER (WHERE invalid) AS invalid
+              FROM ranked GROUP BY batch_no)"""
+
+
+def _zoning(campaign: asyncpg.Record, list_default: str | None) -> _Zoning:
+    """The zones of a local-time campaign, or of one with a send window.
 
     The zone: the recipient's `timezone` field (an IANA name, any case), else the default
-    zone of the audience's first list, else the campaign's, else UTC. A field naming no zone falls back and is
-    counted. `due_at`: the local wall time in that zone (local time), or the campaign's
-    instant. Zones are resolved and instants computed here (libs.common.sendtime), once
-    per known zone, and joined in as parameters. An A/B campaign's groups (`_group_sql`,
-    drawn over the whole sendable audience) partition the cut further, after the zone.
-    Returns (batches, invalid zones)."""
-    primary = target.audience.primary_list
-    list_default = (
-        await conn.fetchval("SELECT default_timezone FROM lists WHERE id = $1", primary)
-        if primary is not None
-        else None
-    )
+    zone of the audience's first list, else the campaign's, else UTC. A field naming no zone
+    falls back and is counted. `due_at`: the local wall time in that zone (local time), or
+    the campaign's instant. Zones are resolved and instants computed here
+    (libs.common.sendtime), once per known zone, and joined in as parameters."""
     fallback = next(
         name
         for name in (list_default, campaign["timezone"], "UTC")
@@ -812,63 +911,8 @@ async def _plan_zoned_batches(
     by_key = {n.lower(): n for n in reversed(known_zones())}
     by_key.setdefault(fallback.lower(), fallback)
     names = sorted(by_key.values(), key=lambda n: (due_in(n), n))
-    due = [due_in(n) for n in names]
     fallback_no = names.index(by_key[fallback.lower()]) + 1
-    sized = target.sql(first_param=1)
-    largest = await conn.fetchval(
-        f"SELECT coalesce(max({_RECIPIENT_SIZE}), 0) FROM ({sized.sql}) AS r",  # noqa: S608
-        *sized.params,
-    )
-    chunk = byte_chunk(recipient_bytes_budget(max_message_bytes), int(largest))
-    sendable = target.sql(first_param=9)
-    group, group_args = _group_sql(ab, 9 + len(sendable.params))
-    counts = await conn.fetchrow(
-        f"""
-        WITH z AS (SELECT * FROM unnest($4::text[]) WITH ORDINALITY AS z(key, zone_no)),
-        sized AS (
-            SELECT r.id, {_RECIPIENT_SIZE} AS size, coalesce(z.zone_no, $7) AS zone_no,
-                   {group} AS grp,
-                   z.zone_no IS NULL AND coalesce(btrim(r.fields->>'timezone'), '') <> ''
-                       AS invalid
-              FROM ({sendable.sql}) AS r
-              LEFT JOIN z ON z.key = lower(btrim(r.fields->>'timezone'))),
-        windowed AS (
-            SELECT id, zone_no, grp, invalid,
-                   (sum(size) OVER (PARTITION BY zone_no, grp ORDER BY id) - size) / $3
-                       AS window_no
-              FROM sized),
-        numbered AS (
-            SELECT *, row_number() OVER (PARTITION BY zone_no, grp, window_no ORDER BY id) AS n
-              FROM windowed),
-        cut AS (
-            SELECT id, zone_no, grp, invalid,
-                   dense_rank() OVER (ORDER BY zone_no, grp, window_no, (n - 1) / $2) - 1
-                       AS batch_no
-              FROM numbered),
-        planned AS (
-            INSERT INTO batch_plans (batch_id, campaign_id, batch_no, recipient_ids, zone, due_at,
-                                     variant)
-            SELECT $1::text || ':' || batch_no, $1::uuid, batch_no, array_agg(id ORDER BY id),
-                   ($5::text[])[min(zone_no)], ($6::timestamptz[])[min(zone_no)],
-                   ($8::text[])[min(grp)]
-              FROM cut GROUP BY batch_no
-            RETURNING 1)
-        SELECT (SELECT count(*) FROM planned) AS batches,
-               (SELECT count(*) FROM cut WHERE invalid) AS invalid
-        """,  # noqa: S608 - only constants are formatted in
-        str(campaign_id),
-        batch_size,
-        chunk,
-        [n.lower() for n in names],
-        names,
-        due,
-        fallback_no,
-        list(ab.variants) if ab else [],
-        *sendable.params,
-        *group_args,
-    )
-    assert counts is not None
-    return int(counts["batches"]), int(counts["invalid"])
+    return _Zoning(names, [due_in(n) for n in names], fallback_no)
 
 
 # A campaign with a rate cap has at most this much of its cap (in hours) emitted and not
