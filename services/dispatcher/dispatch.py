@@ -360,6 +360,7 @@ class BatchDispatcher:
                 await asyncio.sleep(_WAIT_POLL_S)
                 continue
             if decision is Decision.REPLAY:
+                # A done row has its result: the table's check constraint (migration 0035).
                 assert entry is not None and entry.result is not None
                 BATCHES.labels(batch.provider, "replayed").inc()
                 result = DeliveryResult.model_validate(entry.result)

@@ -285,3 +285,16 @@ async def test_only_the_batch_about_to_go_out_is_claimed(
     assert all({o.status for o in r.outcomes} == {"sent"} for r in results)
     assert most_sending == 1, f"{most_sending} batches claimed at once"
     assert sum(handler.received.values()) == 96
+
+
+async def test_a_ledger_row_cannot_be_done_without_the_result_it_replays(
+    pool: asyncpg.Pool,
+) -> None:
+    campaign = uuid.uuid4()
+    with pytest.raises(asyncpg.CheckViolationError):
+        await pool.execute(
+            "INSERT INTO send_ledger (batch_id, campaign_id, state, owner)"
+            " VALUES ($1, $2, 'done', 'd-1')",
+            f"{campaign}:0",
+            campaign,
+        )
