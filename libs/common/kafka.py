@@ -381,8 +381,10 @@ class EventConsumer(Generic[E]):
 
         A partition's records must stay one run of offsets: its commit is the last one's
         offset + 1, and a failed handling seeks back to the first. A fetch that does not
-        continue where the held records end (a rebalance moved the position meanwhile)
-        is put back by a seek, and the gathering ends."""
+        continue where the held records end (a rebalance put the position back at the
+        committed offset meanwhile) is dropped, the position is set right after the held
+        records (they are handled now: reading them again would hand them over twice),
+        and the gathering ends."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.gather_ms / 1000
         count = sum(len(records) for records in batches.values())
@@ -401,7 +403,7 @@ class EventConsumer(Generic[E]):
             for tp, records in more.items():
                 held = batches.setdefault(tp, [])
                 if held and records[0].offset != held[-1].offset + 1:
-                    self.consumer.seek(tp, records[0].offset)  # fetched again, after these
+                    self.consumer.seek(tp, held[-1].offset + 1)
                     continuous = False
                     continue
                 held.extend(records)

@@ -249,6 +249,59 @@ async def test_a_gathering_consumer_hands_over_what_arrives_within_its_window_to
     assert calls == [[first.campaign_id, second.campaign_id]]
 
 
+async def test_a_position_moved_back_while_gathering_hands_each_record_over_once(
+    settings: Settings,
+) -> None:
+    """A rebalance in the middle of a gathering window puts the partition's position back
+    at its committed offset: the next fetch repeats records already held. They are handled
+    once, with the held run, and the consumer goes on after them, not from the repeat."""
+    key = uuid.uuid4().hex.encode()
+    first, second = _scheduled(2)
+    producer = EventProducer(settings)
+    await producer.start()
+    consumer: EventConsumer[CampaignScheduled] = EventConsumer(
+        settings,
+        Topic.CAMPAIGN_SCHEDULED,
+        f"test-{uuid.uuid4().hex}",
+        producer,
+        max_records=100_000,
+        gather_ms=4_000,
+    )
+    ours = {first.campaign_id, second.campaign_id}
+    calls: list[list[tuple[int, uuid.UUID]]] = []
+    stop = asyncio.Event()
+
+    async def handle(events: list[Consumed[CampaignScheduled]]) -> None:
+        mine = [(e.offset, e.event.campaign_id) for e in events if e.event.campaign_id in ours]
+        if mine:
+            calls.append(mine)
+        if second.campaign_id in {c for call in calls for _, c in call}:
+            stop.set()
+
+    raw = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await raw.start()
+    await consumer.start()
+    run = asyncio.create_task(consumer.run(handle, stop))
+    try:
+        sent = await raw.send_and_wait(Topic.CAMPAIGN_SCHEDULED.value, encode(first), key=key)
+        tp = TopicPartition(sent.topic, sent.partition)
+        async with asyncio.timeout(30):
+            await _fetched_past(consumer.consumer, tp, sent.offset)
+            consumer.consumer.seek(tp, sent.offset)  # what a rebalance does meanwhile
+            await raw.send_and_wait(Topic.CAMPAIGN_SCHEDULED.value, encode(second), key=key)
+            await run
+    finally:
+        stop.set()
+        await raw.stop()
+        await consumer.stop()
+        await producer.stop()
+    handed = [c for call in calls for _, c in call]
+    assert handed == [first.campaign_id, second.campaign_id]
+    for call in calls:
+        offsets = [o for o, _ in call]
+        assert offsets == list(range(offsets[0], offsets[0] + len(offsets)))
+
+
 async def _fetched_past(client: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
     """Until `client` has fetched the record at `offset` (its position is past it)."""
     fetched = False
