@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -201,12 +202,15 @@ async def test_a_commit_that_times_out_once_is_retried_not_taken_for_a_lost_brok
     assert seen.count(first.campaign_id) == 1, "the topic was replayed"
 
 
-async def test_a_gathering_consumer_hands_over_what_arrives_within_its_window_together(
-    settings: Settings,
-) -> None:
-    """The tracker's results arrive one or two at a time: gathered, they make one fold.
-    The second event is published only once the first has been fetched, so only the
-    gathering can hand them over together."""
+Handed = list[list[tuple[int, uuid.UUID]]]
+
+
+async def _gather_two(
+    settings: Settings, meanwhile: Callable[[AIOKafkaConsumer, TopicPartition, int], None]
+) -> tuple[Handed, list[uuid.UUID]]:
+    """Two events on one partition to a consumer that gathers for 4 s: the second is
+    published only once the first has been fetched, after `meanwhile(client, partition,
+    first offset)`. Returns each handling's (offset, campaign id) of the two, and the two."""
     key = uuid.uuid4().hex.encode()
     first, second = _scheduled(2)
     producer = EventProducer(settings)
@@ -220,55 +224,7 @@ async def test_a_gathering_consumer_hands_over_what_arrives_within_its_window_to
         gather_ms=4_000,
     )
     ours = {first.campaign_id, second.campaign_id}
-    calls: list[list[uuid.UUID]] = []
-    stop = asyncio.Event()
-
-    async def handle(events: list[Consumed[CampaignScheduled]]) -> None:
-        mine = [e.event.campaign_id for e in events if e.event.campaign_id in ours]
-        if mine:
-            calls.append(mine)
-        if sum(map(len, calls)) == 2:
-            stop.set()
-
-    raw = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await raw.start()
-    await consumer.start()
-    run = asyncio.create_task(consumer.run(handle, stop))
-    try:
-        sent = await raw.send_and_wait(Topic.CAMPAIGN_SCHEDULED.value, encode(first), key=key)
-        tp = TopicPartition(sent.topic, sent.partition)
-        async with asyncio.timeout(30):
-            await _fetched_past(consumer.consumer, tp, sent.offset)
-            await raw.send_and_wait(Topic.CAMPAIGN_SCHEDULED.value, encode(second), key=key)
-            await run
-    finally:
-        stop.set()
-        await raw.stop()
-        await consumer.stop()
-        await producer.stop()
-    assert calls == [[first.campaign_id, second.campaign_id]]
-
-
-async def test_a_position_moved_back_while_gathering_hands_each_record_over_once(
-    settings: Settings,
-) -> None:
-    """A rebalance in the middle of a gathering window puts the partition's position back
-    at its committed offset: the next fetch repeats records already held. They are handled
-    once, with the held run, and the consumer goes on after them, not from the repeat."""
-    key = uuid.uuid4().hex.encode()
-    first, second = _scheduled(2)
-    producer = EventProducer(settings)
-    await producer.start()
-    consumer: EventConsumer[CampaignScheduled] = EventConsumer(
-        settings,
-        Topic.CAMPAIGN_SCHEDULED,
-        f"test-{uuid.uuid4().hex}",
-        producer,
-        max_records=100_000,
-        gather_ms=4_000,
-    )
-    ours = {first.campaign_id, second.campaign_id}
-    calls: list[list[tuple[int, uuid.UUID]]] = []
+    calls: Handed = []
     stop = asyncio.Event()
 
     async def handle(events: list[Consumed[CampaignScheduled]]) -> None:
@@ -287,7 +243,7 @@ async def test_a_position_moved_back_while_gathering_hands_each_record_over_once
         tp = TopicPartition(sent.topic, sent.partition)
         async with asyncio.timeout(30):
             await _fetched_past(consumer.consumer, tp, sent.offset)
-            consumer.consumer.seek(tp, sent.offset)  # what a rebalance does meanwhile
+            meanwhile(consumer.consumer, tp, sent.offset)
             await raw.send_and_wait(Topic.CAMPAIGN_SCHEDULED.value, encode(second), key=key)
             await run
     finally:
@@ -295,8 +251,30 @@ async def test_a_position_moved_back_while_gathering_hands_each_record_over_once
         await raw.stop()
         await consumer.stop()
         await producer.stop()
-    handed = [c for call in calls for _, c in call]
-    assert handed == [first.campaign_id, second.campaign_id]
+    return calls, [first.campaign_id, second.campaign_id]
+
+
+async def test_a_gathering_consumer_hands_over_what_arrives_within_its_window_together(
+    settings: Settings,
+) -> None:
+    """The tracker's results arrive one or two at a time: gathered, they make one fold.
+    The second event is published only once the first has been fetched, so only the
+    gathering can hand them over together."""
+    calls, ours = await _gather_two(settings, lambda client, tp, offset: None)
+    assert [[c for _, c in call] for call in calls] == [ours]
+
+
+async def test_a_position_moved_back_while_gathering_hands_each_record_over_once(
+    settings: Settings,
+) -> None:
+    """A rebalance in the middle of a gathering window puts the partition's position back
+    at its committed offset: the next fetch repeats records already held. They are handled
+    once, with the held run, and the consumer goes on after them, not from the repeat."""
+    calls, ours = await _gather_two(
+        settings,
+        lambda client, tp, offset: client.seek(tp, offset),  # what a rebalance does
+    )
+    assert [c for call in calls for _, c in call] == ours
     for call in calls:
         offsets = [o for o, _ in call]
         assert offsets == list(range(offsets[0], offsets[0] + len(offsets)))
