@@ -154,9 +154,9 @@ async def test_a_result_lost_while_its_campaign_goes_on_is_replayed_without_wait
         # Batch 1 was sent and its result stored a minute ago; batch 0, which finished
         # before it, was folded just now: the campaign is alive, batch 1 maybe in transit.
         await pool.execute(
-            "INSERT INTO send_ledger (batch_id, campaign_id, state, owner, started_at,"
-            " finished_at) VALUES ($1, $2, 'done', 'd', now() - interval '61 s',"
-            " now() - interval '60 s')",
+            "INSERT INTO send_ledger (batch_id, campaign_id, state, owner, result, started_at,"
+            " finished_at) VALUES ($1, $2, 'done', 'd', '{\"outcomes\": []}',"
+            " now() - interval '61 s', now() - interval '60 s')",
             f"{campaign_id}:1",
             campaign_id,
         )
