@@ -285,3 +285,55 @@ def test_definition_round_trips_and_shorthand() -> None:
     assert Audience.of_campaign(None, a) == Audience(lists=(a,))
     with pytest.raises(AudienceError):
         audiences.parse_filters(audience, {})  # the copy of a segment's filter is missing
+
+
+async def test_a_whole_list_is_counted_without_a_scan_and_follows_its_changes(
+    pool: asyncpg.Pool,
+) -> None:
+    """A draft's audience of one list: its kept size less its recipients who are not active,
+    through their partial index; unsubscribes, re-subscribes, deletes and imports move it."""
+    list_id = await pool.fetchval("INSERT INTO lists (name) VALUES ('count') RETURNING id")
+    await pool.execute(
+        "INSERT INTO recipients (list_id, email) SELECT $1, 'c' || g || '@example.com'"
+        " FROM generate_series(1, 50) g",
+        list_id,
+    )
+    counted = build_count(Audience(lists=(list_id,)), {}, now=NOW)
+
+    async def count() -> int:
+        return int(await pool.fetchval(counted.sql, *counted.params))
+
+    async def actual() -> int:
+        return int(
+            await pool.fetchval(
+                "SELECT count(*) FROM recipients WHERE list_id = $1 AND status = 'active'",
+                list_id,
+            )
+        )
+
+    assert await count() == await actual() == 50
+    await pool.execute(
+        "UPDATE recipients SET status = 'unsubscribed' WHERE list_id = $1"
+        " AND email IN ('c1@example.com', 'c2@example.com', 'c3@example.com')",
+        list_id,
+    )
+    await pool.execute(
+        "UPDATE recipients SET status = 'active' WHERE list_id = $1 AND email = 'c3@example.com'",
+        list_id,
+    )
+    await pool.execute(
+        "DELETE FROM recipients WHERE list_id = $1 AND email IN ('c1@example.com',"
+        " 'c4@example.com')",
+        list_id,
+    )
+    await pool.execute(
+        "INSERT INTO recipients (list_id, email, status) VALUES ($1, 'new@example.com',"
+        " 'unconfirmed')",
+        list_id,
+    )
+    assert await count() == await actual() == 47
+    async with pool.acquire() as conn, conn.transaction():
+        # However small the test's table: the partial index can answer the query.
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        plan = await conn.fetch(f"EXPLAIN {counted.sql}", *counted.params)  # noqa: S608
+    assert "recipients_not_active" in "\n".join(r[0] for r in plan)
