@@ -241,6 +241,8 @@ def endpoints(ids: dict[str, Any]) -> list[tuple[str, str]]:
         ("campaigns", f"{api}/campaigns"),
         ("campaigns ?status", f"{api}/campaigns?status=completed"),
         ("campaign", f"{api}/campaigns/{c}"),
+        # A draft shows its audience as it is now: the whole list, counted per request.
+        ("draft campaign", f"{api}/campaigns/{ids['draft']}"),
         ("campaign preview", f"{api}/campaigns/{c}/preview"),
         ("campaign deliveries", f"{api}/campaigns/{c}/deliveries"),
         ("campaign deliveries ?status", f"{api}/campaigns/{c}/deliveries?status=failed"),
