@@ -153,8 +153,11 @@ class AudienceSql:
     params: list[Any] = field(default_factory=list)
 
 
-class _Binder:
-    def __init__(self, first: int) -> None:
+class Binder:
+    """The positional parameters of a statement assembled from parts, numbered from
+    `$first` in the order the parts take them."""
+
+    def __init__(self, first: int = 1) -> None:
         self.first = first
         self.params: list[Any] = []
 
@@ -166,9 +169,13 @@ class _Binder:
     def next(self) -> int:
         return self.first + len(self.params)
 
+    def take(self, params: list[Any]) -> None:
+        """The values of a part built with `first_param=self.next`."""
+        self.params.extend(params)
+
     def segment(self, node: segments.Node, now: datetime) -> segments.Compiled:
         compiled = segments.compile_filter(node, now=now, first_param=self.next)
-        self.params.extend(compiled.params)
+        self.take(compiled.params)
         return compiled
 
 
@@ -176,7 +183,7 @@ class _Binder:
 class _Parts:
     """The pieces every form of the audience's SQL shares."""
 
-    binder: _Binder
+    binder: Binder
     exclusions: list[str]  # conditions on `c.email`
     candidates: str | None  # the UNION ALL of rows with their rank; None: one list alone
     one_list: str | None  # the placeholder of that one list
@@ -185,7 +192,7 @@ class _Parts:
 def _parts(
     audience: Audience, filters: Mapping[UUID, segments.Node], now: datetime, first_param: int
 ) -> _Parts:
-    b = _Binder(first_param)
+    b = Binder(first_param)
     exclusions: list[str] = []
     if audience.exclude_lists:
         p = b.bind(list(audience.exclude_lists))

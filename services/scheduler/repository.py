@@ -736,26 +736,6 @@ class _Zoning:
     fallback_no: int
 
 
-class _Params:
-    """The positional parameters of a statement assembled from parts, numbered in the order
-    the parts take them."""
-
-    def __init__(self) -> None:
-        self.values: list[Any] = []
-
-    def add(self, value: Any) -> str:
-        self.values.append(value)
-        return f"${len(self.values)}"
-
-    def take(self, values: list[Any]) -> None:
-        """Values of a part built with `first_param=self.next_number`."""
-        self.values.extend(values)
-
-    @property
-    def next_number(self) -> int:
-        return len(self.values) + 1
-
-
 async def _audience_stats(
     conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, target: AudienceTarget
 ) -> asyncpg.Record:
@@ -795,22 +775,22 @@ async def _plan_batches(
     due."""
     budget = recipient_bytes_budget(max_message_bytes)
     by_count = cut_by_count(batch_size, largest, budget)
-    params = _Params()
-    campaign, size_of_batch = params.add(str(campaign_id)), params.add(batch_size)
+    params = audiences.Binder()
+    campaign, size_of_batch = params.bind(str(campaign_id)), params.bind(batch_size)
     if by_count:
         cut, size = _COUNT_CUT.format(batch_size=size_of_batch), "0"
     else:
-        chunk = params.add(byte_chunk(budget, largest))
+        chunk = params.bind(byte_chunk(budget, largest))
         cut, size = _BYTE_CUT.format(batch_size=size_of_batch, chunk=chunk), _RECIPIENT_SIZE
-    variants = params.add(list(ab.variants) if ab else [])
+    variants = params.bind(list(ab.variants) if ab else [])
     if zoning is None:
         zones = "WITH"
         zone_no, invalid, join = "1", "false", ""
         zone_name = due_at = "NULL"
     else:
-        keys = params.add([n.lower() for n in zoning.names])
-        names, due = params.add(zoning.names), params.add(zoning.due)
-        fallback = params.add(zoning.fallback_no)
+        keys = params.bind([n.lower() for n in zoning.names])
+        names, due = params.bind(zoning.names), params.bind(zoning.due)
+        fallback = params.bind(zoning.fallback_no)
         zones = (
             f"WITH z AS (SELECT * FROM unnest({keys}::text[]) WITH ORDINALITY AS z(key, zone_no)),"  # noqa: S608, E501
         )
@@ -818,9 +798,9 @@ async def _plan_batches(
         invalid = "z.zone_no IS NULL AND coalesce(btrim(r.fields->>'timezone'), '') <> ''"
         join = " LEFT JOIN z ON z.key = lower(btrim(r.fields->>'timezone'))"
         zone_name, due_at = f"({names}::text[])[zone_no]", f"({due}::timestamptz[])[zone_no]"
-    sendable = target.sql(first_param=params.next_number)
+    sendable = target.sql(first_param=params.next)
     params.take(sendable.params)
-    group, group_args = _group_sql(ab, params.next_number)
+    group, group_args = _group_sql(ab, params.next)
     params.take(group_args)
     row = await conn.fetchrow(
         f"""
@@ -840,7 +820,7 @@ async def _plan_batches(
         SELECT (SELECT count(*) FROM planned) AS batches,
                (SELECT coalesce(sum(invalid), 0) FROM cut) AS invalid
         """,  # noqa: S608 - only constants and parameter numbers are formatted in
-        *params.values,
+        *params.params,
     )
     assert row is not None
     return int(row["batches"]), int(row["invalid"])

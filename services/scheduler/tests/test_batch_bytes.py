@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer
 
 from libs.common.events import BatchReady, DeliveryResult, Topic, encode
 from libs.common.kafka import EventProducer
+from libs.common.sendtime import earliest_instant
 from libs.common.service import ServiceContext
 from libs.common.settings import Settings
 from services.scheduler.app import BatchEmitter
@@ -23,8 +24,12 @@ from services.scheduler.tests.test_scheduler import collect_batches
 MIB = 1024 * 1024
 
 
-async def seed(pool: asyncpg.Pool, fields: list[dict[str, Any]]) -> uuid.UUID:
-    """A campaign in progress, due now, whose list has one recipient per `fields`."""
+async def seed(
+    pool: asyncpg.Pool, fields: list[dict[str, Any]], *, local_at: datetime | None = None
+) -> uuid.UUID:
+    """A campaign due now, whose list has one recipient per `fields`; with `local_at`, a
+    local-time campaign for that wall time in each recipient's zone (due when the first
+    zone reaches it)."""
     list_id = await pool.fetchval("INSERT INTO lists (name) VALUES ('bytes') RETURNING id")
     tag = uuid.uuid4().hex[:8]
     await pool.copy_records_to_table(
@@ -34,12 +39,16 @@ async def seed(pool: asyncpg.Pool, fields: list[dict[str, Any]]) -> uuid.UUID:
     )
     return await pool.fetchval(
         """
-        INSERT INTO campaigns (name, subject, html, from_email, list_id, provider, status, send_at)
-        VALUES ('b', 'Hi', '<p>{{ bio }}</p>', 'f@example.com', $1, 'sink', 'scheduled', $2)
+        INSERT INTO campaigns (name, subject, html, from_email, list_id, provider, status, send_at,
+                               local_time, local_send_at)
+        VALUES ('b', 'Hi', '<p>{{ bio }}</p>', 'f@example.com', $1, 'sink', 'scheduled', $2,
+                $3, $4)
         RETURNING id
         """,
         list_id,
-        datetime.now(UTC) - timedelta(seconds=1),
+        earliest_instant(local_at) if local_at else datetime.now(UTC) - timedelta(seconds=1),
+        local_at is not None,
+        local_at,
     )
 
 

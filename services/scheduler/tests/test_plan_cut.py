@@ -5,43 +5,15 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 
 from libs.common.sendtime import earliest_instant
 from services.scheduler.planner import ENVELOPE_BYTES, cut_by_count
 from services.scheduler.repository import ScheduleRepository
+from services.scheduler.tests.test_batch_bytes import seed
 
 DAY_NINE = datetime(2027, 3, 14, 9, 0)
-
-
-async def seed(
-    pool: asyncpg.Pool, fields: list[dict[str, Any]], *, local_time: bool = False
-) -> uuid.UUID:
-    """A scheduled campaign of a new list whose recipient i has fields[i]."""
-    list_id = await pool.fetchval("INSERT INTO lists (name) VALUES ('cut') RETURNING id")
-    tag = uuid.uuid4().hex[:8]
-    await pool.copy_records_to_table(
-        "recipients",
-        records=[(list_id, f"u{i:05d}-{tag}@example.com", f) for i, f in enumerate(fields)],
-        columns=["list_id", "email", "fields"],
-    )
-    instant = earliest_instant(DAY_NINE)
-    campaign_id: uuid.UUID = await pool.fetchval(
-        """
-        INSERT INTO campaigns (name, subject, html, from_email, list_id, provider, status,
-                               send_at, timezone, local_time, local_send_at)
-        VALUES ('cut', 's', '<p>x</p>', 'f@example.com', $1, 'sink', 'scheduled', $2, 'UTC',
-                $3, $4)
-        RETURNING id
-        """,
-        list_id,
-        instant,
-        local_time,
-        DAY_NINE if local_time else None,
-    )
-    return campaign_id
 
 
 async def planned(pool: asyncpg.Pool, campaign_id: uuid.UUID) -> list[asyncpg.Record]:
@@ -89,9 +61,7 @@ async def test_small_recipients_are_cut_by_count_into_full_batches_in_id_order(
         "INSERT INTO suppressions (email, reason) VALUES ($1, 'unsubscribe')",
         [(r["email"],) for r in emails],
     )
-    plan = await ScheduleRepository(pool).claim_and_plan(
-        campaign_id, 1000, now=earliest_instant(DAY_NINE)
-    )
+    plan = await ScheduleRepository(pool).claim_and_plan(campaign_id, 1000)
     assert plan is not None
     assert (plan.audience_total, plan.suppressed_total, plan.batches_total) == (2_503, 3, 3)
     rows = await planned(pool, campaign_id)
@@ -106,7 +76,7 @@ async def test_large_recipients_of_a_zoned_plan_are_cut_by_bytes_within_each_zon
 ) -> None:
     zones = ["Asia/Tokyo", "America/New_York"]
     fields = [{"timezone": zones[i % 2], "notes": "x" * (1000 + i)} for i in range(120)]
-    campaign_id = await seed(pool, fields, local_time=True)
+    campaign_id = await seed(pool, fields, local_at=DAY_NINE)
     budget = 20_000  # about 18 recipients; by count, 50 would not fit
     plan = await ScheduleRepository(pool).claim_and_plan(
         campaign_id, 50, max_message_bytes=ENVELOPE_BYTES + budget, now=earliest_instant(DAY_NINE)
