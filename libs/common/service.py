@@ -7,10 +7,13 @@ a started producer and a stop event, and returns when the stop event is set.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -24,6 +27,9 @@ from libs.common.process import freeze_startup_objects, lower_priority
 from libs.common.settings import Settings
 
 log = get_logger(__name__)
+
+# A background service that had to cut its shutdown short (see `_exit_overrun`).
+SHUTDOWN_OVERRUN_EXIT_CODE = 70
 
 E = TypeVar("E", bound=Event)
 
@@ -66,6 +72,50 @@ class ServiceContext:
 ServiceMain = Callable[[ServiceContext], Awaitable[None]]
 
 
+def _stop_on(sig: signal.Signals, stop: asyncio.Event, budget_s: float) -> None:
+    """Ask the service to stop, and start the clock on its shutdown budget."""
+    if stop.is_set():
+        return
+    # Logged: a deploy's grace period is measured from here to "service stopped".
+    log.info("stop requested", signal=sig.name, budget_s=budget_s)
+    stop.set()
+    loop = asyncio.get_running_loop()
+    # A thread, not the loop: a loop that is blocked must not keep the process alive.
+    watchdog = threading.Timer(budget_s, _exit_overrun, (loop, budget_s))
+    watchdog.daemon = True
+    watchdog.start()
+
+
+def _exit_overrun(loop: asyncio.AbstractEventLoop, budget_s: float) -> None:
+    """The shutdown outlived its budget: log what is still running, then exit now.
+
+    What was in flight is safe to drop: a claimed ledger row without a result is resolved
+    by its lease, and an offset not committed is read again. The orchestrator would kill the
+    process a little later anyway; this way the log says what hung."""
+    logged = threading.Event()
+
+    def log_stuck_tasks() -> None:
+        stuck = [_describe_task(task) for task in asyncio.all_tasks(loop)]
+        log.error("shutdown overran its budget; exiting", budget_s=budget_s, tasks=stuck)
+        logged.set()
+
+    with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
+        loop.call_soon_threadsafe(log_stuck_tasks)
+    if not logged.wait(1.0):  # the loop itself is blocked: say so from here
+        log.error("shutdown overran its budget; event loop blocked", budget_s=budget_s)
+    os._exit(SHUTDOWN_OVERRUN_EXIT_CODE)
+
+
+def _describe_task(task: asyncio.Task[Any]) -> str:
+    """A task's name and the chain of coroutines it waits in, outermost first."""
+    chain = []
+    awaited: Any = task.get_coro()
+    while awaited is not None and getattr(awaited, "cr_frame", None) is not None:
+        chain.append(f"{awaited.__qualname__}:{awaited.cr_frame.f_lineno}")
+        awaited = awaited.cr_await
+    return f"{task.get_name()}: {' > '.join(chain)}"
+
+
 async def run_service(name: str, main: ServiceMain, settings: Settings) -> None:
     configure(name, settings.log_level)
     settings.require_infrastructure()
@@ -73,7 +123,7 @@ async def run_service(name: str, main: ServiceMain, settings: Settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, _stop_on, sig, stop, settings.shutdown_budget_s)
 
     # Started while the database restarts: wait for it rather than exit.
     await db.migrate_when_ready(settings.database_url, stop)

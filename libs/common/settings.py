@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     # the edge, which people and mailbox clients wait on, run first; alone, bulk work runs
     # at full speed (niceness only orders who waits). 0 leaves the priority alone.
     bulk_nice: int = Field(10, alias="MAILFLEET_BULK_NICE", ge=0, le=19)
+    # How long a background service may take to stop after SIGTERM before it logs what is
+    # still running and exits anyway. Under Kubernetes' default grace period (30 s; the chart
+    # gives 45 s), so that the log says what hung rather than a bare SIGKILL.
+    shutdown_budget_s: float = Field(25.0, alias="MAILFLEET_SHUTDOWN_BUDGET_S", gt=0, le=3600)
 
     # HTTP.
     api_host: str = Field("127.0.0.1", alias="MAILFLEET_API_HOST")

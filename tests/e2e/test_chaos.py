@@ -346,6 +346,9 @@ async def ledger_stack(
             "SMTP_MAX_CONNECTIONS": "8",
             # The test relay speaks plain SMTP on loopback (TLS is the default).
             "SMTP_TLS": "none",
+            # Within the rolling restart's grace period: whatever hangs, a dispatcher exits
+            # in time, and its log says what hung.
+            "MAILFLEET_SHUTDOWN_BUDGET_S": str(ROLLING_GRACE_S - 5),
         },
     )
     yield running
