@@ -82,6 +82,10 @@ async def start_stack(
         # Its own dispatcher group per stack: Tansu holds a group's joins for long after an
         # earlier stack's members were killed (a later stack then received no batch at all).
         "MAILFLEET_DISPATCHER_GROUP": f"dispatcher-{uuid.uuid4().hex[:8]}",
+        # Tansu holds a consumer's first join for half its session timeout (3 s at the
+        # default 6 s): every service start, restart and rebalance of a stack waits that.
+        "MAILFLEET_KAFKA_SESSION_TIMEOUT_MS": "3000",
+        "MAILFLEET_KAFKA_HEARTBEAT_MS": "500",
         **(env or {}),
     }
     # A stack starts quiet: no earlier test's campaign left for its scheduler to re-emit,

@@ -90,7 +90,7 @@ async def _dlq_reasons(settings: Settings, key: bytes, expected: int) -> dict[by
     dlq = AIOKafkaConsumer(
         Topic.CAMPAIGN_SCHEDULED.dlq,
         bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=f"test-{uuid.uuid4().hex}",
+        group_id=None,  # no group: nothing to join (Tansu holds a join for seconds)
         auto_offset_reset="earliest",
         fetch_max_wait_ms=50,
     )

@@ -88,7 +88,7 @@ async def collect_results(bootstrap: str, campaign_id: uuid.UUID) -> DeliveryRes
     consumer = AIOKafkaConsumer(
         Topic.DELIVERY_RESULT.value,
         bootstrap_servers=bootstrap,
-        group_id=f"test-{uuid.uuid4().hex}",
+        group_id=None,  # no group: nothing to join (Tansu holds a join for seconds)
         auto_offset_reset="earliest",
         fetch_max_wait_ms=50,
     )

@@ -89,11 +89,9 @@ async def collect_batches(
     consumer = AIOKafkaConsumer(
         Topic.BATCH_READY.value,
         bootstrap_servers=bootstrap,
-        group_id=f"test-{uuid.uuid4().hex}",
+        group_id=None,  # no group: nothing to join (Tansu holds a join for seconds)
         auto_offset_reset="earliest",
         fetch_max_wait_ms=50,
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
     )
     await consumer.start()
     found: list[BatchReady] = []
