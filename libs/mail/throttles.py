@@ -239,9 +239,18 @@ def _emails(outbox: Outbox) -> list[str]:
     return emails
 
 
-def split_outbox(outbox: Outbox, granted: Mapping[str, int]) -> tuple[Outbox, Outbox]:
+def split_outbox(
+    outbox: Outbox, granted: Mapping[str, int], counts: Mapping[str, int] | None = None
+) -> tuple[Outbox, Outbox]:
     """(the first `granted[group]` recipients of each group, the rest). `settled` stays with
-    neither: it is the batch's, not a send's."""
+    neither: it is the batch's, not a send's. Both keep everything else of `outbox` (its
+    sender, and `own_tracking`, which switches SendGrid's own tracking off). `counts`: the
+    outbox's `group_counts`, when the caller has them already."""
+    empty = replace(outbox, templated=None, individual=[], settled=[])
+    counts = group_counts(outbox) if counts is None else counts
+    if all(granted.get(group, 0) >= n for group, n in counts.items()):
+        # Room for all (the usual case): no second look at every address.
+        return replace(outbox, settled=[]), empty
     left = dict(granted)
 
     def take(email: str) -> bool:
@@ -255,8 +264,8 @@ def split_outbox(outbox: Outbox, granted: Mapping[str, int]) -> tuple[Outbox, Ou
     later_individual: list[Message] = []
     for message in outbox.individual:
         (now_individual if take(message.email) else later_individual).append(message)
-    now = Outbox(sender=outbox.sender, individual=now_individual)
-    later = Outbox(sender=outbox.sender, individual=later_individual)
+    now = replace(empty, individual=now_individual)
+    later = replace(empty, individual=later_individual)
     if outbox.templated is not None:
         chosen = [take(r.email) for r in outbox.templated.recipients]
         recipients = outbox.templated.recipients

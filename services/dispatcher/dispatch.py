@@ -614,7 +614,7 @@ class BatchDispatcher:
                 except Exception as exc:  # the database may be away: wait, nothing was sent
                     log.warning("throttle reservation failed; waiting", error=repr(exc))
                     granted, held, wait_s = {}, wants, 1.0
-                now, rest = split_outbox(rest, granted)
+                now, rest = split_outbox(rest, granted, wants)
                 if now.recipient_count:
                     if parked:
                         await slot.take()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, timedelta
 
 import pytest
 from pydantic import ValidationError
 
+from libs.common.events import RecipientOutcome
 from libs.mail.config import DispatcherSettings
 from libs.mail.messages import Message, Outbox, Sender, TemplatedGroup, TemplatedRecipient
 from libs.mail.throttles import (
@@ -163,3 +165,27 @@ def test_an_outbox_splits_into_what_has_room_and_the_rest() -> None:
     # Nothing granted: everything is for later, nothing is lost.
     none, everything = split_outbox(outbox, {})
     assert none.recipient_count == 0 and everything.recipient_count == 5
+
+
+def test_both_parts_of_a_split_keep_the_outbox_own_tracking_and_leave_settled_out() -> None:
+    """A defect until session 7: the parts were new outboxes that lost `own_tracking`, so
+    SendGrid's own click and open tracking stayed on for every throttled send (the default:
+    gmail, yahoo and microsoft are limited) and counted each hit a second time."""
+    invalid = RecipientOutcome(recipient_id=9, email="bad", status="invalid")
+    outbox = replace(_outbox(), own_tracking=True, settled=[invalid])
+    some = {"gmail": 2, "other": 1, "yahoo": 0}
+    everyone = {"gmail": 3, "other": 1, "yahoo": 1}
+    for granted in (some, everyone, {}):
+        now, later = split_outbox(outbox, granted)
+        assert now.own_tracking and later.own_tracking
+        assert now.sender == later.sender == outbox.sender
+        assert now.settled == later.settled == []
+        assert now.recipient_count + later.recipient_count == outbox.recipient_count
+
+
+def test_room_for_everyone_sends_the_whole_outbox_in_one_part() -> None:
+    outbox = _outbox()
+    counts = group_counts(outbox)
+    now, later = split_outbox(outbox, {**counts, "gmail": 10}, counts)
+    assert now.recipient_count == outbox.recipient_count and later.recipient_count == 0
+    assert now.templated == outbox.templated and now.individual == outbox.individual
