@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import os
 import signal
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -101,8 +103,11 @@ def _exit_overrun(loop: asyncio.AbstractEventLoop, budget_s: float) -> None:
 
     with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
         loop.call_soon_threadsafe(log_stuck_tasks)
-    if not logged.wait(1.0):  # the loop itself is blocked: say so from here
+    if not logged.wait(1.0):  # the loop itself is blocked: say so, and where, from here
         log.error("shutdown overran its budget; event loop blocked", budget_s=budget_s)
+        faulthandler.dump_traceback(all_threads=True)
+    sys.stdout.flush()  # os._exit skips the interpreter's own flushing
+    sys.stderr.flush()
     os._exit(SHUTDOWN_OVERRUN_EXIT_CODE)
 
 

@@ -9,13 +9,15 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 from libs.common.service import SHUTDOWN_OVERRUN_EXIT_CODE
 from libs.common.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[3]
 
 # A service whose main ignores the stop event, waiting inside a coroutine of its own.
-_STUCK_SERVICE = """
+_WAITS_FOR_EVER = """
 import asyncio
 from libs.common.service import run_service
 from libs.common.settings import Settings
@@ -28,10 +30,33 @@ async def never_stops(ctx) -> None:
 
 asyncio.run(run_service("stuck", never_stops, Settings()))
 """
+# A service whose shutdown blocks its event loop (a synchronous call that never returns).
+_BLOCKS_ITS_LOOP = """
+import asyncio, time
+from libs.common.service import run_service
+from libs.common.settings import Settings
+
+def block_for_ever() -> None:
+    time.sleep(3600)
+
+async def never_stops(ctx) -> None:
+    await ctx.stop.wait()
+    block_for_ever()
+
+asyncio.run(run_service("stuck", never_stops, Settings()))
+"""
 
 
+@pytest.mark.parametrize(
+    ("service", "says"),
+    [
+        (_WAITS_FOR_EVER, ["never_stops", "wait_for_ever"]),
+        (_BLOCKS_ITS_LOOP, ["event loop blocked", "block_for_ever"]),
+    ],
+    ids=["awaiting", "blocked-loop"],
+)
 async def test_a_service_that_hangs_on_stop_exits_after_its_budget_saying_where(
-    settings: Settings,
+    settings: Settings, service: str, says: list[str]
 ) -> None:
     env = {
         **os.environ,
@@ -40,7 +65,7 @@ async def test_a_service_that_hangs_on_stop_exits_after_its_budget_saying_where(
         "MAILFLEET_SHUTDOWN_BUDGET_S": "1",
     }
     service = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _STUCK_SERVICE, cwd=ROOT, env=env,
+        sys.executable, "-c", service, cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     assert service.stdout is not None
@@ -62,4 +87,4 @@ async def test_a_service_that_hangs_on_stop_exits_after_its_budget_saying_where(
     text = output.decode()
     assert code == SHUTDOWN_OVERRUN_EXIT_CODE, text
     assert "shutdown overran its budget" in text
-    assert "never_stops" in text and "wait_for_ever" in text, "the log does not say where"
+    assert all(part in text for part in says), f"the log does not say where:\n{text}"
