@@ -54,6 +54,9 @@ class SinkRequest:
     subject: str
     text: str
     html: str
+    # Whether SendGrid would add its own open pixel or rewrite links for click tracking
+    # (both on unless the request's `tracking_settings` switch them off).
+    provider_tracking: bool = True
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,13 @@ class SinkMessage:
         }
 
 
+def _provider_tracking(settings: dict[str, Any]) -> bool:
+    """SendGrid's account default is taken as on: tracking is off only when asked."""
+    clicks = (settings.get("click_tracking") or {}).get("enable", True)
+    opens = (settings.get("open_tracking") or {}).get("enable", True)
+    return bool(clicks or opens)
+
+
 @dataclass
 class Fault:
     status: int
@@ -144,6 +154,7 @@ class SinkState:
             subject=payload.get("subject") or "",
             text=content.get("text/plain", ""),
             html=content.get("text/html", ""),
+            provider_tracking=_provider_tracking(payload.get("tracking_settings") or {}),
         )
         now = time.monotonic()
         global_headers = payload.get("headers") or {}
