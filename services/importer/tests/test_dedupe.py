@@ -91,3 +91,17 @@ def test_runs_merge_without_losing_or_repeating_addresses(monkeypatch: pytest.Mo
         again = [f"r{old}-{i}@x.io" for old in range(batch) for i in (0, 49)]
         assert _marks(occurrences, fresh + again) == [True] * 50 + [False] * len(again)
     assert occurrences.distinct == 30 * 50
+
+
+def test_a_merged_run_is_the_sorted_union_with_each_second_hash_beside_its_first() -> None:
+    rng = np.random.default_rng(7)
+    run = dedupe._SortedRun()  # noqa: SLF001
+    pairs: list[tuple[int, int]] = []
+    for size in (0, 1, 5, 300, 40):
+        # Few distinct first hashes: equal ones meet across and within merges.
+        first = rng.integers(-50, 50, size).astype(np.int64)
+        second = rng.integers(-(2**62), 2**62, size).astype(np.int64)
+        run.merge(first, second)
+        pairs += zip(first.tolist(), second.tolist(), strict=True)
+        assert run.first.tolist() == sorted(f for f, _ in pairs)
+        assert sorted(zip(run.first.tolist(), run.second.tolist(), strict=True)) == sorted(pairs)
