@@ -66,8 +66,9 @@ def make_settings(database_url: str, kafka_bootstrap: str, **overrides: object) 
         "database_url": database_url,
         "kafka_bootstrap_servers": kafka_bootstrap,
         "secret_key": "test-secret",
-        # Tansu holds a consumer's first join for half its session timeout: 1.5 s rather
-        # than the default's 3 s for each consumer a test starts.
+        # Short group sessions: Tansu holds a consumer's first join for half its session
+        # timeout (1.5 s rather than the default's 3 s for each consumer a test starts),
+        # and a killed member's partitions move to the others within seconds.
         "kafka_session_timeout_ms": 3000,
         "kafka_heartbeat_interval_ms": 500,
     }

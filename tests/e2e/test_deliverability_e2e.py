@@ -1,6 +1,6 @@
 """Deliverability end to end over SMTP, every service its own process (issue 14):
-2,000 recipients (1,000 in CI, see RECIPIENTS), a real SMTP server (aiosmtpd), a real IMAP mailbox (dovecot) and a real
-DNS server (dnslib) publishing the DKIM key.
+2,000 recipients (1,000 in CI, see RECIPIENTS), a real SMTP server (aiosmtpd), a real IMAP
+mailbox (dovecot) and a real DNS server (dnslib) publishing the DKIM key.
 
 - 2 % are refused at RCPT with 550 5.1.1: they fail as hard bounces and are suppressed;
 - 1 % bounce later: DSNs in Gmail's, Outlook's and Postfix's formats, addressed to the

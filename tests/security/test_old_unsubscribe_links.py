@@ -18,12 +18,8 @@ from services.tracker.tests.support import new_campaign, running_tracker, wait_f
 
 @pytest.fixture(scope="module")
 async def edge_and_tracker(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Edge]:
-    # Short group sessions: the tracker gets its partitions within a couple of seconds.
-    quick = settings.model_copy(
-        update={"kafka_session_timeout_ms": 3000, "kafka_heartbeat_interval_ms": 500}
-    )
-    async with running_edge(quick) as edge:
-        async with running_tracker(quick, pool, edge.producer):
+    async with running_edge(settings) as edge:
+        async with running_tracker(settings, pool, edge.producer):
             yield edge
 
 

@@ -95,13 +95,7 @@ async def sends(pool: asyncpg.Pool, automation_id: UUID) -> list[tuple[str, int]
 async def test_welcome_series_by_event_import_and_custom_event(
     pool: asyncpg.Pool, settings: Settings
 ) -> None:
-    tick = settings.model_copy(
-        update={
-            "automations_tick_s": 0.05,
-            "kafka_session_timeout_ms": 3000,
-            "kafka_heartbeat_interval_ms": 500,
-        }
-    )
+    tick = settings.model_copy(update={"automations_tick_s": 0.05})
     list_id = uuid.uuid4()
     await pool.execute("INSERT INTO lists (id, name) VALUES ($1, 'welcome')", list_id)
     template = uuid.uuid4()
@@ -259,13 +253,7 @@ async def _requested_keys(bootstrap: str, wanted: set[str], timeout: float = 20)
 async def test_pause_resume_versions_and_anniversaries(
     pool: asyncpg.Pool, settings: Settings
 ) -> None:
-    tick = settings.model_copy(
-        update={
-            "automations_tick_s": 0.05,
-            "kafka_session_timeout_ms": 3000,
-            "kafka_heartbeat_interval_ms": 500,
-        }
-    )
+    tick = settings.model_copy(update={"automations_tick_s": 0.05})
     list_id = uuid.uuid4()
     await pool.execute("INSERT INTO lists (id, name) VALUES ($1, 'versions')", list_id)
     step = {"kind": "send", "template_id": str(uuid.uuid4()), "from_email": "hi@example.com"}

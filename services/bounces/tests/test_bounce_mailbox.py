@@ -83,8 +83,6 @@ async def test_reports_in_the_mailbox_are_folded_once_and_moved_away(
         bounce_imap_password=PASSWORD,
         bounce_poll_seconds=0.2,
         soft_bounce_limit=SOFT_LIMIT,
-        kafka_session_timeout_ms=3000,
-        kafka_heartbeat_interval_ms=500,
     )
     cid = await new_campaign(pool)
     tag = cid.hex[:8]  # addresses unique to this test: other tests suppress r<n>@example.com

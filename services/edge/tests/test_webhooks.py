@@ -246,13 +246,7 @@ async def test_webhook_bounce_becomes_a_suppression(
     answer = await signed_edge.client.post(PATH, content=body, headers=signed(signing_key, body))
     assert answer.status_code == 200 and answer.json()["published"] == 1
 
-    # Short group sessions: the tracker gets its partitions within a couple of seconds.
-    settings = make_settings(
-        database_url,
-        kafka_bootstrap,
-        kafka_session_timeout_ms=3000,
-        kafka_heartbeat_interval_ms=500,
-    )
+    settings = make_settings(database_url, kafka_bootstrap)
     producer = signed_edge.app.state.resources.events
     async with running_tracker(settings, pool, producer):
         reason = await wait_for(

@@ -45,8 +45,6 @@ def guard_settings(database_url: str, kafka_bootstrap: str, settings: Settings) 
     return make_settings(
         database_url,
         kafka_bootstrap,
-        kafka_session_timeout_ms=3000,
-        kafka_heartbeat_interval_ms=500,
         guard_hop_seconds=0.5,
         guard_hold_off_seconds=30,  # shorter than the window: the storm is still in it after
         bootstrap_api_key=f"mf_test_admin_{uuid.uuid4().hex}",

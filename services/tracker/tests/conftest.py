@@ -13,13 +13,9 @@ from libs.common.settings import Settings
 
 @pytest.fixture(scope="session")
 def tracker_settings(database_url: str, kafka_bootstrap: str, settings: Settings) -> Settings:
-    # Short sessions: a killed tracker's partitions move to its successor within seconds.
-    return make_settings(
-        database_url,
-        kafka_bootstrap,
-        kafka_session_timeout_ms=3000,
-        kafka_heartbeat_interval_ms=500,
-    )
+    # The tests' short group sessions (conftest.make_settings): a killed tracker's
+    # partitions move to its successor within seconds.
+    return make_settings(database_url, kafka_bootstrap)
 
 
 @pytest.fixture(scope="session")

@@ -33,8 +33,6 @@ def webhook_settings(database_url: str, kafka_bootstrap: str, tls: Tls) -> Setti
         webhook_backoff_cap_s=0.1,
         webhook_poll_s=0.02,
         webhook_timeout_s=5,
-        kafka_session_timeout_ms=3000,
-        kafka_heartbeat_interval_ms=500,
     )
 
 
